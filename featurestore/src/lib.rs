@@ -1,0 +1,53 @@
+//! quiver's feature store.
+//!
+//! Feature definitions are written once, in YAML, in a *feature repo*; they compile to
+//! DataFusion plans over Delta Lake tables. The same definition produces point-in-time
+//! correct training sets and the values that serving reads, so training and serving do
+//! not drift apart.
+//!
+//! ```text
+//!  YAML repo ──load──► spec (located, bounded) ──resolve against Delta──► ViewDefinition
+//!                                                                          │ apply: versioned
+//!                                                                          ▼ in the registry
+//!  entity table ──► PointInTimeJoin(view@version) over Delta scans ──► training set (+ lineage)
+//!                                   └──► values as of t ──► online store (materialization)
+//! ```
+//!
+//! What it is: the YAML spec ([`spec`]), the compiler and point-in-time operator
+//! ([`plan`]), training-set retrieval ([`offline`]), versioned definitions
+//! ([`FeatureStore::plan`], [`FeatureStore::apply`]) and the `quiver` CLI.
+//! What it is not (yet): the online store and the Arrow Flight server arrive with the
+//! online-serving work.
+//!
+//! ```
+//! # tokio_test::block_on(async {
+//! use quiver_featurestore::FeatureStore;
+//!
+//! let dir = tempfile::tempdir()?;
+//! std::fs::write(dir.path().join("defs.yaml"), "kind: Entity\nname: user\njoin_keys: [user_id]\n")?;
+//! let store = FeatureStore::open(dir.path())?;
+//! let plan = store.plan().await?;
+//! assert_eq!(plan.changes.len(), 1);         // the entity would be added
+//! store.apply().await?;
+//! assert!(store.plan().await?.is_empty());   // nothing left to do
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+pub mod catalog;
+pub mod delta;
+pub mod diff;
+mod error;
+mod limits;
+pub mod offline;
+pub mod plan;
+pub mod spec;
+mod store;
+
+pub use catalog::{FeatureField, ViewDefinition};
+pub use error::{Error, Result};
+pub use limits::Limits;
+pub use store::{
+    AppliedView, ApplyReport, FeatureStore, FeatureStoreBuilder, KIND_ENTITY, KIND_SOURCE,
+    KIND_VIEW,
+};
