@@ -1,0 +1,458 @@
+//! Definitions resolved against their data: what `apply` stores and training sets read.
+//!
+//! A [`ViewDefinition`] carries the view together with its entity, its sources and its
+//! output schema, so one stored version describes everything that produced a feature
+//! value: if a source's path or time column changes, the view's version changes too.
+
+use std::collections::BTreeMap;
+
+use arrow::datatypes::{DataType, Schema};
+use datafusion::sql::sqlparser::ast::Statement;
+use serde::{Deserialize, Serialize};
+
+use crate::delta::{self, OpenTable};
+use crate::plan::{self, PitSpec};
+use crate::spec::{
+    Diagnostic, Diagnostics, Entity, FeatureRepo, FeatureView, Loc, Origin, Source, ViewBody,
+    suggest,
+};
+
+/// One output feature of a view and its Arrow type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureField {
+    /// Feature name.
+    pub name: String,
+    /// Arrow type, as Arrow prints it (`Int64`, `Float64`, `Utf8`, ...).
+    pub dtype: String,
+}
+
+/// A view with everything it depends on, as stored by `apply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewDefinition {
+    /// The view.
+    pub view: FeatureView,
+    /// Its entity.
+    pub entity: Entity,
+    /// Its sources, in the order the view names them.
+    pub sources: Vec<Source>,
+    /// Its output features.
+    pub features: Vec<FeatureField>,
+}
+
+impl ViewDefinition {
+    /// The view's name.
+    pub fn name(&self) -> &str {
+        &self.view.name.value
+    }
+
+    /// Join key column names.
+    pub fn keys(&self) -> Vec<String> {
+        self.entity
+            .join_keys
+            .iter()
+            .map(|k| k.value.clone())
+            .collect()
+    }
+
+    /// The point-in-time join computing `subset` of the features (all when `None`).
+    pub fn pit_spec(
+        &self,
+        subset: Option<&[String]>,
+        full_names: bool,
+        entity_ts: &str,
+    ) -> PitSpec {
+        let all: Vec<String> = self.features.iter().map(|f| f.name.clone()).collect();
+        let features = subset.map(<[String]>::to_vec).unwrap_or(all);
+        plan::pit_spec(
+            &self.view,
+            &self.entity,
+            self.event_time_column(),
+            self.created_column(),
+            &features,
+            full_names,
+            entity_ts,
+        )
+    }
+
+    /// Created-time column used to break ties (not for SQL views, whose output has
+    /// only the columns the query selects).
+    pub fn created_column(&self) -> Option<String> {
+        match self.view.body {
+            ViewBody::Sql(_) => None,
+            _ => self.sources[0]
+                .created_timestamp
+                .as_ref()
+                .map(|c| c.value.clone()),
+        }
+    }
+
+    /// Event-time column of the rows the point-in-time join reads.
+    pub fn event_time_column(&self) -> &str {
+        match &self.view.body {
+            ViewBody::Sql(s) => s
+                .timestamp
+                .as_ref()
+                .map(|t| t.value.as_str())
+                .unwrap_or(&self.sources[0].timestamp.value),
+            _ => &self.sources[0].timestamp.value,
+        }
+    }
+}
+
+/// A repo resolved against its Delta tables.
+#[derive(Debug, Clone)]
+pub struct ResolvedRepo {
+    /// The parsed repo.
+    pub repo: FeatureRepo,
+    /// Every view, resolved.
+    pub views: BTreeMap<String, ViewDefinition>,
+    /// Every source's table, as opened.
+    pub tables: BTreeMap<String, OpenTable>,
+}
+
+fn diag(origin: &Origin, loc: Loc, message: impl Into<String>) -> Diagnostic {
+    let loc = if loc == Loc::default() {
+        origin.loc
+    } else {
+        loc
+    };
+    Diagnostic::new(&origin.file, loc, message)
+}
+
+fn columns(schema: &Schema) -> Vec<&str> {
+    schema.fields().iter().map(|f| f.name().as_str()).collect()
+}
+
+fn is_time(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+    )
+}
+
+fn check_column(
+    schema: &Schema,
+    name: &str,
+    origin: &Origin,
+    loc: Loc,
+    whose: &str,
+    diags: &mut Diagnostics,
+) -> Option<DataType> {
+    match schema.field_with_name(name) {
+        Ok(f) => Some(f.data_type().clone()),
+        Err(_) => {
+            let cols = columns(schema);
+            diags.push(
+                diag(origin, loc, format!("{whose} has no column `{name}`"))
+                    .with_hint(suggest(name, &cols)),
+            );
+            None
+        }
+    }
+}
+
+/// Resolve every source and view of `repo` against the data. All problems are
+/// reported together.
+pub async fn resolve(repo: &FeatureRepo) -> Result<ResolvedRepo, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut tables = BTreeMap::new();
+    for source in repo.sources.values() {
+        let o = &source.origin;
+        let url = match delta::table_url(&repo.root, &source.delta.value) {
+            Ok(u) => u,
+            Err(msg) => {
+                diags.push(diag(o, source.delta.loc, msg));
+                continue;
+            }
+        };
+        let table = match delta::open(&url, None).await {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = match &e {
+                    crate::Error::Delta { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                diags.push(
+                    diag(
+                        o,
+                        source.delta.loc,
+                        format!(
+                            "source `{}`: cannot open Delta table `{}` ({})",
+                            source.name,
+                            source.delta,
+                            delta::display_url(&url)
+                        ),
+                    )
+                    .with_hint(format!("{msg}; paths are relative to the repo root")),
+                );
+                continue;
+            }
+        };
+        let whose = format!("Delta table `{}` of source `{}`", source.delta, source.name);
+        for (col, what) in [
+            (Some(&source.timestamp), "timestamp"),
+            (source.created_timestamp.as_ref(), "created_timestamp"),
+        ] {
+            let Some(col) = col else { continue };
+            if let Some(dt) =
+                check_column(&table.schema, &col.value, o, col.loc, &whose, &mut diags)
+            {
+                if !is_time(&dt) {
+                    diags.push(
+                        diag(
+                            o,
+                            col.loc,
+                            format!(
+                                "`{what}` column `{}` is {dt}, not a timestamp or date",
+                                col.value
+                            ),
+                        )
+                        .with_hint("store event times as Delta `timestamp` (or `date`) values"),
+                    );
+                }
+            }
+        }
+        tables.insert(source.name.value.clone(), table);
+    }
+
+    let mut views = BTreeMap::new();
+    for view in repo.views.values() {
+        let entity = &repo.entities[&view.entity.value];
+        let sources: Vec<&Source> = view
+            .sources
+            .iter()
+            .map(|s| &repo.sources[&s.value])
+            .collect();
+        if sources.iter().any(|s| !tables.contains_key(&s.name.value)) {
+            continue; // already reported at the source
+        }
+        let before = diags.0.len();
+        let features = match &view.body {
+            ViewBody::Sql(_) => resolve_sql(view, entity, &sources, &tables, &mut diags).await,
+            _ => resolve_simple(
+                view,
+                entity,
+                sources[0],
+                &tables[&sources[0].name.value],
+                &mut diags,
+            ),
+        };
+        if let (Some(features), true) = (features, diags.0.len() == before) {
+            views.insert(
+                view.name.value.clone(),
+                ViewDefinition {
+                    view: view.clone(),
+                    entity: entity.clone(),
+                    sources: sources.into_iter().cloned().collect(),
+                    features,
+                },
+            );
+        }
+    }
+    if diags.is_empty() {
+        Ok(ResolvedRepo {
+            repo: repo.clone(),
+            views,
+            tables,
+        })
+    } else {
+        diags.sort();
+        Err(diags)
+    }
+}
+
+fn resolve_simple(
+    view: &FeatureView,
+    entity: &Entity,
+    source: &Source,
+    table: &OpenTable,
+    diags: &mut Diagnostics,
+) -> Option<Vec<FeatureField>> {
+    let o = &view.origin;
+    let schema = &table.schema;
+    let whose = format!("source `{}`", source.name);
+    let before = diags.0.len();
+    for key in &entity.join_keys {
+        if schema.field_with_name(&key.value).is_err() {
+            diags.push(
+                diag(
+                    o,
+                    view.sources[0].loc,
+                    format!(
+                        "{whose} has no column `{}`, a join key of entity `{}`",
+                        key.value, entity.name
+                    ),
+                )
+                .with_hint(suggest(&key.value, &columns(schema))),
+            );
+        }
+    }
+    match &view.body {
+        ViewBody::Columns(cols) => {
+            for c in cols {
+                check_column(schema, &c.column.value, o, c.column.loc, &whose, diags);
+            }
+        }
+        ViewBody::Aggregates(aggs) => {
+            for a in aggs {
+                let Some(c) = &a.column else { continue };
+                if let Some(dt) = check_column(schema, &c.value, o, c.loc, &whose, diags) {
+                    if let Err(e) = plan::aggregate_type(a.function, Some(&dt)) {
+                        diags.push(
+                            diag(o, c.loc, format!("feature `{}`: {}", a.name, e.strip_backtrace()))
+                                .with_hint("aggregate a numeric column, or use `count`, `count_distinct` or `last`"),
+                        );
+                    }
+                }
+            }
+        }
+        ViewBody::Sql(_) => unreachable!("SQL views are resolved by resolve_sql"),
+    }
+    if diags.0.len() != before {
+        return None;
+    }
+    let features: Vec<String> = view
+        .declared_features()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let spec = plan::pit_spec(
+        view,
+        entity,
+        &source.timestamp.value,
+        source.created_timestamp.as_ref().map(|c| c.value.clone()),
+        &features,
+        false,
+        "event_timestamp",
+    );
+    fields_of(&spec, schema, o, diags)
+}
+
+fn fields_of(
+    spec: &PitSpec,
+    schema: &Schema,
+    o: &Origin,
+    diags: &mut Diagnostics,
+) -> Option<Vec<FeatureField>> {
+    match spec.feature_fields(schema) {
+        Ok(fields) => Some(
+            fields
+                .iter()
+                .map(|f| FeatureField {
+                    name: f.name().clone(),
+                    dtype: f.data_type().to_string(),
+                })
+                .collect(),
+        ),
+        Err(e) => {
+            diags.push(diag(o, Loc::default(), e.strip_backtrace()));
+            None
+        }
+    }
+}
+
+async fn resolve_sql(
+    view: &FeatureView,
+    entity: &Entity,
+    sources: &[&Source],
+    tables: &BTreeMap<String, OpenTable>,
+    diags: &mut Diagnostics,
+) -> Option<Vec<FeatureField>> {
+    let ViewBody::Sql(body) = &view.body else {
+        unreachable!()
+    };
+    let o = &view.origin;
+    let ctx = plan::session();
+    for s in sources {
+        if let Err(e) = tables[&s.name.value].register(&ctx, &s.name.value).await {
+            diags.push(diag(o, Loc::default(), e.to_string()));
+            return None;
+        }
+    }
+    let df = match plan::sql_frame(&ctx, &body.sql.value).await {
+        Ok(df) => df,
+        Err(e) => {
+            diags.push(
+                diag(o, body.sql.loc, format!("SQL of view `{}`: {e}", view.name)).with_hint(
+                    format!(
+                        "the query may read only the view's sources: {}",
+                        sources
+                            .iter()
+                            .map(|s| s.name.value.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            );
+            return None;
+        }
+    };
+    let schema = df.schema().as_arrow().clone();
+    let whose = format!("the output of view `{}`'s SQL", view.name);
+    let ts_name = body
+        .timestamp
+        .as_ref()
+        .map(|t| t.value.clone())
+        .unwrap_or_else(|| sources[0].timestamp.value.clone());
+    let ts_loc = body
+        .timestamp
+        .as_ref()
+        .map(|t| t.loc)
+        .unwrap_or(body.sql.loc);
+    let before = diags.0.len();
+    for key in &entity.join_keys {
+        check_column(&schema, &key.value, o, body.sql.loc, &whose, diags);
+    }
+    if let Some(dt) = check_column(&schema, &ts_name, o, ts_loc, &whose, diags) {
+        if !is_time(&dt) {
+            diags.push(diag(
+                o,
+                ts_loc,
+                format!("event-time column `{ts_name}` of {whose} is {dt}, not a timestamp"),
+            ));
+        }
+    }
+    if let Some(features) = &body.features {
+        for f in features {
+            check_column(&schema, &f.value, o, f.loc, &whose, diags);
+        }
+    } else if plan::sql_feature_columns(&schema, &entity.keys(), &ts_name).is_empty() {
+        diags.push(
+            diag(
+                o,
+                body.sql.loc,
+                format!("{whose} has no columns besides the join keys and `{ts_name}`"),
+            )
+            .with_hint("select at least one value column"),
+        );
+    }
+    if diags.0.len() != before {
+        return None;
+    }
+    let features: Vec<String> = match &body.features {
+        Some(f) => f.iter().map(|f| f.value.clone()).collect(),
+        None => plan::sql_feature_columns(&schema, &entity.keys(), &ts_name),
+    };
+    let spec = plan::pit_spec(
+        view,
+        entity,
+        &ts_name,
+        None,
+        &features,
+        false,
+        "event_timestamp",
+    );
+    fields_of(&spec, &schema, o, diags)
+}
+
+impl Entity {
+    /// Join key column names.
+    pub fn keys(&self) -> Vec<String> {
+        self.join_keys.iter().map(|k| k.value.clone()).collect()
+    }
+}
+
+/// True when `sql` is exactly one query statement.
+pub(crate) fn is_single_query(statements: &[Statement]) -> bool {
+    statements.len() == 1 && matches!(statements[0], Statement::Query(_))
+}

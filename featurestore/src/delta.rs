@@ -1,0 +1,156 @@
+//! Delta Lake access: locating, opening, registering and writing tables.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use deltalake::protocol::SaveMode;
+use url::Url;
+
+use crate::{Error, Result};
+
+/// An opened Delta table at a fixed version.
+#[derive(Debug, Clone)]
+pub struct OpenTable {
+    /// Where it is.
+    pub url: Url,
+    /// The version read.
+    pub version: i64,
+    /// Its Arrow schema.
+    pub schema: SchemaRef,
+    /// Rows in all its files, when the log has statistics.
+    pub num_rows: Option<u64>,
+    table: Arc<DeltaTable>,
+}
+
+/// Resolve the `delta:` text of a Source: a URL with a scheme, or a path relative to
+/// the repo root.
+pub fn table_url(root: &Path, location: &str) -> Result<Url, String> {
+    let loc = location.trim();
+    if loc.is_empty() {
+        return Err("empty table location".into());
+    }
+    if let Some((scheme, _)) = loc.split_once("://") {
+        let url = Url::parse(loc).map_err(|e| format!("`{loc}` is not a valid URL: {e}"))?;
+        return match scheme {
+            "file" => Ok(url),
+            "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => Err(format!(
+                "`{scheme}://` tables need object-store support, which this build of quiver leaves out; copy the table to a local folder or use a build with the object-store features"
+            )),
+            other => Err(format!(
+                "unsupported URL scheme `{other}://`; use a local path or `file://`"
+            )),
+        };
+    }
+    let path = root.join(loc);
+    let abs = if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(path)
+    };
+    let mut url =
+        Url::from_directory_path(&abs).map_err(|_| format!("`{loc}` is not a usable path"))?;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+fn delta_err(url: &Url, e: impl std::fmt::Display) -> Error {
+    Error::Delta {
+        table: display_url(url),
+        message: e.to_string(),
+    }
+}
+
+/// A URL as a user wrote it: local paths without `file://`.
+pub fn display_url(url: &Url) -> String {
+    if url.scheme() == "file" {
+        url.to_file_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| url.to_string())
+    } else {
+        url.to_string()
+    }
+}
+
+/// Open the table at `url`, at `version` or the latest.
+pub async fn open(url: &Url, version: Option<i64>) -> Result<OpenTable> {
+    if url.scheme() == "file" {
+        let log = url.to_file_path().ok().map(|p| p.join("_delta_log"));
+        if !log.as_ref().is_some_and(|l| l.is_dir()) {
+            return Err(delta_err(
+                url,
+                "no Delta table here (no `_delta_log` folder)",
+            ));
+        }
+    }
+    let table = match version {
+        Some(v) => {
+            deltalake::open_table_with_version(
+                url.clone(),
+                u64::try_from(v).map_err(|_| delta_err(url, format!("bad version {v}")))?,
+            )
+            .await
+        }
+        None => deltalake::open_table(url.clone()).await,
+    }
+    .map_err(|e| delta_err(url, e))?;
+    let version = table.version().map_or(-1, |v| v as i64);
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| delta_err(url, e))?;
+    let num_rows = table.snapshot().ok().map(|s| {
+        s.log_data()
+            .iter()
+            .map(|f| f.num_records().unwrap_or(0) as u64)
+            .sum()
+    });
+    Ok(OpenTable {
+        url: url.clone(),
+        version,
+        schema: provider.schema(),
+        num_rows,
+        table: Arc::new(table),
+    })
+}
+
+impl OpenTable {
+    /// Register the table in `ctx` under `name`.
+    pub async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
+        self.table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| delta_err(&self.url, e))?;
+        let provider = self
+            .table
+            .table_provider()
+            .await
+            .map_err(|e| delta_err(&self.url, e))?;
+        ctx.register_table(name, provider)?;
+        Ok(())
+    }
+}
+
+/// Write `batches` as a Delta table at `url` (created when missing).
+pub async fn write(url: &Url, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<i64> {
+    if url.scheme() == "file" {
+        if let Ok(p) = url.to_file_path() {
+            std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    let table = DeltaTable::try_from_url(url.clone())
+        .await
+        .map_err(|e| delta_err(url, e))?;
+    let table = table
+        .write(batches)
+        .with_save_mode(mode)
+        .await
+        .map_err(|e| delta_err(url, e))?;
+    Ok(table.version().map_or(0, |v| v as i64))
+}

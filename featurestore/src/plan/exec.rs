@@ -1,0 +1,337 @@
+//! `PointInTimeExec`: the physical operator behind [`super::PointInTimeNode`].
+//!
+//! The entity input is collected (it is the small side: the rows a training set asks
+//! for); every partition of the source input is streamed concurrently and each row is
+//! routed to its entity group or dropped on the spot, so only the rows of asked-for keys
+//! are kept. The sort and sweep then run on blocking threads (see [`super::kernel`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, exec_err, internal_err};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions, SendableRecordBatchStream, collect,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use super::kernel::{self, Entry, KeyIndex, SourceBatch};
+use super::spec::PitSpec;
+
+/// Counts source rows read by point-in-time joins, for progress bars. Put one in the
+/// session config (`SessionConfig::with_extension`) to observe a running query.
+#[derive(Debug, Default)]
+pub struct ScanProgress {
+    rows: AtomicU64,
+}
+
+impl ScanProgress {
+    /// Source rows read so far.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(AtomicOrdering::Relaxed)
+    }
+}
+
+/// Physical point-in-time join. See the module docs.
+#[derive(Debug)]
+pub struct PointInTimeExec {
+    entity: Arc<dyn ExecutionPlan>,
+    source: Arc<dyn ExecutionPlan>,
+    spec: PitSpec,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl PointInTimeExec {
+    /// A join of `entity` and `source` computing `spec`.
+    pub fn try_new(
+        entity: Arc<dyn ExecutionPlan>,
+        source: Arc<dyn ExecutionPlan>,
+        spec: PitSpec,
+    ) -> Result<Self> {
+        let source_schema = source.schema();
+        spec.kernel_plan(&source_schema)?;
+        let mut fields: Vec<_> = entity.schema().fields().iter().cloned().collect();
+        fields.extend(spec.added_fields(&source_schema)?.into_iter().map(Arc::new));
+        let schema = Arc::new(Schema::new(fields));
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            entity,
+            source,
+            spec,
+            schema,
+            props,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+impl DisplayAs for PointInTimeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "PointInTimeExec: view={} keys=[{}]",
+            self.spec.view,
+            self.spec.keys.join(", ")
+        )?;
+        super::node::fmt_mode(&self.spec, f)
+    }
+}
+
+impl ExecutionPlan for PointInTimeExec {
+    fn name(&self) -> &str {
+        "PointInTimeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.entity, &self.source]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 2 {
+            return internal_err!("PointInTimeExec has two children");
+        }
+        let source = children.pop().expect("two");
+        let entity = children.pop().expect("two");
+        Ok(Arc::new(Self::try_new(entity, source, self.spec.clone())?))
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(
+                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+            ),
+        )
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false, true]
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!(
+                "PointInTimeExec has one output partition, asked for {partition}"
+            );
+        }
+        let run = Run {
+            entity: self.entity.clone(),
+            source: self.source.clone(),
+            spec: self.spec.clone(),
+            schema: self.schema.clone(),
+            scanned: MetricBuilder::new(&self.metrics).counter("source_rows", partition),
+            matched: MetricBuilder::new(&self.metrics).counter("source_rows_matched", partition),
+            compute: MetricBuilder::new(&self.metrics).subset_time("compute_time", partition),
+            output_rows: MetricBuilder::new(&self.metrics).output_rows(partition),
+        };
+        let schema = self.schema.clone();
+        let stream = futures::stream::once(run.run(context))
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+struct Run {
+    entity: Arc<dyn ExecutionPlan>,
+    source: Arc<dyn ExecutionPlan>,
+    spec: PitSpec,
+    schema: SchemaRef,
+    scanned: Count,
+    matched: Count,
+    compute: Time,
+    output_rows: Count,
+}
+
+impl Run {
+    async fn run(self, context: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
+        let entity_schema = self.entity.schema();
+        let entity = concat_batches(
+            &entity_schema,
+            &collect(self.entity.clone(), context.clone()).await?,
+        )?;
+        let source_schema = self.source.schema();
+        let (mode, layout) = self.spec.kernel_plan(&source_schema)?;
+
+        let mut keys: Vec<ArrayRef> = Vec::with_capacity(self.spec.keys.len());
+        for (k, &si) in self.spec.keys.iter().zip(&layout.keys) {
+            let col = entity.column_by_name(k).ok_or_else(|| {
+                DataFusionError::Plan(format!("the entity table has no join key column `{k}`"))
+            })?;
+            let want = source_schema.field(si).data_type();
+            if col.data_type() != want {
+                return exec_err!(
+                    "join key `{k}` is {} in the entity table but {want} in the source of view `{}`",
+                    col.data_type(),
+                    self.spec.view
+                );
+            }
+            keys.push(col.clone());
+        }
+        let ts_col = entity.column_by_name(&self.spec.entity_ts).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "the entity table has no `{}` column",
+                self.spec.entity_ts
+            ))
+        })?;
+        let t = kernel::micros(
+            ts_col,
+            &format!("the entity table's `{}`", self.spec.entity_ts),
+        )?;
+        if t.null_count() > 0 {
+            let row = (0..t.len()).find(|&i| t.is_null(i)).unwrap_or(0);
+            return exec_err!(
+                "entity row {row} has no `{}`: every row needs the time to compute features as of",
+                self.spec.entity_ts
+            );
+        }
+        let (index, groups) = KeyIndex::build(&keys)?;
+        let index = Arc::new(index);
+        let layout = Arc::new(layout);
+        let mode = Arc::new(mode);
+        let progress = context.session_config().get_extension::<ScanProgress>();
+
+        // Stream every source partition concurrently, keeping only rows of asked-for keys.
+        let partitions = self
+            .source
+            .properties()
+            .output_partitioning()
+            .partition_count();
+        let mut tasks = Vec::with_capacity(partitions);
+        for p in 0..partitions {
+            let mut stream = self.source.execute(p, context.clone())?;
+            let (index, layout, mode) = (index.clone(), layout.clone(), mode.clone());
+            let (scanned, matched, progress) =
+                (self.scanned.clone(), self.matched.clone(), progress.clone());
+            tasks.push(SpawnedTask::spawn(async move {
+                let mut entries: Vec<Entry> = Vec::new();
+                let mut retained: Vec<SourceBatch> = Vec::new();
+                let mut groups = Vec::new();
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    let rows = batch.num_rows();
+                    let batch_no = retained.len() as u32;
+                    let kept = kernel::scan_batch(
+                        &index,
+                        &layout,
+                        &mode,
+                        batch,
+                        batch_no,
+                        &mut groups,
+                        &mut entries,
+                        &mut retained,
+                    )?;
+                    scanned.add(rows);
+                    matched.add(kept);
+                    if let Some(p) = &progress {
+                        p.rows.fetch_add(rows as u64, AtomicOrdering::Relaxed);
+                    }
+                }
+                Ok::<_, DataFusionError>((entries, retained))
+            }));
+        }
+        let mut parts = Vec::with_capacity(partitions);
+        let mut batches: Vec<SourceBatch> = Vec::new();
+        for task in tasks {
+            let (mut entries, retained) = task
+                .join()
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            let offset = batches.len() as u32;
+            if offset > 0 {
+                entries.iter_mut().for_each(|e| e.batch += offset);
+            }
+            if batches.len() + retained.len() > u32::MAX as usize {
+                return exec_err!("too many source batches for one point-in-time join");
+            }
+            batches.extend(retained);
+            parts.push(entries);
+        }
+
+        let value_types: Vec<_> = self
+            .spec
+            .feature_fields(&source_schema)?
+            .into_iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let threads = context.session_config().target_partitions().max(1);
+        let n_groups = index.len();
+        let ttl = self.spec.ttl_us;
+        let timer = self.compute.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let _guard = timer.timer();
+            kernel::answer(
+                parts,
+                &batches,
+                &groups,
+                t.values(),
+                n_groups,
+                &mode,
+                ttl,
+                &value_types,
+                threads,
+            )
+        })
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+
+        let mut columns: Vec<ArrayRef> = entity.columns().to_vec();
+        columns.extend(answer.values);
+        columns.push(Arc::new(answer.status));
+        columns.push(Arc::new(answer.event_ts));
+        let out = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.output_rows.add(out.num_rows());
+        let size = context.session_config().batch_size().max(1);
+        Ok((0..out.num_rows())
+            .step_by(size)
+            .map(|o| out.slice(o, size.min(out.num_rows() - o)))
+            .collect())
+    }
+}
