@@ -1,0 +1,140 @@
+//! The `quiver` binary: a scaffolded repo end to end, exit codes, JSON output.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn quiver(repo: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env_remove("QUIVER_REPO")
+        .env_remove("QUIVER_REGISTRY")
+        .output()
+        .expect("run quiver")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).expect("stdout is one JSON document")
+}
+
+#[test]
+fn scaffold_validate_plan_apply_list_describe_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(&quiver(&repo, &["init", "--sample-data"]));
+    assert!(
+        ok(&quiver(&repo, &["validate"])).starts_with("OK: 1 entities, 1 sources, 1 feature views")
+    );
+    let plan = json(&quiver(&repo, &["plan", "--output", "json"]));
+    assert_eq!(plan["changes"].as_array().unwrap().len(), 3);
+    assert!(ok(&quiver(&repo, &["apply"])).contains("Applied as apply #1"));
+    assert!(ok(&quiver(&repo, &["plan"])).starts_with("No changes"));
+    let list = json(&quiver(&repo, &["list", "--output", "json"]));
+    assert_eq!(list[0]["view"], "user_txn_stats");
+    assert_eq!(list[0]["version"], 1);
+    let described = ok(&quiver(&repo, &["describe", "user_txn_stats", "--explain"]));
+    assert!(
+        described.contains("txn_count_7d") && described.contains("count(*) over 7d"),
+        "{described}"
+    );
+    assert!(
+        described.contains("PointInTimeJoin") && described.contains("PointInTimeExec"),
+        "{described}"
+    );
+    let out = repo.join("train.parquet");
+    let hist = json(&quiver(
+        &repo,
+        &[
+            "history",
+            "--entities",
+            repo.join("entities.csv").to_str().unwrap(),
+            "--features",
+            "user_txn_stats",
+            "--out",
+            out.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(hist["rows"], 4);
+    assert_eq!(hist["lineage"]["views"][0]["version"], 1);
+    assert!(out.exists());
+    // A second run refuses to overwrite, with exit code 1.
+    let again = quiver(
+        &repo,
+        &[
+            "history",
+            "--entities",
+            repo.join("entities.csv").to_str().unwrap(),
+            "--features",
+            "user_txn_stats",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+}
+
+#[test]
+fn user_errors_exit_1_with_located_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    ok(&quiver(repo, &["init", "--sample-data"]));
+    let yaml = std::fs::read_to_string(repo.join("features.yaml")).unwrap();
+    std::fs::write(
+        repo.join("features.yaml"),
+        yaml.replace("sum(amount)", "sum(amout)"),
+    )
+    .unwrap();
+    let out = quiver(repo, &["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("features.yaml:") && err.contains("did you mean `amount`?"),
+        "{err}"
+    );
+    let out = quiver(repo, &["apply", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"], "spec");
+    assert!(doc["problems"][0]["line"].as_u64().unwrap() > 0);
+    let out = quiver(repo, &["describe", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = quiver(repo, &["init"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "init refuses a folder with YAML files"
+    );
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["history", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Example: quiver history") && help.contains("EXPIRED"),
+        "{help}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quiver init my-features --sample-data"));
+}

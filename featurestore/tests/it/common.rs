@@ -1,0 +1,150 @@
+//! Shared fixtures: temp feature repos with real Delta tables.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::protocol::SaveMode;
+use quiver_featurestore::delta;
+
+pub(crate) const HOUR: i64 = 3_600_000_000;
+pub(crate) const DAY: i64 = 24 * HOUR;
+/// 2024-01-01T00:00:00Z in microseconds.
+pub(crate) const T0: i64 = 1_704_067_200_000_000;
+
+/// A folder with YAML files and Delta tables, deleted on drop.
+pub(crate) struct Repo {
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Repo {
+    pub(crate) fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub(crate) async fn delta(&self, rel: &str, batches: Vec<RecordBatch>) -> i64 {
+        let url = delta::table_url(self.path(), rel).unwrap();
+        let mut version = 0;
+        for (i, b) in batches.into_iter().enumerate() {
+            let mode = if i == 0 {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            };
+            version = delta::write(&url, vec![b], mode)
+                .await
+                .expect("write delta");
+        }
+        version
+    }
+}
+
+pub(crate) fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// One transaction: user, time (µs), amount, device.
+pub(crate) type Txn<'a> = (i64, i64, Option<f64>, Option<&'a str>);
+
+pub(crate) fn transactions(rows: &[Txn<'_>]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("ts", ts_type(), false),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("device_id", DataType::Utf8, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.2))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.3))),
+        ],
+    )
+    .unwrap()
+}
+
+/// Entity rows: user, time (µs).
+pub(crate) fn entities(rows: &[(i64, i64)]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("event_timestamp", ts_type(), false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap()
+}
+
+/// The design's example repo over `data/transactions`.
+pub(crate) const REPO_YAML: &str = "kind: Entity
+name: user
+join_keys: [user_id]
+---
+kind: Source
+name: transactions
+delta: data/transactions
+timestamp: ts
+---
+kind: FeatureView
+name: user_txn_stats
+entity: user
+source: transactions
+ttl: 45d
+features:
+  - { name: txn_count_7d,         agg: count,                     window: 7d }
+  - { name: amount_sum_7d,        agg: sum(amount),               window: 7d }
+  - { name: distinct_devices_30d, agg: count_distinct(device_id), window: 30d }
+";
+
+/// A repo with [`REPO_YAML`] and a small transactions table.
+pub(crate) async fn example_repo() -> Repo {
+    let repo = Repo::new();
+    repo.write("features.yaml", REPO_YAML);
+    repo.delta(
+        "data/transactions",
+        vec![transactions(&[
+            (1, T0, Some(10.0), Some("a")),
+            (1, T0 + DAY, Some(20.0), Some("b")),
+            (1, T0 + 10 * DAY, Some(5.0), Some("a")),
+            (2, T0 + 2 * DAY, Some(7.5), None),
+        ])],
+    )
+    .await;
+    repo
+}
+
+/// Column `name` of `batch` as strings, for easy comparisons.
+pub(crate) fn column_strings(batch: &RecordBatch, name: &str) -> Vec<String> {
+    let col = batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"));
+    let fmt =
+        arrow::util::display::ArrayFormatter::try_new(col.as_ref(), &Default::default()).unwrap();
+    (0..col.len()).map(|i| fmt.value(i).to_string()).collect()
+}

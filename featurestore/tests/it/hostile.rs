@@ -1,0 +1,195 @@
+//! Hostile and broken feature repos: each gives a clear, located error and applies
+//! nothing (the registry stays where it was).
+
+use quiver_featurestore::{Error, FeatureStore};
+
+use crate::common::{REPO_YAML, Repo, example_repo};
+
+/// Apply `yaml` (as features.yaml) on top of an applied example repo; return the error.
+async fn apply_err(yaml: &str) -> String {
+    let repo = example_repo().await;
+    let store = FeatureStore::open(repo.path()).unwrap();
+    store.apply().await.unwrap();
+    let before = store.registry().last_apply_id().unwrap();
+    let view_before = store.view("user_txn_stats", None).unwrap();
+    repo.write("features.yaml", yaml);
+    let err = store.apply().await.expect_err("apply must fail");
+    assert!(matches!(err, Error::Spec(_)), "a spec error, got {err:?}");
+    assert!(err.is_user_error());
+    assert_eq!(
+        store.registry().last_apply_id().unwrap(),
+        before,
+        "nothing applied"
+    );
+    assert_eq!(store.view("user_txn_stats", None).unwrap(), view_before);
+    assert!(store.plan().await.is_err(), "plan fails the same way");
+    err.to_string()
+}
+
+#[tokio::test]
+async fn malformed_yaml() {
+    let e = apply_err(&REPO_YAML.replace("join_keys: [user_id]", "join_keys: [user_id")).await;
+    assert!(
+        e.starts_with("features.yaml:") && e.contains("malformed YAML"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_kind() {
+    let e = apply_err(&REPO_YAML.replace("kind: Source", "kind: Sorce")).await;
+    assert!(
+        e.contains("features.yaml:5:7: unknown kind `Sorce`")
+            && e.contains("did you mean `Source`?"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_names() {
+    let e = apply_err(&format!(
+        "{REPO_YAML}---\nkind: Entity\nname: user\njoin_keys: [id]\n"
+    ))
+    .await;
+    assert!(
+        e.contains("entity `user` is defined twice")
+            && e.contains("the first is at features.yaml:1"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_column_in_an_aggregate() {
+    let e = apply_err(&REPO_YAML.replace("sum(amount)", "sum(amout)")).await;
+    assert!(
+        e.contains("features.yaml:17:")
+            && e.contains("has no column `amout`")
+            && e.contains("did you mean `amount`?"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn bad_window_syntax() {
+    let e = apply_err(&REPO_YAML.replace("window: 30d", "window: 30 days")).await;
+    assert!(
+        e.contains("features.yaml:18:") && e.contains("not a duration"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn missing_source() {
+    let e = apply_err(&REPO_YAML.replace("source: transactions", "source: transactionz")).await;
+    assert!(
+        e.contains("features.yaml:13:9")
+            && e.contains("source `transactionz`, which is not defined")
+            && e.contains("did you mean `transactions`?"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn missing_delta_table() {
+    let e = apply_err(&REPO_YAML.replace("delta: data/transactions", "delta: data/nowhere")).await;
+    assert!(
+        e.contains("features.yaml:7:8") && e.contains("cannot open Delta table `data/nowhere`"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn non_numeric_sum() {
+    let e = apply_err(&REPO_YAML.replace("sum(amount)", "sum(device_id)")).await;
+    assert!(e.contains("needs a numeric column"), "{e}");
+}
+
+#[tokio::test]
+async fn huge_file_is_refused_without_reading_it() {
+    let repo = example_repo().await;
+    let f = std::fs::File::create(repo.path().join("huge.yaml")).unwrap();
+    f.set_len(50 * 1024 * 1024).unwrap();
+    let store = FeatureStore::open(repo.path()).unwrap();
+    let e = store.apply().await.unwrap_err().to_string();
+    assert!(
+        e.contains("huge.yaml") && e.contains("over the limit"),
+        "{e}"
+    );
+    assert_eq!(store.registry().last_apply_id().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn deep_nesting() {
+    let deep = format!(
+        "{REPO_YAML}---\nkind: Entity\nname: deep\njoin_keys: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let e = apply_err(&deep).await;
+    assert!(
+        e.contains("features.yaml:")
+            && (e.contains("nesting deeper than") || e.contains("recursion limit")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn alias_bomb() {
+    let mut bomb = String::from(
+        "kind: Entity\nname: bomb\njoin_keys: [user_id]\ndescription: x\nx0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for i in 1..12 {
+        bomb.push_str(&format!(
+            "x{i}: &x{i} [{}]\n",
+            vec![format!("*x{}", i - 1); 10].join(", ")
+        ));
+    }
+    let started = std::time::Instant::now();
+    let e = apply_err(&format!("{REPO_YAML}---\n{bomb}")).await;
+    assert!(e.contains("alias bomb"), "{e}");
+    assert!(started.elapsed().as_secs() < 20);
+}
+
+#[tokio::test]
+async fn every_problem_is_reported_at_once() {
+    let yaml = REPO_YAML
+        .replace("sum(amount)", "sum(amout)")
+        .replace("window: 30d", "window: 30x")
+        .replace("ttl: 45d", "tll: 45d");
+    let e = apply_err(&yaml).await;
+    for needle in ["unknown key `tll`", "unknown unit `x`"] {
+        assert!(e.contains(needle), "{needle} missing from {e}");
+    }
+}
+
+#[tokio::test]
+async fn sql_views_cannot_write_or_read_outside_their_sources() {
+    let repo = example_repo().await;
+    let store = FeatureStore::open(repo.path()).unwrap();
+    for sql in [
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+        "SELECT user_id, ts, amount FROM transactions; DROP TABLE transactions",
+        "SELECT user_id, ts, 1 AS one FROM other_table",
+    ] {
+        repo.write("sql.yaml", &format!("kind: FeatureView\nname: bad_sql\nentity: user\nsource: transactions\nsql: \"{sql}\"\n"));
+        let e = store.apply().await.unwrap_err().to_string();
+        assert!(
+            e.contains("sql.yaml:5:6") && e.contains("SQL of view `bad_sql`"),
+            "{e}"
+        );
+    }
+    assert_eq!(store.registry().last_apply_id().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_empty_repo_folder_is_fine_and_a_missing_one_is_not() {
+    let repo = Repo::new();
+    let store = FeatureStore::open(repo.path()).unwrap();
+    assert!(store.plan().await.unwrap().is_empty());
+    let missing = FeatureStore::builder(repo.path().join("nope"))
+        .with_registry(repo.path().join("reg"))
+        .build()
+        .unwrap();
+    let e = missing.plan().await.unwrap_err().to_string();
+    assert!(e.contains("feature repo folder not found"), "{e}");
+}
