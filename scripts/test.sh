@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command (README "Quick start"; .ci/run calls it too).
+#
+# Runs formatting checks and every test of the workspace: unit tests, the one
+# integration binary per crate, and doctests. Anything the tests need beyond cargo is
+# installed here, never by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=$(date +%s)
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo test --workspace"
+# --no-fail-fast: one run reports every failing test, not just the first binary's.
+cargo test --workspace --no-fail-fast "$@"
+
+echo "== all tests passed in $(( $(date +%s) - started ))s"
