@@ -28,7 +28,8 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use super::kernel::{self, Entry, KeyIndex, SourceBatch};
+use super::asof;
+use super::kernel::{self, Entry, KeyIndex, Mode, Queries, SourceBatch};
 use super::spec::PitSpec;
 
 /// Counts source rows read by point-in-time joins, for progress bars. Put one in the
@@ -179,6 +180,16 @@ impl ExecutionPlan for PointInTimeExec {
     }
 }
 
+type Counters = (Count, Count, Option<Arc<ScanProgress>>);
+
+fn count(counters: &Counters, rows: usize, matched: usize) {
+    counters.0.add(rows);
+    counters.1.add(matched);
+    if let Some(p) = &counters.2 {
+        p.rows.fetch_add(rows as u64, AtomicOrdering::Relaxed);
+    }
+}
+
 struct Run {
     entity: Arc<dyn ExecutionPlan>,
     source: Arc<dyn ExecutionPlan>,
@@ -233,68 +244,11 @@ impl Run {
             );
         }
         let (index, groups) = KeyIndex::build(&keys)?;
+        let n_groups = index.len();
+        let queries = Arc::new(Queries::new(&groups, t.values(), n_groups));
         let index = Arc::new(index);
         let layout = Arc::new(layout);
-        let mode = Arc::new(mode);
         let progress = context.session_config().get_extension::<ScanProgress>();
-
-        // Stream every source partition concurrently, keeping only rows of asked-for keys.
-        let partitions = self
-            .source
-            .properties()
-            .output_partitioning()
-            .partition_count();
-        let mut tasks = Vec::with_capacity(partitions);
-        for p in 0..partitions {
-            let mut stream = self.source.execute(p, context.clone())?;
-            let (index, layout, mode) = (index.clone(), layout.clone(), mode.clone());
-            let (scanned, matched, progress) =
-                (self.scanned.clone(), self.matched.clone(), progress.clone());
-            tasks.push(SpawnedTask::spawn(async move {
-                let mut entries: Vec<Entry> = Vec::new();
-                let mut retained: Vec<SourceBatch> = Vec::new();
-                let mut groups = Vec::new();
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    let rows = batch.num_rows();
-                    let batch_no = retained.len() as u32;
-                    let kept = kernel::scan_batch(
-                        &index,
-                        &layout,
-                        &mode,
-                        batch,
-                        batch_no,
-                        &mut groups,
-                        &mut entries,
-                        &mut retained,
-                    )?;
-                    scanned.add(rows);
-                    matched.add(kept);
-                    if let Some(p) = &progress {
-                        p.rows.fetch_add(rows as u64, AtomicOrdering::Relaxed);
-                    }
-                }
-                Ok::<_, DataFusionError>((entries, retained))
-            }));
-        }
-        let mut parts = Vec::with_capacity(partitions);
-        let mut batches: Vec<SourceBatch> = Vec::new();
-        for task in tasks {
-            let (mut entries, retained) = task
-                .join()
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))??;
-            let offset = batches.len() as u32;
-            if offset > 0 {
-                entries.iter_mut().for_each(|e| e.batch += offset);
-            }
-            if batches.len() + retained.len() > u32::MAX as usize {
-                return exec_err!("too many source batches for one point-in-time join");
-            }
-            batches.extend(retained);
-            parts.push(entries);
-        }
-
         let value_types: Vec<_> = self
             .spec
             .feature_fields(&source_schema)?
@@ -302,25 +256,124 @@ impl Run {
             .map(|f| f.data_type().clone())
             .collect();
         let threads = context.session_config().target_partitions().max(1);
-        let n_groups = index.len();
         let ttl = self.spec.ttl_us;
         let timer = self.compute.clone();
-        let answer = tokio::task::spawn_blocking(move || {
-            let _guard = timer.timer();
-            kernel::answer(
-                parts,
-                &batches,
-                &groups,
-                t.values(),
-                n_groups,
-                &mode,
-                ttl,
-                &value_types,
-                threads,
-            )
-        })
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+
+        // Stream every source partition concurrently, keeping only rows of asked-for
+        // keys at or before one of their query times.
+        let partitions = self
+            .source
+            .properties()
+            .output_partitioning()
+            .partition_count();
+        let answer = match mode {
+            Mode::AsOf(cols) => {
+                let cols = Arc::new(cols);
+                let mut tasks = Vec::with_capacity(partitions);
+                for p in 0..partitions {
+                    let mut stream = self.source.execute(p, context.clone())?;
+                    let (index, layout, cols, queries) =
+                        (index.clone(), layout.clone(), cols.clone(), queries.clone());
+                    let counters = (self.scanned.clone(), self.matched.clone(), progress.clone());
+                    tasks.push(SpawnedTask::spawn(async move {
+                        let mut part = asof::Part::new(queries.order.len());
+                        let mut groups = Vec::new();
+                        while let Some(batch) = stream.next().await {
+                            let batch = batch?;
+                            let rows = batch.num_rows();
+                            let matched = asof::scan_batch(
+                                &index,
+                                &layout,
+                                &cols,
+                                &queries,
+                                batch,
+                                &mut groups,
+                                &mut part,
+                            )?;
+                            count(&counters, rows, matched);
+                        }
+                        Ok::<_, DataFusionError>(part)
+                    }));
+                }
+                let mut parts = Vec::with_capacity(partitions);
+                for task in tasks {
+                    parts.push(
+                        task.join()
+                            .await
+                            .map_err(|e| DataFusionError::External(Box::new(e)))??,
+                    );
+                }
+                tokio::task::spawn_blocking(move || {
+                    let _guard = timer.timer();
+                    asof::answer(parts, &queries, n_groups, &cols, ttl, &value_types)
+                })
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??
+            }
+            Mode::Aggregate(aggs) => {
+                let aggs = Arc::new(aggs);
+                let mut tasks = Vec::with_capacity(partitions);
+                for p in 0..partitions {
+                    let mut stream = self.source.execute(p, context.clone())?;
+                    let (index, layout, aggs) = (index.clone(), layout.clone(), aggs.clone());
+                    let counters = (self.scanned.clone(), self.matched.clone(), progress.clone());
+                    tasks.push(SpawnedTask::spawn(async move {
+                        let mut entries: Vec<Entry> = Vec::new();
+                        let mut retained: Vec<SourceBatch> = Vec::new();
+                        let mut groups = Vec::new();
+                        while let Some(batch) = stream.next().await {
+                            let batch = batch?;
+                            let rows = batch.num_rows();
+                            let batch_no = retained.len() as u32;
+                            let kept = kernel::scan_batch(
+                                &index,
+                                &layout,
+                                &aggs,
+                                batch,
+                                batch_no,
+                                &mut groups,
+                                &mut entries,
+                                &mut retained,
+                            )?;
+                            count(&counters, rows, kept);
+                        }
+                        Ok::<_, DataFusionError>((entries, retained))
+                    }));
+                }
+                let mut parts = Vec::with_capacity(partitions);
+                let mut batches: Vec<SourceBatch> = Vec::new();
+                for task in tasks {
+                    let (mut entries, retained) = task
+                        .join()
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+                    let offset = batches.len() as u32;
+                    if offset > 0 {
+                        entries.iter_mut().for_each(|e| e.batch += offset);
+                    }
+                    if batches.len() + retained.len() > u32::MAX as usize {
+                        return exec_err!("too many source batches for one point-in-time join");
+                    }
+                    batches.extend(retained);
+                    parts.push(entries);
+                }
+                tokio::task::spawn_blocking(move || {
+                    let _guard = timer.timer();
+                    kernel::answer(
+                        parts,
+                        &batches,
+                        &queries,
+                        n_groups,
+                        &aggs,
+                        ttl,
+                        &value_types,
+                        threads,
+                    )
+                })
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??
+            }
+        };
 
         let mut columns: Vec<ArrayRef> = entity.columns().to_vec();
         columns.extend(answer.values);

@@ -28,7 +28,6 @@
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
@@ -37,7 +36,7 @@ use arrow::array::{
 use arrow::compute::{CastOptions, SortOptions, cast_with_options, interleave, take};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{Result, exec_err};
 use hashbrown::HashMap;
 
 use crate::spec::AggFunction;
@@ -297,7 +296,7 @@ pub(crate) struct SourceBatch {
 pub(crate) fn scan_batch(
     index: &KeyIndex,
     layout: &SourceLayout,
-    mode: &Mode,
+    aggs: &[AggPlan],
     batch: RecordBatch,
     batch_no: u32,
     groups: &mut Vec<u32>,
@@ -336,13 +335,10 @@ pub(crate) fn scan_batch(
     }
     let kept = entries.len() - before;
     if kept > 0 {
-        let prepared = match mode {
-            Mode::AsOf(_) => Vec::new(),
-            Mode::Aggregate(aggs) => aggs
-                .iter()
-                .map(|a| prepare(&batch, &a.input))
-                .collect::<Result<_>>()?,
-        };
+        let prepared = aggs
+            .iter()
+            .map(|a| prepare(&batch, &a.input))
+            .collect::<Result<_>>()?;
         retained.push(SourceBatch { batch, prepared });
     }
     Ok(kept)
@@ -821,42 +817,51 @@ impl Queries {
     }
 }
 
-/// Results in sorted query order.
+/// Results of one thread's groups, in sorted query order.
 struct Chunk {
+    /// An integer sum did not fit Int64 (reported as an error, never clamped).
+    overflow: bool,
     status: Vec<u8>,
     event_ts: Vec<Option<i64>>,
     outs: Vec<Out>,
 }
 
-/// The kernel's answer, one value per entity row (in entity order).
+/// The answer for every entity row, in entity order.
 pub(crate) struct Answer {
     pub(crate) status: StringArray,
     pub(crate) event_ts: TimestampMicrosecondArray,
     pub(crate) values: Vec<ArrayRef>,
 }
 
-/// Compare two source rows by the given columns (ties broken by values, nulls first).
-fn cmp_rows(batches: &[SourceBatch], cols: &[usize], a: &Entry, b: &Entry) -> Ordering {
-    for &c in cols {
-        let left = batches[a.batch as usize].batch.column(c);
-        let right = batches[b.batch as usize].batch.column(c);
-        let ord = match arrow::array::make_comparator(
-            left.as_ref(),
-            right.as_ref(),
-            SortOptions::default(),
-        ) {
-            Ok(cmp) => cmp(a.row as usize, b.row as usize),
-            Err(_) => Ordering::Equal,
-        };
-        if ord != Ordering::Equal {
-            return ord;
-        }
+/// Status and value-time columns in entity order, from values in sorted query order
+/// (the null-key group last), and the permutation that maps entity rows to sorted
+/// positions.
+pub(crate) fn finish(
+    status: &[u8],
+    event_ts: Vec<Option<i64>>,
+    queries: &Queries,
+) -> Result<(UInt32Array, StringArray, TimestampMicrosecondArray)> {
+    let mut inverse = vec![0u32; queries.order.len()];
+    for (pos, &row) in queries.order.iter().enumerate() {
+        inverse[row as usize] = pos as u32;
     }
-    Ordering::Equal
+    let inverse = UInt32Array::from(inverse);
+    let status =
+        StringArray::from_iter_values(inverse.values().iter().map(|&p| match status[p as usize] {
+            0 => Status::Present.as_str(),
+            1 => Status::NotFound.as_str(),
+            _ => Status::Expired.as_str(),
+        }));
+    let event_ts = take(&TimestampMicrosecondArray::from(event_ts), &inverse, None)?;
+    let event_ts = event_ts
+        .as_primitive::<TimestampMicrosecondType>()
+        .clone()
+        .with_timezone("UTC");
+    Ok((inverse, status, event_ts))
 }
 
-/// Among entries `[first, last]` of equal (ts, created), those passing `ok`, the
-/// largest by `cols`.
+/// Among entries `[start, last]` of equal (ts, created) as `last`, those passing `ok`,
+/// the largest by `cols` (nulls smallest).
 fn break_tie(
     sorted: &Sorted<'_>,
     cols: &[usize],
@@ -880,38 +885,42 @@ fn break_tie(
     best
 }
 
-/// Sweep groups `[g0, g1)`: entries of those groups start at `base` in the full sort.
-#[allow(clippy::too_many_arguments)]
+/// Compare two source rows by the given columns (nulls smallest).
+fn cmp_rows(batches: &[SourceBatch], cols: &[usize], a: &Entry, b: &Entry) -> Ordering {
+    for &c in cols {
+        let left = batches[a.batch as usize].batch.column(c);
+        let right = batches[b.batch as usize].batch.column(c);
+        let ord = match arrow::array::make_comparator(
+            left.as_ref(),
+            right.as_ref(),
+            SortOptions::default(),
+        ) {
+            Ok(cmp) => cmp(a.row as usize, b.row as usize),
+            Err(_) => Ordering::Equal,
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    Ordering::Equal
+}
+
+/// Sweep groups `groups`, whose entries are `range` of the full sort.
 fn sweep(
     sorted: &Sorted<'_>,
     range: std::ops::Range<usize>,
     groups: std::ops::Range<usize>,
     queries: &Queries,
-    mode: &Mode,
+    aggs: &[AggPlan],
     ttl_us: Option<i64>,
     columns: &[Column<'_>],
 ) -> Chunk {
-    let q_lo = queries.offsets[groups.start];
-    let q_hi = queries.offsets[groups.end];
-    let nq = q_hi - q_lo;
+    let nq = queries.offsets[groups.end] - queries.offsets[groups.start];
     let mut chunk = Chunk {
+        overflow: false,
         status: Vec::with_capacity(nq),
         event_ts: Vec::with_capacity(nq),
-        outs: Vec::new(),
-    };
-    let base = range.start;
-    let aggs: &[AggPlan] = match mode {
-        Mode::Aggregate(a) => a,
-        Mode::AsOf(_) => &[],
-    };
-    let mut states: Vec<State<'_>> = aggs
-        .iter()
-        .zip(columns)
-        .map(|(a, c)| State::new(a.function, c))
-        .collect();
-    chunk.outs = match mode {
-        Mode::AsOf(_) => vec![Out::Pick(Vec::with_capacity(nq))],
-        Mode::Aggregate(a) => a
+        outs: aggs
             .iter()
             .zip(columns)
             .map(|(a, c)| match (a.function, c) {
@@ -926,6 +935,12 @@ fn sweep(
             })
             .collect(),
     };
+    let base = range.start;
+    let mut states: Vec<State<'_>> = aggs
+        .iter()
+        .zip(columns)
+        .map(|(a, c)| State::new(a.function, c))
+        .collect();
     let mut lo = vec![0usize; aggs.len()];
     let mut added = vec![0usize; aggs.len()];
     for g in groups {
@@ -954,100 +969,78 @@ fn sweep(
                 .event_ts
                 .push((hi > gs).then(|| entries[hi - 1 - gs].ts));
             let present = status == Status::Present;
-            match mode {
-                Mode::AsOf(cols) => {
-                    let Out::Pick(picks) = &mut chunk.outs[0] else {
-                        unreachable!()
-                    };
-                    picks.push(if present {
-                        break_tie(sorted, cols, base + gs, base + hi - 1, |_| true) as u32
-                    } else {
-                        NONE
-                    });
+            for (k, agg) in aggs.iter().enumerate() {
+                let state = &mut states[k];
+                for i in added[k]..hi {
+                    state.add(i);
                 }
-                Mode::Aggregate(aggs) => {
-                    for (k, agg) in aggs.iter().enumerate() {
-                        let state = &mut states[k];
-                        for i in added[k]..hi {
-                            state.add(i);
-                        }
-                        added[k] = hi.max(added[k]);
-                        if let Some(w) = agg.window_us {
-                            let bound = t.saturating_sub(w);
-                            while lo[k] < hi && entries[lo[k] - gs].ts <= bound {
-                                state.remove(lo[k]);
-                                lo[k] += 1;
-                            }
-                        }
-                        let (l, h) = (lo[k], hi);
-                        match (&mut chunk.outs[k], &*state) {
-                            (Out::Int(v), State::Count { n, .. }) => v.push(present.then_some(*n)),
-                            (Out::Int(v), State::Distinct { counts, .. }) => {
-                                v.push(present.then_some(counts.len() as i64))
-                            }
-                            (Out::Int(v), State::SumInt { sum, .. }) => {
-                                v.push(present.then(|| {
-                                    i64::try_from(*sum).unwrap_or(if *sum > 0 {
-                                        i64::MAX
-                                    } else {
-                                        i64::MIN
-                                    })
-                                }))
-                            }
-                            (Out::Float(v), State::SumInt { sum, n, .. }) => {
-                                v.push((present && *n > 0).then(|| *sum as f64 / *n as f64))
-                            }
-                            (Out::Float(v), State::SumFloat { sum, n, .. }) => {
-                                v.push(match agg.function {
-                                    AggFunction::Sum => {
-                                        present.then(|| if *n == 0 { 0.0 } else { sum.value() })
-                                    }
-                                    _ => (present && *n > 0).then(|| sum.value() / *n as f64),
-                                })
-                            }
-                            (Out::Int(v), State::ExtInt { vals, deque, .. }) => {
-                                v.push(if present {
-                                    deque.front().map(|&i| vals[i])
-                                } else {
-                                    None
-                                })
-                            }
-                            (Out::Float(v), State::ExtFloat { vals, deque, .. }) => {
-                                v.push(if present {
-                                    deque.front().map(|&i| vals[i])
-                                } else {
-                                    None
-                                })
-                            }
-                            (Out::Float(v), State::Stddev { vals, valid }) => v.push(if present {
-                                stddev(&vals[l..h], &valid[l..h])
-                            } else {
-                                None
-                            }),
-                            (Out::Pick(v), State::Last { valid }) => {
-                                let mut pick = NONE;
-                                if present {
-                                    if let Some(i) = (l..h).rev().find(|&i| valid[i]) {
-                                        let col = match agg.input {
-                                            Input::Validity(c) => c,
-                                            _ => unreachable!(),
-                                        };
-                                        pick = break_tie(sorted, &[col], base + l, base + i, |k| {
-                                            valid[k - base]
-                                        }) as u32;
-                                    }
-                                }
-                                v.push(pick);
-                            }
-                            _ => unreachable!("state and output agree by construction"),
-                        }
+                added[k] = hi.max(added[k]);
+                if let Some(w) = agg.window_us {
+                    let bound = t.saturating_sub(w);
+                    while lo[k] < hi && entries[lo[k] - gs].ts <= bound {
+                        state.remove(lo[k]);
+                        lo[k] += 1;
                     }
+                }
+                let (l, h) = (lo[k], hi);
+                match (&mut chunk.outs[k], &*state) {
+                    (Out::Int(v), State::Count { n, .. }) => v.push(present.then_some(*n)),
+                    (Out::Int(v), State::Distinct { counts, .. }) => {
+                        v.push(present.then_some(counts.len() as i64))
+                    }
+                    (Out::Int(v), State::SumInt { sum, .. }) => {
+                        let fits = if present {
+                            i64::try_from(*sum).ok()
+                        } else {
+                            None
+                        };
+                        chunk.overflow |= present && fits.is_none();
+                        v.push(fits)
+                    }
+                    (Out::Float(v), State::SumInt { sum, n, .. }) => {
+                        v.push((present && *n > 0).then(|| *sum as f64 / *n as f64))
+                    }
+                    (Out::Float(v), State::SumFloat { sum, n, .. }) => v.push(match agg.function {
+                        AggFunction::Sum => {
+                            present.then(|| if *n == 0 { 0.0 } else { sum.value() })
+                        }
+                        _ => (present && *n > 0).then(|| sum.value() / *n as f64),
+                    }),
+                    (Out::Int(v), State::ExtInt { vals, deque, .. }) => v.push(if present {
+                        deque.front().map(|&i| vals[i])
+                    } else {
+                        None
+                    }),
+                    (Out::Float(v), State::ExtFloat { vals, deque, .. }) => v.push(if present {
+                        deque.front().map(|&i| vals[i])
+                    } else {
+                        None
+                    }),
+                    (Out::Float(v), State::Stddev { vals, valid }) => v.push(if present {
+                        stddev(&vals[l..h], &valid[l..h])
+                    } else {
+                        None
+                    }),
+                    (Out::Pick(v), State::Last { valid }) => {
+                        let mut pick = NONE;
+                        if present {
+                            if let Some(i) = (l..h).rev().find(|&i| valid[i]) {
+                                let col = match agg.input {
+                                    Input::Validity(c) => c,
+                                    _ => unreachable!(),
+                                };
+                                pick = break_tie(sorted, &[col], base + l, base + i, |k| {
+                                    valid[k - base]
+                                }) as u32;
+                            }
+                        }
+                        v.push(pick);
+                    }
+                    _ => unreachable!("state and output agree by construction"),
                 }
             }
         }
     }
-    // Rows with null keys (the extra group at the end) are NOT_FOUND.
-    let _ = q_lo;
     chunk
 }
 
@@ -1074,22 +1067,21 @@ fn stddev(vals: &[f64], valid: &[bool]) -> Option<f64> {
     Some((sq / (n - 1) as f64).sqrt())
 }
 
-/// Run the sort and sweep, splitting groups over `threads`, and build the output
-/// arrays in entity order. `value_types` are the output types of the features.
+/// Sort the routed entries and sweep every group's queries, splitting groups over
+/// `threads`; the outputs come back in entity order. `value_types` are the features'
+/// output types.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn answer(
     parts: Vec<Vec<Entry>>,
     batches: &[SourceBatch],
-    entity_groups: &[u32],
-    entity_t: &[i64],
+    queries: &Queries,
     n_groups: usize,
-    mode: &Mode,
+    aggs: &[AggPlan],
     ttl_us: Option<i64>,
     value_types: &[DataType],
     threads: usize,
 ) -> Result<Answer> {
     let (mut entries, offsets) = sort_entries(parts, n_groups);
-    let queries = Queries::new(entity_groups, entity_t, n_groups);
 
     // Split groups into chunks of similar entry counts, one per thread.
     let threads = threads.max(1);
@@ -1123,17 +1115,12 @@ pub(crate) fn answer(
         offsets,
         batches,
     };
-    let aggs: &[AggPlan] = match mode {
-        Mode::Aggregate(a) => a,
-        Mode::AsOf(_) => &[],
-    };
     let chunks: Vec<Chunk> = std::thread::scope(|s| {
         let handles: Vec<_> = bounds
             .windows(2)
             .map(|w| {
                 let (g0, g1) = (w[0], w[1]);
-                let sorted = &sorted;
-                let queries = &queries;
+                let (sorted, queries) = (&sorted, queries);
                 s.spawn(move || {
                     let range = sorted.offsets[g0]..sorted.offsets[g1];
                     let columns: Vec<Column<'_>> = aggs
@@ -1141,7 +1128,7 @@ pub(crate) fn answer(
                         .enumerate()
                         .map(|(k, a)| gather_column(sorted, k, &a.input, range.clone()))
                         .collect();
-                    sweep(sorted, range, g0..g1, queries, mode, ttl_us, &columns)
+                    sweep(sorted, range, g0..g1, queries, aggs, ttl_us, &columns)
                 })
             })
             .collect();
@@ -1150,110 +1137,74 @@ pub(crate) fn answer(
             .map(|h| h.join().expect("sweep thread panicked"))
             .collect()
     });
-
-    // Queries of the null-key group get NOT_FOUND.
-    let null_q = queries.offsets[n_groups + 1] - queries.offsets[n_groups];
-    let n = entity_groups.len();
-
-    // Inverse permutation: sorted position -> entity row.
-    let order = UInt32Array::from(queries.order.clone());
-    let mut inverse = vec![0u32; n];
-    for (pos, &row) in queries.order.iter().enumerate() {
-        inverse[row as usize] = pos as u32;
+    if chunks.iter().any(|c| c.overflow) {
+        return exec_err!(
+            "an integer sum does not fit in Int64; cast the column to a floating type (in a SQL view) to aggregate it"
+        );
     }
-    let inverse = UInt32Array::from(inverse);
-    let _ = order;
 
-    let mut status: Vec<u8> = Vec::with_capacity(n);
-    let mut event_ts: Vec<Option<i64>> = Vec::with_capacity(n);
+    // Sorted order: the chunks, then the null-key group (NOT_FOUND).
+    let null_q = queries.offsets[n_groups + 1] - queries.offsets[n_groups];
+    let mut status: Vec<u8> = Vec::with_capacity(queries.order.len());
+    let mut event_ts: Vec<Option<i64>> = Vec::with_capacity(queries.order.len());
     for c in &chunks {
         status.extend_from_slice(&c.status);
         event_ts.extend_from_slice(&c.event_ts);
     }
     status.extend(std::iter::repeat_n(Status::NotFound as u8, null_q));
     event_ts.extend(std::iter::repeat_n(None, null_q));
+    let (inverse, status, event_ts) = finish(&status, event_ts, queries)?;
 
-    let status_arr: ArrayRef = Arc::new(StringArray::from_iter_values(status.iter().map(
-        |s| match *s {
-            0 => Status::Present.as_str(),
-            1 => Status::NotFound.as_str(),
-            _ => Status::Expired.as_str(),
-        },
-    )));
-    let ts_arr: ArrayRef = Arc::new(TimestampMicrosecondArray::from(event_ts).with_timezone("UTC"));
-
-    let n_outs = chunks.first().map_or(
-        match mode {
-            Mode::AsOf(_) => 1,
-            Mode::Aggregate(a) => a.len(),
-        },
-        |c| c.outs.len(),
-    );
-    let mut values = Vec::new();
     let mut chunks = chunks;
-    for k in 0..n_outs {
-        let mut ints: Vec<Option<i64>> = Vec::new();
-        let mut floats: Vec<Option<f64>> = Vec::new();
-        let mut picks: Vec<u32> = Vec::new();
-        let mut kind = 0;
-        for c in chunks.iter_mut() {
-            match std::mem::replace(&mut c.outs[k], Out::Pick(Vec::new())) {
-                Out::Int(v) => {
-                    kind = 1;
-                    ints.extend(v)
-                }
-                Out::Float(v) => {
-                    kind = 2;
-                    floats.extend(v)
-                }
-                Out::Pick(v) => {
-                    kind = 3;
-                    picks.extend(v)
-                }
+    let mut values = Vec::with_capacity(aggs.len());
+    for (k, agg) in aggs.iter().enumerate() {
+        let parts: Vec<Out> = chunks
+            .iter_mut()
+            .map(|c| std::mem::replace(&mut c.outs[k], Out::Pick(Vec::new())))
+            .collect();
+        let column: ArrayRef = match (agg.function, &value_types[k]) {
+            (AggFunction::Last, dt) => {
+                let mut picks: Vec<u32> = parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Out::Pick(v) => v,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                picks.extend(std::iter::repeat_n(NONE, null_q));
+                let Input::Validity(c) = agg.input else {
+                    unreachable!("last reads validity")
+                };
+                gather_picks(&sorted, &picks, c, dt, &inverse)?
             }
-        }
-        if chunks.is_empty() {
-            kind = match mode {
-                Mode::AsOf(_) => 3,
-                Mode::Aggregate(a) => match value_types[k] {
-                    DataType::Int64 if a[k].function != AggFunction::Last => 1,
-                    DataType::Float64 if a[k].function != AggFunction::Last => 2,
-                    _ => 3,
-                },
-            };
-        }
-        match kind {
-            1 => {
-                ints.extend(std::iter::repeat_n(None, null_q));
-                values.push(take(&Int64Array::from(ints), &inverse, None)?);
-            }
-            2 => {
-                floats.extend(std::iter::repeat_n(None, null_q));
-                values.push(take(&Float64Array::from(floats), &inverse, None)?);
+            (_, DataType::Int64) => {
+                let mut v: Vec<Option<i64>> = parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Out::Int(v) => v,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                v.extend(std::iter::repeat_n(None, null_q));
+                take(&Int64Array::from(v), &inverse, None)?
             }
             _ => {
-                picks.extend(std::iter::repeat_n(NONE, null_q));
-                let cols: Vec<usize> = match mode {
-                    Mode::AsOf(cols) => cols.clone(),
-                    Mode::Aggregate(a) => match a[k].input {
-                        Input::Validity(c) => vec![c],
-                        _ => unreachable!(),
-                    },
-                };
-                for (j, c) in cols.iter().enumerate() {
-                    let dt = &value_types[if matches!(mode, Mode::AsOf(_)) { j } else { k }];
-                    values.push(gather_picks(&sorted, &picks, *c, dt, &inverse)?);
-                }
+                let mut v: Vec<Option<f64>> = parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Out::Float(v) => v,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                v.extend(std::iter::repeat_n(None, null_q));
+                take(&Float64Array::from(v), &inverse, None)?
             }
-        }
+        };
+        values.push(column);
     }
     Ok(Answer {
-        status: take(&status_arr, &inverse, None)?
-            .as_string::<i32>()
-            .clone(),
-        event_ts: take(&ts_arr, &inverse, None)?
-            .as_primitive::<TimestampMicrosecondType>()
-            .clone(),
+        status,
+        event_ts,
         values,
     })
 }
@@ -1285,12 +1236,5 @@ fn gather_picks(
             }
         })
         .collect();
-    let out = interleave(&arrays, &indices)?;
-    if out.data_type() != dt {
-        return Err(DataFusionError::Internal(format!(
-            "gathered {} where {dt} was planned",
-            out.data_type()
-        )));
-    }
-    Ok(out)
+    Ok(interleave(&arrays, &indices)?)
 }

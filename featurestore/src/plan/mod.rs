@@ -12,6 +12,7 @@
 //! and column views, the view's SQL for SQL views. The node is planned into
 //! [`PointInTimeExec`]; see [`kernel`] for the semantics.
 
+mod asof;
 mod exec;
 pub(crate) mod kernel;
 mod node;

@@ -423,3 +423,47 @@ async fn values_as_of_now_match_the_training_set_rule() {
         );
     }
 }
+
+#[tokio::test]
+async fn integer_sums_that_overflow_are_errors_not_clamped() {
+    let repo = crate::common::Repo::new();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("ts", ts_type(), false),
+        Field::new("cents", DataType::Int64, false),
+    ]));
+    let big = i64::MAX / 2 + 1;
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(vec![1, 1, 2])),
+            Arc::new(TimestampMicrosecondArray::from(vec![T0, T0 + HOUR, T0]).with_timezone("UTC")),
+            Arc::new(Int64Array::from(vec![big, big, 5])),
+        ],
+    )
+    .unwrap();
+    repo.delta("data/t", vec![batch]).await;
+    repo.write(
+        "f.yaml",
+        "kind: Entity\nname: user\njoin_keys: [user_id]\n---\nkind: Source\nname: t\ndelta: data/t\ntimestamp: ts\n---\n\
+         kind: FeatureView\nname: money\nentity: user\nsource: t\nfeatures:\n  - { name: total, agg: sum(cents) }\n",
+    );
+    let store = FeatureStore::open(repo.path()).unwrap();
+    store.apply().await.unwrap();
+    let ok = store
+        .historical_features()
+        .with_entities(vec![entities(&[(2, T0 + DAY)])])
+        .with_features("money")
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&ok.concat().unwrap(), "total"), ["5"]);
+    let err = store
+        .historical_features()
+        .with_entities(vec![entities(&[(1, T0 + DAY)])])
+        .with_features("money")
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not fit in Int64"), "{err}");
+}

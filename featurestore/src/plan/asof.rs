@@ -1,0 +1,225 @@
+//! The as-of path of the point-in-time join (column and SQL views): the newest row at
+//! or before each query time, without keeping or sorting the source.
+//!
+//! ```text
+//! queries of one key, sorted:     t0        t1              t2
+//! buckets:                 (-inf, t0] (t0, t1]       (t1, t2]     (t2, inf): dropped
+//! ```
+//!
+//! Each source row lands in the bucket of the first query at or after its event time,
+//! where only the best row (newest event time, then created time, then values) is
+//! kept. A query's row is then the best of the last non-empty bucket at or before it:
+//! every row in a later bucket is strictly newer than every row in an earlier one.
+//! Cost: one hash lookup and one binary search per source row; memory: one slot per
+//! query and source partition, plus the source batches that hold a kept row.
+
+use std::cmp::Ordering;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::compute::{SortOptions, interleave};
+use arrow::datatypes::DataType;
+use datafusion::common::Result;
+
+use super::kernel::{Answer, KeyIndex, NO_GROUP, Queries, SourceLayout, Status, finish, micros};
+
+const NONE: u32 = u32::MAX;
+
+/// The best row of one bucket so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Best {
+    ts: i64,
+    created: i64,
+    batch: u32,
+    row: u32,
+}
+
+const EMPTY: Best = Best {
+    ts: i64::MIN,
+    created: i64::MIN,
+    batch: NONE,
+    row: 0,
+};
+
+/// One source partition's buckets and the batches their rows live in.
+#[derive(Debug)]
+pub(crate) struct Part {
+    pub(crate) best: Vec<Best>,
+    pub(crate) batches: Vec<RecordBatch>,
+}
+
+impl Part {
+    pub(crate) fn new(queries: usize) -> Self {
+        Self {
+            best: vec![EMPTY; queries],
+            batches: Vec::new(),
+        }
+    }
+}
+
+/// Compare two rows by `cols` (nulls smallest).
+fn cmp_values(cols: &[usize], a: (&RecordBatch, u32), b: (&RecordBatch, u32)) -> Ordering {
+    for &c in cols {
+        let ord = match arrow::array::make_comparator(
+            a.0.column(c).as_ref(),
+            b.0.column(c).as_ref(),
+            SortOptions::default(),
+        ) {
+            Ok(cmp) => cmp(a.1 as usize, b.1 as usize),
+            Err(_) => Ordering::Equal,
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    Ordering::Equal
+}
+
+/// `candidate` beats `current`: newer, or as new with larger values.
+fn beats(candidate: &Best, current: &Best, cols: &[usize], batches: &[RecordBatch]) -> bool {
+    if current.batch == NONE {
+        return true;
+    }
+    match (candidate.ts, candidate.created).cmp(&(current.ts, current.created)) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => {
+            cmp_values(
+                cols,
+                (&batches[candidate.batch as usize], candidate.row),
+                (&batches[current.batch as usize], current.row),
+            ) == Ordering::Greater
+        }
+    }
+}
+
+/// Put the rows of one source batch into `part`'s buckets; returns how many rows
+/// matched an asked-for key at or before one of its query times.
+pub(crate) fn scan_batch(
+    index: &KeyIndex,
+    layout: &SourceLayout,
+    cols: &[usize],
+    queries: &Queries,
+    batch: RecordBatch,
+    groups: &mut Vec<u32>,
+    part: &mut Part,
+) -> Result<usize> {
+    let keys: Vec<ArrayRef> = layout
+        .keys
+        .iter()
+        .map(|&i| batch.column(i).clone())
+        .collect();
+    index.lookup(&keys, groups)?;
+    let ts = micros(batch.column(layout.ts), "the event-time column")?;
+    let created = match layout.created {
+        Some(c) => Some(micros(batch.column(c), "the created-time column")?),
+        None => None,
+    };
+    let batch_no = part.batches.len() as u32;
+    part.batches.push(batch);
+    let (mut matched, mut kept) = (0, false);
+    for (row, &g) in groups.iter().enumerate() {
+        if g == NO_GROUP || ts.is_null(row) {
+            continue;
+        }
+        let t = ts.value(row);
+        let (qs, qe) = (queries.offsets[g as usize], queries.offsets[g as usize + 1]);
+        let j = qs + queries.t[qs..qe].partition_point(|&q| q < t);
+        if j == qe {
+            continue; // newer than every query of its key
+        }
+        matched += 1;
+        let candidate = Best {
+            ts: t,
+            created: match &created {
+                Some(c) if c.is_valid(row) => c.value(row),
+                Some(_) => i64::MIN,
+                None => 0,
+            },
+            batch: batch_no,
+            row: row as u32,
+        };
+        if beats(&candidate, &part.best[j], cols, &part.batches) {
+            part.best[j] = candidate;
+            kept = true;
+        }
+    }
+    if !kept {
+        part.batches.pop();
+    }
+    Ok(matched)
+}
+
+/// Merge the partitions' buckets and answer every entity row.
+pub(crate) fn answer(
+    parts: Vec<Part>,
+    queries: &Queries,
+    n_groups: usize,
+    cols: &[usize],
+    ttl_us: Option<i64>,
+    value_types: &[DataType],
+) -> Result<Answer> {
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut best = vec![EMPTY; queries.order.len()];
+    for part in parts {
+        let offset = batches.len() as u32;
+        batches.extend(part.batches);
+        for (slot, mut b) in best.iter_mut().zip(part.best) {
+            if b.batch == NONE {
+                continue;
+            }
+            b.batch += offset;
+            if beats(&b, slot, cols, &batches) {
+                *slot = b;
+            }
+        }
+    }
+    let n = queries.order.len();
+    let mut status = Vec::with_capacity(n);
+    let mut event_ts = Vec::with_capacity(n);
+    let mut picks: Vec<Best> = Vec::with_capacity(n);
+    for g in 0..=n_groups {
+        let mut carry = EMPTY;
+        for j in queries.offsets[g]..queries.offsets[g + 1] {
+            if g < n_groups && best[j].batch != NONE {
+                carry = best[j];
+            }
+            let t = queries.t[j];
+            let st = if carry.batch == NONE {
+                Status::NotFound
+            } else if ttl_us.is_some_and(|ttl| carry.ts < t.saturating_sub(ttl)) {
+                Status::Expired
+            } else {
+                Status::Present
+            };
+            status.push(st as u8);
+            event_ts.push((carry.batch != NONE).then_some(carry.ts));
+            picks.push(if st == Status::Present { carry } else { EMPTY });
+        }
+    }
+    let (inverse, status, event_ts) = finish(&status, event_ts, queries)?;
+    let mut values = Vec::with_capacity(cols.len());
+    for (&c, dt) in cols.iter().zip(value_types) {
+        let nulls = new_null_array(dt, 1);
+        let mut arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+        arrays.push(nulls.as_ref());
+        let null_src = arrays.len() - 1;
+        let indices: Vec<(usize, usize)> = inverse
+            .values()
+            .iter()
+            .map(|&pos| {
+                let p = &picks[pos as usize];
+                if p.batch == NONE {
+                    (null_src, 0)
+                } else {
+                    (p.batch as usize, p.row as usize)
+                }
+            })
+            .collect();
+        values.push(interleave(&arrays, &indices)?);
+    }
+    Ok(Answer {
+        status,
+        event_ts,
+        values,
+    })
+}
