@@ -3,7 +3,8 @@
 //!
 //! Realism that matters for the features:
 //! - activity is Zipf-skewed: a few customers are very active, most are not;
-//! - each customer has a few devices, a home IP and a typical amount (log-normal);
+//! - each customer has a few devices, a few usual IPs (home, work, mobile) and a
+//!   typical amount (log-normal);
 //! - fraud is account takeover: a burst of larger transactions from a new device and
 //!   a new IP, preceded by a login from that IP; banks differ in fraud rate (non-IID).
 
@@ -93,7 +94,8 @@ pub fn bank_name(i: usize) -> String {
 struct Customer {
     id: i64,
     devices: Vec<String>,
-    home_ip: String,
+    /// Home, work, mobile: the few IPs a customer uses.
+    ips: Vec<String>,
     amount: LogNormal<f64>,
 }
 
@@ -167,7 +169,9 @@ async fn generate_bank(cfg: &Config, b: usize, out: &Path) -> Result<BankData> {
             Customer {
                 id: base_id + i as i64,
                 devices,
-                home_ip: ip(&mut rng, 10),
+                ips: (0..rng.random_range(1..=3))
+                    .map(|_| ip(&mut rng, 10))
+                    .collect(),
                 amount: LogNormal::new(mu, 0.6).expect("valid log-normal"),
             }
         })
@@ -195,8 +199,8 @@ async fn generate_bank(cfg: &Config, b: usize, out: &Path) -> Result<BankData> {
             .push(format!("m-{:04}", merchants.sample(&mut rng) as u32));
         t.device
             .push(c.devices[rng.random_range(0..c.devices.len())].clone());
-        t.ip.push(if rng.random::<f64>() < 0.93 {
-            c.home_ip.clone()
+        t.ip.push(if rng.random::<f64>() < 0.97 {
+            c.ips[rng.random_range(0..c.ips.len())].clone()
         } else {
             ip(&mut rng, 100)
         });
@@ -206,18 +210,19 @@ async fn generate_bank(cfg: &Config, b: usize, out: &Path) -> Result<BankData> {
         let c = &customers[pick(&mut rng)];
         l.user.push(c.id);
         l.ts.push(cfg.start_us + rng.random_range(0..span));
-        l.ip.push(if rng.random::<f64>() < 0.9 {
-            c.home_ip.clone()
+        l.ip.push(if rng.random::<f64>() < 0.95 {
+            c.ips[rng.random_range(0..c.ips.len())].clone()
         } else {
             ip(&mut rng, 100)
         });
         l.device
             .push(c.devices[rng.random_range(0..c.devices.len())].clone());
     }
-    // Account takeovers: a login from a new IP, then a burst from a new device.
+    // Account takeovers: a login from a new IP, then a burst from a new device. Victims
+    // follow the same activity distribution as everyone else.
     let mut fraud = 0;
     while fraud < n_fraud_target {
-        let c = &customers[rng.random_range(0..cfg.users)];
+        let c = &customers[pick(&mut rng)];
         let start = cfg.start_us + rng.random_range(US_PER_DAY..span.max(US_PER_DAY + 1));
         let bad_ip = ip(&mut rng, 185);
         let bad_device = format!("d-{:012x}", rng.random::<u64>() >> 16);

@@ -144,9 +144,18 @@ pub async fn write(url: &Url, batches: Vec<RecordBatch>, mode: SaveMode) -> Resu
             std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
         }
     }
-    let table = DeltaTable::try_from_url(url.clone())
-        .await
-        .map_err(|e| delta_err(url, e))?;
+    let exists = url.scheme() != "file"
+        || url
+            .to_file_path()
+            .is_ok_and(|p| p.join("_delta_log").is_dir());
+    // Loading a table that does not exist yet logs an error inside deltalake; a new
+    // table is created from an unloaded handle instead.
+    let table = if exists {
+        DeltaTable::try_from_url(url.clone()).await
+    } else {
+        deltalake::DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build())
+    }
+    .map_err(|e| delta_err(url, e))?;
     let table = table
         .write(batches)
         .with_save_mode(mode)

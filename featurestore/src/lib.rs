@@ -20,7 +20,7 @@
 //! online-serving work.
 //!
 //! ```
-//! # tokio_test::block_on(async {
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use quiver_featurestore::FeatureStore;
 //!
 //! let dir = tempfile::tempdir()?;
