@@ -11,6 +11,9 @@ started=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "== Python with pyarrow for the Flight interop test"
+./scripts/python-env.sh
+
 echo "== cargo test --workspace"
 # --no-fail-fast: one run reports every failing test, not just the first binary's.
 cargo test --workspace --no-fail-fast "$@"

@@ -48,6 +48,10 @@ struct DataArgs {
     /// Random seed (same seed, same data).
     #[arg(long, global = true, default_value_t = 42)]
     seed: u64,
+    /// First day of data, YYYY-MM-DD (default: `days` before today, so that online
+    /// values are fresh; pin it to reproduce a run exactly).
+    #[arg(long, global = true)]
+    start: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,7 +60,10 @@ enum Cmd {
     Generate,
     /// Apply each bank's repo and build its training set (needs `generate` first).
     Train,
-    /// Generate, apply and build training sets (the default).
+    /// Materialize each bank's features, serve bank_a's over Arrow Flight, and query
+    /// them with the Rust client SDK (needs `train` first).
+    Serve,
+    /// Generate, train and serve (the default).
     All,
 }
 
@@ -70,13 +77,22 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let d = &cli.data;
+    let start_day = match &d.start {
+        Some(s) => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map_err(|e| anyhow::anyhow!("--start {s}: {e}; write YYYY-MM-DD"))?,
+        None => chrono::Utc::now().date_naive() - chrono::Days::new(d.days.max(1) as u64),
+    };
     let cfg = generate::Config {
         banks: d.banks,
         users: d.users,
         transactions: d.transactions,
         days: d.days,
         seed: d.seed,
-        ..Default::default()
+        start_us: start_day
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_micros(),
     };
     let cmd = cli.command.unwrap_or(Cmd::All);
     if matches!(cmd, Cmd::Generate | Cmd::All) {
@@ -108,6 +124,127 @@ async fn main() -> Result<()> {
     if matches!(cmd, Cmd::Train | Cmd::All) {
         train(&cfg, &d.out).await?;
     }
+    if matches!(cmd, Cmd::Serve | Cmd::All) {
+        serve(&cfg, &d.out).await?;
+    }
+    Ok(())
+}
+
+/// Materialize every bank's online store; serve bank_a's over Flight on loopback and
+/// read features for a few customers through the SDK.
+async fn serve(cfg: &generate::Config, out: &std::path::Path) -> Result<()> {
+    use quiver_featurestore::client::Client;
+    use quiver_featurestore::serve::{ServeConfig, Tokens};
+    println!("\nMaterializing the online stores ...");
+    println!(
+        "{:<8} {:<24} {:<12} {:>9} {:>8} {:>8}",
+        "bank", "view", "mode", "rows", "keys", "seconds"
+    );
+    let mut stores = Vec::new();
+    for b in 0..cfg.banks {
+        let name = generate::bank_name(b);
+        let store = FeatureStore::open(out.join(&name))?;
+        store.apply().await?;
+        let report = store.materialize().await?;
+        for v in &report.views {
+            println!(
+                "{:<8} {:<24} {:<12} {:>9} {:>8} {:>8.2}",
+                name, v.view, v.mode, v.rows_read, v.keys_total, v.seconds
+            );
+        }
+        stores.push(store);
+    }
+    // A fresh random token for this run; the server only listens on loopback.
+    let token = format!("{:032x}", rand::random::<u128>());
+    let tokens = Tokens::new().with(&token, "bank_a", false)?;
+    let server = ServeConfig::new("127.0.0.1:0".parse()?, tokens)
+        .spawn(stores.swap_remove(0))
+        .await?;
+    let url = format!("http://{}", server.addr());
+    println!(
+        "\nbank_a serves Arrow Flight on {url} (metrics on http://{}/metrics)",
+        server.metrics_addr().expect("metrics on")
+    );
+    let mut client = Client::connect(&url).await?.with_token(&token)?;
+    let views = client.list_views().await?;
+    println!(
+        "views: {}",
+        views
+            .iter()
+            .map(|v| v.view.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The five customers with the most transactions in the last 30 days, and one unknown.
+    let velocity = client.scan("user_txn_velocity", None).await?;
+    let mut counts: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    let cutoff = chrono::Utc::now().timestamp_micros() - 30 * 86_400_000_000;
+    for b in &velocity {
+        let users = b
+            .column_by_name("user_id")
+            .expect("key")
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let ts = b
+            .column_by_name("ts")
+            .expect("time")
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        for i in 0..b.num_rows() {
+            if ts.value(i) > cutoff {
+                *counts.entry(users.value(i)).or_default() += 1;
+            }
+        }
+    }
+    let mut top: Vec<(i64, usize)> = counts.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut ids: Vec<i64> = top.iter().take(5).map(|(u, _)| *u).collect();
+    ids.push(999_999_999);
+    let keys = arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("user_id", DataType::Int64, false),
+        ])),
+        vec![std::sync::Arc::new(arrow::array::Int64Array::from(ids))],
+    )?;
+    for (view, features) in [
+        (
+            "user_txn_velocity",
+            vec!["txn_count_1h", "txn_count_24h", "txn_count_7d"],
+        ),
+        (
+            "user_amount_stats",
+            vec!["amount_sum_24h", "amount_avg_30d", "amount_max_7d"],
+        ),
+        (
+            "user_device_ip_stats",
+            vec!["distinct_devices_30d", "distinct_ips_7d"],
+        ),
+        (
+            "user_login_stats",
+            vec!["login_ip_count_30d", "last_login_ip"],
+        ),
+    ] {
+        let t = Instant::now();
+        let batch = client
+            .get_online_features(view, Some(&features), &keys)
+            .await?;
+        let shown: Vec<usize> = (0..batch.num_columns())
+            .filter(|&i| {
+                !batch
+                    .schema()
+                    .field(i)
+                    .name()
+                    .ends_with("__event_timestamp")
+            })
+            .collect();
+        println!(
+            "\n{view} (online, as of now; {:.1} ms round trip):",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        println!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&[batch.project(&shown)?])?
+        );
+    }
+    server.shutdown().await;
     Ok(())
 }
 

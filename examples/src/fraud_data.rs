@@ -151,7 +151,11 @@ async fn generate_bank(cfg: &Config, b: usize, out: &Path) -> Result<BankData> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("features.yaml"), FEATURE_REPO)?;
+    // Each bank owns its copy of the views (tenant = bank name when served).
+    std::fs::write(
+        dir.join("features.yaml"),
+        FEATURE_REPO.replace("owner: bank\n", &format!("owner: {name}\n")),
+    )?;
 
     let mut rng =
         StdRng::seed_from_u64(cfg.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(b as u64 + 1)));

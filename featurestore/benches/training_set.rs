@@ -16,18 +16,20 @@
 //! Output: a table and one JSON line. Peak memory is the process's peak RSS during the
 //! measured runs (reset before them through /proc/self/clear_refs).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use deltalake::protocol::SaveMode;
+use arrow::array::{Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema};
 use quiver_featurestore::{FeatureStore, delta};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const DAY: i64 = 86_400_000_000;
+mod common;
+
+use common::{DAY, peak_rss_bytes, reset_peak_rss, ts_type};
+
 const T0: i64 = 1_704_067_200_000_000;
 
 struct Args {
@@ -69,10 +71,6 @@ fn args() -> Args {
     a
 }
 
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
 const REPO: &str = "kind: Entity
 name: user
 join_keys: [user_id]
@@ -106,20 +104,6 @@ ttl: 3d
 features: [balance, credit_limit, risk_score, days_past_due]
 ";
 
-async fn write(root: &Path, rel: &str, batches: Vec<RecordBatch>) {
-    let url = delta::table_url(root, rel).unwrap();
-    for (i, b) in batches.into_iter().enumerate() {
-        let mode = if i == 0 {
-            SaveMode::Overwrite
-        } else {
-            SaveMode::Append
-        };
-        delta::write(&url, vec![b], mode)
-            .await
-            .expect("write delta");
-    }
-}
-
 /// Generate the data once per size; later runs reuse it.
 async fn prepare(a: &Args) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -132,49 +116,10 @@ async fn prepare(a: &Args) -> PathBuf {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("features.yaml"), REPO).unwrap();
     let started = Instant::now();
-    let mut rng = StdRng::seed_from_u64(7);
     let span = a.days * DAY;
-    // Zipf-like activity: user = floor(users * u^2) puts more rows on low ids.
-    let mut txn: Vec<(i64, i64)> = (0..a.transactions)
-        .map(|_| {
-            let u: f64 = rng.random();
-            (
-                (a.users as f64 * u * u) as i64,
-                T0 + rng.random_range(0..span),
-            )
-        })
-        .collect();
-    txn.sort_unstable_by_key(|r| r.1);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("user_id", DataType::Int64, false),
-        Field::new("ts", ts_type(), false),
-        Field::new("amount", DataType::Float64, false),
-        Field::new("device_id", DataType::Utf8, false),
-    ]));
-    let batches: Vec<RecordBatch> = txn
-        .chunks(txn.len().div_ceil(4))
-        .map(|c| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from_iter_values(c.iter().map(|r| r.0))),
-                    Arc::new(
-                        TimestampMicrosecondArray::from_iter_values(c.iter().map(|r| r.1))
-                            .with_timezone("UTC"),
-                    ),
-                    Arc::new(Float64Array::from_iter_values(
-                        c.iter()
-                            .map(|r| (r.0 % 97) as f64 * 1.25 + (r.1 % 1000) as f64 / 100.0),
-                    )),
-                    Arc::new(StringArray::from_iter_values(c.iter().map(|r| {
-                        format!("dev-{:x}", (r.0 * 7 + (r.1 / DAY) % 3) % 1_000_003)
-                    }))),
-                ],
-            )
-            .unwrap()
-        })
-        .collect();
-    write(&root, "data/transactions", batches).await;
+    let batches = common::transactions(a.users, a.transactions, T0, span, 7);
+    let mut rng = StdRng::seed_from_u64(8);
+    common::write_delta(&root, "data/transactions", batches).await;
 
     // Daily snapshots: each user from a first day in [0, 30) to the end: ~45 days each.
     let first: Vec<i64> = (0..a.users).map(|_| rng.random_range(0..30)).collect();
@@ -225,7 +170,7 @@ async fn prepare(a: &Args) -> PathBuf {
         .chunks(batches.len().div_ceil(6))
         .map(|c| arrow::compute::concat_batches(&snap_schema, c).unwrap())
         .collect();
-    write(&root, "data/snapshots", merged).await;
+    common::write_delta(&root, "data/snapshots", merged).await;
     let store = FeatureStore::open(&root).unwrap();
     store.apply().await.expect("apply bench repo");
     std::fs::write(root.join("ready"), "").unwrap();
@@ -257,17 +202,6 @@ fn entity_rows(a: &Args) -> RecordBatch {
         ],
     )
     .unwrap()
-}
-
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 struct Measured {

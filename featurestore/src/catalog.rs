@@ -325,7 +325,43 @@ fn resolve_simple(
         false,
         "event_timestamp",
     );
-    fields_of(&spec, schema, o, diags)
+    let fields = fields_of(&spec, schema, o, diags)?;
+    check_online(view, entity, schema, &fields, diags);
+    Some(fields)
+}
+
+/// Online views need integer or string keys and values the online store can hold.
+fn check_online(
+    view: &FeatureView,
+    entity: &Entity,
+    schema: &Schema,
+    features: &[FeatureField],
+    diags: &mut Diagnostics,
+) {
+    if !view.online {
+        return;
+    }
+    let o = &view.origin;
+    for k in &entity.join_keys {
+        if let Ok(f) = schema.field_with_name(&k.value) {
+            if !crate::online::key_type_ok(f.data_type()) {
+                diags.push(
+                    diag(o, view.name.loc, format!("view `{}` is served online but its join key `{}` is {}", view.name, k.value, f.data_type()))
+                        .with_hint("online serving needs integer or string keys; cast the key in a SQL view, or set `online: false`"),
+                );
+            }
+        }
+    }
+    for f in features {
+        let ok = <DataType as std::str::FromStr>::from_str(&f.dtype)
+            .is_ok_and(|dt| crate::online::storable(&dt));
+        if !ok {
+            diags.push(
+                diag(o, view.name.loc, format!("view `{}` is served online but feature `{}` is {}, which the online store does not hold", view.name, f.name, f.dtype))
+                    .with_hint("cast it to a number or string in a SQL view, or set `online: false`"),
+            );
+        }
+    }
 }
 
 fn fields_of(
@@ -442,7 +478,9 @@ async fn resolve_sql(
         false,
         "event_timestamp",
     );
-    fields_of(&spec, &schema, o, diags)
+    let fields = fields_of(&spec, &schema, o, diags)?;
+    check_online(view, entity, &schema, &fields, diags);
+    Some(fields)
 }
 
 impl Entity {

@@ -122,6 +122,37 @@ pub async fn open(url: &Url, version: Option<i64>) -> Result<OpenTable> {
 }
 
 impl OpenTable {
+    /// Paths (relative to the table root, as the log writes them) of the data files of
+    /// this version.
+    pub fn file_paths(&self) -> Result<Vec<String>> {
+        let snapshot = self.table.snapshot().map_err(|e| delta_err(&self.url, e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|f| f.path().into_owned())
+            .collect())
+    }
+
+    /// Register only the data files `paths` of this version in `ctx` under `name`.
+    pub async fn register_files(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        paths: Vec<String>,
+    ) -> Result<()> {
+        self.table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| delta_err(&self.url, e))?;
+        let provider = self
+            .table
+            .table_provider()
+            .with_file_paths(paths)
+            .await
+            .map_err(|e| delta_err(&self.url, e))?;
+        ctx.register_table(name, provider)?;
+        Ok(())
+    }
+
     /// Register the table in `ctx` under `name`.
     pub async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
         self.table

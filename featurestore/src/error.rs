@@ -48,6 +48,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The feature server refused or failed a request; `code` is the gRPC status code
+    /// name (`NotFound`, `PermissionDenied`, `InvalidArgument`, ...).
+    #[error("server answered {code}: {message}")]
+    Remote {
+        /// gRPC status code name.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
     /// A stored definition could not be read back.
     #[error("stored definition {what} is unreadable: {message}")]
     Corrupt {
@@ -72,6 +81,7 @@ impl Error {
             Error::Registry(_) => "registry",
             Error::Io { .. } => "io",
             Error::Corrupt { .. } => "corrupt",
+            Error::Remote { .. } => "remote",
         }
     }
 
@@ -92,6 +102,9 @@ impl Error {
                     | datafusion::error::DataFusionError::ArrowError(..)
             ),
             Error::Registry(quiver_registry::Error::Conflict { .. }) => true,
+            Error::Remote { code, .. } => {
+                !matches!(code.as_str(), "Internal" | "Unknown" | "DataLoss")
+            }
             _ => false,
         }
     }

@@ -35,12 +35,17 @@
 //! ```
 
 pub mod catalog;
+#[cfg(feature = "flight")]
+pub mod client;
 pub mod delta;
 pub mod diff;
 mod error;
 mod limits;
 pub mod offline;
+pub mod online;
 pub mod plan;
+#[cfg(feature = "flight")]
+pub mod serve;
 pub mod spec;
 mod store;
 

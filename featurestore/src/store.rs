@@ -1,6 +1,7 @@
 //! [`FeatureStore`]: a feature repo folder and its registry of applied definitions.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use quiver_registry::{ChangeKind, ChangeSet, DefinitionRecord, MetadataStore, content_hash};
@@ -10,6 +11,7 @@ use serde_json::Value;
 use crate::catalog::{self, ResolvedRepo, ViewDefinition};
 use crate::diff::{self, PlanReport, PlannedChange};
 use crate::offline::HistoricalFeatures;
+use crate::online::{Materialize, OnlineFeatures, SledOnlineStore};
 use crate::plan::{self, Compiler};
 use crate::spec::{self, FeatureRepo, suggest};
 use crate::{Error, Limits, Result};
@@ -68,6 +70,7 @@ pub struct ApplyReport {
 pub struct FeatureStoreBuilder {
     root: PathBuf,
     registry: Option<PathBuf>,
+    online: Option<PathBuf>,
     limits: Limits,
 }
 
@@ -75,6 +78,12 @@ impl FeatureStoreBuilder {
     /// Keep the registry in `path` instead of `<repo>/.quiver/registry`.
     pub fn with_registry(mut self, path: impl Into<PathBuf>) -> Self {
         self.registry = Some(path.into());
+        self
+    }
+
+    /// Keep the online store in `path` instead of `<repo>/.quiver/online`.
+    pub fn with_online_store(mut self, path: impl Into<PathBuf>) -> Self {
+        self.online = Some(path.into());
         self
     }
 
@@ -90,10 +99,15 @@ impl FeatureStoreBuilder {
             .registry
             .unwrap_or_else(|| self.root.join(".quiver").join("registry"));
         let registry = MetadataStore::open(&registry_path)?;
+        let online_path = self
+            .online
+            .unwrap_or_else(|| self.root.join(".quiver").join("online"));
         Ok(FeatureStore {
             root: self.root,
             registry,
             limits: self.limits,
+            online_path,
+            online: Arc::new(Mutex::new(None)),
         })
     }
 }
@@ -120,6 +134,9 @@ pub struct FeatureStore {
     root: PathBuf,
     registry: MetadataStore,
     limits: Limits,
+    online_path: PathBuf,
+    /// Opened on first use: sled holds an exclusive lock on its folder.
+    online: Arc<Mutex<Option<Arc<OnlineFeatures>>>>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Value> {
@@ -135,6 +152,7 @@ impl FeatureStore {
         FeatureStoreBuilder {
             root: root.into(),
             registry: None,
+            online: None,
             limits: Limits::default(),
         }
     }
@@ -344,6 +362,23 @@ impl FeatureStore {
             return self.view(name, None).map(|v| vec![v]);
         }
         h.into_iter().map(AppliedView::from_record).collect()
+    }
+
+    /// The online store, opened on first use.
+    pub fn online(&self) -> Result<Arc<OnlineFeatures>> {
+        let mut slot = self.online.lock().expect("online store lock");
+        if let Some(o) = slot.as_ref() {
+            return Ok(o.clone());
+        }
+        let store = SledOnlineStore::open(&self.online_path)?;
+        let online = Arc::new(OnlineFeatures::new(Arc::new(store)));
+        *slot = Some(online.clone());
+        Ok(online)
+    }
+
+    /// Start building a materialization into the online store.
+    pub fn materialize(&self) -> Materialize<'_> {
+        Materialize::new(self)
     }
 
     /// Start building a point-in-time training set.

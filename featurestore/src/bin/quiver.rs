@@ -20,7 +20,9 @@ Examples:
   quiver --repo my-features plan            what apply would change (changes nothing)
   quiver --repo my-features apply           store new versions, all or nothing
   quiver --repo my-features history --entities entities.csv \\
-         --features user_txn_stats --out training.parquet";
+         --features user_txn_stats --out training.parquet
+  quiver --repo my-features materialize      write latest values to the online store
+  QUIVER_TOKENS=secret-token-16+chars=bank_a:admin quiver --repo my-features serve";
 
 /// Define features once in YAML; compute point-in-time correct training sets from
 /// Delta tables.
@@ -95,6 +97,62 @@ enum Command {
         /// Also print the DataFusion plan that computes its values as of now.
         #[arg(long)]
         explain: bool,
+    },
+    /// Write the latest feature values into the online store, incrementally.
+    ///
+    /// Each view commits its values and its watermark (Delta versions read, event-time
+    /// bound) in one transaction: an interrupted run leaves the old state or the new
+    /// one, and running it again changes nothing. Windowed aggregates keep sliding at
+    /// serving time, so values stay exact between runs.
+    ///
+    /// Example: quiver materialize --views user_txn_stats --until 2024-03-01T00:00:00Z
+    Materialize {
+        /// Views to materialize (default: every view with `online: true`).
+        #[arg(long, value_delimiter = ',')]
+        views: Vec<String>,
+        /// Event-time bound: RFC 3339 or a date (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Rebuild from scratch instead of reading only what is new.
+        #[arg(long)]
+        full: bool,
+        /// Ask a running `quiver serve` at this URL to do it (it holds the store).
+        #[arg(long, env = "QUIVER_SERVER")]
+        server: Option<String>,
+        /// Admin token for --server.
+        #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Serve features over Arrow Flight, with Prometheus metrics.
+    ///
+    /// Online lookups, training sets, view scans, uploads and admin actions; any Flight
+    /// client (pyarrow, Go, Java, the Rust SDK) can call it: see docs/flight-protocol.md.
+    /// Tokens come from --tokens FILE (JSON) or QUIVER_TOKENS=TOKEN=TENANT[:admin],...
+    /// Stops gracefully on SIGTERM or Ctrl-C.
+    ///
+    /// Example: QUIVER_TOKENS=s3cr3t-token-bank-a=bank_a:admin quiver serve --addr 127.0.0.1:8815
+    Serve {
+        /// Flight address.
+        #[arg(long, default_value = "127.0.0.1:8815")]
+        addr: std::net::SocketAddr,
+        /// Prometheus address, or `none`.
+        #[arg(long, default_value = "127.0.0.1:9815")]
+        metrics_addr: String,
+        /// JSON file of tokens: {"tokens": [{"token": "...", "tenant": "bank_a", "admin": true}]}.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Accept every request without a token (local development only).
+        #[arg(long)]
+        insecure_no_auth: bool,
+        /// TLS certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Most keys in one online request.
+        #[arg(long)]
+        max_keys: Option<usize>,
     },
     /// Build a point-in-time correct training set.
     ///
@@ -293,6 +351,140 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Describe { view, explain } => describe(&cli, view, *explain).await?,
+        Command::Materialize {
+            views,
+            until,
+            full,
+            server,
+            token,
+        } => {
+            let until_us = until.as_deref().map(parse_time).transpose()?;
+            let report = match server {
+                Some(url) => {
+                    let mut client = quiver_featurestore::client::Client::connect(url).await?;
+                    if let Some(t) = token {
+                        client = client.with_token(t)?;
+                    }
+                    let until_text = until_us
+                        .and_then(chrono::DateTime::from_timestamp_micros)
+                        .map(|t| t.to_rfc3339());
+                    let names: Vec<&str> = views.iter().map(String::as_str).collect();
+                    let views = (!names.is_empty()).then_some(names.as_slice());
+                    client.materialize(views, until_text.as_deref()).await?
+                }
+                None => {
+                    let store = open(&cli)?;
+                    let progress = Arc::new(ScanProgress::default());
+                    let mut m = store
+                        .materialize()
+                        .with_full(*full)
+                        .with_progress(progress.clone());
+                    if !views.is_empty() {
+                        m = m.with_views(views.clone());
+                    }
+                    if let Some(u) = until_us {
+                        m = m.with_until(u);
+                    }
+                    let bar = progress_bar(cli.output, 0);
+                    bar.set_message("materializing");
+                    let ticker = {
+                        let (bar, progress) = (bar.clone(), progress.clone());
+                        tokio::spawn(async move {
+                            loop {
+                                bar.set_position(progress.rows());
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        })
+                    };
+                    let result = m.await;
+                    ticker.abort();
+                    bar.finish_and_clear();
+                    serde_json::to_value(result?)?
+                }
+            };
+            if cli.output == Output::Json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{:<28} {:>8} {:<12} {:>10} {:>10} {:>10} {:>8}  {}",
+                    "VIEW", "VERSION", "MODE", "ROWS", "KEYS", "STORED", "SECONDS", "WHY"
+                );
+                for v in report["views"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:>8} {:<12} {:>10} {:>10} {:>10} {:>8.2}  {}",
+                        v["view"].as_str().unwrap_or(""),
+                        v["version"],
+                        v["mode"].as_str().unwrap_or(""),
+                        v["rows_read"],
+                        v["keys_written"],
+                        v["keys_total"],
+                        v["seconds"].as_f64().unwrap_or(0.0),
+                        v["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Command::Serve {
+            addr,
+            metrics_addr,
+            tokens,
+            insecure_no_auth,
+            tls_cert,
+            tls_key,
+            max_keys,
+        } => {
+            use quiver_featurestore::serve::{ServeConfig, ServeLimits, TlsConfig, Tokens};
+            let tokens = match (tokens, std::env::var("QUIVER_TOKENS").ok(), insecure_no_auth) {
+                (_, _, true) => {
+                    eprintln!("warning: --insecure-no-auth: every request is accepted as an admin");
+                    Tokens::open()
+                }
+                (Some(file), _, _) => Tokens::from_file(file)?,
+                (None, Some(env), _) => Tokens::from_env_value(&env)?,
+                (None, None, false) => anyhow::bail!(Error::InvalidRequest("no tokens: pass --tokens FILE or set QUIVER_TOKENS=TOKEN=TENANT[:admin],... (or --insecure-no-auth for local development)".into())),
+            };
+            let metrics = match metrics_addr.as_str() {
+                "none" => None,
+                a => Some(
+                    a.parse()
+                        .map_err(|e| Error::InvalidRequest(format!("--metrics-addr `{a}`: {e}")))?,
+                ),
+            };
+            let mut limits = ServeLimits::default();
+            if let Some(k) = max_keys {
+                limits.max_keys = *k;
+            }
+            let mut config = ServeConfig::new(*addr, tokens)
+                .with_metrics_addr(metrics)
+                .with_limits(limits);
+            if let (Some(c), Some(k)) = (tls_cert, tls_key) {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p)
+                        .map_err(|e| Error::InvalidRequest(format!("{}: {e}", p.display())))
+                };
+                config = config.with_tls(TlsConfig {
+                    cert_pem: read(c)?,
+                    key_pem: read(k)?,
+                });
+            }
+            let store = open(&cli)?;
+            // Handlers first: a supervisor may signal as soon as it reads the address.
+            let stop = quiver_featurestore::serve::shutdown_signal()?;
+            let server = config.spawn(store).await?;
+            let scheme = if tls_cert.is_some() { "https" } else { "http" };
+            if cli.output == Output::Json {
+                print_json(
+                    &json!({"flight": format!("{scheme}://{}", server.addr()), "metrics": server.metrics_addr().map(|a| format!("http://{a}/metrics"))}),
+                )?;
+            } else {
+                println!("Serving Arrow Flight on {scheme}://{}", server.addr());
+                if let Some(m) = server.metrics_addr() {
+                    println!("Prometheus metrics on http://{m}/metrics");
+                }
+                println!("Stop with Ctrl-C or SIGTERM.");
+            }
+            server.run_until(stop).await;
+        }
         Command::History {
             entities,
             features,
@@ -391,6 +583,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// RFC 3339, or a date meaning midnight UTC.
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_micros());
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_micros());
+    }
+    anyhow::bail!(Error::InvalidRequest(format!(
+        "`{s}` is not a time; write 2024-03-01T00:00:00Z or 2024-03-01"
+    )))
 }
 
 fn progress_bar(output: Output, total: u64) -> ProgressBar {

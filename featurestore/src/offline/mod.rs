@@ -5,6 +5,7 @@ mod retrieve;
 mod write;
 
 pub use retrieve::{
-    EntityInput, FeatureRef, HistoricalFeatures, Lineage, TrainingSet, ViewUse, parse_feature_refs,
+    EntityInput, FeatureRef, HistoricalFeatures, Lineage, PreparedTrainingSet, TrainingSet,
+    ViewUse, parse_feature_refs,
 };
 pub use write::OutputFormat;

@@ -265,7 +265,9 @@ impl<'a> HistoricalFeatures<'a> {
         Ok(out)
     }
 
-    async fn run(self) -> Result<TrainingSet> {
+    /// Plan the training set without computing it: its exact schema and lineage are
+    /// known; [`PreparedTrainingSet::execute`] computes the rows.
+    pub async fn prepare(self) -> Result<PreparedTrainingSet> {
         let views = self.resolve_views()?;
         // Output names must not collide.
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -314,11 +316,9 @@ impl<'a> HistoricalFeatures<'a> {
             });
         }
         let df = ctx.execute_logical_plan(plan).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        Ok(TrainingSet {
-            schema,
-            batches,
+        Ok(PreparedTrainingSet {
+            schema: Arc::new(df.schema().as_arrow().clone()),
+            df,
             lineage: Lineage {
                 views: uses,
                 tables: compiler.reads().to_vec(),
@@ -326,6 +326,39 @@ impl<'a> HistoricalFeatures<'a> {
                 created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             },
         })
+    }
+
+    async fn run(self) -> Result<TrainingSet> {
+        self.prepare().await?.execute().await
+    }
+}
+
+/// A planned training set: schema and lineage known, rows not computed yet.
+#[derive(Debug)]
+pub struct PreparedTrainingSet {
+    /// The result's schema.
+    pub schema: SchemaRef,
+    /// What it will be built from.
+    pub lineage: Lineage,
+    df: datafusion::dataframe::DataFrame,
+}
+
+impl PreparedTrainingSet {
+    /// Compute every row.
+    pub async fn execute(self) -> Result<TrainingSet> {
+        let batches = self.df.collect().await?;
+        Ok(TrainingSet {
+            schema: self.schema,
+            batches,
+            lineage: self.lineage,
+        })
+    }
+
+    /// Compute the rows as a stream of batches.
+    pub async fn execute_stream(
+        self,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        Ok(self.df.execute_stream().await?)
     }
 }
 

@@ -44,6 +44,11 @@ impl ScanProgress {
     pub fn rows(&self) -> u64 {
         self.rows.load(AtomicOrdering::Relaxed)
     }
+
+    /// Count `n` more rows read.
+    pub fn add(&self, n: u64) {
+        self.rows.fetch_add(n, AtomicOrdering::Relaxed);
+    }
 }
 
 /// Physical point-in-time join. See the module docs.

@@ -442,6 +442,30 @@ impl<'a> Decoder<'a> {
             },
         };
         let tags = r.get("tags").and_then(|t| self.tags(t));
+        let fallback = match self.optional(&mut r, "fallback") {
+            None => super::Fallback::None,
+            Some(f) => match super::Fallback::from_name(&f.value) {
+                Some(v) => v,
+                None => {
+                    let hint = match nearest(&f.value, super::Fallback::NAMES) {
+                        Some(n) => format!("did you mean `{n}`?"),
+                        None => format!("use one of {}", super::Fallback::NAMES.join(", ")),
+                    };
+                    self.err(f.loc, format!("unknown fallback `{}`", f.value), Some(hint));
+                    super::Fallback::None
+                }
+            },
+        };
+        let shared_with = match r.get("shared_with") {
+            None => Vec::new(),
+            Some(n) => self
+                .string_list(n, "shared_with")
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|t| self.name(t, "tenant"))
+                .map(|t| t.value)
+                .collect(),
+        };
         if let Some(udfs) = r.get("udfs") {
             self.err(
                 udfs.loc,
@@ -480,9 +504,11 @@ impl<'a> Decoder<'a> {
                 "sql",
                 "timestamp",
                 "owner",
+                "shared_with",
                 "description",
                 "tags",
                 "online",
+                "fallback",
                 "udfs",
             ],
         );
@@ -509,6 +535,8 @@ impl<'a> Decoder<'a> {
             description,
             tags: tags.unwrap_or_default(),
             online,
+            fallback,
+            shared_with,
             origin,
         })
     }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use diag::{Diagnostic, Diagnostics, nearest, suggest};
 pub use duration::Duration;
+
 pub use load::load_repo;
 pub use yaml::Loc;
 
@@ -256,6 +257,12 @@ pub struct FeatureView {
     /// Whether materialization writes it to the online store.
     #[serde(default = "yes")]
     pub online: bool,
+    /// What online serving returns, with status FALLBACK, for keys it does not know.
+    #[serde(default, skip_serializing_if = "Fallback::is_none")]
+    pub fallback: Fallback,
+    /// Tenants besides the owner that may read the view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
     /// Where it was defined.
     #[serde(skip)]
     pub origin: Origin,
@@ -263,6 +270,53 @@ pub struct FeatureView {
 
 fn yes() -> bool {
     true
+}
+
+/// Values served for unknown keys, computed over all keys at materialization.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Unknown keys get null values and status NOT_FOUND.
+    #[default]
+    None,
+    /// The mean of each numeric feature over all keys.
+    Mean,
+    /// The median of each numeric feature over all keys.
+    Median,
+    /// Zero for each numeric feature.
+    Zero,
+}
+
+impl Fallback {
+    /// Every choice, for errors.
+    pub const NAMES: [&'static str; 4] = ["none", "mean", "median", "zero"];
+
+    /// True for the default.
+    pub fn is_none(&self) -> bool {
+        *self == Fallback::None
+    }
+
+    /// Parse a YAML value.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Fallback::None,
+            "mean" => Fallback::Mean,
+            "median" => Fallback::Median,
+            "zero" => Fallback::Zero,
+            _ => return None,
+        })
+    }
+}
+
+impl FeatureView {
+    /// True when `tenant` may read the view: its owner, a tenant it is shared with, or
+    /// anyone when it has no owner.
+    pub fn readable_by(&self, tenant: &str) -> bool {
+        match &self.owner {
+            None => true,
+            Some(o) => o == tenant || self.shared_with.iter().any(|t| t == tenant),
+        }
+    }
 }
 
 impl FeatureView {

@@ -3,10 +3,18 @@
 /// The `quiver` binary: exit codes, JSON output, the scaffolded repo end to end.
 mod cli;
 mod common;
+/// SIGKILL in the middle of materialization.
+mod crash;
+/// The Flight server: every RPC, tenants, hostile requests, TLS, metrics, SIGTERM.
+mod flight;
 /// Bad input at every boundary: each gives a located error and applies nothing.
 mod hostile;
+/// Materialization and online lookups: online values equal training values.
+mod online;
 /// Property tests of the point-in-time operator against a naive reference.
 mod pit_props;
+/// pyarrow's Flight client against `quiver serve`.
+mod pyarrow;
 /// Training sets from real Delta tables through the public API.
 mod retrieval;
 /// apply / plan / versions in the registry.

@@ -1,0 +1,25 @@
+//! Online serving: materialized feature values in a key-value store, read by entity
+//! key with values computed as of the request time.
+//!
+//! ```text
+//!  Delta tables ──materialize (incremental, atomic per view)──► OnlineStore (sled)
+//!                                                                   │ records per key
+//!  keys ──► OnlineFeatures::get(view, keys, now) ──► values, status, value time
+//! ```
+//!
+//! Windowed aggregates stay correct as time passes without re-running
+//! materialization: records keep the rows inside the view's largest window and values
+//! are computed at request time (see `docs/online-serving.md`).
+
+mod codec;
+mod materialize;
+mod reader;
+mod record;
+mod store;
+
+pub use materialize::{Materialize, MaterializeReport, ViewMaterialization};
+pub use reader::{OnlineFeatures, StatusCounts};
+pub use record::Status;
+pub use store::{OnlineStore, SledOnlineStore, TableMark, Watermark};
+
+pub(crate) use codec::{key_type_ok, storable};

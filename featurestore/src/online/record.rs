@@ -1,0 +1,940 @@
+//! What the online store keeps per (view, entity key), how materialization merges new
+//! source rows into it, and how serving computes values from it at request time.
+//!
+//! - Column and SQL views: the newest row (event time, created time, values).
+//! - Aggregate views: the newest event time, the source rows still inside the view's
+//!   largest window (older ones can never be read again, because serving time only
+//!   moves forward), and for features without a window a running partial state.
+//!
+//! Values are computed when a request arrives, over the window ending at the request's
+//! time, with the same rules as training sets (docs/point-in-time.md): a 7-day count
+//! falls as rows leave the window even if materialization has not run since.
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{Reader, Value, Writer};
+use crate::spec::AggFunction;
+use crate::{Error, Result};
+
+const RECORD_ASOF: u8 = 1;
+const RECORD_AGG: u8 = 2;
+
+/// How one aggregate feature is served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ServedAgg {
+    pub(crate) function: AggFunction,
+    /// Index into [`ServingPlan::inputs`]; `None` for `count` of rows.
+    pub(crate) input: Option<usize>,
+    /// Window in microseconds; `None` = all history (served from a partial state).
+    pub(crate) window_us: Option<i64>,
+    /// Whether the input is an integer column (sums, min and max stay integers).
+    pub(crate) integer: bool,
+}
+
+/// Everything serving needs to evaluate a view's records; stored with the watermark
+/// so that a record is always read with the plan that wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum ServingKind {
+    /// Values of the newest row, one per feature.
+    AsOf,
+    /// Aggregates over stored rows and partials.
+    Aggregate(Vec<ServedAgg>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ServingPlan {
+    pub(crate) kind: ServingKind,
+    /// Source columns stored per row (as-of: the feature columns, in feature order).
+    pub(crate) inputs: Vec<String>,
+    pub(crate) ttl_us: Option<i64>,
+}
+
+impl ServingPlan {
+    /// Rows older than this before `until` can never be read again.
+    pub(crate) fn max_window_us(&self) -> Option<i64> {
+        match &self.kind {
+            ServingKind::AsOf => None,
+            ServingKind::Aggregate(aggs) => aggs.iter().filter_map(|a| a.window_us).max(),
+        }
+    }
+
+    fn windowless(&self) -> impl Iterator<Item = &ServedAgg> {
+        let aggs: &[ServedAgg] = match &self.kind {
+            ServingKind::Aggregate(a) => a,
+            ServingKind::AsOf => &[],
+        };
+        aggs.iter().filter(|a| a.window_us.is_none())
+    }
+}
+
+/// One source row as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Row {
+    pub(crate) ts: i64,
+    pub(crate) created: i64,
+    pub(crate) values: Vec<Value>,
+}
+
+impl Row {
+    fn key(&self) -> (i64, i64) {
+        (self.ts, self.created)
+    }
+
+    /// Newer, or as new with larger values: the row a point-in-time lookup picks.
+    fn beats(&self, other: &Row) -> bool {
+        match self.key().cmp(&other.key()) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => cmp_values(&self.values, &other.values) == Ordering::Greater,
+        }
+    }
+}
+
+fn cmp_values(a: &[Value], b: &[Value]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let o = x.cmp_same_type(y);
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+/// Double-double sum, as the training-set kernel computes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Dd {
+    hi: f64,
+    lo: f64,
+    nan: u32,
+    pos_inf: u32,
+    neg_inf: u32,
+}
+
+impl Dd {
+    pub(crate) fn add(&mut self, x: f64) {
+        if !x.is_finite() {
+            if x.is_nan() {
+                self.nan += 1;
+            } else if x > 0.0 {
+                self.pos_inf += 1;
+            } else {
+                self.neg_inf += 1;
+            }
+            return;
+        }
+        let s = self.hi + x;
+        if !s.is_finite() {
+            self.hi = s;
+            self.lo = 0.0;
+            return;
+        }
+        let bb = s - self.hi;
+        let err = (self.hi - (s - bb)) + (x - bb);
+        let lo = self.lo + err;
+        let hi = s + lo;
+        self.lo = lo - (hi - s);
+        self.hi = hi;
+    }
+
+    pub(crate) fn value(&self) -> f64 {
+        if self.nan > 0 || (self.pos_inf > 0 && self.neg_inf > 0) {
+            f64::NAN
+        } else if self.pos_inf > 0 {
+            f64::INFINITY
+        } else if self.neg_inf > 0 {
+            f64::NEG_INFINITY
+        } else {
+            self.hi + self.lo
+        }
+    }
+}
+
+/// Running state of one window-less aggregate.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Partial {
+    Count(i64),
+    SumInt {
+        sum: i128,
+        n: i64,
+    },
+    SumFloat {
+        sum: Dd,
+        n: i64,
+    },
+    Extremum(Value),
+    /// Welford's running mean and squared deviations (stddev over all history).
+    Moments {
+        n: i64,
+        mean: f64,
+        m2: f64,
+    },
+    Distinct(BTreeSet<Vec<u8>>),
+    Last(Option<Row>),
+}
+
+impl Partial {
+    fn new(a: &ServedAgg) -> Self {
+        use AggFunction as F;
+        match a.function {
+            F::Count => Partial::Count(0),
+            F::Sum | F::Avg if a.integer => Partial::SumInt { sum: 0, n: 0 },
+            F::Sum | F::Avg => Partial::SumFloat {
+                sum: Dd::default(),
+                n: 0,
+            },
+            F::Min | F::Max => Partial::Extremum(Value::Null),
+            F::Stddev => Partial::Moments {
+                n: 0,
+                mean: 0.0,
+                m2: 0.0,
+            },
+            F::CountDistinct => Partial::Distinct(BTreeSet::new()),
+            F::Last => Partial::Last(None),
+        }
+    }
+
+    fn add(&mut self, a: &ServedAgg, row: &Row) {
+        let v = a.input.map(|i| &row.values[i]);
+        if v.is_some_and(Value::is_null) {
+            return;
+        }
+        match self {
+            Partial::Count(n) => *n += 1,
+            Partial::SumInt { sum, n } => {
+                if let Some(Value::Int(x)) = v {
+                    *sum += *x as i128;
+                } else if let Some(Value::UInt(x)) = v {
+                    *sum += *x as i128;
+                }
+                *n += 1;
+            }
+            Partial::SumFloat { sum, n } => {
+                sum.add(v.and_then(Value::as_f64).unwrap_or(0.0));
+                *n += 1;
+            }
+            Partial::Extremum(cur) => {
+                let v = v.expect("min/max read a column");
+                let better = cur.is_null()
+                    || match a.function {
+                        AggFunction::Max => v.cmp_same_type(cur) == Ordering::Greater,
+                        _ => v.cmp_same_type(cur) == Ordering::Less,
+                    };
+                if better {
+                    *cur = v.clone();
+                }
+            }
+            Partial::Moments { n, mean, m2 } => {
+                let x = v.and_then(Value::as_f64).unwrap_or(0.0);
+                *n += 1;
+                let d = x - *mean;
+                *mean += d / *n as f64;
+                *m2 += d * (x - *mean);
+            }
+            Partial::Distinct(set) => {
+                set.insert(distinct_bytes(v.expect("count_distinct reads a column")));
+            }
+            Partial::Last(cur) => {
+                let candidate = Row {
+                    ts: row.ts,
+                    created: row.created,
+                    values: vec![v.expect("last reads a column").clone()],
+                };
+                if cur.as_ref().is_none_or(|c| candidate.beats(c)) {
+                    *cur = Some(candidate);
+                }
+            }
+        }
+    }
+}
+
+impl Partial {
+    /// Fold in the partial state of other rows.
+    fn combine(&mut self, a: &ServedAgg, other: Partial) {
+        match (self, other) {
+            (Partial::Count(n), Partial::Count(m)) => *n += m,
+            (Partial::SumInt { sum, n }, Partial::SumInt { sum: s2, n: n2 }) => {
+                *sum += s2;
+                *n += n2;
+            }
+            (Partial::SumFloat { sum, n }, Partial::SumFloat { sum: s2, n: n2 }) => {
+                sum.add(s2.hi);
+                sum.add(s2.lo);
+                sum.nan += s2.nan;
+                sum.pos_inf += s2.pos_inf;
+                sum.neg_inf += s2.neg_inf;
+                *n += n2;
+            }
+            (Partial::Extremum(cur), Partial::Extremum(v)) => {
+                let better = !v.is_null()
+                    && (cur.is_null()
+                        || match a.function {
+                            AggFunction::Max => v.cmp_same_type(cur) == Ordering::Greater,
+                            _ => v.cmp_same_type(cur) == Ordering::Less,
+                        });
+                if better {
+                    *cur = v;
+                }
+            }
+            (
+                Partial::Moments { n, mean, m2 },
+                Partial::Moments {
+                    n: nb,
+                    mean: mb,
+                    m2: m2b,
+                },
+            ) => {
+                if nb == 0 {
+                    return;
+                }
+                let na = *n;
+                let total = na + nb;
+                let delta = mb - *mean;
+                *mean += delta * nb as f64 / total as f64;
+                *m2 += m2b + delta * delta * (na as f64) * (nb as f64) / total as f64;
+                *n = total;
+            }
+            (Partial::Distinct(set), Partial::Distinct(other)) => set.extend(other),
+            (Partial::Last(cur), Partial::Last(Some(row))) => {
+                if cur.as_ref().is_none_or(|c| row.beats(c)) {
+                    *cur = Some(row);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn distinct_bytes(v: &Value) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.value(v);
+    w.buf
+}
+
+/// A view's state for one entity key.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Record {
+    AsOf(Row),
+    Aggregate {
+        newest: i64,
+        rows: Vec<Row>,
+        partials: Vec<Partial>,
+    },
+}
+
+impl Record {
+    /// An empty record for `plan` (never stored empty).
+    pub(crate) fn empty(plan: &ServingPlan) -> Self {
+        match &plan.kind {
+            ServingKind::AsOf => Record::AsOf(Row {
+                ts: i64::MIN,
+                created: i64::MIN,
+                values: Vec::new(),
+            }),
+            ServingKind::Aggregate(_) => Record::Aggregate {
+                newest: i64::MIN,
+                rows: Vec::new(),
+                partials: plan.windowless().map(Partial::new).collect(),
+            },
+        }
+    }
+
+    /// Whether a row at `(ts, created)` can change what this record serves; when not,
+    /// [`touch`](Self::touch) records its time and its values need not be read.
+    pub(crate) fn needs_values(
+        &self,
+        plan: &ServingPlan,
+        ts: i64,
+        created: i64,
+        horizon: i64,
+    ) -> bool {
+        match self {
+            Record::AsOf(best) => {
+                best.values.is_empty() || (ts, created) >= (best.ts, best.created)
+            }
+            Record::Aggregate { partials, .. } => {
+                !partials.is_empty() || (plan.max_window_us().is_some() && ts > horizon)
+            }
+        }
+    }
+
+    /// Note a row that [`needs_values`](Self::needs_values) said cannot change values.
+    pub(crate) fn touch(&mut self, ts: i64) {
+        if let Record::Aggregate { newest, .. } = self {
+            *newest = (*newest).max(ts);
+        }
+    }
+
+    /// Add one source row. Rows at or before `horizon` (= until - the largest
+    /// window) only update the newest time and the window-less partials.
+    pub(crate) fn add_row(&mut self, plan: &ServingPlan, row: Row, horizon: i64) {
+        match self {
+            Record::AsOf(best) => {
+                if best.values.is_empty() || row.beats(best) {
+                    *best = row;
+                }
+            }
+            Record::Aggregate {
+                newest,
+                rows,
+                partials,
+            } => {
+                *newest = (*newest).max(row.ts);
+                for (p, a) in partials.iter_mut().zip(plan.windowless()) {
+                    p.add(a, &row);
+                }
+                if plan.max_window_us().is_some() && row.ts > horizon {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+
+    /// Sort stored rows by time and drop those at or before `horizon`.
+    pub(crate) fn finish(&mut self, horizon: i64) {
+        if let Record::Aggregate { rows, .. } = self {
+            rows.retain(|r| r.ts > horizon);
+            rows.sort_by_key(Row::key);
+        }
+    }
+
+    /// Combine with `other` (built from rows this record has not seen).
+    pub(crate) fn absorb(&mut self, plan: &ServingPlan, other: Record, horizon: i64) {
+        match (&mut *self, other) {
+            (Record::AsOf(best), Record::AsOf(row)) => {
+                if !row.values.is_empty() && (best.values.is_empty() || row.beats(best)) {
+                    *best = row;
+                }
+            }
+            (
+                Record::Aggregate {
+                    newest,
+                    rows,
+                    partials,
+                },
+                Record::Aggregate {
+                    newest: n2,
+                    rows: r2,
+                    partials: p2,
+                },
+            ) => {
+                *newest = (*newest).max(n2);
+                rows.extend(r2);
+                for ((p, q), a) in partials.iter_mut().zip(p2).zip(plan.windowless()) {
+                    p.combine(a, q);
+                }
+            }
+            _ => {}
+        }
+        self.finish(horizon);
+    }
+
+    /// Add rows and finish: the one-shot form of [`add_row`](Self::add_row).
+    #[cfg(test)]
+    pub(crate) fn merge(&mut self, plan: &ServingPlan, new_rows: Vec<Row>, until: i64) {
+        let horizon = plan
+            .max_window_us()
+            .map_or(i64::MAX, |w| until.saturating_sub(w));
+        for r in new_rows {
+            self.add_row(plan, r, horizon);
+        }
+        self.finish(horizon);
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        match self {
+            Record::AsOf(r) => {
+                w.u8(RECORD_ASOF);
+                write_row(&mut w, r);
+            }
+            Record::Aggregate {
+                newest,
+                rows,
+                partials,
+            } => {
+                w.u8(RECORD_AGG);
+                w.i64(*newest);
+                w.u32(rows.len() as u32);
+                for r in rows {
+                    write_row(&mut w, r);
+                }
+                w.u32(partials.len() as u32);
+                for p in partials {
+                    write_partial(&mut w, p);
+                }
+            }
+        }
+        w.buf
+    }
+
+    pub(crate) fn decode(bytes: &[u8], plan: &ServingPlan) -> Result<Self> {
+        let n_inputs = plan.inputs.len();
+        let mut r = Reader::new(bytes);
+        let rec = match r.u8()? {
+            RECORD_ASOF => Record::AsOf(read_row(&mut r, n_inputs)?),
+            RECORD_AGG => {
+                let newest = r.i64()?;
+                let n = r.u32()? as usize;
+                let mut rows = Vec::with_capacity(n.min(bytes.len()));
+                for _ in 0..n {
+                    rows.push(read_row(&mut r, n_inputs)?);
+                }
+                let n = r.u32()? as usize;
+                let mut partials = Vec::with_capacity(n.min(bytes.len()));
+                for _ in 0..n {
+                    partials.push(read_partial(&mut r)?);
+                }
+                Record::Aggregate {
+                    newest,
+                    rows,
+                    partials,
+                }
+            }
+            t => {
+                return Err(Error::Corrupt {
+                    what: "online record".into(),
+                    message: format!("unknown record tag {t}"),
+                });
+            }
+        };
+        if !r.done() {
+            return Err(Error::Corrupt {
+                what: "online record".into(),
+                message: "trailing bytes".into(),
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Status, value time and feature values as of `now`.
+    pub(crate) fn evaluate(
+        &self,
+        plan: &ServingPlan,
+        now: i64,
+    ) -> Result<(Status, Option<i64>, Vec<Value>)> {
+        let newest = match self {
+            Record::AsOf(r) => r.ts,
+            Record::Aggregate { newest, .. } => *newest,
+        };
+        let n_features = match &plan.kind {
+            ServingKind::AsOf => plan.inputs.len(),
+            ServingKind::Aggregate(a) => a.len(),
+        };
+        if plan
+            .ttl_us
+            .is_some_and(|ttl| newest < now.saturating_sub(ttl))
+        {
+            return Ok((Status::Expired, Some(newest), vec![Value::Null; n_features]));
+        }
+        let values = match (self, &plan.kind) {
+            (Record::AsOf(r), ServingKind::AsOf) => r.values.clone(),
+            (Record::Aggregate { rows, partials, .. }, ServingKind::Aggregate(aggs)) => {
+                let mut out = Vec::with_capacity(aggs.len());
+                let mut p = partials.iter();
+                for a in aggs {
+                    out.push(match a.window_us {
+                        None => from_partial(
+                            a,
+                            p.next().ok_or_else(|| Error::Corrupt {
+                                what: "online record".into(),
+                                message: "missing partial".into(),
+                            })?,
+                        )?,
+                        Some(w) => {
+                            let lo = rows.partition_point(|r| r.ts <= now.saturating_sub(w));
+                            let hi = rows.partition_point(|r| r.ts <= now);
+                            over_window(a, &rows[lo..hi])?
+                        }
+                    });
+                }
+                out
+            }
+            _ => {
+                return Err(Error::Corrupt {
+                    what: "online record".into(),
+                    message: "record does not match the view's serving plan".into(),
+                });
+            }
+        };
+        Ok((Status::Present, Some(newest), values))
+    }
+}
+
+fn write_row(w: &mut Writer, r: &Row) {
+    w.i64(r.ts);
+    w.i64(r.created);
+    for v in &r.values {
+        w.value(v);
+    }
+}
+
+fn read_row(r: &mut Reader<'_>, n: usize) -> Result<Row> {
+    let ts = r.i64()?;
+    let created = r.i64()?;
+    let values = (0..n).map(|_| r.value()).collect::<Result<_>>()?;
+    Ok(Row {
+        ts,
+        created,
+        values,
+    })
+}
+
+fn write_partial(w: &mut Writer, p: &Partial) {
+    match p {
+        Partial::Count(n) => {
+            w.u8(1);
+            w.i64(*n);
+        }
+        Partial::SumInt { sum, n } => {
+            w.u8(2);
+            w.buf.extend_from_slice(&sum.to_le_bytes());
+            w.i64(*n);
+        }
+        Partial::SumFloat { sum, n } => {
+            w.u8(3);
+            w.f64(sum.hi);
+            w.f64(sum.lo);
+            w.u32(sum.nan);
+            w.u32(sum.pos_inf);
+            w.u32(sum.neg_inf);
+            w.i64(*n);
+        }
+        Partial::Extremum(v) => {
+            w.u8(4);
+            w.value(v);
+        }
+        Partial::Moments { n, mean, m2 } => {
+            w.u8(5);
+            w.i64(*n);
+            w.f64(*mean);
+            w.f64(*m2);
+        }
+        Partial::Distinct(set) => {
+            w.u8(6);
+            w.u32(set.len() as u32);
+            for b in set {
+                w.bytes(b);
+            }
+        }
+        Partial::Last(row) => {
+            w.u8(7);
+            match row {
+                None => w.u8(0),
+                Some(r) => {
+                    w.u8(1);
+                    write_row(w, r);
+                }
+            }
+        }
+    }
+}
+
+fn read_partial(r: &mut Reader<'_>) -> Result<Partial> {
+    Ok(match r.u8()? {
+        1 => Partial::Count(r.i64()?),
+        2 => {
+            let lo = r.i64()? as u64 as u128;
+            let hi = r.i64()? as u64 as u128;
+            Partial::SumInt {
+                sum: ((hi << 64) | lo) as i128,
+                n: r.i64()?,
+            }
+        }
+        3 => {
+            let (hi, lo) = (r.f64()?, r.f64()?);
+            let (nan, pos_inf, neg_inf) = (r.u32()?, r.u32()?, r.u32()?);
+            Partial::SumFloat {
+                sum: Dd {
+                    hi,
+                    lo,
+                    nan,
+                    pos_inf,
+                    neg_inf,
+                },
+                n: r.i64()?,
+            }
+        }
+        4 => Partial::Extremum(r.value()?),
+        5 => Partial::Moments {
+            n: r.i64()?,
+            mean: r.f64()?,
+            m2: r.f64()?,
+        },
+        6 => {
+            let n = r.u32()? as usize;
+            let mut set = BTreeSet::new();
+            for _ in 0..n {
+                set.insert(r.bytes()?.to_vec());
+            }
+            Partial::Distinct(set)
+        }
+        7 => match r.u8()? {
+            0 => Partial::Last(None),
+            _ => Partial::Last(Some(read_row(r, 1)?)),
+        },
+        t => {
+            return Err(Error::Corrupt {
+                what: "online record".into(),
+                message: format!("unknown partial tag {t}"),
+            });
+        }
+    })
+}
+
+fn int_sum(sum: i128) -> Result<Value> {
+    i64::try_from(sum)
+        .map(Value::Int)
+        .map_err(|_| Error::InvalidRequest("an integer sum does not fit in Int64; cast the column to a floating type (in a SQL view) to aggregate it".into()))
+}
+
+fn from_partial(a: &ServedAgg, p: &Partial) -> Result<Value> {
+    use AggFunction as F;
+    Ok(match (a.function, p) {
+        (F::Count, Partial::Count(n)) => Value::Int(*n),
+        (F::Sum, Partial::SumInt { sum, .. }) => int_sum(*sum)?,
+        (F::Avg, Partial::SumInt { sum, n }) => {
+            if *n == 0 {
+                Value::Null
+            } else {
+                Value::Float(*sum as f64 / *n as f64)
+            }
+        }
+        (F::Sum, Partial::SumFloat { sum, n }) => {
+            Value::Float(if *n == 0 { 0.0 } else { sum.value() })
+        }
+        (F::Avg, Partial::SumFloat { sum, n }) => {
+            if *n == 0 {
+                Value::Null
+            } else {
+                Value::Float(sum.value() / *n as f64)
+            }
+        }
+        (F::Min | F::Max, Partial::Extremum(v)) => v.clone(),
+        (F::Stddev, Partial::Moments { n, m2, .. }) => {
+            if *n < 2 {
+                Value::Null
+            } else {
+                Value::Float((m2 / (*n - 1) as f64).sqrt())
+            }
+        }
+        (F::CountDistinct, Partial::Distinct(s)) => Value::Int(s.len() as i64),
+        (F::Last, Partial::Last(r)) => r
+            .as_ref()
+            .map(|r| r.values[0].clone())
+            .unwrap_or(Value::Null),
+        _ => {
+            return Err(Error::Corrupt {
+                what: "online record".into(),
+                message: format!("partial state does not fit `{}`", a.function),
+            });
+        }
+    })
+}
+
+/// One aggregate over the rows of its window (sorted by time), with the kernel's rules.
+fn over_window(a: &ServedAgg, rows: &[Row]) -> Result<Value> {
+    use AggFunction as F;
+    let vals = || {
+        rows.iter()
+            .filter_map(move |r| a.input.map(|i| &r.values[i]))
+            .filter(|v| !v.is_null())
+    };
+    Ok(match a.function {
+        F::Count => Value::Int(match a.input {
+            None => rows.len() as i64,
+            Some(_) => vals().count() as i64,
+        }),
+        F::Sum | F::Avg if a.integer => {
+            let (mut sum, mut n) = (0i128, 0i64);
+            for v in vals() {
+                sum += match v {
+                    Value::Int(x) => *x as i128,
+                    Value::UInt(x) => *x as i128,
+                    _ => 0,
+                };
+                n += 1;
+            }
+            match a.function {
+                F::Sum => int_sum(sum)?,
+                _ if n == 0 => Value::Null,
+                _ => Value::Float(sum as f64 / n as f64),
+            }
+        }
+        F::Sum | F::Avg => {
+            let (mut sum, mut n) = (Dd::default(), 0i64);
+            for v in vals() {
+                sum.add(v.as_f64().unwrap_or(0.0));
+                n += 1;
+            }
+            match a.function {
+                F::Sum => Value::Float(if n == 0 { 0.0 } else { sum.value() }),
+                _ if n == 0 => Value::Null,
+                _ => Value::Float(sum.value() / n as f64),
+            }
+        }
+        F::Min => vals()
+            .min_by(|x, y| x.cmp_same_type(y))
+            .cloned()
+            .unwrap_or(Value::Null),
+        F::Max => vals()
+            .max_by(|x, y| x.cmp_same_type(y))
+            .cloned()
+            .unwrap_or(Value::Null),
+        F::Stddev => {
+            let xs: Vec<f64> = vals().filter_map(Value::as_f64).collect();
+            if xs.len() < 2 {
+                Value::Null
+            } else {
+                let mut sum = 0.0;
+                for x in &xs {
+                    sum += x;
+                }
+                let mean = sum / xs.len() as f64;
+                let mut sq = 0.0;
+                for x in &xs {
+                    sq += (x - mean) * (x - mean);
+                }
+                Value::Float((sq / (xs.len() - 1) as f64).sqrt())
+            }
+        }
+        F::CountDistinct => {
+            let set: BTreeSet<Vec<u8>> = vals().map(distinct_bytes).collect();
+            Value::Int(set.len() as i64)
+        }
+        F::Last => {
+            let i = a.input.expect("last reads a column");
+            rows.iter()
+                .filter(|r| !r.values[i].is_null())
+                .max_by(|x, y| {
+                    x.key()
+                        .cmp(&y.key())
+                        .then(x.values[i].cmp_same_type(&y.values[i]))
+                })
+                .map(|r| r.values[i].clone())
+                .unwrap_or(Value::Null)
+        }
+    })
+}
+
+/// Status of a served value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// A value computed from the entity's rows.
+    Present,
+    /// The store has no rows for the key.
+    NotFound,
+    /// The newest row is older than the view's ttl at request time.
+    Expired,
+    /// The key is unknown and the view's fallback value was served.
+    Fallback,
+}
+
+impl Status {
+    /// The name clients see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Present => "PRESENT",
+            Status::NotFound => "NOT_FOUND",
+            Status::Expired => "EXPIRED",
+            Status::Fallback => "FALLBACK",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(function: AggFunction, input: Option<usize>, window_us: Option<i64>) -> ServedAgg {
+        ServedAgg {
+            function,
+            input,
+            window_us,
+            integer: false,
+        }
+    }
+
+    #[test]
+    fn windows_slide_at_request_time() {
+        let plan = ServingPlan {
+            kind: ServingKind::Aggregate(vec![
+                agg(AggFunction::Count, None, Some(10)),
+                agg(AggFunction::Sum, Some(0), None),
+            ]),
+            inputs: vec!["amount".into()],
+            ttl_us: Some(100),
+        };
+        let mut rec = Record::empty(&plan);
+        let row = |ts, v: f64| Row {
+            ts,
+            created: 0,
+            values: vec![Value::Float(v)],
+        };
+        rec.merge(&plan, vec![row(1, 1.0), row(5, 2.0), row(8, 4.0)], 8);
+        let rec = Record::decode(&rec.encode(), &plan).unwrap();
+        let at = |now| rec.evaluate(&plan, now).unwrap();
+        assert_eq!(at(8).2, vec![Value::Int(3), Value::Float(7.0)]);
+        assert_eq!(
+            at(12).2,
+            vec![Value::Int(2), Value::Float(7.0)],
+            "the row at 1 left the window (2, 12]"
+        );
+        assert_eq!(at(18).2[0], Value::Int(0));
+        assert_eq!(at(200).0, Status::Expired);
+    }
+
+    #[test]
+    fn horizon_prunes_rows_that_cannot_be_read_again() {
+        let plan = ServingPlan {
+            kind: ServingKind::Aggregate(vec![agg(AggFunction::Count, None, Some(10))]),
+            inputs: vec![],
+            ttl_us: None,
+        };
+        let mut rec = Record::empty(&plan);
+        rec.merge(
+            &plan,
+            (0..100)
+                .map(|t| Row {
+                    ts: t,
+                    created: 0,
+                    values: vec![],
+                })
+                .collect(),
+            99,
+        );
+        let Record::Aggregate { rows, .. } = &rec else {
+            panic!()
+        };
+        assert_eq!(rows.len(), 10);
+    }
+
+    #[test]
+    fn corrupt_records_are_errors() {
+        let plan = ServingPlan {
+            kind: ServingKind::AsOf,
+            inputs: vec!["x".into()],
+            ttl_us: None,
+        };
+        let mut rec = Record::empty(&plan);
+        rec.merge(
+            &plan,
+            vec![Row {
+                ts: 1,
+                created: 0,
+                values: vec![Value::Bytes(b"abc".to_vec())],
+            }],
+            1,
+        );
+        let bytes = rec.encode();
+        for cut in 0..bytes.len() {
+            assert!(Record::decode(&bytes[..cut], &plan).is_err());
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(Record::decode(&extra, &plan).is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! Prometheus metrics of the feature server, served as text on `/metrics`.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::online::StatusCounts;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Call {
+    method: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Method {
+    method: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ViewStatus {
+    view: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct View {
+    view: String,
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<Call, Counter>,
+    latency: Family<Method, Histogram>,
+    values: Family<ViewStatus, Counter>,
+    lag: Family<View, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<Call, Counter>::default();
+        registry.register(
+            "quiver_flight_requests",
+            "Flight requests by method and status code",
+            requests.clone(),
+        );
+        let latency = Family::<Method, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_025, 2.0, 20))
+        });
+        registry.register(
+            "quiver_flight_request_seconds",
+            "Flight request latency by method",
+            latency.clone(),
+        );
+        let values = Family::<ViewStatus, Counter>::default();
+        registry.register(
+            "quiver_online_values",
+            "Online values served by view and status (PRESENT = hit)",
+            values.clone(),
+        );
+        let lag = Family::<View, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "quiver_materialization_lag_seconds",
+            "Seconds between now and the event-time bound of the last materialization",
+            lag.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            values,
+            lag,
+        }
+    }
+}
+
+impl Metrics {
+    /// Record one finished request.
+    pub fn request(&self, method: &str, code: tonic::Code, seconds: f64) {
+        self.requests
+            .get_or_create(&Call {
+                method: method.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&Method {
+                method: method.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Record the statuses of one online answer.
+    pub fn values(&self, view: &str, c: &StatusCounts) {
+        for (status, n) in [
+            ("PRESENT", c.present),
+            ("NOT_FOUND", c.not_found),
+            ("EXPIRED", c.expired),
+            ("FALLBACK", c.fallback),
+        ] {
+            if n > 0 {
+                self.values
+                    .get_or_create(&ViewStatus {
+                        view: view.to_owned(),
+                        status: status.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Set a view's materialization lag.
+    pub fn lag(&self, view: &str, seconds: f64) {
+        self.lag
+            .get_or_create(&View {
+                view: view.to_owned(),
+            })
+            .set(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics registry lock");
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}

@@ -1,0 +1,288 @@
+//! `quiver serve`: one Arrow Flight server for online lookups, training sets, scans and
+//! admin actions, plus a Prometheus `/metrics` endpoint.
+//!
+//! The wire format (JSON commands in tickets and descriptors) is documented for any
+//! Flight client in `docs/flight-protocol.md`.
+//!
+//! ```no_run
+//! # async fn run(store: quiver_featurestore::FeatureStore) -> quiver_featurestore::Result<()> {
+//! use quiver_featurestore::serve::{ServeConfig, Tokens};
+//! let tokens = Tokens::new().with("a-long-random-secret-token", "bank_a", true)?;
+//! let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens).spawn(store).await?;
+//! println!("Flight on {}, metrics on {:?}", server.addr(), server.metrics_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod command;
+mod metrics;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use auth::{Tenant, Tokens};
+pub use command::{Command, ServeLimits};
+pub use metrics::Metrics;
+pub use service::FeatureService;
+
+use crate::store::FeatureStore;
+use crate::{Error, Result};
+
+/// Choose rustls's crypto provider (ring) for the process, once. Both ring and aws-lc
+/// are compiled into this dependency tree, so rustls cannot pick one itself.
+pub(crate) fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// TLS material for the server, PEM encoded.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// Private key.
+    pub key_pem: Vec<u8>,
+}
+
+/// How to run the server. Build with [`ServeConfig::new`] and `with_*`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// Flight address (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// Prometheus address (`None`: no metrics endpoint).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Accepted bearer tokens.
+    pub tokens: Tokens,
+    /// TLS; plain HTTP/2 when `None`.
+    pub tls: Option<TlsConfig>,
+    /// Request bounds.
+    pub limits: ServeLimits,
+}
+
+impl ServeConfig {
+    /// Serve on `addr` for `tokens`; metrics on the same host, port 0.
+    pub fn new(addr: SocketAddr, tokens: Tokens) -> Self {
+        let metrics_addr = Some(SocketAddr::new(addr.ip(), 0));
+        Self {
+            addr,
+            metrics_addr,
+            tokens,
+            tls: None,
+            limits: ServeLimits::default(),
+        }
+    }
+
+    /// Serve metrics on `addr`, or nowhere.
+    pub fn with_metrics_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics_addr = addr;
+        self
+    }
+
+    /// Serve over TLS.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Use other request bounds.
+    pub fn with_limits(mut self, limits: ServeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Bind, start serving in the background, and return a handle.
+    pub async fn spawn(self, store: FeatureStore) -> Result<RunningServer> {
+        if self.tokens.is_empty() {
+            return Err(Error::InvalidRequest("no tokens: every request would be refused; give tokens (--tokens FILE or QUIVER_TOKENS) or run with --insecure-no-auth".into()));
+        }
+        store.online()?; // fail now, not on the first request, if another process holds it
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(service::Shared::new(
+            store,
+            self.tokens,
+            self.limits.clone(),
+            metrics.clone(),
+        ));
+        let svc = FeatureService { shared };
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|e| Error::io(self.addr.to_string(), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io(self.addr.to_string(), e))?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            ensure_crypto_provider();
+            let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| Error::InvalidRequest(format!("TLS configuration: {e}")))?;
+        }
+        let flight = FlightServiceServer::new(svc)
+            .max_decoding_message_size(self.limits.max_message_bytes)
+            .max_encoding_message_size(self.limits.max_message_bytes);
+        let mut rx = stop_rx.clone();
+        // Small responses must not wait for Nagle's algorithm and delayed ACKs (40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server =
+            builder
+                .add_service(flight)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                });
+        let mut tasks = vec![tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "flight server stopped");
+            }
+        })];
+        let mut metrics_addr = None;
+        if let Some(maddr) = self.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(maddr)
+                .await
+                .map_err(|e| Error::io(maddr.to_string(), e))?;
+            metrics_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| Error::io(maddr.to_string(), e))?,
+            );
+            let m = metrics.clone();
+            let app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let m = m.clone();
+                        async move { ([("content-type", "text/plain; version=0.0.4")], m.encode()) }
+                    }),
+                )
+                .route("/healthz", axum::routing::get(|| async { "ok" }));
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            }));
+        }
+        tracing::info!(%addr, ?metrics_addr, tls = self.tls.is_some(), "serving");
+        Ok(RunningServer {
+            addr,
+            metrics_addr,
+            stop: stop_tx,
+            tasks,
+            metrics,
+        })
+    }
+}
+
+/// A running server; dropping it stops it too.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+}
+
+impl RunningServer {
+    /// The Flight address (with the port picked when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metrics address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stop accepting, let requests in flight finish, and wait (at most 10 s).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+        }
+    }
+
+    /// Serve until `stop` completes, then shut down gracefully.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) {
+        stop.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+
+    /// Wait until SIGTERM or Ctrl-C, then shut down gracefully. Register the handlers
+    /// before announcing the server (see [`shutdown_signal`]) when a supervisor may
+    /// signal as soon as it sees the announcement.
+    pub async fn run_until_signal(self) {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = tokio::signal::ctrl_c().await;
+                        return self.shutdown().await;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// A future that completes on SIGTERM or Ctrl-C. The handlers are installed when this
+/// is called, not when the future is first polled.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}

@@ -1,0 +1,797 @@
+//! [`FeatureService`]: the Arrow Flight service of `quiver serve`.
+//!
+//! | RPC | what it does |
+//! |---|---|
+//! | `GetFlightInfo` / `GetSchema` | schema (and a ticket) for an `online`, `historical` or `scan` command |
+//! | `DoGet` | run a command carried in the ticket; stream Arrow batches |
+//! | `DoPut` | upload an entity table (`upload` command); answers its id |
+//! | `DoExchange` | `exchange` command: key batches in, online value batches out |
+//! | `ListFlights` | the views the caller may read, with their schemas |
+//! | `DoAction` | `list`, `plan`, `apply`, `materialize`, `health` |
+//!
+//! Every call needs `authorization: Bearer <token>`; a tenant reads only the views it
+//! owns or that are shared with it.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{Tenant, Tokens};
+use super::command::{Command, CommandError, ServeLimits, json_batch};
+use super::metrics::Metrics;
+use crate::offline::parse_feature_refs;
+use crate::store::{AppliedView, FeatureStore};
+use crate::{Error, delta};
+
+type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Error to Flight status: what the caller must change decides the code.
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match &e {
+            Error::Spec(_) | Error::InvalidRequest(_) => Status::invalid_argument(msg),
+            Error::NotFound { .. } => Status::not_found(msg),
+            Error::Delta { .. } => Status::failed_precondition(msg),
+            Error::Registry(quiver_registry::Error::Conflict { .. }) => Status::aborted(msg),
+            Error::Corrupt { .. } => Status::data_loss(msg),
+            _ if e.is_user_error() => Status::invalid_argument(msg),
+            _ => Status::internal(msg),
+        }
+    }
+}
+
+impl From<CommandError> for Status {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Invalid(m) => Status::invalid_argument(m),
+            CommandError::TooLarge(m) => Status::resource_exhausted(m),
+        }
+    }
+}
+
+fn flight_err(e: FlightError) -> Status {
+    match e {
+        FlightError::Tonic(s) => *s,
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+struct Upload {
+    tenant: String,
+    batches: Vec<RecordBatch>,
+}
+
+/// State shared by every request.
+pub(crate) struct Shared {
+    pub(crate) store: FeatureStore,
+    pub(crate) tokens: Tokens,
+    pub(crate) limits: ServeLimits,
+    pub(crate) metrics: Arc<Metrics>,
+    uploads: Mutex<(HashMap<String, Upload>, VecDeque<String>)>,
+    /// `apply` and `materialize` run one at a time.
+    admin: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: FeatureStore,
+        tokens: Tokens,
+        limits: ServeLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            limits,
+            metrics,
+            uploads: Mutex::new((HashMap::new(), VecDeque::new())),
+            admin: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// The Flight service over a [`FeatureStore`].
+#[derive(Clone)]
+pub struct FeatureService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FeatureService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FeatureService({})", self.shared.store.root().display())
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn encode(
+    schema: SchemaRef,
+    batches: BoxStream<'static, Result<RecordBatch, FlightError>>,
+) -> FlightStream<FlightData> {
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(flight_err),
+    )
+}
+
+impl FeatureService {
+    fn tenant<T>(&self, req: &Request<T>) -> Result<Tenant, Status> {
+        self.shared.tokens.authenticate(req)
+    }
+
+    fn timed<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        r: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.shared
+            .metrics
+            .request(method, code, started.elapsed().as_secs_f64());
+        if let Err(s) = &r {
+            if s.code() == tonic::Code::Internal {
+                tracing::error!(method, error = %s.message(), "request failed");
+            } else {
+                tracing::debug!(method, code = ?s.code(), error = %s.message(), "request refused");
+            }
+        }
+        r
+    }
+
+    /// The applied view, if `tenant` may read it.
+    fn readable(&self, tenant: &Tenant, view: &str) -> Result<AppliedView, Status> {
+        let v = self.shared.store.view(view, None)?;
+        self.check_read(tenant, &v)?;
+        Ok(v)
+    }
+
+    fn check_read(&self, tenant: &Tenant, v: &AppliedView) -> Result<(), Status> {
+        if tenant.admin || v.definition.view.readable_by(&tenant.name) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "tenant `{}` may not read view `{}` (owner `{}`); ask its owner to add you to `shared_with`",
+                tenant.name,
+                v.definition.name(),
+                v.definition.view.owner.as_deref().unwrap_or("-")
+            )))
+        }
+    }
+
+    fn online_lookup(
+        &self,
+        tenant: &Tenant,
+        view: &str,
+        features: Option<&[String]>,
+        keys: &RecordBatch,
+    ) -> Result<RecordBatch, Status> {
+        self.readable(tenant, view)?;
+        if keys.num_rows() > self.shared.limits.max_keys {
+            return Err(Status::resource_exhausted(format!(
+                "{} keys in one request, over the limit of {}",
+                keys.num_rows(),
+                self.shared.limits.max_keys
+            )));
+        }
+        let online = self.shared.store.online()?;
+        let (batch, counts) = online.get(view, features, keys, now_us())?;
+        self.shared.metrics.values(view, &counts);
+        Ok(batch)
+    }
+
+    fn entity_batches(
+        &self,
+        tenant: &Tenant,
+        upload: &Option<String>,
+        rows: &Option<std::collections::BTreeMap<String, Vec<serde_json::Value>>>,
+    ) -> Result<Vec<RecordBatch>, Status> {
+        match (upload, rows) {
+            (Some(id), _) => {
+                let uploads = self.shared.uploads.lock().expect("uploads lock");
+                match uploads.0.get(id) {
+                    Some(u) if u.tenant == tenant.name => Ok(u.batches.clone()),
+                    _ => Err(Status::not_found(format!(
+                        "no upload `{id}` for tenant `{}`; uploads expire when newer ones replace them",
+                        tenant.name
+                    ))),
+                }
+            }
+            (None, Some(rows)) => Ok(vec![json_batch(rows)?]),
+            (None, None) => Err(Status::invalid_argument("no entity rows")),
+        }
+    }
+
+    async fn prepare_historical(
+        &self,
+        tenant: &Tenant,
+        cmd: &Command,
+    ) -> Result<crate::offline::PreparedTrainingSet, Status> {
+        let Command::Historical {
+            features,
+            upload,
+            rows,
+            full_names,
+        } = cmd
+        else {
+            unreachable!("historical command")
+        };
+        let refs = parse_feature_refs(&features.join(","))?;
+        for r in &refs {
+            let v = self.shared.store.view(&r.view, r.version)?;
+            self.check_read(tenant, &v)?;
+        }
+        let batches = self.entity_batches(tenant, upload, rows)?;
+        Ok(self
+            .shared
+            .store
+            .historical_features()
+            .with_feature_refs(refs)
+            .with_full_feature_names(*full_names)
+            .with_entities(batches)
+            .prepare()
+            .await?)
+    }
+
+    async fn scan_frame(
+        &self,
+        tenant: &Tenant,
+        view: &str,
+        delta_version: Option<i64>,
+    ) -> Result<datafusion::dataframe::DataFrame, Status> {
+        let v = self.readable(tenant, view)?;
+        let def = &v.definition;
+        let ctx = crate::plan::session();
+        let store = &self.shared.store;
+        for s in &def.sources {
+            let url = delta::table_url(store.root(), &s.delta.value)
+                .map_err(Status::failed_precondition)?;
+            let table = delta::open(&url, delta_version).await?;
+            table
+                .register(&ctx, &s.name.value)
+                .await
+                .map_err(Status::from)?;
+        }
+        let spec = def.pit_spec(None, false, "event_timestamp");
+        let df = match &def.view.body {
+            crate::spec::ViewBody::Sql(body) => crate::plan::sql_frame(&ctx, &body.sql.value)
+                .await
+                .map_err(|e| Status::from(Error::from(e)))?,
+            _ => ctx
+                .table(def.sources[0].name.value.as_str())
+                .await
+                .map_err(|e| Status::from(Error::from(e)))?,
+        };
+        let mut cols = spec.keys.clone();
+        cols.push(spec.source_ts.clone());
+        match &spec.mode {
+            crate::plan::PitMode::AsOf(c) => cols.extend(c.iter().map(|(_, s)| s.clone())),
+            crate::plan::PitMode::Aggregate(a) => {
+                cols.extend(a.iter().filter_map(|a| a.column.clone()))
+            }
+        }
+        let mut seen = Vec::new();
+        cols.retain(|c| {
+            let new = !seen.contains(c);
+            seen.push(c.clone());
+            new
+        });
+        df.select(
+            cols.iter()
+                .map(|c| crate::plan::ident(c))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| Status::from(Error::from(e)))
+    }
+
+    /// Schema of a view's online lookups, from its definition and source.
+    async fn view_schema(&self, v: &AppliedView) -> Result<Schema, Status> {
+        let online = self.shared.store.online()?;
+        if let Ok(s) = online.schema(v.definition.name(), None) {
+            return Ok(s.as_ref().clone());
+        }
+        // Not materialized yet: keys as the first source types them.
+        let def = &v.definition;
+        let url = delta::table_url(self.shared.store.root(), &def.sources[0].delta.value)
+            .map_err(Status::failed_precondition)?;
+        let table = delta::open(&url, None).await?;
+        let mut fields: Vec<Field> = def
+            .keys()
+            .iter()
+            .filter_map(|k| table.schema.field_with_name(k).ok().cloned())
+            .collect();
+        for f in &def.features {
+            let dt = <arrow::datatypes::DataType as std::str::FromStr>::from_str(&f.dtype)
+                .unwrap_or(arrow::datatypes::DataType::Null);
+            fields.push(Field::new(&f.name, dt, true));
+        }
+        fields.push(Field::new(
+            format!("{}{}", def.name(), crate::spec::STATUS_SUFFIX),
+            arrow::datatypes::DataType::Utf8,
+            false,
+        ));
+        fields.push(Field::new(
+            format!("{}{}", def.name(), crate::spec::EVENT_TS_SUFFIX),
+            crate::plan::entity_time_type(),
+            true,
+        ));
+        Ok(Schema::new(fields))
+    }
+
+    async fn info(
+        &self,
+        tenant: &Tenant,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let cmd = Command::decode(&descriptor.cmd, &self.shared.limits)?;
+        let (schema, records) = match &cmd {
+            Command::Online {
+                view,
+                features,
+                keys,
+            } => {
+                self.readable(tenant, view)?;
+                let online = self.shared.store.online()?;
+                let schema = online.schema(view, features.as_deref())?;
+                (
+                    schema.as_ref().clone(),
+                    keys.values().next().map_or(0, Vec::len) as i64,
+                )
+            }
+            Command::Historical { .. } => {
+                let prepared = self.prepare_historical(tenant, &cmd).await?;
+                let rows = prepared.lineage.entity_rows as i64;
+                (prepared.schema.as_ref().clone(), rows)
+            }
+            Command::Scan {
+                view,
+                delta_version,
+            } => {
+                let df = self.scan_frame(tenant, view, *delta_version).await?;
+                (df.schema().as_arrow().clone(), -1)
+            }
+            Command::Upload {} | Command::Exchange { .. } => {
+                return Err(Status::invalid_argument(
+                    "`upload` goes with DoPut and `exchange` with DoExchange, not GetFlightInfo",
+                ));
+            }
+        };
+        let info = FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_descriptor(descriptor.clone())
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(cmd.encode())))
+            .with_total_records(records);
+        Ok(info)
+    }
+
+    async fn get(
+        &self,
+        tenant: &Tenant,
+        ticket: Ticket,
+    ) -> Result<FlightStream<FlightData>, Status> {
+        let cmd = Command::decode(&ticket.ticket, &self.shared.limits)?;
+        match &cmd {
+            Command::Online {
+                view,
+                features,
+                keys,
+            } => {
+                let keys = json_batch(keys)?;
+                let batch = self.online_lookup(tenant, view, features.as_deref(), &keys)?;
+                Ok(encode(batch.schema(), stream::iter([Ok(batch)]).boxed()))
+            }
+            Command::Historical { .. } => {
+                let prepared = self.prepare_historical(tenant, &cmd).await?;
+                let schema = prepared.schema.clone();
+                let rows = prepared.execute_stream().await?;
+                Ok(encode(
+                    schema,
+                    rows.map_err(|e| FlightError::ExternalError(Box::new(e)))
+                        .boxed(),
+                ))
+            }
+            Command::Scan {
+                view,
+                delta_version,
+            } => {
+                let df = self.scan_frame(tenant, view, *delta_version).await?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let rows = df
+                    .execute_stream()
+                    .await
+                    .map_err(|e| Status::from(Error::from(e)))?;
+                Ok(encode(
+                    schema,
+                    rows.map_err(|e| FlightError::ExternalError(Box::new(e)))
+                        .boxed(),
+                ))
+            }
+            Command::Upload {} | Command::Exchange { .. } => Err(Status::invalid_argument(
+                "`upload` goes with DoPut and `exchange` with DoExchange, not DoGet",
+            )),
+        }
+    }
+
+    /// Read the first message of a client stream (it carries the descriptor) and give
+    /// back the stream with that message in front again.
+    async fn first_command(
+        &self,
+        mut input: Streaming<FlightData>,
+    ) -> Result<(Command, BoxStream<'static, Result<FlightData, FlightError>>), Status> {
+        let first = input.message().await?.ok_or_else(|| {
+            Status::invalid_argument(
+                "empty stream: the first message must carry a descriptor with a command",
+            )
+        })?;
+        let descriptor = first.flight_descriptor.clone().ok_or_else(|| {
+            Status::invalid_argument("the first message has no flight descriptor")
+        })?;
+        let cmd = Command::decode(&descriptor.cmd, &self.shared.limits)?;
+        let rest = stream::once(async move { Ok(first) })
+            .chain(input.map_err(FlightError::from))
+            .boxed();
+        Ok((cmd, rest))
+    }
+
+    async fn put(
+        &self,
+        tenant: &Tenant,
+        input: Streaming<FlightData>,
+    ) -> Result<FlightStream<PutResult>, Status> {
+        let (cmd, data) = self.first_command(input).await?;
+        if !matches!(cmd, Command::Upload {}) {
+            return Err(Status::invalid_argument("DoPut takes an `upload` command"));
+        }
+        let limits = &self.shared.limits;
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        let mut batches = Vec::new();
+        while let Some(batch) = decoded.next().await {
+            let batch = batch.map_err(flight_err)?;
+            rows += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            if rows > limits.max_upload_rows || bytes > limits.max_upload_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "upload over the limit of {} rows or {} bytes; split the entity table",
+                    limits.max_upload_rows, limits.max_upload_bytes
+                )));
+            }
+            batches.push(batch);
+        }
+        if rows == 0 {
+            return Err(Status::invalid_argument("the upload holds no rows"));
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        {
+            let mut uploads = self.shared.uploads.lock().expect("uploads lock");
+            while uploads.1.len() >= limits.max_uploads {
+                if let Some(old) = uploads.1.pop_front() {
+                    uploads.0.remove(&old);
+                }
+            }
+            uploads.0.insert(
+                id.clone(),
+                Upload {
+                    tenant: tenant.name.clone(),
+                    batches,
+                },
+            );
+            uploads.1.push_back(id.clone());
+        }
+        let meta = serde_json::json!({"upload": id, "rows": rows}).to_string();
+        Ok(Box::pin(stream::iter([Ok(PutResult {
+            app_metadata: Bytes::from(meta),
+        })])))
+    }
+
+    async fn exchange(
+        &self,
+        tenant: Tenant,
+        input: Streaming<FlightData>,
+    ) -> Result<FlightStream<FlightData>, Status> {
+        let (cmd, data) = self.first_command(input).await?;
+        let Command::Exchange { view, features } = cmd else {
+            return Err(Status::invalid_argument(
+                "DoExchange takes an `exchange` command",
+            ));
+        };
+        self.readable(&tenant, &view)?;
+        let online = self.shared.store.online()?;
+        let schema = online.schema(&view, features.as_deref())?;
+        let this = self.clone();
+        let out = FlightRecordBatchStream::new_from_flight_data(data).map(move |keys| {
+            let keys = keys?;
+            this.online_lookup(&tenant, &view, features.as_deref(), &keys)
+                .map_err(|s| FlightError::Tonic(Box::new(s)))
+        });
+        Ok(encode(schema, out.boxed()))
+    }
+
+    async fn action(&self, tenant: &Tenant, action: Action) -> Result<Bytes, Status> {
+        let store = &self.shared.store;
+        let admin = || {
+            if tenant.admin {
+                Ok(())
+            } else {
+                Err(Status::permission_denied(format!(
+                    "tenant `{}` may not run `{}`; it needs an admin token",
+                    tenant.name, action.r#type
+                )))
+            }
+        };
+        let json = |v: serde_json::Value| Bytes::from(v.to_string());
+        Ok(match action.r#type.as_str() {
+            "health" => Bytes::from_static(b"{\"status\":\"ok\"}"),
+            "list" => {
+                let views: Vec<serde_json::Value> = store
+                    .views()?
+                    .into_iter()
+                    .filter(|v| tenant.admin || v.definition.view.readable_by(&tenant.name))
+                    .map(|v| {
+                        let d = &v.definition;
+                        serde_json::json!({
+                            "view": d.name(), "version": v.version, "hash": v.hash, "entity": d.entity.name.value,
+                            "keys": d.keys(), "features": d.features, "owner": d.view.owner, "form": d.view.form(),
+                            "ttl": d.view.ttl.as_ref().map(|t| t.value.to_string()),
+                        })
+                    })
+                    .collect();
+                json(serde_json::json!({ "views": views }))
+            }
+            "plan" => {
+                admin()?;
+                json(serde_json::to_value(store.plan().await?).unwrap_or_default())
+            }
+            "apply" => {
+                admin()?;
+                let _guard = self.shared.admin.lock().await;
+                json(serde_json::to_value(store.apply().await?).unwrap_or_default())
+            }
+            "materialize" => {
+                admin()?;
+                #[derive(Deserialize, Default)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    #[serde(default)]
+                    views: Option<Vec<String>>,
+                    #[serde(default)]
+                    until: Option<String>,
+                    #[serde(default)]
+                    full: bool,
+                }
+                if action.body.len() > self.shared.limits.max_command_bytes {
+                    return Err(Status::resource_exhausted("the action body is too large"));
+                }
+                let body: Body = if action.body.is_empty() {
+                    Body::default()
+                } else {
+                    serde_json::from_slice(&action.body).map_err(|e| Status::invalid_argument(format!("materialize body: {e}; send {{\"views\": [...], \"until\": \"RFC 3339\", \"full\": false}}")))?
+                };
+                let mut m = store.materialize().with_full(body.full);
+                if let Some(v) = body.views {
+                    m = m.with_views(v);
+                }
+                if let Some(u) = body.until {
+                    let t = chrono::DateTime::parse_from_rfc3339(&u)
+                        .map_err(|e| Status::invalid_argument(format!("`until` {u:?}: {e}")))?;
+                    m = m.with_until(t.timestamp_micros());
+                }
+                let _guard = self.shared.admin.lock().await;
+                let report = m.await?;
+                for v in &report.views {
+                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&v.until) {
+                        self.shared
+                            .metrics
+                            .lag(&v.view, (now_us() - t.timestamp_micros()) as f64 / 1e6);
+                    }
+                }
+                json(serde_json::to_value(report).unwrap_or_default())
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action `{other}`; actions: health, list, plan, apply, materialize"
+                )));
+            }
+        })
+    }
+}
+
+const ACTIONS: [(&str, &str); 5] = [
+    ("health", "Is the server up: {\"status\": \"ok\"}"),
+    ("list", "Feature views the caller may read, as JSON"),
+    ("plan", "What apply would change, as JSON (admin)"),
+    ("apply", "Apply the feature repo, all or nothing (admin)"),
+    (
+        "materialize",
+        "Materialize views into the online store; body {\"views\", \"until\", \"full\"} (admin)",
+    ),
+];
+
+#[tonic::async_trait]
+impl FlightService for FeatureService {
+    type HandshakeStream = FlightStream<HandshakeResponse>;
+    type ListFlightsStream = FlightStream<FlightInfo>;
+    type DoGetStream = FlightStream<FlightData>;
+    type DoPutStream = FlightStream<PutResult>;
+    type DoExchangeStream = FlightStream<FlightData>;
+    type DoActionStream = FlightStream<arrow_flight::Result>;
+    type ListActionsStream = FlightStream<ActionType>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "no handshake: send `authorization: Bearer <token>` with every call",
+        ))
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let tenant = self.tenant(&request)?;
+            let mut out = Vec::new();
+            for v in self.shared.store.views()? {
+                if !(tenant.admin || v.definition.view.readable_by(&tenant.name)) {
+                    continue;
+                }
+                let schema = self.view_schema(&v).await?;
+                let scan = Command::Scan { view: v.definition.name().to_owned(), delta_version: None };
+                let meta = serde_json::json!({"view": v.definition.name(), "version": v.version, "hash": v.hash, "form": v.definition.view.form(), "owner": v.definition.view.owner});
+                out.push(Ok(FlightInfo::new()
+                    .try_with_schema(&schema)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .with_descriptor(FlightDescriptor::new_cmd(scan.encode()))
+                    .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(scan.encode())))
+                    .with_app_metadata(meta.to_string())));
+            }
+            Ok::<_, Status>(Response::new(Box::pin(stream::iter(out)) as Self::ListFlightsStream))
+        }
+        .await;
+        self.timed("ListFlights", started, r)
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let tenant = self.tenant(&request)?;
+            Ok(Response::new(
+                self.info(&tenant, request.into_inner()).await?,
+            ))
+        }
+        .await;
+        self.timed("GetFlightInfo", started, r)
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "every query answers at once: use GetFlightInfo",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let tenant = self.tenant(&request)?;
+            let info = self.info(&tenant, request.into_inner()).await?;
+            Ok(Response::new(SchemaResult {
+                schema: info.schema,
+            }))
+        }
+        .await;
+        self.timed("GetSchema", started, r)
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let tenant = self.tenant(&request)?;
+            Ok(Response::new(
+                self.get(&tenant, request.into_inner()).await?,
+            ))
+        }
+        .await;
+        self.timed("DoGet", started, r)
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let tenant = self.tenant(&request)?;
+            Ok(Response::new(
+                self.put(&tenant, request.into_inner()).await?,
+            ))
+        }
+        .await;
+        self.timed("DoPut", started, r)
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let tenant = self.tenant(&request)?;
+            Ok(Response::new(
+                self.exchange(tenant, request.into_inner()).await?,
+            ))
+        }
+        .await;
+        self.timed("DoExchange", started, r)
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let tenant = self.tenant(&request)?;
+            let body = self.action(&tenant, request.into_inner()).await?;
+            Ok(Response::new(
+                Box::pin(stream::iter([Ok(arrow_flight::Result { body })])) as Self::DoActionStream,
+            ))
+        }
+        .await;
+        self.timed("DoAction", started, r)
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.tenant(&request)?;
+        let list = ACTIONS
+            .iter()
+            .map(|(t, d)| {
+                Ok(ActionType {
+                    r#type: (*t).into(),
+                    description: (*d).into(),
+                })
+            })
+            .collect::<Vec<_>>();
+        Ok(Response::new(Box::pin(stream::iter(list))))
+    }
+}

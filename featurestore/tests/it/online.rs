@@ -1,0 +1,408 @@
+//! Materialization and online lookups against real Delta tables and sled on disk. The
+//! central check: the online value of a key at time `t` equals its training-set value
+//! at `t`, also long after materialization ran (windows keep sliding).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use deltalake::protocol::SaveMode;
+use proptest::prelude::*;
+use quiver_featurestore::FeatureStore;
+
+use crate::common::{DAY, HOUR, Repo, T0, column_strings, entities, transactions};
+
+const REPO: &str = "kind: Entity
+name: user
+join_keys: [user_id]
+---
+kind: Source
+name: transactions
+delta: data/transactions
+timestamp: ts
+---
+kind: FeatureView
+name: stats
+entity: user
+source: transactions
+ttl: 20d
+features:
+  - { name: n_1d,      agg: count,                     window: 1d }
+  - { name: n_all,     agg: count }
+  - { name: sum_3d,    agg: sum(amount),               window: 3d }
+  - { name: avg_all,   agg: avg(amount) }
+  - { name: max_3d,    agg: max(amount),               window: 3d }
+  - { name: min_all,   agg: min(amount) }
+  - { name: std_3d,    agg: stddev(amount),            window: 3d }
+  - { name: devs_3d,   agg: count_distinct(device_id), window: 3d }
+  - { name: devs_all,  agg: count_distinct(device_id) }
+  - { name: last_dev,  agg: last(device_id) }
+  - { name: last_dev_1d, agg: last(device_id),         window: 1d }
+---
+kind: FeatureView
+name: latest
+entity: user
+source: transactions
+ttl: 5d
+features:
+  - { name: amount }
+  - { name: device, column: device_id }
+---
+kind: FeatureView
+name: doubled
+entity: user
+source: transactions
+ttl: 10d
+sql: SELECT user_id, ts, amount * 2 AS amount2 FROM transactions WHERE amount IS NOT NULL
+";
+
+fn keys(ids: &[i64]) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Int64,
+            false,
+        )])),
+        vec![Arc::new(Int64Array::from(ids.to_vec()))],
+    )
+    .unwrap()
+}
+
+/// Compare the online answer with the training set at `t`, feature by feature.
+async fn assert_online_equals_training(store: &FeatureStore, view: &str, ids: &[i64], t: i64) {
+    let online = store.online().unwrap();
+    let (got, _) = online.get(view, None, &keys(ids), t).unwrap();
+    let rows: Vec<(i64, i64)> = ids.iter().map(|&k| (k, t)).collect();
+    let want = store
+        .historical_features()
+        .with_entities(vec![entities(&rows)])
+        .with_features(view)
+        .unwrap()
+        .await
+        .unwrap()
+        .concat()
+        .unwrap();
+    let status = format!("{view}__status");
+    assert_eq!(
+        column_strings(&got, &status),
+        column_strings(&want, &status),
+        "{view} status at t={t}"
+    );
+    for f in want.schema().fields().iter().skip(2) {
+        let name = f.name();
+        if name.ends_with("__status") {
+            continue;
+        }
+        let (g, w) = (
+            got.column_by_name(name).unwrap(),
+            want.column_by_name(name).unwrap(),
+        );
+        assert_eq!(g.data_type(), w.data_type(), "{view}.{name} type");
+        if matches!(w.data_type(), DataType::Float64) {
+            let (g, w) = (
+                cast(g, &DataType::Float64).unwrap(),
+                cast(w, &DataType::Float64).unwrap(),
+            );
+            let (g, w) = (
+                g.as_primitive::<Float64Type>(),
+                w.as_primitive::<Float64Type>(),
+            );
+            for i in 0..w.len() {
+                assert_eq!(
+                    g.is_null(i),
+                    w.is_null(i),
+                    "{view}.{name} null at row {i}, t={t}"
+                );
+                if w.is_valid(i) {
+                    let (a, b) = (g.value(i), w.value(i));
+                    assert!(
+                        (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
+                        "{view}.{name} row {i} t={t}: online {a} vs training {b}"
+                    );
+                }
+            }
+        } else {
+            assert_eq!(
+                column_strings(&got, name),
+                column_strings(&want, name),
+                "{view}.{name} at t={t}"
+            );
+        }
+    }
+}
+
+async fn repo_with(rows: &[crate::common::Txn<'_>]) -> (Repo, FeatureStore) {
+    let repo = Repo::new();
+    repo.write("f.yaml", REPO);
+    repo.delta("data/transactions", vec![transactions(rows)])
+        .await;
+    let store = FeatureStore::open(repo.path()).unwrap();
+    store.apply().await.unwrap();
+    (repo, store)
+}
+
+fn random_rows(
+    seed: u64,
+    n: usize,
+    until: i64,
+) -> Vec<(i64, i64, Option<f64>, Option<&'static str>)> {
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    const DEVS: [&str; 4] = ["a", "b", "c", "d"];
+    (0..n)
+        .map(|_| {
+            let k = (next() % 6) as i64;
+            let ts = until - (next() % (30 * 24)) as i64 * HOUR;
+            let amount = (next() % 5 != 0).then(|| (next() % 2000) as f64 / 8.0);
+            let dev = (next() % 4 != 0).then(|| DEVS[(next() % 4) as usize]);
+            (k, ts, amount, dev)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, .. ProptestConfig::default() })]
+
+    /// Online values at materialization time and long after equal training-set values.
+    #[test]
+    fn online_values_equal_training_values(seed in any::<u64>(), n in 1usize..120) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let until = T0 + 40 * DAY;
+            let rows = random_rows(seed, n, until);
+            let (_repo, store) = repo_with(&rows).await;
+            store.materialize().with_until(until).await.unwrap();
+            let ids = [0, 1, 2, 3, 4, 5, 99];
+            for t in [until, until + HOUR, until + 2 * DAY, until + 25 * DAY] {
+                for view in ["stats", "latest", "doubled"] {
+                    assert_online_equals_training(&store, view, &ids, t).await;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn incremental_runs_equal_a_full_rebuild_and_reruns_change_nothing() {
+    let t1 = T0 + 20 * DAY;
+    let t2 = T0 + 25 * DAY;
+    let first = random_rows(7, 200, t1);
+    let (repo, store) = repo_with(&first).await;
+    let r = store.materialize().with_until(t1).await.unwrap();
+    assert!(r.views.iter().all(|v| v.mode == "full"), "{r:?}");
+
+    // New rows: some after t1, some late (event time before t1), some after t2.
+    let mut second = random_rows(8, 150, t2);
+    second.push((1, t1 - 3 * HOUR, Some(1000.0), Some("late")));
+    second.push((2, t2 + DAY, Some(5.0), Some("future")));
+    let url = quiver_featurestore::delta::table_url(repo.path(), "data/transactions").unwrap();
+    quiver_featurestore::delta::write(&url, vec![transactions(&second)], SaveMode::Append)
+        .await
+        .unwrap();
+
+    let r = store.materialize().with_until(t2).await.unwrap();
+    let stats = r.views.iter().find(|v| v.view == "stats").unwrap();
+    assert_eq!(stats.mode, "incremental", "{stats:?}");
+    let doubled = r.views.iter().find(|v| v.view == "doubled").unwrap();
+    assert_eq!(
+        doubled.mode, "full",
+        "SQL views are recomputed: {doubled:?}"
+    );
+
+    let again = store.materialize().with_until(t2).await.unwrap();
+    assert!(
+        again
+            .views
+            .iter()
+            .filter(|v| v.view != "doubled")
+            .all(|v| v.mode == "up_to_date"),
+        "{again:?}"
+    );
+
+    // Same answers as a store built in one go, and as training sets (rows <= t2 only:
+    // the row after t2 must not be visible yet).
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = FeatureStore::builder(repo.path())
+        .with_registry(repo.path().join(".quiver/registry2"))
+        .with_online_store(full_dir.path())
+        .build()
+        .unwrap();
+    full.apply().await.unwrap();
+    full.materialize()
+        .with_until(t2)
+        .with_full(true)
+        .await
+        .unwrap();
+    let ids = keys(&[0, 1, 2, 3, 4, 5]);
+    for t in [t2, t2 + 2 * DAY] {
+        for view in ["stats", "latest"] {
+            let (a, _) = store.online().unwrap().get(view, None, &ids, t).unwrap();
+            let (b, _) = full.online().unwrap().get(view, None, &ids, t).unwrap();
+            for f in a.schema().fields() {
+                assert_eq!(
+                    column_strings(&a, f.name()),
+                    column_strings(&b, f.name()),
+                    "{view}.{} at {t}",
+                    f.name()
+                );
+            }
+        }
+    }
+    let (now, _) = store
+        .online()
+        .unwrap()
+        .get("latest", None, &keys(&[2]), t2)
+        .unwrap();
+    assert_ne!(
+        column_strings(&now, "device"),
+        ["future"],
+        "rows after `until` are not materialized yet"
+    );
+}
+
+#[tokio::test]
+async fn rewritten_tables_trigger_a_full_rebuild() {
+    let until = T0 + 10 * DAY;
+    let (repo, store) = repo_with(&random_rows(3, 50, until)).await;
+    store.materialize().with_until(until).await.unwrap();
+    let url = quiver_featurestore::delta::table_url(repo.path(), "data/transactions").unwrap();
+    quiver_featurestore::delta::write(
+        &url,
+        vec![transactions(&[(1, until - HOUR, Some(1.0), Some("only"))])],
+        SaveMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let r = store
+        .materialize()
+        .with_until(until)
+        .with_views(vec!["latest".into()])
+        .await
+        .unwrap();
+    assert_eq!(r.views[0].mode, "full");
+    assert!(
+        r.views[0].reason.contains("removed or rewritten"),
+        "{}",
+        r.views[0].reason
+    );
+    assert_eq!(
+        r.views[0].keys_total, 1,
+        "keys that vanished from the table are gone"
+    );
+    let (b, _) = store
+        .online()
+        .unwrap()
+        .get("latest", None, &keys(&[1, 2]), until)
+        .unwrap();
+    assert_eq!(column_strings(&b, "device"), ["only", ""]);
+    assert_eq!(
+        column_strings(&b, "latest__status"),
+        ["PRESENT", "NOT_FOUND"]
+    );
+}
+
+#[tokio::test]
+async fn fallback_values_for_unknown_keys() {
+    let repo = Repo::new();
+    repo.write(
+        "f.yaml",
+        &REPO.replace(
+            "name: latest\nentity: user\nsource: transactions\nttl: 5d\n",
+            "name: latest\nentity: user\nsource: transactions\nttl: 5d\nfallback: mean\n",
+        ),
+    );
+    repo.delta(
+        "data/transactions",
+        vec![transactions(&[
+            (1, T0, Some(10.0), Some("a")),
+            (2, T0, Some(30.0), Some("b")),
+        ])],
+    )
+    .await;
+    let store = FeatureStore::open(repo.path()).unwrap();
+    store.apply().await.unwrap();
+    store.materialize().with_until(T0 + HOUR).await.unwrap();
+    let (b, counts) = store
+        .online()
+        .unwrap()
+        .get("latest", None, &keys(&[1, 42]), T0 + HOUR)
+        .unwrap();
+    assert_eq!(
+        column_strings(&b, "latest__status"),
+        ["PRESENT", "FALLBACK"]
+    );
+    assert_eq!(column_strings(&b, "amount"), ["10.0", "20.0"]);
+    assert_eq!(
+        column_strings(&b, "device"),
+        ["a", ""],
+        "non-numeric features fall back to null"
+    );
+    assert_eq!((counts.present, counts.fallback), (1, 1));
+}
+
+#[tokio::test]
+async fn lookups_validate_their_input() {
+    let (_repo, store) = repo_with(&[(1, T0, Some(1.0), Some("a"))]).await;
+    store.materialize().with_until(T0).await.unwrap();
+    let online = store.online().unwrap();
+    let e = online.get("nope", None, &keys(&[1]), T0).unwrap_err();
+    assert!(
+        matches!(e, quiver_featurestore::Error::NotFound { .. }),
+        "{e}"
+    );
+    let e = online
+        .get("latest", Some(&["amout".into()]), &keys(&[1]), T0)
+        .unwrap_err();
+    assert!(e.to_string().contains("did you mean `amount`?"), "{e}");
+    let strings = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Utf8,
+            false,
+        )])),
+        vec![Arc::new(StringArray::from(vec!["x"]))],
+    )
+    .unwrap();
+    let e = online.get("latest", None, &strings, T0).unwrap_err();
+    assert!(e.to_string().contains("must hold Int64 values"), "{e}");
+    let other = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "account",
+            DataType::Int64,
+            false,
+        )])),
+        vec![Arc::new(Int64Array::from(vec![1]))],
+    )
+    .unwrap();
+    let e = online.get("latest", None, &other, T0).unwrap_err();
+    assert!(e.to_string().contains("no key column `user_id`"), "{e}");
+    let (b, _) = online.get("latest", None, &keys(&[]), T0).unwrap();
+    assert_eq!(b.num_rows(), 0);
+}
+
+#[test]
+fn a_second_process_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held =
+        quiver_featurestore::online::SledOnlineStore::open(dir.path().join(".quiver/online"))
+            .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["--repo", dir.path().to_str().unwrap(), "materialize"])
+        .env_remove("QUIVER_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+}
