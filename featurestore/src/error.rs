@@ -101,7 +101,9 @@ impl Error {
                     | datafusion::error::DataFusionError::Execution(_)
                     | datafusion::error::DataFusionError::ArrowError(..)
             ),
-            Error::Registry(quiver_registry::Error::Conflict { .. }) => true,
+            Error::Registry(
+                quiver_registry::Error::Conflict { .. } | quiver_registry::Error::Locked { .. },
+            ) => true,
             Error::Remote { code, .. } => {
                 !matches!(code.as_str(), "Internal" | "Unknown" | "DataLoss")
             }

@@ -50,6 +50,14 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// Another process (a running `quiver serve`?) holds the database.
+    #[error(
+        "the registry {path} is in use by another process (a running `quiver serve`?); send the request to that server, or stop it first"
+    )]
+    Locked {
+        /// Folder of the database.
+        path: String,
+    },
     /// A stored record could not be decoded: the database was written by an
     /// incompatible version or damaged on disk.
     #[error("registry record {key} is corrupt: {reason}")]

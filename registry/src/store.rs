@@ -239,7 +239,17 @@ impl MetadataStore {
         let db = sled::Config::new()
             .path(path.as_ref())
             .open()
-            .map_err(storage)?;
+            .map_err(|e| match e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    Error::Locked {
+                        path: path_str.clone(),
+                    }
+                }
+                other => storage(other),
+            })?;
         let tree = |name: &str| db.open_tree(name).map_err(storage);
         Ok(Self {
             defs: tree("defs")?,

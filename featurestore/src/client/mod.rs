@@ -2,21 +2,58 @@
 //! the server (see `docs/flight-protocol.md`); this one wraps the commands in typed
 //! calls that return Arrow record batches.
 //!
-//! ```no_run
-//! # async fn run() -> quiver_featurestore::Result<()> {
-//! use std::sync::Arc;
-//! use arrow::array::{Int64Array, RecordBatch};
-//! use arrow::datatypes::{DataType, Field, Schema};
-//! use quiver_featurestore::client::Client;
+//! A whole round trip: a repo with one small Delta table, applied and materialized,
+//! served on a free loopback port, and queried.
 //!
-//! let mut client = Client::connect("http://127.0.0.1:8815").await?.with_token("a-long-random-secret-token")?;
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+//! use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+//! use quiver_featurestore::{FeatureStore, client::Client, delta, serve::{ServeConfig, Tokens}};
+//!
+//! // A feature repo: one entity, one Delta table, one view.
+//! let repo = tempfile::tempdir()?;
+//! std::fs::write(repo.path().join("features.yaml"), "
+//! kind: Entity\nname: user\njoin_keys: [user_id]\n---
+//! kind: Source\nname: payments\ndelta: data/payments\ntimestamp: ts\n---
+//! kind: FeatureView\nname: spend\nentity: user\nsource: payments
+//! features: [{ name: total, agg: sum(amount) }]\n")?;
+//! let now = chrono::Utc::now().timestamp_micros();
+//! let rows = RecordBatch::try_new(
+//!     Arc::new(Schema::new(vec![
+//!         Field::new("user_id", DataType::Int64, false),
+//!         Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+//!         Field::new("amount", DataType::Float64, false),
+//!     ])),
+//!     vec![
+//!         Arc::new(Int64Array::from(vec![1, 1, 2])),
+//!         Arc::new(TimestampMicrosecondArray::from(vec![now - 2_000_000, now - 1_000_000, now - 1_000_000]).with_timezone("UTC")),
+//!         Arc::new(Float64Array::from(vec![10.0, 5.0, 7.0])),
+//!     ],
+//! )?;
+//! let table = delta::table_url(repo.path(), "data/payments").unwrap();
+//! delta::write(&table, vec![rows], deltalake::protocol::SaveMode::Overwrite).await?;
+//! let store = FeatureStore::open(repo.path())?;
+//! store.apply().await?;
+//! store.materialize().await?;
+//!
+//! // Serve it, and ask through the client.
+//! let token = "a-long-random-secret-token";
+//! let tokens = Tokens::new().with(token, "bank_a", false)?;
+//! let server = ServeConfig::new("127.0.0.1:0".parse()?, tokens).spawn(store).await?;
+//! let mut client = Client::connect(&format!("http://{}", server.addr())).await?.with_token(token)?;
 //! let keys = RecordBatch::try_new(
 //!     Arc::new(Schema::new(vec![Field::new("user_id", DataType::Int64, false)])),
 //!     vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
 //! )?;
-//! let values = client.get_online_features("user_txn_stats", None, &keys).await?;
-//! println!("{}", arrow::util::pretty::pretty_format_batches(&[values])?);
-//! # Ok(()) }
+//! let values = client.get_online_features("spend", None, &keys).await?;
+//! println!("{}", arrow::util::pretty::pretty_format_batches(&[values.clone()])?);
+//! let totals = values.column_by_name("total").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+//! assert_eq!((totals.value(0), totals.value(1), totals.is_null(2)), (15.0, 7.0, true));
+//! server.shutdown().await;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
 //! ```
 
 use std::collections::BTreeMap;

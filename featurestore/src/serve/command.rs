@@ -23,6 +23,8 @@ pub struct ServeLimits {
     pub max_upload_bytes: usize,
     /// Most uploads held at once (the oldest go first).
     pub max_uploads: usize,
+    /// Most bytes of all uploads held at once (the oldest go first).
+    pub max_upload_total_bytes: usize,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
 }
@@ -35,6 +37,7 @@ impl Default for ServeLimits {
             max_upload_rows: 5_000_000,
             max_upload_bytes: 512 * 1024 * 1024,
             max_uploads: 64,
+            max_upload_total_bytes: 2 * 1024 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
         }
     }

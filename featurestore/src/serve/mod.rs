@@ -104,15 +104,18 @@ impl ServeConfig {
         if self.tokens.is_empty() {
             return Err(Error::InvalidRequest("no tokens: every request would be refused; give tokens (--tokens FILE or QUIVER_TOKENS) or run with --insecure-no-auth".into()));
         }
-        store.online()?; // fail now, not on the first request, if another process holds it
+        // Opens the online store now: fails here, not on the first request, when another
+        // process holds it.
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(service::Shared::new(
             store,
             self.tokens,
             self.limits.clone(),
             metrics.clone(),
-        ));
-        let svc = FeatureService { shared };
+        )?);
+        let svc = FeatureService {
+            shared: shared.clone(),
+        };
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .map_err(|e| Error::io(self.addr.to_string(), e))?;
@@ -157,12 +160,22 @@ impl ServeConfig {
                     .map_err(|e| Error::io(maddr.to_string(), e))?,
             );
             let m = metrics.clone();
+            let online = shared.online.clone();
             let app = axum::Router::new()
                 .route(
                     "/metrics",
                     axum::routing::get(move || {
-                        let m = m.clone();
-                        async move { ([("content-type", "text/plain; version=0.0.4")], m.encode()) }
+                        let (m, online) = (m.clone(), online.clone());
+                        async move {
+                            // Lag from the watermarks, whoever materialized.
+                            let now = chrono::Utc::now().timestamp_micros();
+                            for view in online.store().views().unwrap_or_default() {
+                                if let Ok(Some(wm)) = online.store().watermark(&view) {
+                                    m.lag(&view, (now - wm.until_us) as f64 / 1e6);
+                                }
+                            }
+                            ([("content-type", "text/plain; version=0.0.4")], m.encode())
+                        }
                     }),
                 )
                 .route("/healthz", axum::routing::get(|| async { "ok" }));

@@ -77,11 +77,14 @@ fn flight_err(e: FlightError) -> Status {
 struct Upload {
     tenant: String,
     batches: Vec<RecordBatch>,
+    bytes: usize,
 }
 
 /// State shared by every request.
 pub(crate) struct Shared {
     pub(crate) store: FeatureStore,
+    /// The store's online side, opened once.
+    pub(crate) online: Arc<crate::online::OnlineFeatures>,
     pub(crate) tokens: Tokens,
     pub(crate) limits: ServeLimits,
     pub(crate) metrics: Arc<Metrics>,
@@ -96,15 +99,16 @@ impl Shared {
         tokens: Tokens,
         limits: ServeLimits,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    ) -> crate::Result<Self> {
+        Ok(Self {
+            online: store.online()?,
             store,
             tokens,
             limits,
             metrics,
             uploads: Mutex::new((HashMap::new(), VecDeque::new())),
             admin: tokio::sync::Mutex::new(()),
-        }
+        })
     }
 }
 
@@ -196,7 +200,7 @@ impl FeatureService {
                 self.shared.limits.max_keys
             )));
         }
-        let online = self.shared.store.online()?;
+        let online = &self.shared.online;
         let (batch, counts) = online.get(view, features, keys, now_us())?;
         self.shared.metrics.values(view, &counts);
         Ok(batch)
@@ -308,7 +312,7 @@ impl FeatureService {
 
     /// Schema of a view's online lookups, from its definition and source.
     async fn view_schema(&self, v: &AppliedView) -> Result<Schema, Status> {
-        let online = self.shared.store.online()?;
+        let online = &self.shared.online;
         if let Ok(s) = online.schema(v.definition.name(), None) {
             return Ok(s.as_ref().clone());
         }
@@ -353,7 +357,7 @@ impl FeatureService {
                 keys,
             } => {
                 self.readable(tenant, view)?;
-                let online = self.shared.store.online()?;
+                let online = &self.shared.online;
                 let schema = online.schema(view, features.as_deref())?;
                 (
                     schema.as_ref().clone(),
@@ -486,10 +490,16 @@ impl FeatureService {
         }
         let id = format!("{:032x}", rand::random::<u128>());
         {
+            // Bounded in count and in bytes: the oldest uploads make room.
             let mut uploads = self.shared.uploads.lock().expect("uploads lock");
-            while uploads.1.len() >= limits.max_uploads {
+            let mut held: usize = uploads.0.values().map(|u| u.bytes).sum();
+            while uploads.1.len() >= limits.max_uploads
+                || (!uploads.1.is_empty() && held + bytes > limits.max_upload_total_bytes)
+            {
                 if let Some(old) = uploads.1.pop_front() {
-                    uploads.0.remove(&old);
+                    if let Some(u) = uploads.0.remove(&old) {
+                        held -= u.bytes;
+                    }
                 }
             }
             uploads.0.insert(
@@ -497,6 +507,7 @@ impl FeatureService {
                 Upload {
                     tenant: tenant.name.clone(),
                     batches,
+                    bytes,
                 },
             );
             uploads.1.push_back(id.clone());
@@ -519,7 +530,7 @@ impl FeatureService {
             ));
         };
         self.readable(&tenant, &view)?;
-        let online = self.shared.store.online()?;
+        let online = &self.shared.online;
         let schema = online.schema(&view, features.as_deref())?;
         let this = self.clone();
         let out = FlightRecordBatchStream::new_from_flight_data(data).map(move |keys| {

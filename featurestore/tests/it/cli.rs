@@ -138,3 +138,13 @@ fn help_teaches_with_examples() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("quiver init my-features --sample-data"));
 }
+
+#[test]
+fn a_registry_held_by_another_process_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = quiver_registry::MetadataStore::open(dir.path().join(".quiver/registry")).unwrap();
+    let out = quiver(dir.path(), &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+}

@@ -11,7 +11,7 @@ use arrow_flight::{FlightDescriptor, Ticket};
 use futures::TryStreamExt;
 use quiver_featurestore::FeatureStore;
 use quiver_featurestore::client::Client;
-use quiver_featurestore::serve::{RunningServer, ServeConfig, TlsConfig, Tokens};
+use quiver_featurestore::serve::{RunningServer, ServeConfig, ServeLimits, TlsConfig, Tokens};
 
 use crate::common::{DAY, HOUR, Repo, column_strings, transactions, ts_type};
 
@@ -65,6 +65,10 @@ pub(crate) struct Fixture {
 
 impl Fixture {
     pub(crate) async fn start(tls: Option<TlsConfig>) -> Self {
+        Self::start_with(tls, ServeLimits::default()).await
+    }
+
+    pub(crate) async fn start_with(tls: Option<TlsConfig>, limits: ServeLimits) -> Self {
         let base = chrono::Utc::now().timestamp_micros() - HOUR;
         let repo = Repo::new();
         repo.write("f.yaml", REPO);
@@ -86,7 +90,8 @@ impl Fixture {
             .unwrap()
             .with(TOKEN_B, "bank_b", false)
             .unwrap();
-        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens);
+        let mut config =
+            ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens).with_limits(limits);
         if let Some(t) = tls {
             config = config.with_tls(t);
         }
@@ -452,6 +457,10 @@ async fn hostile_requests_get_the_right_status_and_the_server_keeps_serving() {
         metrics.contains("quiver_flight_request_seconds_bucket"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("quiver_materialization_lag_seconds{view=\"stats\"}"),
+        "lag from the watermark: {metrics}"
+    );
 }
 
 /// A minimal HTTP/1.1 GET over loopback.
@@ -554,4 +563,48 @@ fn the_binary_stops_gracefully_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit {exit:?}");
+}
+
+#[tokio::test]
+async fn uploads_are_bounded_in_total_bytes() {
+    let mut limits = ServeLimits::default();
+    limits.max_upload_total_bytes = 64 * 1024;
+    let fx = Fixture::start_with(None, limits).await;
+    let mut a = fx.client(TOKEN_A).await;
+    let rows = |n: usize| {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("user_id", DataType::Int64, false),
+                Field::new("event_timestamp", ts_type(), false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![1; n])),
+                Arc::new(TimestampMicrosecondArray::from(vec![fx.base; n]).with_timezone("UTC")),
+            ],
+        )
+        .unwrap()
+    };
+    let first = a.upload(vec![rows(2_000)]).await.unwrap();
+    let second = a.upload(vec![rows(2_000)]).await.unwrap();
+    let get = |id: String| {
+        serde_json::json!({"type": "historical", "features": ["public"], "upload": id}).to_string()
+    };
+    let err = a
+        .flight()
+        .do_get(Ticket::new(get(first)))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err.into()), "NotFound", "the oldest upload made room");
+    let batches: Vec<RecordBatch> = a
+        .flight()
+        .do_get(Ticket::new(get(second)))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        2_000
+    );
 }
