@@ -101,9 +101,12 @@ impl Error {
                     | datafusion::error::DataFusionError::Execution(_)
                     | datafusion::error::DataFusionError::ArrowError(..)
             ),
-            Error::Registry(
-                quiver_registry::Error::Conflict { .. } | quiver_registry::Error::Locked { .. },
-            ) => true,
+            Error::Registry(e) => !matches!(
+                e,
+                quiver_registry::Error::Storage { .. }
+                    | quiver_registry::Error::Corrupt { .. }
+                    | quiver_registry::Error::Io { .. }
+            ),
             Error::Remote { code, .. } => {
                 !matches!(code.as_str(), "Internal" | "Unknown" | "DataLoss")
             }

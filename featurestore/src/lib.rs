@@ -41,6 +41,7 @@ pub mod delta;
 pub mod diff;
 mod error;
 mod limits;
+pub mod models;
 pub mod offline;
 pub mod online;
 pub mod plan;

@@ -72,9 +72,17 @@ pub struct FeatureStoreBuilder {
     registry: Option<PathBuf>,
     online: Option<PathBuf>,
     limits: Limits,
+    lock_wait: std::time::Duration,
 }
 
 impl FeatureStoreBuilder {
+    /// When another process holds the registry, retry for up to `wait` before failing
+    /// with [`quiver_registry::Error::Locked`] (default: fail at once).
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
     /// Keep the registry in `path` instead of `<repo>/.quiver/registry`.
     pub fn with_registry(mut self, path: impl Into<PathBuf>) -> Self {
         self.registry = Some(path.into());
@@ -98,7 +106,7 @@ impl FeatureStoreBuilder {
         let registry_path = self
             .registry
             .unwrap_or_else(|| self.root.join(".quiver").join("registry"));
-        let registry = MetadataStore::open(&registry_path)?;
+        let registry = MetadataStore::open_waiting(&registry_path, self.lock_wait)?;
         let online_path = self
             .online
             .unwrap_or_else(|| self.root.join(".quiver").join("online"));
@@ -154,6 +162,7 @@ impl FeatureStore {
             registry: None,
             online: None,
             limits: Limits::default(),
+            lock_wait: std::time::Duration::ZERO,
         }
     }
 

@@ -9,8 +9,12 @@
 //! grows; every version is kept and can be read back; one apply writes all of its
 //! changes in a single transaction, so readers see either all of an apply or none of it.
 //!
-//! What it is not (yet): model versions, artifacts, aliases, lineage queries and
-//! serving state arrive with the model-registry work and will live here too.
+//! Next to definitions, the same database holds the model registry
+//! ([`ModelRegistry`]: versions with Ed25519-signed manifests, content-addressed
+//! artifacts, aliases with their full history, trusted signers) and the
+//! [`Lineage`] graph (Delta table → feature view → training set → model → endpoint).
+//! [`NativeModel`] scores the native formats with per-feature contributions and
+//! [`FeatureStats`] measures drift (PSI, KS) against training statistics.
 //!
 //! ```
 //! use quiver_registry::{ChangeSet, MetadataStore};
@@ -29,8 +33,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod artifact;
+mod drift;
+mod lineage;
+mod model;
+mod models;
+mod serving;
+mod signing;
 mod store;
 
+pub use artifact::{ArtifactStore, MAX_ARTIFACT_BYTES, sha256_hex};
+pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, drift_report};
+pub use lineage::{Edge, Lineage, MAX_TRAVERSAL, Node, NodeKind, Subgraph};
+pub use model::{
+    Activation, Contributions, DenseLayer, IG_STEPS, MAX_FEATURES, MAX_LAYERS, MAX_WIDTH,
+    NativeModel,
+};
+pub use models::{
+    AliasEvent, AliasState, InputFeature, InputSchema, LoadedVersion, Manifest, ModelRecord,
+    ModelRegistry, ModelVersion, Registration, check_model_inputs,
+};
+pub use serving::{
+    CHALLENGER, CHAMPION, Deployment, LATENCY_BUCKETS_US, MetricsSnapshot, ModelServer, Rollback,
+    RolloutPolicy, Scored, Served, VersionMetrics, WatchHandle, entity_hash, histogram_psi,
+};
+pub use signing::{SigningKey, verify_signature};
 pub use store::{
     ApplyRecord, ChangeKind, ChangeSet, DefinitionChange, DefinitionRecord, MetadataStore,
     canonical_json, content_hash,
@@ -85,6 +112,64 @@ pub enum Error {
         key: String,
         /// What is wrong with it.
         reason: String,
+    },
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// What the OS reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something asked for does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// An input is over its bound.
+    #[error("{what} is {size} bytes/items, over the limit of {limit}")]
+    TooLarge {
+        /// Which input.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// Stored bytes or a manifest no longer match what was registered: refuse to load.
+    #[error("{what} was tampered with or damaged: {reason}")]
+    Tampered {
+        /// Which artifact or version.
+        what: String,
+        /// The mismatch.
+        reason: String,
+    },
+    /// A signer is unknown, or known with another key.
+    #[error("untrusted signature: {0}")]
+    Untrusted(String),
+    /// A key or signature is malformed, or the random source failed.
+    #[error("{0}")]
+    Crypto(String),
+    /// A model artifact is malformed.
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    /// A model does not fit its input schema or the feature views it names.
+    #[error("schema mismatch: {0}")]
+    SchemaMismatch(String),
+    /// A compare-and-set alias move lost a race.
+    #[error(
+        "alias {alias} moved meanwhile: expected {expected:?}, found {found:?}; read it again and retry"
+    )]
+    AliasMoved {
+        /// `model/alias`.
+        alias: String,
+        /// Version the caller expected.
+        expected: Option<u64>,
+        /// Version found.
+        found: Option<u64>,
     },
 }
 

@@ -206,7 +206,7 @@ fn version_key(kind: &str, name: &str, version: u64) -> Result<Vec<u8>> {
     Ok(key)
 }
 
-fn read_u64(key: &str, bytes: &[u8]) -> Result<u64> {
+pub(crate) fn read_u64(key: &str, bytes: &[u8]) -> Result<u64> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::Corrupt {
         key: key.to_owned(),
         reason: format!("expected 8 bytes, found {}", bytes.len()),
@@ -221,7 +221,7 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
     })
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -260,6 +260,49 @@ impl MetadataStore {
             db,
             path: path_str.clone(),
         })
+    }
+
+    /// The model side of the registry (same database), with artifacts under
+    /// `artifacts`.
+    pub fn models(&self, artifacts: crate::ArtifactStore) -> Result<crate::ModelRegistry> {
+        let tree = |name: &str| self.db.open_tree(name).map_err(|e| self.storage(e));
+        Ok(crate::ModelRegistry {
+            path: self.path.clone(),
+            db: self.db.clone(),
+            models: tree("models")?,
+            versions: tree("model_versions")?,
+            aliases: tree("aliases")?,
+            alias_log: tree("alias_log")?,
+            signers: tree("signers")?,
+            artifacts,
+            lineage: self.lineage()?,
+        })
+    }
+
+    /// The lineage graph (same database).
+    pub fn lineage(&self) -> Result<crate::Lineage> {
+        let tree = |name: &str| self.db.open_tree(name).map_err(|e| self.storage(e));
+        Ok(crate::Lineage {
+            nodes: tree("lineage_nodes")?,
+            out: tree("lineage_out")?,
+            inn: tree("lineage_in")?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Open (or create) the store in folder `path`, waiting up to `wait` while another
+    /// process holds it (polling every 50 ms), for short-lived commands that may
+    /// overlap.
+    pub fn open_waiting(path: impl AsRef<Path>, wait: std::time::Duration) -> Result<Self> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Self::open(path.as_ref()) {
+                Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn storage(&self, source: sled::Error) -> Error {

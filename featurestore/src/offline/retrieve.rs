@@ -104,11 +104,16 @@ pub struct ViewUse {
     pub hash: String,
     /// Features taken from it.
     pub features: Vec<String>,
+    /// Names of the sources it reads.
+    pub sources: Vec<String>,
 }
 
 /// Where a training set came from: the exact view versions and table versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lineage {
+    /// Id of the training set in the lineage graph (`training_set:<id>`): the first 16
+    /// hex digits of the SHA-256 of everything below.
+    pub id: String,
     /// View versions used.
     pub views: Vec<ViewUse>,
     /// Delta tables read, at their versions.
@@ -117,6 +122,52 @@ pub struct Lineage {
     pub entity_rows: usize,
     /// When it was built (RFC 3339, UTC).
     pub created_at: String,
+}
+
+impl Lineage {
+    fn new(
+        views: Vec<ViewUse>,
+        tables: Vec<TableRead>,
+        entity_rows: usize,
+        created_at: String,
+    ) -> Self {
+        let mut l = Self {
+            id: String::new(),
+            views,
+            tables,
+            entity_rows,
+            created_at,
+        };
+        let body = serde_json::to_vec(&l).unwrap_or_default();
+        l.id = quiver_registry::sha256_hex(&body)[..16].to_owned();
+        l
+    }
+
+    /// Lineage nodes and edges of this training set: each Delta table version computes
+    /// the views that read it, each view version feeds the training set.
+    pub fn graph(&self) -> (Vec<quiver_registry::Node>, Vec<quiver_registry::Edge>) {
+        use quiver_registry::{Edge, Node, NodeKind};
+        let set = Node::new(NodeKind::TrainingSet, &self.id, None)
+            .with_attr("entity_rows", self.entity_rows as u64)
+            .with_attr("created_at", self.created_at.clone());
+        let mut edges = Vec::new();
+        for v in &self.views {
+            let view_id = format!("view:{}@{}", v.view, v.version);
+            for t in self.tables.iter().filter(|t| v.sources.contains(&t.source)) {
+                edges.push(Edge {
+                    from: format!("delta:{}@{}", t.location, t.version),
+                    to: view_id.clone(),
+                    relation: format!("source {}", t.source),
+                });
+            }
+            edges.push(Edge {
+                from: view_id,
+                to: set.id.clone(),
+                relation: "reads".into(),
+            });
+        }
+        (vec![set], edges)
+    }
 }
 
 /// A point-in-time correct training set.
@@ -313,18 +364,24 @@ impl<'a> HistoricalFeatures<'a> {
                 version: applied.version,
                 hash: applied.hash.clone(),
                 features: feats.clone(),
+                sources: applied
+                    .definition
+                    .sources
+                    .iter()
+                    .map(|s| s.name.value.clone())
+                    .collect(),
             });
         }
         let df = ctx.execute_logical_plan(plan).await?;
         Ok(PreparedTrainingSet {
             schema: Arc::new(df.schema().as_arrow().clone()),
             df,
-            lineage: Lineage {
-                views: uses,
-                tables: compiler.reads().to_vec(),
+            lineage: Lineage::new(
+                uses,
+                compiler.reads().to_vec(),
                 entity_rows,
-                created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            },
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ),
         })
     }
 

@@ -9,6 +9,8 @@ mod crash;
 mod flight;
 /// Bad input at every boundary: each gives a located error and applies nothing.
 mod hostile;
+/// `quiver registry`: signed models, aliases, lineage, two processes at once.
+mod models;
 /// Materialization and online lookups: online values equal training values.
 mod online;
 /// Property tests of the point-in-time operator against a naive reference.

@@ -13,6 +13,8 @@ use quiver_featurestore::plan::ScanProgress;
 use quiver_featurestore::{Error, FeatureStore};
 use serde_json::json;
 
+mod registry;
+
 const EXAMPLES: &str = "\
 Examples:
   quiver init my-features --sample-data     scaffold a repo with a small Delta table
@@ -22,7 +24,12 @@ Examples:
   quiver --repo my-features history --entities entities.csv \\
          --features user_txn_stats --out training.parquet
   quiver --repo my-features materialize      write latest values to the online store
-  QUIVER_TOKENS=secret-token-16+chars=bank_a:admin quiver --repo my-features serve";
+  QUIVER_TOKENS=secret-token-16+chars=bank_a:admin quiver --repo my-features serve
+  quiver registry keygen --signer ana --out ana.key   create and trust a signing key
+  quiver registry register fraud --artifact model.json --features user_txn_stats \\
+         --training-data training.parquet --key ana.key --signer ana
+  quiver registry alias fraud champion 1             promote (checks the inputs are served)
+  quiver registry lineage fraud@champion --format dot | dot -Tsvg > lineage.svg";
 
 /// Define features once in YAML; compute point-in-time correct training sets from
 /// Delta tables.
@@ -184,6 +191,11 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Models: register signed versions, move aliases, trace lineage, check drift.
+    ///
+    /// Example: quiver registry register fraud --artifact model.json --features user_txn_stats --key me.key --signer me
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -240,7 +252,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(cli: &Cli) -> anyhow::Result<FeatureStore> {
+pub(crate) fn open(cli: &Cli) -> anyhow::Result<FeatureStore> {
     let mut b = FeatureStore::builder(&cli.repo);
     if let Some(r) = &cli.registry {
         b = b.with_registry(r);
@@ -248,7 +260,7 @@ fn open(cli: &Cli) -> anyhow::Result<FeatureStore> {
     Ok(b.build()?)
 }
 
-fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -485,6 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             server.run_until(stop).await;
         }
+        Command::Registry(cmd) => registry::run(&cli, cmd).await?,
         Command::History {
             entities,
             features,
@@ -548,12 +561,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let set = result?;
             bar.set_message("writing");
             set.write(out, format, *overwrite).await?;
+            let lineage_id = store.record_training_set(&set)?;
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();
             if cli.output == Output::Json {
                 print_json(&json!({
                     "out": out, "rows": set.num_rows(), "columns": set.schema.fields().len(),
-                    "seconds": secs, "lineage": set.lineage,
+                    "seconds": secs, "lineage": set.lineage, "lineage_id": lineage_id,
                 }))?;
             } else {
                 println!(
@@ -564,6 +578,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     secs,
                     set.num_rows() as f64 / secs.max(1e-9)
                 );
+                println!("  lineage id {lineage_id}");
                 for v in &set.lineage.views {
                     println!(
                         "  {}@{} ({}): {}",

@@ -1,0 +1,786 @@
+//! `quiver registry ...`: the model registry from the command line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use clap::{Subcommand, ValueEnum};
+use quiver_featurestore::models::{read_training_data, training_stats};
+use quiver_featurestore::offline::parse_feature_refs;
+use quiver_featurestore::{Error, FeatureStore};
+use quiver_registry::{ModelRegistry, NodeKind, Registration, SigningKey, Subgraph};
+use serde_json::json;
+
+use crate::{Cli, Output, print_json};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RegistryCommand {
+    /// Create an Ed25519 signing key (PKCS#8, mode 0600) and trust it as SIGNER.
+    ///
+    /// Example: quiver registry keygen --signer ana --out ana.key
+    Keygen {
+        /// Signer name the registry will know the key by.
+        #[arg(long)]
+        signer: String,
+        /// Key file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Trust a public key (64 hex digits) as SIGNER; replaces an earlier key of that name.
+    ///
+    /// Example: quiver registry trust ana 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29
+    Trust {
+        /// Signer name.
+        signer: String,
+        /// Public key, hex.
+        public_key: String,
+    },
+    /// Stop trusting SIGNER: every version it signed stops loading.
+    Untrust {
+        /// Signer name.
+        signer: String,
+    },
+    /// List trusted signers.
+    Signers,
+    /// Register a model file as a new, signed version.
+    ///
+    /// The artifact is a native model (JSON: logistic_regression or mlp). Its feature
+    /// names must equal the columns of --features, in order. With --training-data (the
+    /// Parquet written by `quiver history`) the training statistics used for drift
+    /// checks are computed and the training set is linked in lineage.
+    ///
+    /// Example: quiver registry register fraud --artifact model.json --features user_txn_stats:txn_count_1h,user_txn_stats:amount_avg_7d --training-data train.parquet --key ana.key --signer ana --metric auc=0.91
+    Register {
+        /// Model name.
+        model: String,
+        /// Model file.
+        #[arg(long)]
+        artifact: PathBuf,
+        /// Inputs in model order: VIEW, VIEW:FEATURE or VIEW@VERSION:FEATURE, comma-separated.
+        #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
+        features: Vec<String>,
+        /// Columns are named VIEW__FEATURE (as `history --full-names` writes them).
+        #[arg(long)]
+        full_names: bool,
+        /// Training set (Parquet from `quiver history`) for statistics and lineage.
+        #[arg(long)]
+        training_data: Option<PathBuf>,
+        /// Private key file (from `keygen`).
+        #[arg(long, env = "QUIVER_SIGNING_KEY")]
+        key: PathBuf,
+        /// Signer name the key is trusted as.
+        #[arg(long, env = "QUIVER_SIGNER")]
+        signer: String,
+        /// Evaluation metric NAME=VALUE (repeatable).
+        #[arg(long = "metric", value_parser = parse_metric)]
+        metrics: Vec<(String, f64)>,
+        /// Tag KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Extra lineage input, e.g. federation_run:ID (repeatable).
+        #[arg(long)]
+        upstream: Vec<String>,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List models with their latest version and aliases.
+    List,
+    /// Show a model (versions and aliases), or one version: MODEL@VERSION or MODEL@ALIAS.
+    ///
+    /// Example: quiver registry show fraud@champion
+    Show {
+        /// MODEL or MODEL@VERSION|ALIAS.
+        model: String,
+    },
+    /// Point ALIAS of MODEL at VERSION (or remove it with --delete), atomically and with
+    /// history. Refused when the model's inputs are no longer served by the applied
+    /// views (a removed feature or a changed type).
+    ///
+    /// Example: quiver registry alias fraud champion 3 --expect 2 --reason "auc +0.02"
+    Alias {
+        /// Model name.
+        model: String,
+        /// Alias (champion, challenger, any name).
+        alias: String,
+        /// Version to point at.
+        #[arg(required_unless_present = "delete")]
+        version: Option<u64>,
+        /// Remove the alias.
+        #[arg(long, conflicts_with = "version")]
+        delete: bool,
+        /// Move only if the alias now points at this version (`none`: only if unset).
+        #[arg(long)]
+        expect: Option<String>,
+        /// Why (kept in the alias history).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who (default: $USER).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
+    /// Check signatures and artifact digests: one version, or every version of MODEL.
+    ///
+    /// Example: quiver registry verify fraud
+    Verify {
+        /// MODEL or MODEL@VERSION|ALIAS.
+        model: String,
+    },
+    /// What a model version was made from (or, with --down, what was made from a node).
+    ///
+    /// Example: quiver registry lineage fraud@champion --format dot | dot -Tsvg > lineage.svg
+    Lineage {
+        /// MODEL@VERSION|ALIAS, or a lineage id (view:NAME@V, delta:URI@V, training_set:ID, ...).
+        node: String,
+        /// Walk downstream instead of upstream.
+        #[arg(long)]
+        down: bool,
+        /// text, dot (Graphviz), openlineage (JSON lines of RunEvents) or json.
+        #[arg(long, value_enum, default_value_t = LineageFormat::Text)]
+        format: LineageFormat,
+    },
+    /// Which model versions depend on a feature view, as retraining tasks.
+    ///
+    /// Example: quiver registry impact user_txn_stats
+    Impact {
+        /// VIEW or VIEW@VERSION.
+        view: String,
+    },
+    /// Drift of live values against a model version's training statistics (PSI, KS).
+    ///
+    /// Example: quiver registry drift fraud@champion --live last_week.parquet
+    Drift {
+        /// MODEL@VERSION|ALIAS.
+        model: String,
+        /// Parquet file with the live feature values (same column names).
+        #[arg(long)]
+        live: PathBuf,
+        /// PSI above which a feature counts as drifted.
+        #[arg(long, default_value_t = quiver_registry::DEFAULT_PSI_THRESHOLD)]
+        psi_threshold: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LineageFormat {
+    Text,
+    Dot,
+    Openlineage,
+    Json,
+}
+
+fn parse_metric(s: &str) -> Result<(String, f64), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: write NAME=VALUE, e.g. auc=0.91"))?;
+    let v: f64 = v
+        .parse()
+        .map_err(|_| format!("`{v}` in `{s}` is not a number"))?;
+    if !v.is_finite() {
+        return Err(format!("`{s}`: metric values must be finite"));
+    }
+    Ok((k.to_owned(), v))
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: write KEY=VALUE, e.g. team=risk"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `MODEL` or `MODEL@SELECTOR`.
+fn split_model(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('@') {
+        Some((m, sel)) => (m, Some(sel)),
+        None => (s, None),
+    }
+}
+
+fn open_store(cli: &Cli) -> anyhow::Result<FeatureStore> {
+    // Registry commands are short; wait a little for another one to finish.
+    let mut b = FeatureStore::builder(&cli.repo).with_lock_wait(std::time::Duration::from_secs(10));
+    if let Some(r) = &cli.registry {
+        b = b.with_registry(r);
+    }
+    Ok(b.build()?)
+}
+
+fn resolve(reg: &ModelRegistry, s: &str) -> anyhow::Result<(String, u64)> {
+    let (model, sel) = split_model(s);
+    let sel = sel.ok_or_else(|| {
+        Error::InvalidRequest(format!("`{s}`: write MODEL@VERSION or MODEL@ALIAS"))
+    })?;
+    Ok((
+        model.to_owned(),
+        reg.resolve(model, sel).map_err(Error::from)?,
+    ))
+}
+
+pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> {
+    let json_out = cli.output == Output::Json;
+    let store = open_store(cli)?;
+    let reg = store.models()?;
+    match cmd {
+        RegistryCommand::Keygen { signer, out } => {
+            let key = SigningKey::generate(out).map_err(Error::from)?;
+            reg.trust(signer, &key.public_key_hex())
+                .map_err(Error::from)?;
+            if json_out {
+                print_json(
+                    &json!({"signer": signer, "public_key": key.public_key_hex(), "key_file": out}),
+                )?;
+            } else {
+                println!("Wrote {} and trusted it as `{signer}`.", out.display());
+                println!("public key {}", key.public_key_hex());
+                println!(
+                    "Other registries trust it with: quiver registry trust {signer} {}",
+                    key.public_key_hex()
+                );
+            }
+        }
+        RegistryCommand::Trust { signer, public_key } => {
+            reg.trust(signer, public_key).map_err(Error::from)?;
+            if json_out {
+                print_json(&json!({"signer": signer, "public_key": public_key}))?;
+            } else {
+                println!("Trusted `{signer}`.");
+            }
+        }
+        RegistryCommand::Untrust { signer } => {
+            let had = reg.untrust(signer).map_err(Error::from)?;
+            if json_out {
+                print_json(&json!({"signer": signer, "removed": had}))?;
+            } else if had {
+                println!("`{signer}` is no longer trusted; versions it signed will not load.");
+            } else {
+                println!("`{signer}` was not trusted.");
+            }
+        }
+        RegistryCommand::Signers => {
+            let s = reg.signers().map_err(Error::from)?;
+            if json_out {
+                print_json(
+                    &s.iter()
+                        .map(|(n, k)| json!({"signer": n, "public_key": k}))
+                        .collect::<Vec<_>>(),
+                )?;
+            } else {
+                for (n, k) in s {
+                    println!("{n:<20} {k}");
+                }
+            }
+        }
+        RegistryCommand::Register {
+            model,
+            artifact,
+            features,
+            full_names,
+            training_data,
+            key,
+            signer,
+            metrics,
+            tags,
+            upstream,
+            description,
+        } => {
+            let refs = parse_feature_refs(&features.join(","))?;
+            let input = store.input_schema(&refs, *full_names)?;
+            let meta = std::fs::metadata(artifact)
+                .map_err(|e| Error::InvalidRequest(format!("{}: {e}", artifact.display())))?;
+            if meta.len() > quiver_registry::MAX_ARTIFACT_BYTES {
+                anyhow::bail!(Error::InvalidRequest(format!(
+                    "{} is {} bytes; artifacts are at most {}",
+                    artifact.display(),
+                    meta.len(),
+                    quiver_registry::MAX_ARTIFACT_BYTES
+                )));
+            }
+            let bytes = std::fs::read(artifact)
+                .map_err(|e| Error::InvalidRequest(format!("{}: {e}", artifact.display())))?;
+            let key = SigningKey::load(key).map_err(Error::from)?;
+            let mut r = Registration::new(model, bytes, input.clone()).description(description);
+            for (k, v) in metrics {
+                r = r.metric(k, *v);
+            }
+            for (k, v) in tags {
+                r = r.tag(k, v);
+            }
+            for u in upstream {
+                r = r.upstream(u);
+            }
+            let mut rows = None;
+            if let Some(path) = training_data {
+                let cols: Vec<String> = input.features.iter().map(|f| f.column.clone()).collect();
+                let data = read_training_data(path, &cols)?;
+                rows = Some(data.rows);
+                r = r.training_stats(training_stats(&data, &cols));
+                if let Some(id) = &data.lineage_id {
+                    r = r.upstream(id);
+                }
+            }
+            let mv = reg.register(r, signer, &key).map_err(Error::from)?;
+            let m = &mv.manifest;
+            if json_out {
+                print_json(
+                    &json!({"model": m.model, "version": m.version, "artifact_sha256": m.artifact_sha256,
+                    "format": m.format, "signer": m.signer, "upstream": m.upstream, "training_rows": rows}),
+                )?;
+            } else {
+                println!(
+                    "Registered {}@{} ({}, sha256 {}), signed by {}.",
+                    m.model,
+                    m.version,
+                    m.format,
+                    &m.artifact_sha256[..16],
+                    m.signer
+                );
+                println!(
+                    "inputs    {}",
+                    m.input
+                        .features
+                        .iter()
+                        .map(|f| format!("{}@{}:{}", f.view, f.view_version, f.feature))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Some(n) = rows {
+                    println!("stats     from {n} training rows");
+                }
+                println!("lineage   {}", m.upstream.join(", "));
+                println!(
+                    "\nNext: quiver registry alias {} challenger {}",
+                    m.model, m.version
+                );
+            }
+        }
+        RegistryCommand::List => {
+            let models = reg.models().map_err(Error::from)?;
+            let mut rows = Vec::new();
+            for m in &models {
+                let aliases = reg.aliases(&m.name).map_err(Error::from)?;
+                rows.push(json!({"model": m.name, "latest_version": m.latest_version,
+                    "aliases": aliases.iter().map(|(a, s)| (a.clone(), s.version)).collect::<BTreeMap<_, _>>()}));
+            }
+            if json_out {
+                print_json(&rows)?;
+            } else if rows.is_empty() {
+                println!("No models registered yet. See `quiver registry register --help`.");
+            } else {
+                println!("{:<24} {:>8}  aliases", "model", "latest");
+                for r in &rows {
+                    let aliases = r["aliases"]
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .map(|(a, v)| format!("{a}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "{:<24} {:>8}  {aliases}",
+                        r["model"].as_str().unwrap_or(""),
+                        r["latest_version"]
+                    );
+                }
+            }
+        }
+        RegistryCommand::Show { model } => show(&reg, model, json_out)?,
+        RegistryCommand::Alias {
+            model,
+            alias,
+            version,
+            delete,
+            expect,
+            reason,
+            by,
+        } => {
+            let expect = match expect.as_deref() {
+                None => None,
+                Some("none") => Some(None),
+                Some(v) => Some(Some(v.parse::<u64>().map_err(|_| {
+                    Error::InvalidRequest(format!(
+                        "--expect `{v}`: give a version number or `none`"
+                    ))
+                })?)),
+            };
+            let to = if *delete { None } else { *version };
+            if let Some(v) = to {
+                let mv =
+                    reg.version(model, v)
+                        .map_err(Error::from)?
+                        .ok_or_else(|| Error::NotFound {
+                            what: format!("version {v} of model `{model}`"),
+                        })?;
+                store.check_inputs_served(&mv.manifest.input).map_err(|e| {
+                    Error::InvalidRequest(format!("{model}@{v} cannot be promoted: {e}"))
+                })?;
+            }
+            let ev = reg
+                .move_alias(model, alias, to, expect, by, reason)
+                .map_err(Error::from)?;
+            if json_out {
+                print_json(&ev)?;
+            } else {
+                let show = |v: Option<u64>| v.map_or("(none)".to_string(), |v| v.to_string());
+                println!(
+                    "{model}/{alias}: {} -> {} (move #{})",
+                    show(ev.from),
+                    show(ev.to),
+                    ev.seq
+                );
+            }
+        }
+        RegistryCommand::Verify { model } => {
+            let (name, sel) = split_model(model);
+            let versions: Vec<u64> = match sel {
+                Some(s) => vec![reg.resolve(name, s).map_err(Error::from)?],
+                None => reg
+                    .versions(name)
+                    .map_err(Error::from)?
+                    .iter()
+                    .map(|v| v.manifest.version)
+                    .collect(),
+            };
+            if versions.is_empty() {
+                anyhow::bail!(Error::NotFound {
+                    what: format!("model `{name}`")
+                });
+            }
+            let mut results = Vec::new();
+            for v in versions {
+                let r = reg.load(name, v);
+                results.push(json!({"model": name, "version": v, "ok": r.is_ok(), "error": r.err().map(|e| e.to_string())}));
+            }
+            let bad = results.iter().filter(|r| r["ok"] == false).count();
+            if json_out {
+                print_json(&results)?;
+            } else {
+                for r in &results {
+                    match r["error"].as_str() {
+                        None => println!(
+                            "{}@{}  OK (signature and artifact digest verified)",
+                            name, r["version"]
+                        ),
+                        Some(e) => println!("{}@{}  FAILED: {e}", name, r["version"]),
+                    }
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!(Error::InvalidRequest(format!(
+                    "{bad} version(s) of `{name}` failed verification"
+                )));
+            }
+        }
+        RegistryCommand::Lineage { node, down, format } => {
+            let lineage = reg.lineage();
+            let id = if quiver_registry::Node::parse_kind(node).is_some() {
+                node.clone()
+            } else {
+                let (m, v) = resolve(&reg, node)?;
+                format!("model:{m}@{v}")
+            };
+            let g = if *down {
+                lineage.downstream(&id)
+            } else {
+                lineage.upstream(&id)
+            }
+            .map_err(Error::from)?;
+            print_graph(&g, *format, &id, *down, json_out)?;
+        }
+        RegistryCommand::Impact { view } => impact(&store, &reg, view, json_out)?,
+        RegistryCommand::Drift {
+            model,
+            live,
+            psi_threshold,
+        } => {
+            let (m, v) = resolve(&reg, model)?;
+            let mv = reg
+                .version(&m, v)
+                .map_err(Error::from)?
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("{m}@{v}"),
+                })?;
+            let stats = &mv.manifest.training_stats;
+            if stats.is_empty() {
+                anyhow::bail!(Error::InvalidRequest(format!(
+                    "{m}@{v} has no training statistics; register it with --training-data"
+                )));
+            }
+            let cols: Vec<String> = stats.iter().map(|s| s.name.clone()).collect();
+            let data = read_training_data(live, &cols)?;
+            let live_cols: HashMap<String, Vec<f64>> = data.columns;
+            let report = quiver_registry::drift_report(stats, &live_cols, *psi_threshold);
+            if json_out {
+                print_json(
+                    &json!({"model": m, "version": v, "rows": data.rows, "psi_threshold": psi_threshold, "features": report}),
+                )?;
+            } else {
+                println!(
+                    "{m}@{v} against {} live rows (PSI threshold {psi_threshold}):",
+                    data.rows
+                );
+                println!(
+                    "{:<32} {:>10} {:>8} {:>8}  ",
+                    "feature", "live", "PSI", "KS"
+                );
+                for r in &report {
+                    println!(
+                        "{:<32} {:>10} {:>8.4} {:>8.4}  {}",
+                        r.feature,
+                        r.live_count,
+                        r.psi,
+                        r.ks,
+                        if r.drifted { "DRIFTED" } else { "ok" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(reg: &ModelRegistry, model: &str, json_out: bool) -> anyhow::Result<()> {
+    let (name, sel) = split_model(model);
+    if let Some(sel) = sel {
+        let v = reg.resolve(name, sel).map_err(Error::from)?;
+        let mv = reg
+            .version(name, v)
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("{name}@{v}"),
+            })?;
+        if json_out {
+            return print_json(
+                &json!({"manifest": mv.manifest, "signature": mv.signature, "tags": mv.tags}),
+            );
+        }
+        let m = &mv.manifest;
+        println!("model     {}@{} ({})", m.model, m.version, m.format);
+        println!(
+            "artifact  sha256 {} ({} bytes)",
+            m.artifact_sha256, m.artifact_bytes
+        );
+        println!("signed by {} ({})", m.signer, &m.public_key[..16]);
+        if !m.description.is_empty() {
+            println!("about     {}", m.description);
+        }
+        println!("inputs:");
+        for f in &m.input.features {
+            println!(
+                "  {:<28} {}@{}:{} ({})",
+                f.column, f.view, f.view_version, f.feature, f.dtype
+            );
+        }
+        if !m.metrics.is_empty() {
+            println!(
+                "metrics   {}",
+                m.metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        if !mv.tags.is_empty() {
+            println!(
+                "tags      {}",
+                mv.tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        println!("training stats for {} features", m.training_stats.len());
+        println!("lineage   {}", m.upstream.join(", "));
+        return Ok(());
+    }
+    let versions = reg.versions(name).map_err(Error::from)?;
+    if versions.is_empty() {
+        anyhow::bail!(Error::NotFound {
+            what: format!("model `{name}`")
+        });
+    }
+    let aliases = reg.aliases(name).map_err(Error::from)?;
+    let mut history = BTreeMap::new();
+    for a in aliases.keys() {
+        history.insert(a.clone(), reg.alias_history(name, a).map_err(Error::from)?);
+    }
+    if json_out {
+        return print_json(&json!({
+            "model": name,
+            "versions": versions.iter().map(|v| json!({"version": v.manifest.version, "format": v.manifest.format,
+                "artifact_sha256": v.manifest.artifact_sha256, "signer": v.manifest.signer,
+                "registered_at_ms": v.manifest.registered_at_ms, "metrics": v.manifest.metrics, "tags": v.tags})).collect::<Vec<_>>(),
+            "aliases": aliases, "alias_history": history,
+        }));
+    }
+    println!(
+        "{:<8} {:<20} {:<12} {:<18} metrics",
+        "version", "format", "signer", "sha256"
+    );
+    for v in &versions {
+        let m = &v.manifest;
+        println!(
+            "{:<8} {:<20} {:<12} {:<18} {}",
+            m.version,
+            m.format,
+            m.signer,
+            &m.artifact_sha256[..16],
+            m.metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    for (a, events) in &history {
+        println!("\nalias {a}:");
+        for e in events {
+            let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            println!(
+                "  #{:<4} {} -> {}  by {}  {}",
+                e.seq,
+                show(e.from),
+                show(e.to),
+                e.by,
+                e.reason
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_graph(
+    g: &Subgraph,
+    format: LineageFormat,
+    root: &str,
+    down: bool,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    match (format, json_out) {
+        (LineageFormat::Json, _) | (LineageFormat::Text, true) => print_json(g)?,
+        (LineageFormat::Dot, _) => print!("{}", g.to_dot()),
+        (LineageFormat::Openlineage, _) => {
+            for e in g.to_openlineage("quiver") {
+                println!("{e}");
+            }
+        }
+        (LineageFormat::Text, false) => {
+            println!(
+                "{} of {root}:",
+                if down { "downstream" } else { "upstream" }
+            );
+            for e in &g.edges {
+                println!("  {} -[{}]-> {}", e.from, e.relation, e.to);
+            }
+            if g.edges.is_empty() {
+                println!("  (nothing recorded)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn impact(
+    store: &FeatureStore,
+    reg: &ModelRegistry,
+    view: &str,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let lineage = reg.lineage();
+    let (name, version) =
+        match view.split_once('@') {
+            Some((n, v)) => (
+                n,
+                Some(v.parse::<u64>().map_err(|_| {
+                    Error::InvalidRequest(format!("`{view}`: write VIEW or VIEW@N"))
+                })?),
+            ),
+            None => (view, None),
+        };
+    let roots: Vec<String> = match version {
+        Some(v) => vec![format!("view:{name}@{v}")],
+        None => lineage
+            .nodes_with_prefix(&format!("view:{name}@"))
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|n| n.id)
+            .collect(),
+    };
+    let current = store.view(name, None).ok().map(|v| v.version);
+    let mut g = Subgraph::default();
+    for r in &roots {
+        g.merge(lineage.downstream(r).map_err(Error::from)?);
+    }
+    let mut tasks = Vec::new();
+    for n in g
+        .nodes
+        .values()
+        .filter(|n| n.kind == NodeKind::ModelVersion)
+    {
+        let rest = n.id.trim_start_matches("model:");
+        let Some((model, ver)) = rest.rsplit_once('@') else {
+            continue;
+        };
+        let Ok(ver) = ver.parse::<u64>() else {
+            continue;
+        };
+        let aliases: Vec<String> = reg
+            .aliases(model)
+            .map_err(Error::from)?
+            .into_iter()
+            .filter(|(_, s)| s.version == ver)
+            .map(|(a, _)| a)
+            .collect();
+        let reads: Vec<String> = g
+            .edges
+            .iter()
+            .filter(|e| e.to == n.id && e.from.starts_with(&format!("view:{name}@")))
+            .map(|e| e.from.clone())
+            .collect();
+        let check = reg.version(model, ver).map_err(Error::from)?.map(|mv| {
+            store
+                .check_inputs_served(&mv.manifest.input)
+                .err()
+                .map(|e| e.to_string())
+        });
+        tasks.push(json!({"model": model, "version": ver, "aliases": aliases, "reads": reads,
+            "current_view_version": current, "schema_problem": check.flatten(),
+            "task": format!("retrain {model} (version {ver}) on {name}@{}", current.map_or("?".into(), |c| c.to_string()))}));
+    }
+    if json_out {
+        return print_json(&json!({"view": view, "tasks": tasks}));
+    }
+    if tasks.is_empty() {
+        println!("No registered model reads {view}.");
+        return Ok(());
+    }
+    println!("Models that read {view} (retrain when its schema changes):");
+    for t in &tasks {
+        let aliases = t["aliases"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        println!(
+            "  - {}{}{}",
+            t["task"].as_str().unwrap_or(""),
+            if aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" [serving as {aliases}]")
+            },
+            t["schema_problem"]
+                .as_str()
+                .map(|p| format!("  !! {p}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The feature store's side of the model registry: models' input schemas resolved
+//! against applied views, the promotion check, training-set lineage and training
+//! statistics read from a training set file.
+//!
+//! The registry itself (versions, signatures, aliases, lineage graph) lives in
+//! `quiver-registry`, in the same database as the applied definitions.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use quiver_registry::{ArtifactStore, FeatureStats, InputFeature, InputSchema, ModelRegistry};
+
+use crate::offline::{FeatureRef, TrainingSet};
+use crate::{Error, FeatureStore, Result};
+
+/// Name of the Parquet key-value metadata entry holding a training set's lineage.
+pub const LINEAGE_METADATA_KEY: &str = "quiver.lineage";
+
+impl FeatureStore {
+    /// The model registry of this repo: same database as the definitions, artifacts in
+    /// `<repo>/.quiver/artifacts`.
+    pub fn models(&self) -> Result<ModelRegistry> {
+        Ok(self.registry().models(ArtifactStore::new(
+            self.root().join(".quiver").join("artifacts"),
+        ))?)
+    }
+
+    /// The input schema of a model taking `refs` in order, resolved against the applied
+    /// views (or the pinned versions). Column names follow training sets: the feature
+    /// name, or `VIEW__FEATURE` with `full_names`.
+    pub fn input_schema(&self, refs: &[FeatureRef], full_names: bool) -> Result<InputSchema> {
+        let mut features = Vec::new();
+        for r in refs {
+            let applied = self.view(&r.view, r.version)?;
+            let d = &applied.definition;
+            let chosen: Vec<&crate::FeatureField> = match &r.feature {
+                Some(f) => vec![d.features.iter().find(|x| &x.name == f).ok_or_else(|| {
+                    Error::NotFound {
+                        what: format!(
+                            "feature `{f}` in view {} (it has: {})",
+                            applied.id(),
+                            d.features
+                                .iter()
+                                .map(|x| x.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
+                })?],
+                None => d.features.iter().collect(),
+            };
+            for f in chosen {
+                features.push(InputFeature {
+                    column: if full_names {
+                        format!("{}__{}", d.name(), f.name)
+                    } else {
+                        f.name.clone()
+                    },
+                    view: d.name().to_owned(),
+                    view_version: applied.version,
+                    feature: f.name.clone(),
+                    dtype: f.dtype.clone(),
+                });
+            }
+        }
+        Ok(InputSchema { features })
+    }
+
+    /// Check that a model's inputs are still served: every view is applied, every
+    /// feature exists in its applied version with the type the model was trained on.
+    /// A model that fails this cannot be promoted.
+    pub fn check_inputs_served(&self, input: &InputSchema) -> Result<()> {
+        let mut problems = Vec::new();
+        for f in &input.features {
+            match self.view(&f.view, None) {
+                Err(_) => problems.push(format!("view `{}` is not applied", f.view)),
+                Ok(applied) => match applied
+                    .definition
+                    .features
+                    .iter()
+                    .find(|x| x.name == f.feature)
+                {
+                    None => problems.push(format!(
+                        "view {} has no feature `{}`",
+                        applied.id(),
+                        f.feature
+                    )),
+                    Some(x) if x.dtype != f.dtype => problems.push(format!(
+                        "feature {}:{} is {} now; the model was trained on {} (from version {})",
+                        applied.id(),
+                        f.feature,
+                        x.dtype,
+                        f.dtype,
+                        f.view_version
+                    )),
+                    Some(_) => {}
+                },
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(quiver_registry::Error::SchemaMismatch(problems.join("; ")).into())
+        }
+    }
+
+    /// Record where `set` came from in the lineage graph; returns its lineage id.
+    pub fn record_training_set(&self, set: &TrainingSet) -> Result<String> {
+        let (nodes, edges) = set.lineage.graph();
+        self.registry().lineage()?.record(&nodes, &edges)?;
+        Ok(format!("training_set:{}", set.lineage.id))
+    }
+}
+
+/// What a training set file says about itself.
+#[derive(Debug, Clone)]
+pub struct TrainingData {
+    /// Lineage id (`training_set:<id>`) from the file's metadata, if it has one.
+    pub lineage_id: Option<String>,
+    /// Numeric columns by name (nulls as NaN).
+    pub columns: HashMap<String, Vec<f64>>,
+    /// Rows read.
+    pub rows: usize,
+}
+
+/// Most rows read from a training set file for statistics.
+pub const MAX_TRAINING_ROWS: usize = 20_000_000;
+
+/// Read `columns` (numeric) from a Parquet training set written by `quiver history`.
+pub fn read_training_data(path: &Path, columns: &[String]) -> Result<TrainingData> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let lineage_id = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == LINEAGE_METADATA_KEY))
+        .and_then(|k| k.value.as_deref())
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        .and_then(|v| v["id"].as_str().map(|id| format!("training_set:{id}")));
+    let schema = builder.schema().clone();
+    let mut out: HashMap<String, Vec<f64>> = HashMap::new();
+    for c in columns {
+        let field = schema.field_with_name(c).map_err(|_| {
+            Error::InvalidRequest(format!(
+                "{} has no column `{c}` (it has: {})",
+                path.display(),
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        if !field.data_type().is_numeric() && field.data_type() != &DataType::Boolean {
+            return Err(Error::InvalidRequest(format!(
+                "column `{c}` of {} is {}; models take numeric features",
+                path.display(),
+                field.data_type()
+            )));
+        }
+        out.insert(c.clone(), Vec::new());
+    }
+    let mut rows = 0;
+    for batch in builder.with_batch_size(65_536).build()? {
+        let batch = batch?;
+        rows += batch.num_rows();
+        if rows > MAX_TRAINING_ROWS {
+            return Err(Error::InvalidRequest(format!(
+                "{} has more than {MAX_TRAINING_ROWS} rows; sample it for statistics",
+                path.display()
+            )));
+        }
+        for (name, values) in out.iter_mut() {
+            let col = batch.column_by_name(name).expect("checked above");
+            values.extend(to_f64(col)?);
+        }
+    }
+    Ok(TrainingData {
+        lineage_id,
+        columns: out,
+        rows,
+    })
+}
+
+/// A numeric or boolean column as f64, nulls as NaN.
+pub fn to_f64(col: &dyn Array) -> Result<Vec<f64>> {
+    let cast = arrow::compute::cast(col, &DataType::Float64)?;
+    let a = cast.as_primitive::<arrow::datatypes::Float64Type>();
+    Ok((0..a.len())
+        .map(|i| if a.is_null(i) { f64::NAN } else { a.value(i) })
+        .collect())
+}
+
+/// Training statistics of every column in `data`, in `columns` order.
+pub fn training_stats(data: &TrainingData, columns: &[String]) -> Vec<FeatureStats> {
+    columns
+        .iter()
+        .filter_map(|c| data.columns.get(c).map(|v| FeatureStats::from_values(c, v)))
+        .collect()
+}

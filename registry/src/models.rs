@@ -1,0 +1,795 @@
+//! Registered models: versions, signed manifests, aliases with history, trusted signers.
+//!
+//! Layout (sled trees of the registry database):
+//!
+//! ```text
+//! models          name                       -> ModelRecord (JSON)
+//! model_versions  name \0 version (u64 BE)   -> ModelVersion (JSON: manifest, signature, tags)
+//! aliases         name \0 alias              -> AliasState (JSON)
+//! alias_log       name \0 alias \0 seq (BE)  -> AliasEvent (JSON)     every move, kept forever
+//! signers         signer name                -> public key (hex)
+//! ```
+//!
+//! # Guarantees
+//! - Registration writes the version, the model record and the lineage edges in one
+//!   transaction; the artifact is written (and synced) before, under its digest, so a
+//!   registered version never points at a missing or partial artifact.
+//! - An alias move writes the alias and its log entry in one transaction, optionally
+//!   compare-and-set on the alias's current version, so two movers never tear it.
+//! - A version loads only if its signer is trusted with the recorded key, the Ed25519
+//!   signature matches the canonical JSON of its manifest, and the artifact's bytes hash
+//!   to the recorded digest.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::drift::FeatureStats;
+use crate::lineage::{Edge, Lineage, Node, NodeKind, check_id, record_tx};
+use crate::model::NativeModel;
+use crate::signing::{SigningKey, verify_signature};
+use crate::store::{canonical_json, now_ms};
+use crate::{ArtifactStore, Error, Result};
+
+const MAX_NAME: usize = 128;
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidKey {
+            key: name.chars().take(80).collect(),
+            reason: format!(
+                "a {what} name is 1 to {MAX_NAME} characters of letters, digits, `_`, `-` and `.`"
+            ),
+        })
+    }
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    crate::lineage::edge_key(a, b)
+}
+
+fn vkey(model: &str, version: u64) -> Vec<u8> {
+    let mut k = model.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// One input of a model: a feature of a view at a version, as a column of a given type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFeature {
+    /// Column name the model sees (equals the model's feature name at this position).
+    pub column: String,
+    /// Feature view it comes from.
+    pub view: String,
+    /// Version of that view the model was trained on.
+    pub view_version: u64,
+    /// Feature name within the view.
+    pub feature: String,
+    /// Arrow type, as the feature store prints it (`Float64`, `Int64`, ...).
+    pub dtype: String,
+}
+
+/// The ordered inputs of a model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSchema {
+    /// Inputs in the order the model takes them.
+    pub features: Vec<InputFeature>,
+}
+
+/// What is signed: everything about a version except its mutable tags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Model name.
+    pub model: String,
+    /// Version number, from 1.
+    pub version: u64,
+    /// Artifact format (`logistic_regression`, `mlp`).
+    pub format: String,
+    /// SHA-256 of the artifact, hex.
+    pub artifact_sha256: String,
+    /// Artifact size in bytes.
+    pub artifact_bytes: u64,
+    /// Ordered inputs.
+    pub input: InputSchema,
+    /// Evaluation metrics (`auc`, `log_loss`, ...).
+    pub metrics: BTreeMap<String, f64>,
+    /// Training-set statistics per input feature (and optionally `__score__`).
+    pub training_stats: Vec<FeatureStats>,
+    /// Lineage ids this version was made from.
+    pub upstream: Vec<String>,
+    /// Free text.
+    pub description: String,
+    /// Who registered it.
+    pub signer: String,
+    /// The signer's public key, hex.
+    pub public_key: String,
+    /// When, milliseconds since the epoch.
+    pub registered_at_ms: i64,
+}
+
+impl Manifest {
+    /// The bytes that are signed: canonical JSON of the manifest.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        canonical_json(&serde_json::to_value(self).expect("manifests serialise")).into_bytes()
+    }
+
+    /// Lineage id of this version.
+    pub fn lineage_id(&self) -> String {
+        format!("model:{}@{}", self.model, self.version)
+    }
+}
+
+/// A stored model version.
+///
+/// The manifest is kept as the exact bytes that were signed (`signed_manifest`), so
+/// verification never depends on re-serialising numbers; `manifest` is parsed from them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredVersion", into = "StoredVersion")]
+pub struct ModelVersion {
+    /// The signed part, parsed.
+    pub manifest: Manifest,
+    /// The signed bytes (canonical JSON of the manifest at registration).
+    pub signed_manifest: String,
+    /// Ed25519 signature of `signed_manifest`, hex.
+    pub signature: String,
+    /// Mutable labels.
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredVersion {
+    signed_manifest: String,
+    signature: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+impl TryFrom<StoredVersion> for ModelVersion {
+    type Error = String;
+    fn try_from(s: StoredVersion) -> std::result::Result<Self, String> {
+        let manifest =
+            serde_json::from_str(&s.signed_manifest).map_err(|e| format!("manifest: {e}"))?;
+        Ok(Self {
+            manifest,
+            signed_manifest: s.signed_manifest,
+            signature: s.signature,
+            tags: s.tags,
+        })
+    }
+}
+
+impl From<ModelVersion> for StoredVersion {
+    fn from(v: ModelVersion) -> Self {
+        Self {
+            signed_manifest: v.signed_manifest,
+            signature: v.signature,
+            tags: v.tags,
+        }
+    }
+}
+
+/// A model and its latest version number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Model name.
+    pub name: String,
+    /// Highest version registered.
+    pub latest_version: u64,
+    /// When the first version was registered.
+    pub created_at_ms: i64,
+}
+
+/// Where an alias points now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasState {
+    /// Model version the alias names.
+    pub version: u64,
+    /// Number of the last move (1 for the first).
+    pub seq: u64,
+    /// When it last moved.
+    pub moved_at_ms: i64,
+}
+
+/// One move of an alias, kept forever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasEvent {
+    /// Model.
+    pub model: String,
+    /// Alias.
+    pub alias: String,
+    /// Move number, from 1.
+    pub seq: u64,
+    /// When.
+    pub at_ms: i64,
+    /// Version before the move (none if the alias was new or removed).
+    pub from: Option<u64>,
+    /// Version after the move (none if the alias was removed).
+    pub to: Option<u64>,
+    /// Who moved it (a user, or `rollout` for automatic rollbacks).
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What [`ModelRegistry::register`] needs; build with [`Registration::new`].
+#[derive(Debug, Clone)]
+pub struct Registration {
+    model: String,
+    artifact: Vec<u8>,
+    input: InputSchema,
+    metrics: BTreeMap<String, f64>,
+    stats: Vec<FeatureStats>,
+    upstream: Vec<String>,
+    tags: BTreeMap<String, String>,
+    description: String,
+}
+
+impl Registration {
+    /// Register `artifact` (the model file's bytes) as a new version of `model`, taking
+    /// `input`.
+    pub fn new(model: &str, artifact: Vec<u8>, input: InputSchema) -> Self {
+        Self {
+            model: model.into(),
+            artifact,
+            input,
+            metrics: BTreeMap::new(),
+            stats: Vec::new(),
+            upstream: Vec::new(),
+            tags: BTreeMap::new(),
+            description: String::new(),
+        }
+    }
+    /// Add an evaluation metric.
+    pub fn metric(mut self, name: &str, value: f64) -> Self {
+        self.metrics.insert(name.into(), value);
+        self
+    }
+    /// Training-set statistics per feature, for drift checks.
+    pub fn training_stats(mut self, stats: Vec<FeatureStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+    /// Record that the model was made from lineage node `id` (a training set, a
+    /// federation run, a Delta table, ...). The input views are linked automatically.
+    pub fn upstream(mut self, id: &str) -> Self {
+        self.upstream.push(id.into());
+        self
+    }
+    /// Add a tag.
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+    /// Free-text description.
+    pub fn description(mut self, text: &str) -> Self {
+        self.description = text.into();
+        self
+    }
+}
+
+/// A version that passed verification, with its parsed model.
+#[derive(Debug, Clone)]
+pub struct LoadedVersion {
+    /// Registry record.
+    pub version: ModelVersion,
+    /// The model, ready to score.
+    pub model: NativeModel,
+}
+
+/// The model side of the registry. Open with [`crate::MetadataStore::models`].
+#[derive(Debug, Clone)]
+pub struct ModelRegistry {
+    pub(crate) path: String,
+    pub(crate) db: sled::Db,
+    pub(crate) models: sled::Tree,
+    pub(crate) versions: sled::Tree,
+    pub(crate) aliases: sled::Tree,
+    pub(crate) alias_log: sled::Tree,
+    pub(crate) signers: sled::Tree,
+    pub(crate) artifacts: ArtifactStore,
+    pub(crate) lineage: Lineage,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: key.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn tx_err(path: &str, e: TransactionError<Error>) -> Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(source) => Error::Storage {
+            path: path.into(),
+            source,
+        },
+    }
+}
+
+/// Check `model` against its input schema: same columns, same order.
+pub fn check_model_inputs(model: &NativeModel, input: &InputSchema) -> Result<()> {
+    let cols: Vec<&str> = input.features.iter().map(|f| f.column.as_str()).collect();
+    let feats: Vec<&str> = model.features().iter().map(String::as_str).collect();
+    if cols != feats {
+        return Err(Error::SchemaMismatch(format!(
+            "the model takes [{}] but its input schema lists [{}]; they must be the same columns in the same order",
+            feats.join(", "),
+            cols.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+impl ModelRegistry {
+    fn storage(&self, source: sled::Error) -> Error {
+        Error::Storage {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The artifact store.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
+    /// The lineage graph.
+    pub fn lineage(&self) -> &Lineage {
+        &self.lineage
+    }
+
+    /// Trust `public_key_hex` as signer `name` (replacing an earlier key of that name).
+    pub fn trust(&self, name: &str, public_key_hex: &str) -> Result<()> {
+        check_name("signer", name)?;
+        // Reject malformed keys now rather than at the first load.
+        match hex::decode(public_key_hex) {
+            Ok(k) if k.len() == 32 => {}
+            _ => {
+                return Err(Error::Crypto(format!(
+                    "`{public_key_hex:.80}` is not an Ed25519 public key (64 hex digits)"
+                )));
+            }
+        }
+        self.signers
+            .insert(name.as_bytes(), public_key_hex.as_bytes())
+            .map_err(|e| self.storage(e))?;
+        self.db.flush().map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    /// Stop trusting signer `name`: versions it signed no longer load.
+    pub fn untrust(&self, name: &str) -> Result<bool> {
+        let had = self
+            .signers
+            .remove(name.as_bytes())
+            .map_err(|e| self.storage(e))?
+            .is_some();
+        self.db.flush().map_err(|e| self.storage(e))?;
+        Ok(had)
+    }
+
+    /// Trusted signers and their public keys.
+    pub fn signers(&self) -> Result<Vec<(String, String)>> {
+        self.signers
+            .iter()
+            .map(|r| {
+                let (k, v) = r.map_err(|e| self.storage(e))?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Register a new version, signed by `key` as trusted signer `signer`.
+    ///
+    /// The artifact is parsed and checked against the input schema first; the input
+    /// views (`view:<name>@<version>`) and every [`Registration::upstream`] id become
+    /// lineage edges into `model:<name>@<version>`.
+    pub fn register(
+        &self,
+        reg: Registration,
+        signer: &str,
+        key: &SigningKey,
+    ) -> Result<ModelVersion> {
+        check_name("model", &reg.model)?;
+        let trusted = self
+            .signers
+            .get(signer.as_bytes())
+            .map_err(|e| self.storage(e))?;
+        let public_key = key.public_key_hex();
+        match trusted {
+            Some(k) if k.as_ref() == public_key.as_bytes() => {}
+            Some(_) => {
+                return Err(Error::Untrusted(format!(
+                    "signer `{signer}` is trusted with another key; the key given has public key {public_key}"
+                )));
+            }
+            None => {
+                return Err(Error::Untrusted(format!(
+                    "signer `{signer}` is not trusted by this registry; run `quiver registry trust {signer} {public_key}`"
+                )));
+            }
+        }
+        let model = NativeModel::from_json(&reg.artifact)?;
+        check_model_inputs(&model, &reg.input)?;
+        for up in &reg.upstream {
+            check_id(up)?;
+        }
+        let digest = self.artifacts.put(&reg.artifact)?;
+        let at = now_ms();
+        let mut upstream: Vec<String> = reg
+            .input
+            .features
+            .iter()
+            .map(|f| format!("view:{}@{}", f.view, f.view_version))
+            .chain(reg.upstream.iter().cloned())
+            .collect();
+        upstream.sort();
+        upstream.dedup();
+
+        let result = (
+            &self.models,
+            &self.versions,
+            &self.lineage.nodes,
+            &self.lineage.out,
+            &self.lineage.inn,
+        )
+            .transaction(|(models, versions, tn, to, ti)| {
+                let abort = ConflictableTransactionError::Abort;
+                let mut record = match models.get(reg.model.as_bytes())? {
+                    Some(b) => {
+                        decode::<ModelRecord>(&format!("model {}", reg.model), &b).map_err(abort)?
+                    }
+                    None => ModelRecord {
+                        name: reg.model.clone(),
+                        latest_version: 0,
+                        created_at_ms: at,
+                    },
+                };
+                record.latest_version += 1;
+                let manifest = Manifest {
+                    model: reg.model.clone(),
+                    version: record.latest_version,
+                    format: model.format().into(),
+                    artifact_sha256: digest.clone(),
+                    artifact_bytes: reg.artifact.len() as u64,
+                    input: reg.input.clone(),
+                    metrics: reg.metrics.clone(),
+                    training_stats: reg.stats.clone(),
+                    upstream: upstream.clone(),
+                    description: reg.description.clone(),
+                    signer: signer.into(),
+                    public_key: public_key.clone(),
+                    registered_at_ms: at,
+                };
+                let signed = manifest.signed_bytes();
+                let signature = key.sign(&signed);
+                let mv = ModelVersion {
+                    manifest,
+                    signed_manifest: String::from_utf8(signed).expect("JSON is UTF-8"),
+                    signature,
+                    tags: reg.tags.clone(),
+                };
+                versions.insert(
+                    vkey(&reg.model, record.latest_version),
+                    serde_json::to_vec(&mv).expect("versions serialise"),
+                )?;
+                models.insert(
+                    reg.model.as_bytes(),
+                    serde_json::to_vec(&record).expect("records serialise"),
+                )?;
+                let id = mv.manifest.lineage_id();
+                let node = Node::new(
+                    NodeKind::ModelVersion,
+                    &reg.model,
+                    Some(&record.latest_version),
+                )
+                .with_attr("format", mv.manifest.format.clone())
+                .with_attr("artifact_sha256", digest.clone())
+                .with_attr("signer", signer);
+                let edges: Vec<Edge> = upstream
+                    .iter()
+                    .map(|u| Edge {
+                        from: u.clone(),
+                        to: id.clone(),
+                        relation: if u.starts_with("view:") {
+                            "input_of".into()
+                        } else {
+                            "trained_from".into()
+                        },
+                    })
+                    .collect();
+                record_tx(tn, to, ti, &[node], &edges)?;
+                Ok(mv)
+            });
+        let mv = result.map_err(|e| tx_err(&self.path, e))?;
+        self.db.flush().map_err(|e| self.storage(e))?;
+        tracing::info!(model = %mv.manifest.model, version = mv.manifest.version, digest = %mv.manifest.artifact_sha256, "registered model version");
+        Ok(mv)
+    }
+
+    /// Every model, by name.
+    pub fn models(&self) -> Result<Vec<ModelRecord>> {
+        self.models
+            .iter()
+            .map(|r| {
+                let (k, v) = r.map_err(|e| self.storage(e))?;
+                decode(&format!("model {}", String::from_utf8_lossy(&k)), &v)
+            })
+            .collect()
+    }
+
+    /// One version, if it exists.
+    pub fn version(&self, model: &str, version: u64) -> Result<Option<ModelVersion>> {
+        match self
+            .versions
+            .get(vkey(model, version))
+            .map_err(|e| self.storage(e))?
+        {
+            Some(b) => Ok(Some(decode(&format!("{model}@{version}"), &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every version of `model`, oldest first.
+    pub fn versions(&self, model: &str) -> Result<Vec<ModelVersion>> {
+        let mut prefix = model.as_bytes().to_vec();
+        prefix.push(0);
+        self.versions
+            .scan_prefix(prefix)
+            .map(|r| {
+                let (_, v) = r.map_err(|e| self.storage(e))?;
+                decode(&format!("versions of {model}"), &v)
+            })
+            .collect()
+    }
+
+    /// Where `alias` of `model` points, if anywhere.
+    pub fn alias(&self, model: &str, alias: &str) -> Result<Option<AliasState>> {
+        match self
+            .aliases
+            .get(key2(model, alias))
+            .map_err(|e| self.storage(e))?
+        {
+            Some(b) => Ok(Some(decode(&format!("alias {model}/{alias}"), &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every alias of `model`.
+    pub fn aliases(&self, model: &str) -> Result<BTreeMap<String, AliasState>> {
+        let mut prefix = model.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = BTreeMap::new();
+        for r in self.aliases.scan_prefix(&prefix) {
+            let (k, v) = r.map_err(|e| self.storage(e))?;
+            let alias = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.insert(
+                alias.clone(),
+                decode(&format!("alias {model}/{alias}"), &v)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every move of `alias` of `model`, oldest first.
+    pub fn alias_history(&self, model: &str, alias: &str) -> Result<Vec<AliasEvent>> {
+        let mut prefix = key2(model, alias);
+        prefix.push(0);
+        self.alias_log
+            .scan_prefix(prefix)
+            .map(|r| {
+                let (_, v) = r.map_err(|e| self.storage(e))?;
+                decode(&format!("alias log {model}/{alias}"), &v)
+            })
+            .collect()
+    }
+
+    /// Resolve `selector` (a version number, or an alias) to a version number.
+    pub fn resolve(&self, model: &str, selector: &str) -> Result<u64> {
+        if let Ok(v) = selector.parse::<u64>() {
+            return Ok(v);
+        }
+        self.alias(model, selector)?
+            .map(|a| a.version)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("alias `{selector}` of model `{model}`"),
+            })
+    }
+
+    /// Point `alias` of `model` at `to` (or remove it with `None`), in one transaction
+    /// with its log entry. With `expect = Some(v)`, the move happens only if the alias
+    /// now points at `v` (`Some(None)`: only if it does not exist), else
+    /// [`Error::AliasMoved`].
+    pub fn move_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        to: Option<u64>,
+        expect: Option<Option<u64>>,
+        by: &str,
+        reason: &str,
+    ) -> Result<AliasEvent> {
+        check_name("model", model)?;
+        check_name("alias", alias)?;
+        if alias.parse::<u64>().is_ok() {
+            return Err(Error::InvalidKey {
+                key: alias.into(),
+                reason: "an alias cannot be a number (numbers name versions)".into(),
+            });
+        }
+        if let Some(v) = to {
+            if self.version(model, v)?.is_none() {
+                return Err(Error::NotFound {
+                    what: format!("version {v} of model `{model}`"),
+                });
+            }
+        }
+        let key = key2(model, alias);
+        let at = now_ms();
+        let event = (&self.aliases, &self.alias_log)
+            .transaction(|(aliases, log)| {
+                let abort = ConflictableTransactionError::Abort;
+                let cur: Option<AliasState> = match aliases.get(&key)? {
+                    Some(b) => Some(decode(&format!("alias {model}/{alias}"), &b).map_err(abort)?),
+                    None => None,
+                };
+                let cur_v = cur.as_ref().map(|c| c.version);
+                if let Some(expected) = expect {
+                    if expected != cur_v {
+                        return Err(abort(Error::AliasMoved {
+                            alias: format!("{model}/{alias}"),
+                            expected,
+                            found: cur_v,
+                        }));
+                    }
+                }
+                // The log keeps a counter under the bare key (entries sit under key \0 seq),
+                // so numbering continues across removal and re-creation.
+                let last = match log.get(&key)? {
+                    Some(b) => crate::store::read_u64(&format!("alias log {model}/{alias}"), &b)
+                        .map_err(abort)?,
+                    None => 0,
+                };
+                let seq = last + 1;
+                log.insert(key.as_slice(), &seq.to_be_bytes())?;
+                let mut prefix = key.clone();
+                prefix.push(0);
+                let event = AliasEvent {
+                    model: model.into(),
+                    alias: alias.into(),
+                    seq,
+                    at_ms: at,
+                    from: cur_v,
+                    to,
+                    by: by.into(),
+                    reason: reason.into(),
+                };
+                let mut lkey = prefix.clone();
+                lkey.extend_from_slice(&seq.to_be_bytes());
+                log.insert(lkey, serde_json::to_vec(&event).expect("events serialise"))?;
+                match to {
+                    Some(v) => {
+                        let state = AliasState {
+                            version: v,
+                            seq,
+                            moved_at_ms: at,
+                        };
+                        aliases.insert(
+                            key.as_slice(),
+                            serde_json::to_vec(&state).expect("states serialise"),
+                        )?;
+                    }
+                    None => {
+                        aliases.remove(key.as_slice())?;
+                    }
+                }
+                Ok(event)
+            })
+            .map_err(|e| tx_err(&self.path, e))?;
+        self.db.flush().map_err(|e| self.storage(e))?;
+        tracing::info!(model, alias, from = ?event.from, to = ?event.to, by, reason, "alias moved");
+        Ok(event)
+    }
+
+    /// Replace the tags of a version.
+    pub fn set_tags(
+        &self,
+        model: &str,
+        version: u64,
+        tags: BTreeMap<String, String>,
+    ) -> Result<ModelVersion> {
+        let key = vkey(model, version);
+        let mv = self
+            .versions
+            .transaction(|t| {
+                let abort = ConflictableTransactionError::Abort;
+                let b = t.get(&key)?.ok_or_else(|| {
+                    abort(Error::NotFound {
+                        what: format!("version {version} of model `{model}`"),
+                    })
+                })?;
+                let mut mv: ModelVersion =
+                    decode(&format!("{model}@{version}"), &b).map_err(abort)?;
+                mv.tags = tags.clone();
+                t.insert(
+                    key.as_slice(),
+                    serde_json::to_vec(&mv).expect("versions serialise"),
+                )?;
+                Ok(mv)
+            })
+            .map_err(|e| tx_err(&self.path, e))?;
+        self.db.flush().map_err(|e| self.storage(e))?;
+        Ok(mv)
+    }
+
+    /// Check a stored version: trusted signer, matching signature, intact artifact that
+    /// parses and matches the input schema. Returns the verified, parsed model.
+    pub fn load(&self, model: &str, version: u64) -> Result<LoadedVersion> {
+        let mv = self
+            .version(model, version)?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("version {version} of model `{model}`"),
+            })?;
+        let m = &mv.manifest;
+        let what = format!("{model}@{version}");
+        if m.model != model || m.version != version {
+            return Err(Error::Tampered {
+                what,
+                reason: format!("the stored manifest names {}@{}", m.model, m.version),
+            });
+        }
+        match self
+            .signers
+            .get(m.signer.as_bytes())
+            .map_err(|e| self.storage(e))?
+        {
+            Some(k) if k.as_ref() == m.public_key.as_bytes() => {}
+            Some(_) => {
+                return Err(Error::Untrusted(format!(
+                    "{what} was signed by `{}` with a key the registry no longer trusts for that signer",
+                    m.signer
+                )));
+            }
+            None => {
+                return Err(Error::Untrusted(format!(
+                    "{what} was signed by `{}`, who is not trusted",
+                    m.signer
+                )));
+            }
+        }
+        verify_signature(&m.public_key, mv.signed_manifest.as_bytes(), &mv.signature).map_err(
+            |_| Error::Tampered {
+                what: what.clone(),
+                reason: "its Ed25519 signature does not match its manifest".into(),
+            },
+        )?;
+        let bytes = self.artifacts.get(&m.artifact_sha256)?;
+        let model_obj = NativeModel::from_json(&bytes)?;
+        check_model_inputs(&model_obj, &m.input)?;
+        Ok(LoadedVersion {
+            version: mv,
+            model: model_obj,
+        })
+    }
+
+    /// A subscriber woken on every alias move of `model` (for hot reload).
+    pub fn watch_aliases(&self, model: &str) -> sled::Subscriber {
+        let mut prefix = model.as_bytes().to_vec();
+        prefix.push(0);
+        self.aliases.watch_prefix(prefix)
+    }
+}

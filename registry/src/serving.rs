@@ -1,0 +1,606 @@
+//! Model serving state: hot reload, canary routing by entity hash, per-version
+//! metrics and automatic rollback.
+//!
+//! A [`ModelServer`] serves one model. Its [`Deployment`] (the champion, an optional
+//! challenger and the share of traffic the challenger gets) sits behind an
+//! `ArcSwap`: a request takes a snapshot with one atomic load and keeps it for its
+//! whole life, so a swap never fails or blocks a request, and a request never sees half
+//! of a swap. [`ModelServer::reload`] reads the aliases, loads and verifies any version
+//! that changed and swaps; a version that fails verification is refused and the one
+//! before it keeps serving. [`ModelServer::watch`] runs `reload` on every alias move
+//! (sled's watch), so a promotion is live within milliseconds.
+//!
+//! Routing: FNV-1a 64 of the entity key, modulo 10,000, below `challenger_percent ×
+//! 100` goes to the challenger. The same key always lands on the same side.
+//!
+//! Rollback: after every [`RolloutPolicy::check_every`] challenger requests (once it has
+//! [`RolloutPolicy::min_requests`]) the challenger is compared with the policy: error
+//! rate, p99 latency, and PSI of its score distribution against the champion's scores
+//! in the same period. Past a threshold, the `challenger` alias is removed with the
+//! reason recorded in the alias history (by `rollout`), and all traffic goes back to
+//! the champion.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use crate::drift::FeatureStats;
+use crate::model::Contributions;
+use crate::models::{LoadedVersion, ModelRegistry};
+use crate::{Error, Result};
+
+/// Alias served to most traffic.
+pub const CHAMPION: &str = "champion";
+/// Alias served to the canary share.
+pub const CHALLENGER: &str = "challenger";
+
+/// When a challenger is rolled back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutPolicy {
+    /// Share of entities (0 to 100) routed to the challenger.
+    pub challenger_percent: f64,
+    /// Roll back when the challenger's error rate exceeds this (0 to 1).
+    pub max_error_rate: f64,
+    /// Roll back when the challenger's p99 scoring latency exceeds this.
+    pub max_p99: Duration,
+    /// Roll back when the PSI of the challenger's scores against the champion's exceeds this.
+    pub max_score_psi: f64,
+    /// Requests the challenger must have served before it is judged.
+    pub min_requests: u64,
+    /// Judge every this many challenger requests.
+    pub check_every: u64,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        Self {
+            challenger_percent: 10.0,
+            max_error_rate: 0.01,
+            max_p99: Duration::from_millis(50),
+            max_score_psi: crate::drift::DEFAULT_PSI_THRESHOLD,
+            min_requests: 200,
+            check_every: 100,
+        }
+    }
+}
+
+impl RolloutPolicy {
+    /// Check the bounds.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidModel(format!("rollout policy: {m}")));
+        if !(0.0..=100.0).contains(&self.challenger_percent) {
+            return bad(format!(
+                "challenger_percent {} is outside 0..=100",
+                self.challenger_percent
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return bad(format!(
+                "max_error_rate {} is outside 0..=1",
+                self.max_error_rate
+            ));
+        }
+        if !(self.max_score_psi > 0.0) {
+            return bad(format!(
+                "max_score_psi {} must be positive",
+                self.max_score_psi
+            ));
+        }
+        if self.check_every == 0 {
+            return bad("check_every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Latency buckets (upper bounds, microseconds) of the per-version histograms.
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    500_000,
+    u64::MAX,
+];
+const SCORE_BINS: usize = 20;
+
+/// Counters of one served version.
+#[derive(Debug, Default)]
+pub struct VersionMetrics {
+    /// Requests routed to it.
+    pub requests: AtomicU64,
+    /// Requests that failed (bad input, scoring error).
+    pub errors: AtomicU64,
+    /// Latency histogram, counts per [`LATENCY_BUCKETS_US`] bucket.
+    pub latency: [AtomicU64; 16],
+    /// Score histogram over 20 equal bins of [0, 1].
+    pub scores: [AtomicU64; SCORE_BINS],
+}
+
+impl VersionMetrics {
+    fn observe(&self, latency: Duration, score: Option<f64>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let us = latency.as_micros() as u64;
+        let b = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(15);
+        self.latency[b].fetch_add(1, Ordering::Relaxed);
+        match score {
+            Some(s) => {
+                let bin = ((s.clamp(0.0, 1.0) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1);
+                self.scores[bin].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Upper bound of the bucket holding the 99th percentile latency (µs).
+    pub fn p99_us(&self) -> u64 {
+        let counts: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let target = (total as f64 * 0.99).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return LATENCY_BUCKETS_US[i];
+            }
+        }
+        u64::MAX
+    }
+
+    fn score_counts(&self) -> Vec<u64> {
+        self.scores
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// A snapshot for reports.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            p99_us: self.p99_us(),
+            latency_counts: self
+                .latency
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            score_counts: self.score_counts(),
+        }
+    }
+}
+
+/// Plain copy of [`VersionMetrics`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// p99 latency bucket bound, µs.
+    pub p99_us: u64,
+    /// Counts per latency bucket.
+    pub latency_counts: Vec<u64>,
+    /// Counts per score bin (20 bins over [0, 1]).
+    pub score_counts: Vec<u64>,
+}
+
+/// PSI between two histograms over the same bins (shares floored at 1e-4).
+pub fn histogram_psi(expected: &[u64], actual: &[u64]) -> f64 {
+    let te: u64 = expected.iter().sum();
+    let ta: u64 = actual.iter().sum();
+    if te == 0 || ta == 0 {
+        return 0.0;
+    }
+    expected
+        .iter()
+        .zip(actual)
+        .map(|(e, a)| {
+            let e = (*e as f64 / te as f64).max(1e-4);
+            let a = (*a as f64 / ta as f64).max(1e-4);
+            (a - e) * (a / e).ln()
+        })
+        .sum()
+}
+
+/// One version as served.
+#[derive(Debug)]
+pub struct Served {
+    /// Alias it is served under.
+    pub alias: &'static str,
+    /// The verified model.
+    pub loaded: LoadedVersion,
+    /// Its counters.
+    pub metrics: VersionMetrics,
+    /// When it went live.
+    pub since: Instant,
+}
+
+impl Served {
+    /// Version number.
+    pub fn version(&self) -> u64 {
+        self.loaded.version.manifest.version
+    }
+}
+
+/// What is served now.
+#[derive(Debug)]
+pub struct Deployment {
+    /// Serves traffic not routed to the challenger.
+    pub champion: Option<Arc<Served>>,
+    /// Serves `challenger_percent` of entities.
+    pub challenger: Option<Arc<Served>>,
+    /// Share of entities for the challenger (0 when there is none).
+    pub challenger_percent: f64,
+}
+
+/// A rollback that happened, for reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// Version rolled back.
+    pub version: u64,
+    /// Why.
+    pub reason: String,
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+}
+
+/// The result of scoring one row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scored {
+    /// Probability of the positive class.
+    pub score: f64,
+    /// Version that scored it.
+    pub version: u64,
+    /// Alias it was served under.
+    pub alias: &'static str,
+    /// Per-feature contributions, if asked for.
+    pub contributions: Option<Contributions>,
+}
+
+/// FNV-1a 64 of `key`: stable across processes, platforms and releases.
+pub fn entity_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Serves one model from a registry; see the module docs.
+pub struct ModelServer {
+    registry: ModelRegistry,
+    model: String,
+    policy: RolloutPolicy,
+    current: ArcSwap<Deployment>,
+    reload_lock: Mutex<()>,
+    rollbacks: Mutex<Vec<Rollback>>,
+    /// Load failures (tampered or unloadable versions refused), for metrics.
+    pub refused_loads: AtomicU64,
+}
+
+impl std::fmt::Debug for ModelServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ModelServer({})", self.model)
+    }
+}
+
+impl ModelServer {
+    /// Serve `model` from `registry` under `policy`; loads the current aliases.
+    /// Fails if the champion cannot be loaded (a challenger that cannot is skipped).
+    pub fn new(registry: ModelRegistry, model: &str, policy: RolloutPolicy) -> Result<Arc<Self>> {
+        policy.validate()?;
+        let server = Arc::new(Self {
+            registry,
+            model: model.into(),
+            policy,
+            current: ArcSwap::from_pointee(Deployment {
+                champion: None,
+                challenger: None,
+                challenger_percent: 0.0,
+            }),
+            reload_lock: Mutex::new(()),
+            rollbacks: Mutex::new(Vec::new()),
+            refused_loads: AtomicU64::new(0),
+        });
+        server.reload()?;
+        Ok(server)
+    }
+
+    /// The model served.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The current deployment (one atomic load).
+    pub fn deployment(&self) -> Arc<Deployment> {
+        self.current.load_full()
+    }
+
+    /// Rollbacks so far.
+    pub fn rollbacks(&self) -> Vec<Rollback> {
+        self.rollbacks.lock().expect("rollbacks lock").clone()
+    }
+
+    fn load_as(
+        &self,
+        alias: &'static str,
+        previous: Option<&Arc<Served>>,
+    ) -> Result<Option<Arc<Served>>> {
+        let Some(state) = self.registry.alias(&self.model, alias)? else {
+            return Ok(None);
+        };
+        if let Some(p) = previous.filter(|p| p.version() == state.version) {
+            return Ok(Some(p.clone()));
+        }
+        match self.registry.load(&self.model, state.version) {
+            Ok(loaded) => {
+                tracing::info!(model = %self.model, alias, version = state.version, "loaded model version");
+                Ok(Some(Arc::new(Served {
+                    alias,
+                    loaded,
+                    metrics: VersionMetrics::default(),
+                    since: Instant::now(),
+                })))
+            }
+            Err(e) => {
+                self.refused_loads.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = %self.model, alias, version = state.version, error = %e, "refusing to load model version; the previous one keeps serving");
+                match previous {
+                    Some(p) => Ok(Some(p.clone())),
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Read the aliases and swap in what changed. Versions that fail verification are
+    /// refused and the previous one keeps serving (an error only when there is none).
+    pub fn reload(&self) -> Result<Arc<Deployment>> {
+        let _guard = self.reload_lock.lock().expect("reload lock");
+        let cur = self.current.load_full();
+        let champion = self.load_as(CHAMPION, cur.champion.as_ref())?;
+        let challenger = match self.load_as(CHALLENGER, cur.challenger.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(model = %self.model, error = %e, "challenger not served");
+                None
+            }
+        };
+        let challenger = challenger.filter(|c| {
+            champion
+                .as_ref()
+                .is_none_or(|ch| ch.version() != c.version())
+        });
+        let next = Arc::new(Deployment {
+            challenger_percent: if challenger.is_some() && champion.is_some() {
+                self.policy.challenger_percent
+            } else {
+                0.0
+            },
+            champion,
+            challenger,
+        });
+        self.current.store(next.clone());
+        Ok(next)
+    }
+
+    /// Reload on every alias move of the model, on a background thread, until the
+    /// returned handle is dropped.
+    pub fn watch(self: &Arc<Self>) -> WatchHandle {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut sub = self.registry.watch_aliases(&self.model);
+        let me = Arc::downgrade(self);
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("watch-{}", self.model))
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    // Wake at least every 100 ms to notice the stop flag.
+                    match sub.next_timeout(Duration::from_millis(100)) {
+                        Ok(_) => {
+                            let Some(server) = me.upgrade() else { return };
+                            if let Err(e) = server.reload() {
+                                tracing::error!(error = %e, "reload after alias move failed");
+                            }
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            if me.strong_count() == 0 {
+                                return;
+                            }
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .expect("spawn watcher thread");
+        WatchHandle {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Pick the version for `entity_key` from `d`.
+    pub fn route<'a>(&self, d: &'a Deployment, entity_key: &[u8]) -> Option<&'a Arc<Served>> {
+        if let Some(c) = &d.challenger {
+            if ((entity_hash(entity_key) % 10_000) as f64) < d.challenger_percent * 100.0 {
+                return Some(c);
+            }
+        }
+        d.champion.as_ref().or(d.challenger.as_ref())
+    }
+
+    /// Score one row for `entity_key`. `x` holds the inputs in the model's order (NaN
+    /// for missing). Counts the request on the version that served it and, for the
+    /// challenger, checks the rollout policy.
+    pub fn score(&self, entity_key: &[u8], x: &[f64], explain: bool) -> Result<Scored> {
+        let d = self.current.load();
+        let served = self.route(&d, entity_key).ok_or_else(|| Error::NotFound {
+            what: format!(
+                "a `{CHAMPION}` (or `{CHALLENGER}`) alias of model `{}`",
+                self.model
+            ),
+        })?;
+        let started = Instant::now();
+        let model = &served.loaded.model;
+        let result = if x.len() != model.features().len() {
+            Err(Error::SchemaMismatch(format!(
+                "{} inputs given, {}@{} takes {} ({})",
+                x.len(),
+                self.model,
+                served.version(),
+                model.features().len(),
+                model.features().join(", ")
+            )))
+        } else {
+            let score = 1.0 / (1.0 + (-model.logit(x)).exp());
+            Ok(Scored {
+                score,
+                version: served.version(),
+                alias: served.alias,
+                contributions: explain.then(|| model.contributions(x)),
+            })
+        };
+        served
+            .metrics
+            .observe(started.elapsed(), result.as_ref().ok().map(|s| s.score));
+        if served.alias == CHALLENGER {
+            let n = served.metrics.requests.load(Ordering::Relaxed);
+            if n >= self.policy.min_requests && n % self.policy.check_every == 0 {
+                self.judge(&d);
+            }
+        }
+        result
+    }
+
+    /// Compare the challenger with the policy; roll back if it fails. Returns the
+    /// rollback, if one happened.
+    pub fn judge(&self, d: &Deployment) -> Option<Rollback> {
+        let c = d.challenger.as_ref()?;
+        let m = c.metrics.snapshot();
+        if m.requests < self.policy.min_requests {
+            return None;
+        }
+        let error_rate = m.errors as f64 / m.requests as f64;
+        let reason = if error_rate > self.policy.max_error_rate {
+            Some(format!(
+                "error rate {:.2}% > {:.2}%",
+                error_rate * 100.0,
+                self.policy.max_error_rate * 100.0
+            ))
+        } else if m.p99_us > self.policy.max_p99.as_micros() as u64 {
+            Some(format!(
+                "p99 latency <= {} us bucket > {} us",
+                m.p99_us,
+                self.policy.max_p99.as_micros()
+            ))
+        } else {
+            d.champion.as_ref().and_then(|ch| {
+                let base = ch.metrics.score_counts();
+                let psi = histogram_psi(&base, &m.score_counts);
+                (base.iter().sum::<u64>() >= self.policy.min_requests
+                    && psi > self.policy.max_score_psi)
+                    .then(|| {
+                        format!(
+                            "score PSI {psi:.3} against the champion > {}",
+                            self.policy.max_score_psi
+                        )
+                    })
+            })
+        }?;
+        let version = c.version();
+        match self.registry.move_alias(
+            &self.model,
+            CHALLENGER,
+            None,
+            Some(Some(version)),
+            "rollout",
+            &format!("automatic rollback: {reason}"),
+        ) {
+            Ok(_) => {
+                tracing::warn!(model = %self.model, version, %reason, "challenger rolled back");
+                let rb = Rollback {
+                    version,
+                    reason,
+                    at_ms: crate::store::now_ms(),
+                };
+                self.rollbacks
+                    .lock()
+                    .expect("rollbacks lock")
+                    .push(rb.clone());
+                if let Err(e) = self.reload() {
+                    tracing::error!(error = %e, "reload after rollback failed");
+                }
+                Some(rb)
+            }
+            // Someone moved the alias meanwhile: their decision stands.
+            Err(e) => {
+                tracing::info!(error = %e, "rollback skipped");
+                None
+            }
+        }
+    }
+
+    /// Per-version metrics snapshots, by `alias@version`.
+    pub fn metrics(&self) -> BTreeMap<String, MetricsSnapshot> {
+        let d = self.current.load();
+        [&d.champion, &d.challenger]
+            .into_iter()
+            .flatten()
+            .map(|s| (format!("{}@{}", s.alias, s.version()), s.metrics.snapshot()))
+            .collect()
+    }
+
+    /// Training statistics of the champion, for live drift checks.
+    pub fn champion_stats(&self) -> Vec<FeatureStats> {
+        self.current
+            .load()
+            .champion
+            .as_ref()
+            .map(|c| c.loaded.version.manifest.training_stats.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Stops the alias watcher when dropped.
+#[derive(Debug)]
+pub struct WatchHandle {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests of the registry: real sled on disk, real Ed25519 keys, real files.
+
+mod models;
+mod serving;

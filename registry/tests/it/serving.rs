@@ -1,0 +1,255 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use quiver_registry::{
+    ArtifactStore, InputFeature, InputSchema, MetadataStore, ModelRegistry, ModelServer,
+    NativeModel, Registration, RolloutPolicy, SigningKey,
+};
+
+struct Fx {
+    _dir: tempfile::TempDir,
+    reg: ModelRegistry,
+    key: SigningKey,
+}
+
+fn fx() -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = MetadataStore::open(dir.path().join("registry")).unwrap();
+    let reg = meta
+        .models(ArtifactStore::new(dir.path().join("artifacts")))
+        .unwrap();
+    let key = SigningKey::generate(dir.path().join("k")).unwrap();
+    reg.trust("ci", &key.public_key_hex()).unwrap();
+    Fx {
+        _dir: dir,
+        reg,
+        key,
+    }
+}
+
+fn register(fx: &Fx, intercept: f64) -> u64 {
+    let m = NativeModel::LogisticRegression {
+        features: vec!["a".into(), "b".into()],
+        weights: vec![0.5, -0.25],
+        intercept,
+        baseline: None,
+    };
+    let f = |c: &str| InputFeature {
+        column: c.into(),
+        view: "v".into(),
+        view_version: 1,
+        feature: c.into(),
+        dtype: "Float64".into(),
+    };
+    let input = InputSchema {
+        features: vec![f("a"), f("b")],
+    };
+    fx.reg
+        .register(
+            Registration::new("fraud", m.to_json(), input),
+            "ci",
+            &fx.key,
+        )
+        .unwrap()
+        .manifest
+        .version
+}
+
+fn wait_for(server: &ModelServer, version: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.deployment().champion.as_ref().map(|c| c.version()) != Some(version) {
+        assert!(
+            Instant::now() < deadline,
+            "version {version} never went live"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn promotions_swap_in_place_without_failed_requests() {
+    let fx = fx();
+    let v1 = register(&fx, -3.0);
+    let v2 = register(&fx, -1.0);
+    fx.reg
+        .move_alias("fraud", "champion", Some(v1), None, "ci", "start")
+        .unwrap();
+    let server = ModelServer::new(fx.reg.clone(), "fraud", RolloutPolicy::default()).unwrap();
+    let _watch = server.watch();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (server, stop, failures, served) = (
+                server.clone(),
+                stop.clone(),
+                failures.clone(),
+                served.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("user-{c}-{i}");
+                    match server.score(key.as_bytes(), &[1.0, 2.0], false) {
+                        Ok(s) if (0.0..=1.0).contains(&s.score) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for round in 0..20 {
+        let v = if round % 2 == 0 { v2 } else { v1 };
+        fx.reg
+            .move_alias("fraud", "champion", Some(v), None, "ci", "swap")
+            .unwrap();
+        wait_for(&server, v);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(served.load(Ordering::Relaxed) > 100);
+}
+
+#[test]
+fn canary_share_is_stable_by_entity() {
+    let fx = fx();
+    let v1 = register(&fx, -3.0);
+    let v2 = register(&fx, -3.0 + 1e-9);
+    fx.reg
+        .move_alias("fraud", "champion", Some(v1), None, "ci", "")
+        .unwrap();
+    fx.reg
+        .move_alias("fraud", "challenger", Some(v2), None, "ci", "")
+        .unwrap();
+    let policy = RolloutPolicy {
+        challenger_percent: 10.0,
+        min_requests: u64::MAX,
+        ..Default::default()
+    };
+    let server = ModelServer::new(fx.reg.clone(), "fraud", policy).unwrap();
+    let mut to_challenger = 0;
+    for i in 0..20_000 {
+        let key = format!("{i}");
+        let a = server.score(key.as_bytes(), &[0.0, 0.0], false).unwrap();
+        let b = server.score(key.as_bytes(), &[5.0, 1.0], false).unwrap();
+        assert_eq!(a.version, b.version, "key {key} moved between versions");
+        if a.version == v2 {
+            to_challenger += 1;
+        }
+    }
+    let share = to_challenger as f64 / 20_000.0;
+    assert!((share - 0.10).abs() < 0.01, "challenger share {share}");
+}
+
+#[test]
+fn a_bad_challenger_is_rolled_back_with_its_reason() {
+    let fx = fx();
+    let v1 = register(&fx, -3.0);
+    let v2 = register(&fx, 6.0); // scores near 1: a very different distribution
+    fx.reg
+        .move_alias("fraud", "champion", Some(v1), None, "ci", "")
+        .unwrap();
+    fx.reg
+        .move_alias("fraud", "challenger", Some(v2), None, "ci", "canary")
+        .unwrap();
+    let policy = RolloutPolicy {
+        challenger_percent: 50.0,
+        min_requests: 100,
+        check_every: 50,
+        ..Default::default()
+    };
+    let server = ModelServer::new(fx.reg.clone(), "fraud", policy).unwrap();
+    for i in 0..2_000 {
+        let x = [(i % 7) as f64, (i % 3) as f64];
+        server.score(format!("{i}").as_bytes(), &x, false).unwrap();
+        if server.deployment().challenger.is_none() {
+            break;
+        }
+    }
+    let d = server.deployment();
+    assert!(d.challenger.is_none(), "the challenger still serves");
+    assert_eq!(d.challenger_percent, 0.0);
+    let rb = server.rollbacks();
+    assert_eq!(rb.len(), 1);
+    assert!(rb[0].reason.contains("score PSI"), "{}", rb[0].reason);
+    let h = fx.reg.alias_history("fraud", "challenger").unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(
+        (last.from, last.to, last.by.as_str()),
+        (Some(v2), None, "rollout")
+    );
+    assert!(
+        last.reason.starts_with("automatic rollback: score PSI"),
+        "{}",
+        last.reason
+    );
+}
+
+#[test]
+fn an_erroring_challenger_is_rolled_back() {
+    let fx = fx();
+    let v1 = register(&fx, -3.0);
+    let v2 = register(&fx, -3.0);
+    fx.reg
+        .move_alias("fraud", "champion", Some(v1), None, "ci", "")
+        .unwrap();
+    fx.reg
+        .move_alias("fraud", "challenger", Some(v2), None, "ci", "")
+        .unwrap();
+    let policy = RolloutPolicy {
+        challenger_percent: 100.0,
+        min_requests: 100,
+        check_every: 10,
+        ..Default::default()
+    };
+    let server = ModelServer::new(fx.reg.clone(), "fraud", policy).unwrap();
+    for i in 0..100 {
+        // Every 10th request sends one input too few.
+        let x: &[f64] = if i % 10 == 0 { &[1.0] } else { &[1.0, 2.0] };
+        let _ = server.score(format!("{i}").as_bytes(), x, false);
+    }
+    assert!(server.deployment().challenger.is_none());
+    assert!(
+        server.rollbacks()[0]
+            .reason
+            .starts_with("error rate 10.00%"),
+        "{:?}",
+        server.rollbacks()
+    );
+}
+
+#[test]
+fn a_tampered_promotion_is_refused_and_the_old_version_keeps_serving() {
+    let fx = fx();
+    let v1 = register(&fx, -3.0);
+    let v2 = register(&fx, 2.0);
+    fx.reg
+        .move_alias("fraud", "champion", Some(v1), None, "ci", "")
+        .unwrap();
+    let server = ModelServer::new(fx.reg.clone(), "fraud", RolloutPolicy::default()).unwrap();
+    let digest = fx
+        .reg
+        .version("fraud", v2)
+        .unwrap()
+        .unwrap()
+        .manifest
+        .artifact_sha256;
+    std::fs::write(fx.reg.artifacts().path_of(&digest).unwrap(), b"{}").unwrap();
+    fx.reg
+        .move_alias("fraud", "champion", Some(v2), None, "ci", "promote")
+        .unwrap();
+    let d = server.reload().unwrap();
+    assert_eq!(d.champion.as_ref().unwrap().version(), v1);
+    assert_eq!(server.refused_loads.load(Ordering::Relaxed), 1);
+    assert_eq!(server.score(b"u", &[1.0, 1.0], true).unwrap().version, v1);
+}
