@@ -391,7 +391,10 @@ impl<'a> Materialize<'a> {
                     records.values(),
                     until,
                 )?;
-                let mut encoded = records.iter().map(|(k, r)| (k.clone(), r.encode()));
+                // sled builds its tree far faster from keys in order.
+                let mut sorted: Vec<(&Vec<u8>, &Record)> = records.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut encoded = sorted.into_iter().map(|(k, r)| (k.clone(), r.encode()));
                 store.replace(&new_wm, &mut encoded)?;
                 out.mode = "full";
                 out.keys_written = records.len() as u64;

@@ -135,7 +135,14 @@ impl SledOnlineStore {
     /// another process (a running `quiver serve`) holds it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let shown = path.as_ref().display().to_string();
-        let db = sled::Config::new().path(path.as_ref()).open().map_err(|e| match e {
+        // Every commit flushes explicitly (values and watermark are durable when it
+        // returns), so sled's periodic background flush only adds latency spikes to reads.
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 Error::InvalidRequest(format!("the online store {shown} is in use by another process (a running `quiver serve`?); send the request to that server instead"))
             }

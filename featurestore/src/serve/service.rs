@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     uploads: Mutex<(HashMap<String, Upload>, VecDeque<String>)>,
     /// `apply` and `materialize` run one at a time.
     admin: tokio::sync::Mutex<()>,
+    /// Applied views decoded once per apply: (apply id, views by name).
+    views: std::sync::RwLock<(u64, HashMap<String, Arc<AppliedView>>)>,
 }
 
 impl Shared {
@@ -108,6 +110,7 @@ impl Shared {
             metrics,
             uploads: Mutex::new((HashMap::new(), VecDeque::new())),
             admin: tokio::sync::Mutex::new(()),
+            views: std::sync::RwLock::new((0, HashMap::new())),
         })
     }
 }
@@ -166,9 +169,35 @@ impl FeatureService {
     }
 
     /// The applied view, if `tenant` may read it.
-    fn readable(&self, tenant: &Tenant, view: &str) -> Result<AppliedView, Status> {
-        let v = self.shared.store.view(view, None)?;
+    fn readable(&self, tenant: &Tenant, view: &str) -> Result<Arc<AppliedView>, Status> {
+        let v = self.applied(view)?;
         self.check_read(tenant, &v)?;
+        Ok(v)
+    }
+
+    /// The applied version of `view`, decoded once per apply: the registry's apply id
+    /// (one small read) tells whether the cached decoding is still current.
+    fn applied(&self, view: &str) -> Result<Arc<AppliedView>, Status> {
+        let apply_id = self
+            .shared
+            .store
+            .registry()
+            .last_apply_id()
+            .map_err(Error::from)?;
+        {
+            let cache = self.shared.views.read().expect("view cache lock");
+            if cache.0 == apply_id {
+                if let Some(v) = cache.1.get(view) {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let v = Arc::new(self.shared.store.view(view, None)?);
+        let mut cache = self.shared.views.write().expect("view cache lock");
+        if cache.0 != apply_id {
+            *cache = (apply_id, HashMap::new());
+        }
+        cache.1.insert(view.to_owned(), v.clone());
         Ok(v)
     }
 
