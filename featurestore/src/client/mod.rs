@@ -182,6 +182,9 @@ impl Client {
                 });
             }
         };
+        if batches.len() == 1 {
+            return Ok(batches.into_iter().next().expect("one batch"));
+        }
         Ok(arrow::compute::concat_batches(&schema, &batches)?)
     }
 

@@ -20,6 +20,6 @@ mod store;
 pub use materialize::{Materialize, MaterializeReport, ViewMaterialization};
 pub use reader::{OnlineFeatures, StatusCounts};
 pub use record::Status;
-pub use store::{OnlineStore, SledOnlineStore, TableMark, Watermark};
+pub use store::{OnlineStore, RecordBytes, SledOnlineStore, TableMark, Watermark};
 
 pub(crate) use codec::{key_type_ok, storable};

@@ -73,13 +73,46 @@ pub struct Watermark {
     pub(crate) plan: ServingPlan,
 }
 
+/// The bytes of one stored record, borrowed from the store's cache where it can
+/// (sled) instead of copied: records of very active entities hold thousands of rows.
+#[derive(Clone)]
+pub struct RecordBytes(RecordBytesInner);
+
+#[derive(Clone)]
+enum RecordBytesInner {
+    Sled(sled::IVec),
+    Owned(Vec<u8>),
+}
+
+impl From<Vec<u8>> for RecordBytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self(RecordBytesInner::Owned(v))
+    }
+}
+
+impl std::ops::Deref for RecordBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            RecordBytesInner::Sled(v) => v,
+            RecordBytesInner::Owned(v) => v,
+        }
+    }
+}
+
+impl fmt::Debug for RecordBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordBytes({} bytes)", self.len())
+    }
+}
+
 /// Storage of materialized records. Object-safe: used as `Arc<dyn OnlineStore>`.
 pub trait OnlineStore: Send + Sync + fmt::Debug {
     /// The view's watermark, if it was ever materialized.
     fn watermark(&self, view: &str) -> Result<Option<Watermark>>;
 
     /// Records of the watermark's generation for `keys`, in order (`None` if absent).
-    fn get(&self, watermark: &Watermark, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
+    fn get(&self, watermark: &Watermark, keys: &[Vec<u8>]) -> Result<Vec<Option<RecordBytes>>>;
 
     /// Upsert (`Some`) or delete (`None`) records of the current generation and set the
     /// new watermark, atomically.
@@ -114,6 +147,18 @@ pub struct SledOnlineStore {
     db: sled::Db,
     meta: sled::Tree,
     trees: RwLock<HashMap<String, sled::Tree>>,
+    /// Background deletions of old generations, joined on drop so a short-lived
+    /// process (the CLI) finishes them before it exits.
+    gc: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for SledOnlineStore {
+    fn drop(&mut self) {
+        let handles = std::mem::take(&mut *self.gc.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
 }
 
 impl fmt::Debug for SledOnlineStore {
@@ -154,6 +199,7 @@ impl SledOnlineStore {
             db,
             meta,
             trees: RwLock::new(HashMap::new()),
+            gc: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -179,20 +225,41 @@ impl SledOnlineStore {
         })
     }
 
-    /// Delete data trees of `view` other than `keep`.
-    fn drop_other_generations(&self, view: &str, keep: u64) -> Result<()> {
+    /// Delete data trees of `view` older than `keep`. Readers switched to `keep` with
+    /// the watermark write, so nothing reads them any more: the (slow, proportional to
+    /// their size) deletion runs on a background thread and a run does not wait for it.
+    /// Newer generations are never touched, so a later run cannot lose its tree; a
+    /// deletion cut short by a crash is finished by the next full run.
+    fn drop_old_generations(&self, view: &str, keep: u64) -> Result<()> {
         let prefix = format!("data/{view}/");
+        let mut old = Vec::new();
         for name in self.db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
             if let Some(g) = name.strip_prefix(&prefix) {
-                if g.parse::<u64>().is_ok_and(|g| g != keep) {
+                if g.parse::<u64>().is_ok_and(|g| g < keep) {
                     self.trees.write().expect("tree cache lock").remove(&name);
-                    self.db
-                        .drop_tree(&name)
-                        .map_err(|e| storage(&self.path, e))?;
+                    old.push(name);
                 }
             }
         }
+        if old.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let path = self.path.clone();
+        let handle = std::thread::Builder::new()
+            .name("online-gc".into())
+            .spawn(move || {
+                for name in old {
+                    if let Err(e) = db.drop_tree(&name) {
+                        tracing::warn!(store = %path, tree = %name, error = %e, "could not drop an old generation; the next full run retries");
+                    }
+                }
+            })
+            .map_err(|e| Error::io(&self.path, e))?;
+        let mut gc = self.gc.lock().unwrap_or_else(|e| e.into_inner());
+        gc.retain(|h| !h.is_finished());
+        gc.push(handle);
         Ok(())
     }
 }
@@ -221,12 +288,12 @@ impl OnlineStore for SledOnlineStore {
         }
     }
 
-    fn get(&self, wm: &Watermark, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    fn get(&self, wm: &Watermark, keys: &[Vec<u8>]) -> Result<Vec<Option<RecordBytes>>> {
         let tree = self.tree(&tree_name(&wm.view, wm.generation))?;
         keys.iter()
             .map(|k| {
                 tree.get(k)
-                    .map(|v| v.map(|v| v.to_vec()))
+                    .map(|v| v.map(|v| RecordBytes(RecordBytesInner::Sled(v))))
                     .map_err(|e| storage(&self.path, e))
             })
             .collect()
@@ -286,7 +353,7 @@ impl OnlineStore for SledOnlineStore {
             .insert(wm_key(&wm.view), Self::wm_bytes(wm)?)
             .map_err(|e| storage(&self.path, e))?;
         self.db.flush().map_err(|e| storage(&self.path, e))?;
-        self.drop_other_generations(&wm.view, wm.generation)?;
+        self.drop_old_generations(&wm.view, wm.generation)?;
         Ok(())
     }
 
