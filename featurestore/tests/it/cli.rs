@@ -1,33 +1,8 @@
 //! The `quiver` binary: a scaffolded repo end to end, exit codes, JSON output.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn quiver(repo: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .env_remove("QUIVER_REPO")
-        .env_remove("QUIVER_REGISTRY")
-        .output()
-        .expect("run quiver")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_str(&ok(out)).expect("stdout is one JSON document")
-}
+use crate::common::{json, ok, quiver};
 
 #[test]
 fn scaffold_validate_plan_apply_list_describe_history() {

@@ -1,6 +1,7 @@
 //! Shared fixtures: temp feature repos with real Delta tables.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
@@ -147,4 +148,50 @@ pub(crate) fn column_strings(batch: &RecordBatch, name: &str) -> Vec<String> {
     let fmt =
         arrow::util::display::ArrayFormatter::try_new(col.as_ref(), &Default::default()).unwrap();
     (0..col.len()).map(|i| fmt.value(i).to_string()).collect()
+}
+
+/// Run the `quiver` binary on `repo` with a clean environment.
+pub(crate) fn quiver(repo: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env_remove("QUIVER_REPO")
+        .env_remove("QUIVER_REGISTRY")
+        .env_remove("QUIVER_SIGNING_KEY")
+        .env_remove("QUIVER_SIGNER")
+        .output()
+        .expect("run quiver")
+}
+
+/// Stdout of a run that must succeed.
+pub(crate) fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Stdout and stderr of a run that must fail with exit code 1 (bad input).
+pub(crate) fn fails(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Stdout of a successful run, parsed as one JSON document.
+pub(crate) fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).expect("stdout is one JSON document")
 }

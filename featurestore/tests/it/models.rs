@@ -1,54 +1,26 @@
 //! `quiver registry`: a scaffolded repo, a training set, a signed model, aliases,
 //! lineage, tampering and two processes moving one alias at once.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn quiver(repo: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .env_remove("QUIVER_REPO")
-        .env_remove("QUIVER_REGISTRY")
-        .env_remove("QUIVER_SIGNING_KEY")
-        .env_remove("QUIVER_SIGNER")
-        .output()
-        .expect("run quiver")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn fails(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_str(&ok(out)).expect("stdout is one JSON document")
-}
+use crate::common::{fails, json, ok, quiver};
 
 const MODEL: &str = r#"{"format": "logistic_regression",
   "features": ["txn_count_7d", "amount_sum_7d", "amount_avg_30d"],
   "weights": [0.3, 0.001, -0.002], "intercept": -2.5, "baseline": [3, 200, 60]}"#;
+
+const FEATURES: &str =
+    "user_txn_stats:txn_count_7d,user_txn_stats:amount_sum_7d,user_txn_stats:amount_avg_30d";
+
+/// Create and trust the key `ana`, write the model artifact; their paths.
+fn signer_and_model(repo: &std::path::Path, dir: &std::path::Path) -> (String, String) {
+    let key = dir.join("ana.key").to_str().unwrap().to_owned();
+    let model = dir.join("model.json").to_str().unwrap().to_owned();
+    ok(&quiver(
+        repo,
+        &["registry", "keygen", "--signer", "ana", "--out", &key],
+    ));
+    std::fs::write(&model, MODEL).unwrap();
+    (model, key)
+}
 
 #[test]
 fn register_promote_trace_verify_and_refuse_tampering() {
@@ -74,21 +46,9 @@ fn register_promote_trace_verify_and_refuse_tampering() {
     let set_id = hist["lineage_id"].as_str().unwrap().to_owned();
     assert!(set_id.starts_with("training_set:"), "{set_id}");
 
-    ok(&quiver(
-        &repo,
-        &[
-            "registry",
-            "keygen",
-            "--signer",
-            "ana",
-            "--out",
-            &p("ana.key"),
-        ],
-    ));
-    std::fs::write(p("model.json"), MODEL).unwrap();
-    let features =
-        "user_txn_stats:txn_count_7d,user_txn_stats:amount_sum_7d,user_txn_stats:amount_avg_30d";
-    let (model_path, key_path, train_path) = (p("model.json"), p("ana.key"), p("train.parquet"));
+    let (model_path, key_path) = signer_and_model(&repo, dir.path());
+    let features = FEATURES;
+    let train_path = p("train.parquet");
     let reg = || {
         quiver(
             &repo,
@@ -132,11 +92,11 @@ fn register_promote_trace_verify_and_refuse_tampering() {
             "register",
             "fraud",
             "--artifact",
-            &p("model.json"),
+            &model_path,
             "--features",
             "user_txn_stats",
             "--key",
-            &p("ana.key"),
+            &key_path,
             "--signer",
             "ana",
         ],
@@ -231,7 +191,7 @@ fn register_promote_trace_verify_and_refuse_tampering() {
             "--features",
             features,
             "--key",
-            &p("ana.key"),
+            &key_path,
             "--signer",
             "ana",
             "--output",
@@ -284,23 +244,10 @@ fn register_promote_trace_verify_and_refuse_tampering() {
 fn two_processes_moving_one_alias_never_tear_it() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
     ok(&quiver(&repo, &["init", "--sample-data"]));
     ok(&quiver(&repo, &["apply"]));
-    ok(&quiver(
-        &repo,
-        &[
-            "registry",
-            "keygen",
-            "--signer",
-            "ana",
-            "--out",
-            &p("ana.key"),
-        ],
-    ));
-    std::fs::write(p("model.json"), MODEL).unwrap();
-    let features =
-        "user_txn_stats:txn_count_7d,user_txn_stats:amount_sum_7d,user_txn_stats:amount_avg_30d";
+    let (model_path, key_path) = signer_and_model(&repo, dir.path());
+    let features = FEATURES;
     for _ in 0..2 {
         ok(&quiver(
             &repo,
@@ -309,11 +256,11 @@ fn two_processes_moving_one_alias_never_tear_it() {
                 "register",
                 "fraud",
                 "--artifact",
-                &p("model.json"),
+                &model_path,
                 "--features",
                 features,
                 "--key",
-                &p("ana.key"),
+                &key_path,
                 "--signer",
                 "ana",
             ],

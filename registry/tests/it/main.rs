@@ -1,4 +1,5 @@
 //! Integration tests of the registry: real sled on disk, real Ed25519 keys, real files.
 
+mod common;
 mod models;
 mod serving;

@@ -1,30 +1,10 @@
 use std::collections::HashMap;
 
+use crate::common::{Fixture, fixture};
 use quiver_registry::{
-    ArtifactStore, Error, FeatureStats, InputFeature, InputSchema, MetadataStore, ModelRegistry,
-    NativeModel, Registration, SigningKey,
+    ArtifactStore, Error, FeatureStats, InputFeature, InputSchema, MetadataStore, NativeModel,
+    Registration, SigningKey,
 };
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    reg: ModelRegistry,
-    key: SigningKey,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = MetadataStore::open(dir.path().join("registry")).unwrap();
-    let reg = meta
-        .models(ArtifactStore::new(dir.path().join("artifacts")))
-        .unwrap();
-    let key = SigningKey::generate(dir.path().join("alice.key")).unwrap();
-    reg.trust("alice", &key.public_key_hex()).unwrap();
-    Fixture {
-        _dir: dir,
-        reg,
-        key,
-    }
-}
 
 fn linear(w: f64) -> NativeModel {
     NativeModel::LogisticRegression {
@@ -73,7 +53,7 @@ fn register(fx: &Fixture, w: f64) -> u64 {
 
 #[test]
 fn versions_grow_and_load_verified() {
-    let fx = fixture();
+    let fx = fixture("alice");
     assert_eq!(register(&fx, 0.5), 1);
     assert_eq!(register(&fx, 0.7), 2);
     let loaded = fx.reg.load("fraud", 2).unwrap();
@@ -103,7 +83,7 @@ fn versions_grow_and_load_verified() {
 
 #[test]
 fn tampered_artifacts_and_manifests_refuse_to_load() {
-    let fx = fixture();
+    let fx = fixture("alice");
     register(&fx, 0.5);
     register(&fx, 0.9);
     // Flip the artifact of version 2 on disk.
@@ -153,7 +133,7 @@ fn tampered_artifacts_and_manifests_refuse_to_load() {
 
 #[test]
 fn bad_models_do_not_register() {
-    let fx = fixture();
+    let fx = fixture("alice");
     let err = fx
         .reg
         .register(
@@ -188,7 +168,7 @@ fn bad_models_do_not_register() {
 
 #[test]
 fn aliases_move_atomically_with_history() {
-    let fx = fixture();
+    let fx = fixture("alice");
     register(&fx, 0.5);
     register(&fx, 0.6);
     fx.reg
@@ -280,7 +260,7 @@ fn aliases_move_atomically_with_history() {
 
 #[test]
 fn lineage_answers_upstream_and_impact() {
-    let fx = fixture();
+    let fx = fixture("alice");
     let lineage = fx.reg.lineage();
     use quiver_registry::{Edge, Node, NodeKind};
     let e = |from: &str, to: &str, rel: &str| Edge {

@@ -2,33 +2,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{Fixture, fixture};
 use quiver_registry::{
-    ArtifactStore, InputFeature, InputSchema, MetadataStore, ModelRegistry, ModelServer,
-    NativeModel, Registration, RolloutPolicy, SigningKey,
+    InputFeature, InputSchema, ModelServer, NativeModel, Registration, RolloutPolicy,
 };
 
-struct Fx {
-    _dir: tempfile::TempDir,
-    reg: ModelRegistry,
-    key: SigningKey,
+fn fx() -> Fixture {
+    fixture("ci")
 }
 
-fn fx() -> Fx {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = MetadataStore::open(dir.path().join("registry")).unwrap();
-    let reg = meta
-        .models(ArtifactStore::new(dir.path().join("artifacts")))
-        .unwrap();
-    let key = SigningKey::generate(dir.path().join("k")).unwrap();
-    reg.trust("ci", &key.public_key_hex()).unwrap();
-    Fx {
-        _dir: dir,
-        reg,
-        key,
-    }
-}
-
-fn register(fx: &Fx, intercept: f64) -> u64 {
+fn register(fx: &Fixture, intercept: f64) -> u64 {
     let m = NativeModel::LogisticRegression {
         features: vec!["a".into(), "b".into()],
         weights: vec![0.5, -0.25],

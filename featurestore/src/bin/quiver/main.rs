@@ -399,15 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     let bar = progress_bar(cli.output, 0);
                     bar.set_message("materializing");
-                    let ticker = {
-                        let (bar, progress) = (bar.clone(), progress.clone());
-                        tokio::spawn(async move {
-                            loop {
-                                bar.set_position(progress.rows());
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        })
-                    };
+                    let ticker = progress_ticker(&bar, &progress);
                     let result = m.await;
                     ticker.abort();
                     bar.finish_and_clear();
@@ -546,15 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 t
             };
             let bar = progress_bar(cli.output, total);
-            let ticker = {
-                let (bar, progress) = (bar.clone(), progress.clone());
-                tokio::spawn(async move {
-                    loop {
-                        bar.set_position(progress.rows());
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                })
-            };
+            let ticker = progress_ticker(&bar, &progress);
             let started = Instant::now();
             let result = builder.await;
             ticker.abort();
@@ -615,6 +599,17 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
     anyhow::bail!(Error::InvalidRequest(format!(
         "`{s}` is not a time; write 2024-03-01T00:00:00Z or 2024-03-01"
     )))
+}
+
+/// Move `bar` to the rows `progress` counted, every 100 ms, until the task is aborted.
+fn progress_ticker(bar: &ProgressBar, progress: &Arc<ScanProgress>) -> tokio::task::JoinHandle<()> {
+    let (bar, progress) = (bar.clone(), progress.clone());
+    tokio::spawn(async move {
+        loop {
+            bar.set_position(progress.rows());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
 }
 
 fn progress_bar(output: Output, total: u64) -> ProgressBar {
