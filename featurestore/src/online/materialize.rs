@@ -248,6 +248,7 @@ impl<'a> Materialize<'a> {
             }
         };
 
+        let t_collect = Instant::now();
         let ctx = plan::session();
         let (batches, schema) = match (&incremental, &def.view.body) {
             (_, ViewBody::Sql(body)) => {
@@ -288,78 +289,69 @@ impl<'a> Materialize<'a> {
             }
         };
         let (plan, key_fields, features) = serving_plan(def, &schema)?;
+        tracing::debug!(phase = "collect", elapsed = ?t_collect.elapsed(), "materialization timing");
+        let t_fold = Instant::now();
         let horizon = plan
             .max_window_us()
             .map_or(i64::MAX, |w| until.saturating_sub(w));
 
-        // Fold rows into per-key records.
-        let mut records: HashMap<Vec<u8>, Record> = HashMap::new();
-        let mut rows_read = 0u64;
+        // Fold rows into per-key records: keys are split by hash across threads, each
+        // folding its share of every batch into its own map (the maps are disjoint).
         let keys = def.keys();
         let ts_col = def.event_time_column().to_owned();
         let created_col = def.created_column();
-        let mut key_buf = Vec::new();
-        for batch in &batches {
-            let key_cols: Vec<ArrayRef> = keys
-                .iter()
-                .map(|k| batch.column_by_name(k).cloned().expect("selected"))
+        let rows_read: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let parts = if rows_read < 100_000 {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, 8)
+        };
+        let cols = FoldColumns {
+            keys: &keys,
+            ts: &ts_col,
+            created: created_col.as_deref(),
+        };
+        let folded: Vec<Result<HashMap<Vec<u8>, Record>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..parts)
+                .map(|part| {
+                    let (batches, plan, cols) = (&batches, &plan, &cols);
+                    let progress = if part == 0 {
+                        self.progress.clone()
+                    } else {
+                        None
+                    };
+                    scope.spawn(move || {
+                        fold_part(
+                            batches,
+                            plan,
+                            cols,
+                            horizon,
+                            part,
+                            parts,
+                            progress.as_deref(),
+                        )
+                    })
+                })
                 .collect();
-            let ts = kernel::micros(
-                batch.column_by_name(&ts_col).expect("selected"),
-                "the event-time column",
-            )?;
-            let created = match &created_col {
-                Some(c) => Some(kernel::micros(
-                    batch.column_by_name(c).expect("selected"),
-                    "the created-time column",
-                )?),
-                None => None,
-            };
-            let inputs: Vec<ArrayRef> = plan
-                .inputs
-                .iter()
-                .map(|c| batch.column_by_name(c).cloned().expect("selected"))
-                .collect();
-            rows_read += batch.num_rows() as u64;
-            for row in 0..batch.num_rows() {
-                if ts.is_null(row) || !encode_key(&key_cols, row, &mut key_buf)? {
-                    continue;
-                }
-                let created = match &created {
-                    Some(c) if c.is_valid(row) => c.value(row),
-                    Some(_) => i64::MIN,
-                    None => 0,
-                };
-                let rec = match records.get_mut(key_buf.as_slice()) {
-                    Some(r) => r,
-                    None => records
-                        .entry(key_buf.clone())
-                        .or_insert_with(|| Record::empty(&plan)),
-                };
-                let t = ts.value(row);
-                if rec.needs_values(&plan, t, created, horizon) {
-                    let values = inputs
-                        .iter()
-                        .map(|c| value_at(c, row))
-                        .collect::<Result<Vec<_>>>()?;
-                    rec.add_row(
-                        &plan,
-                        Row {
-                            ts: t,
-                            created,
-                            values,
-                        },
-                        horizon,
-                    );
-                } else {
-                    rec.touch(t);
-                }
-            }
-            if let Some(p) = &self.progress {
-                p.add(batch.num_rows() as u64);
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("fold thread panicked"))
+                .collect()
+        });
+        let mut records: HashMap<Vec<u8>, Record> = HashMap::new();
+        for part in folded {
+            let part = part?;
+            if records.is_empty() {
+                records = part;
+            } else {
+                records.extend(part);
             }
         }
         drop(batches);
+        tracing::debug!(phase = "fold", elapsed = ?t_fold.elapsed(), "materialization timing");
+        let t_write = Instant::now();
         out.rows_read = rows_read;
 
         let mut new_wm = Watermark {
@@ -391,11 +383,14 @@ impl<'a> Materialize<'a> {
                     records.values(),
                     until,
                 )?;
+                tracing::debug!(phase = "finish+fallback", elapsed = ?t_write.elapsed(), "materialization timing");
                 // sled builds its tree far faster from keys in order.
                 let mut sorted: Vec<(&Vec<u8>, &Record)> = records.iter().collect();
                 sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                let mut encoded = sorted.into_iter().map(|(k, r)| (k.clone(), r.encode()));
-                store.replace(&new_wm, &mut encoded)?;
+                let encoded = encode_parallel(&sorted);
+                tracing::debug!(phase = "encoded", elapsed = ?t_write.elapsed(), "materialization timing");
+                store.replace(&new_wm, &mut encoded.into_iter())?;
+                tracing::debug!(phase = "write", elapsed = ?t_write.elapsed(), "materialization timing");
                 out.mode = "full";
                 out.keys_written = records.len() as u64;
             }
@@ -689,4 +684,118 @@ impl<'a> IntoFuture for Materialize<'a> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
     }
+}
+
+/// Encode records on every core, keeping their order.
+fn encode_parallel(records: &[(&Vec<u8>, &Record)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = records.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = records
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(k, r)| ((*k).clone(), r.encode()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("encode thread panicked"))
+            .collect()
+    })
+}
+
+/// Columns the fold reads from each batch.
+struct FoldColumns<'a> {
+    keys: &'a [String],
+    ts: &'a str,
+    created: Option<&'a str>,
+}
+
+/// Fold the rows of `batches` whose key hashes to `part` (of `parts`) into records.
+fn fold_part(
+    batches: &[RecordBatch],
+    plan: &ServingPlan,
+    cols: &FoldColumns<'_>,
+    horizon: i64,
+    part: usize,
+    parts: usize,
+    progress: Option<&ScanProgress>,
+) -> Result<HashMap<Vec<u8>, Record>> {
+    let mut records: HashMap<Vec<u8>, Record> = HashMap::new();
+    let mut key_buf = Vec::new();
+    for batch in batches {
+        let key_cols: Vec<ArrayRef> = cols
+            .keys
+            .iter()
+            .map(|k| batch.column_by_name(k).cloned().expect("selected"))
+            .collect();
+        let ts = kernel::micros(
+            batch.column_by_name(cols.ts).expect("selected"),
+            "the event-time column",
+        )?;
+        let created = match cols.created {
+            Some(c) => Some(kernel::micros(
+                batch.column_by_name(c).expect("selected"),
+                "the created-time column",
+            )?),
+            None => None,
+        };
+        let inputs: Vec<ArrayRef> = plan
+            .inputs
+            .iter()
+            .map(|c| batch.column_by_name(c).cloned().expect("selected"))
+            .collect();
+        for row in 0..batch.num_rows() {
+            if ts.is_null(row) || !encode_key(&key_cols, row, &mut key_buf)? {
+                continue;
+            }
+            if parts > 1 && partition_of(&key_buf, parts) != part {
+                continue;
+            }
+            let created = match &created {
+                Some(c) if c.is_valid(row) => c.value(row),
+                Some(_) => i64::MIN,
+                None => 0,
+            };
+            let rec = match records.get_mut(key_buf.as_slice()) {
+                Some(r) => r,
+                None => records
+                    .entry(key_buf.clone())
+                    .or_insert_with(|| Record::empty(plan)),
+            };
+            let t = ts.value(row);
+            if rec.needs_values(plan, t, created, horizon) {
+                let values = inputs
+                    .iter()
+                    .map(|c| value_at(c, row))
+                    .collect::<Result<Vec<_>>>()?;
+                rec.add_row(
+                    plan,
+                    Row {
+                        ts: t,
+                        created,
+                        values,
+                    },
+                    horizon,
+                );
+            } else {
+                rec.touch(t);
+            }
+        }
+        if let Some(p) = progress {
+            p.add(batch.num_rows() as u64);
+        }
+    }
+    Ok(records)
+}
+
+/// Which fold thread owns an encoded key (the stable entity hash canary routing uses).
+fn partition_of(key: &[u8], parts: usize) -> usize {
+    (quiver_registry::entity_hash(key) % parts as u64) as usize
 }
