@@ -125,8 +125,9 @@ pub struct TrainingData {
     pub rows: usize,
 }
 
-/// Most rows read from a training set file for statistics.
-pub const MAX_TRAINING_ROWS: usize = 20_000_000;
+/// Most values (rows × columns) read from a training set file for statistics: 50 M
+/// values are 400 MB of f64; sample larger sets first.
+pub const MAX_TRAINING_VALUES: usize = 50_000_000;
 
 /// Read `columns` (numeric) from a Parquet training set written by `quiver history`.
 pub fn read_training_data(path: &Path, columns: &[String]) -> Result<TrainingData> {
@@ -165,14 +166,24 @@ pub fn read_training_data(path: &Path, columns: &[String]) -> Result<TrainingDat
         }
         out.insert(c.clone(), Vec::new());
     }
+    // Decode only the columns asked for.
+    let mask = parquet::arrow::ProjectionMask::columns(
+        builder.parquet_schema(),
+        columns.iter().map(String::as_str),
+    );
     let mut rows = 0;
-    for batch in builder.with_batch_size(65_536).build()? {
+    for batch in builder
+        .with_projection(mask)
+        .with_batch_size(65_536)
+        .build()?
+    {
         let batch = batch?;
         rows += batch.num_rows();
-        if rows > MAX_TRAINING_ROWS {
+        if rows.saturating_mul(out.len().max(1)) > MAX_TRAINING_VALUES {
             return Err(Error::InvalidRequest(format!(
-                "{} has more than {MAX_TRAINING_ROWS} rows; sample it for statistics",
-                path.display()
+                "{} holds more than {MAX_TRAINING_VALUES} values in the {} columns read; sample it for statistics",
+                path.display(),
+                out.len()
             )));
         }
         for (name, values) in out.iter_mut() {

@@ -50,8 +50,9 @@ pub use model::{
     NativeModel,
 };
 pub use models::{
-    AliasEvent, AliasState, InputFeature, InputSchema, LoadedVersion, Manifest, ModelRecord,
-    ModelRegistry, ModelVersion, Registration, check_model_inputs,
+    AliasEvent, AliasState, InputFeature, InputSchema, LoadedVersion, MAX_METRICS, MAX_TAGS,
+    MAX_TEXT, MAX_UPSTREAM, Manifest, ModelRecord, ModelRegistry, ModelVersion, Registration,
+    check_model_inputs,
 };
 pub use serving::{
     CHALLENGER, CHAMPION, Deployment, LATENCY_BUCKETS_US, MetricsSnapshot, ModelServer, Rollback,

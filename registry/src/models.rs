@@ -275,7 +275,79 @@ impl Registration {
         self.description = text.into();
         self
     }
+
+    /// Every part of a registration is bounded, so a bad script cannot bloat the
+    /// registry: counts and lengths below, each failure naming the part.
+    fn check_bounds(&self) -> Result<()> {
+        let too_many = |what: &str, n: usize, limit: usize| {
+            Err(Error::TooLarge {
+                what: what.into(),
+                size: n as u64,
+                limit: limit as u64,
+            })
+        };
+        if self.metrics.len() > MAX_METRICS {
+            return too_many("metrics", self.metrics.len(), MAX_METRICS);
+        }
+        if self.upstream.len() > MAX_UPSTREAM {
+            return too_many("upstream lineage ids", self.upstream.len(), MAX_UPSTREAM);
+        }
+        if self.stats.len() > crate::model::MAX_FEATURES + 1 {
+            return too_many(
+                "training statistics",
+                self.stats.len(),
+                crate::model::MAX_FEATURES + 1,
+            );
+        }
+        if self.description.len() > MAX_TEXT {
+            return too_many("description", self.description.len(), MAX_TEXT);
+        }
+        for (k, v) in &self.metrics {
+            if k.is_empty() || k.len() > MAX_NAME {
+                return Err(Error::InvalidKey {
+                    key: k.chars().take(80).collect(),
+                    reason: format!("a metric name is 1 to {MAX_NAME} bytes"),
+                });
+            }
+            if !v.is_finite() {
+                return Err(Error::InvalidModel(format!(
+                    "metric `{k}` is {v}; metrics must be finite"
+                )));
+            }
+        }
+        check_tags(&self.tags)
+    }
 }
+
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::TooLarge {
+            what: "tags".into(),
+            size: tags.len() as u64,
+            limit: MAX_TAGS as u64,
+        });
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > MAX_NAME || v.len() > MAX_TEXT {
+            return Err(Error::InvalidKey {
+                key: k.chars().take(80).collect(),
+                reason: format!(
+                    "a tag key is 1 to {MAX_NAME} bytes and its value at most {MAX_TEXT}"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Most metrics per version.
+pub const MAX_METRICS: usize = 256;
+/// Most tags per version.
+pub const MAX_TAGS: usize = 64;
+/// Most extra upstream lineage ids per version.
+pub const MAX_UPSTREAM: usize = 1024;
+/// Longest description or tag value, in bytes.
+pub const MAX_TEXT: usize = 4096;
 
 /// A version that passed verification, with its parsed model.
 #[derive(Debug, Clone)]
@@ -405,6 +477,7 @@ impl ModelRegistry {
         key: &SigningKey,
     ) -> Result<ModelVersion> {
         check_name("model", &reg.model)?;
+        reg.check_bounds()?;
         let trusted = self
             .signers
             .get(signer.as_bytes())
@@ -712,6 +785,7 @@ impl ModelRegistry {
         version: u64,
         tags: BTreeMap<String, String>,
     ) -> Result<ModelVersion> {
+        check_tags(&tags)?;
         let key = vkey(model, version);
         let mv = self
             .versions

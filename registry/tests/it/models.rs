@@ -397,3 +397,27 @@ fn an_edited_manifest_fails_its_signature() {
         "{err}"
     );
 }
+
+#[test]
+fn registrations_are_bounded() {
+    let fx = fixture("alice");
+    let mut r = Registration::new("fraud", linear(1.0).to_json(), schema());
+    for i in 0..=quiver_registry::MAX_TAGS {
+        r = r.tag(&format!("k{i}"), "v");
+    }
+    let err = fx.reg.register(r, "alice", &fx.key).unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { ref what, .. } if what == "tags"),
+        "{err}"
+    );
+    let r = Registration::new("fraud", linear(1.0).to_json(), schema()).metric("auc", f64::NAN);
+    let err = fx.reg.register(r, "alice", &fx.key).unwrap_err();
+    assert!(err.to_string().contains("metrics must be finite"), "{err}");
+    let r = Registration::new("fraud", linear(1.0).to_json(), schema())
+        .description(&"x".repeat(quiver_registry::MAX_TEXT + 1));
+    assert!(matches!(
+        fx.reg.register(r, "alice", &fx.key),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(fx.reg.models().unwrap().is_empty());
+}
