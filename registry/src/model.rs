@@ -312,6 +312,11 @@ impl NativeModel {
         }
     }
 
+    /// The score (probability of the positive class) of one row.
+    pub fn score(&self, x: &[f64]) -> f64 {
+        sigmoid(self.logit(x))
+    }
+
     /// Scores (probabilities) of `rows` rows stored row-major in `x`, into `out`.
     pub fn score_into(&self, x: &[f64], out: &mut Vec<f64>) -> Result<()> {
         let n = self.features().len();
@@ -322,7 +327,7 @@ impl NativeModel {
             )));
         }
         out.clear();
-        out.extend(x.chunks_exact(n).map(|row| sigmoid(self.logit(row))));
+        out.extend(x.chunks_exact(n).map(|row| self.score(row)));
         Ok(())
     }
 

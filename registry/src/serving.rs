@@ -480,7 +480,7 @@ impl ModelServer {
                 model.features().join(", ")
             )))
         } else {
-            let score = 1.0 / (1.0 + (-model.logit(x)).exp());
+            let score = model.score(x);
             Ok(Scored {
                 score,
                 version: served.version(),
