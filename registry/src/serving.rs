@@ -461,13 +461,34 @@ impl ModelServer {
     /// for missing). Counts the request on the version that served it and, for the
     /// challenger, checks the rollout policy.
     pub fn score(&self, entity_key: &[u8], x: &[f64], explain: bool) -> Result<Scored> {
-        let d = self.current.load();
-        let served = self.route(&d, entity_key).ok_or_else(|| Error::NotFound {
+        let d = self.current.load_full();
+        let served = self
+            .route(&d, entity_key)
+            .ok_or_else(|| self.no_deployment())?
+            .clone();
+        self.score_on(&d, &served, x, explain)
+    }
+
+    /// The error for a model with neither alias.
+    pub fn no_deployment(&self) -> Error {
+        Error::NotFound {
             what: format!(
                 "a `{CHAMPION}` (or `{CHALLENGER}`) alias of model `{}`",
                 self.model
             ),
-        })?;
+        }
+    }
+
+    /// Score `x` with `served`, a version of deployment `d` picked by
+    /// [`ModelServer::route`] (callers that must build `x` for the routed version's
+    /// inputs route first, then score on the same snapshot).
+    pub fn score_on(
+        &self,
+        d: &Deployment,
+        served: &Served,
+        x: &[f64],
+        explain: bool,
+    ) -> Result<Scored> {
         let started = Instant::now();
         let model = &served.loaded.model;
         let result = if x.len() != model.features().len() {
@@ -480,9 +501,8 @@ impl ModelServer {
                 model.features().join(", ")
             )))
         } else {
-            let score = model.score(x);
             Ok(Scored {
-                score,
+                score: model.score(x),
                 version: served.version(),
                 alias: served.alias,
                 contributions: explain.then(|| model.contributions(x)),
@@ -494,7 +514,7 @@ impl ModelServer {
         if served.alias == CHALLENGER {
             let n = served.metrics.requests.load(Ordering::Relaxed);
             if n >= self.policy.min_requests && n % self.policy.check_every == 0 {
-                self.judge(&d);
+                self.judge(d);
             }
         }
         result

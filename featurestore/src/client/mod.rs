@@ -188,6 +188,44 @@ impl Client {
         Ok(arrow::compute::concat_batches(&schema, &batches)?)
     }
 
+    /// Score `keys` with registered `model`: the server fetches the online features the
+    /// model takes and scores them with its champion (or, for the canary share of keys,
+    /// its challenger) in one round trip. Columns: the keys, `score`, `model_version`,
+    /// `model_alias`, and with `explain` `contributions` (JSON per row).
+    pub async fn score(
+        &mut self,
+        model: &str,
+        keys: &RecordBatch,
+        explain: bool,
+    ) -> Result<RecordBatch> {
+        let mut cols = BTreeMap::new();
+        for (f, col) in keys.schema().fields().iter().zip(keys.columns()) {
+            cols.insert(f.name().clone(), json_column(f.name(), col)?);
+        }
+        let cmd = Command::Score {
+            model: model.to_owned(),
+            keys: cols,
+            explain,
+        };
+        let mut batches: Vec<RecordBatch> = self
+            .inner
+            .do_get(Ticket::new(cmd.encode()))
+            .await?
+            .try_collect()
+            .await?;
+        match batches.len() {
+            1 => Ok(batches.remove(0)),
+            0 => Err(Error::Remote {
+                code: "Internal".into(),
+                message: "the server sent no batch".into(),
+            }),
+            _ => Ok(arrow::compute::concat_batches(
+                &batches[0].schema(),
+                &batches,
+            )?),
+        }
+    }
+
     /// Online values for key batches of any size, streamed with DoExchange.
     pub async fn exchange_online_features(
         &mut self,

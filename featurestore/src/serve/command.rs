@@ -58,6 +58,19 @@ pub enum Command {
         /// Key columns.
         keys: BTreeMap<String, Vec<Json>>,
     },
+    /// Fetch the online features a registered model takes and score them, in one round
+    /// trip: the champion serves most keys, the challenger the canary share (by a
+    /// stable hash of the key). `{"type": "score", "model": "fraud", "keys":
+    /// {"user_id": [1, 2]}, "explain": true}`.
+    Score {
+        /// Registered model name.
+        model: String,
+        /// Key columns.
+        keys: BTreeMap<String, Vec<Json>>,
+        /// Also return per-feature contributions (JSON per row).
+        #[serde(default)]
+        explain: bool,
+    },
     /// A point-in-time training set for entity rows given inline (`rows`, a map of
     /// columns) or uploaded before with DoPut (`upload`).
     Historical {
@@ -146,6 +159,14 @@ impl Command {
                 {
                     return Err(CommandError::Invalid(
                         "`features`, when given, must list 1 to 10,000 names".into(),
+                    ));
+                }
+                check_columns(keys, limits.max_keys, "keys")?;
+            }
+            Command::Score { model, keys, .. } => {
+                if !name_ok(model) {
+                    return Err(CommandError::Invalid(
+                        "`model` must be 1 to 256 bytes".into(),
                     ));
                 }
                 check_columns(keys, limits.max_keys, "keys")?;

@@ -51,6 +51,12 @@ impl From<Error> for Status {
             Error::NotFound { .. } => Status::not_found(msg),
             Error::Delta { .. } => Status::failed_precondition(msg),
             Error::Registry(quiver_registry::Error::Conflict { .. }) => Status::aborted(msg),
+            Error::Registry(quiver_registry::Error::NotFound { .. }) => Status::not_found(msg),
+            Error::Registry(
+                quiver_registry::Error::SchemaMismatch(_)
+                | quiver_registry::Error::Tampered { .. }
+                | quiver_registry::Error::Untrusted(_),
+            ) => Status::failed_precondition(msg),
             Error::Corrupt { .. } => Status::data_loss(msg),
             _ if e.is_user_error() => Status::invalid_argument(msg),
             _ => Status::internal(msg),
@@ -91,6 +97,16 @@ pub(crate) struct Shared {
     uploads: Mutex<(HashMap<String, Upload>, VecDeque<String>)>,
     /// `apply` and `materialize` run one at a time.
     admin: tokio::sync::Mutex<()>,
+    /// Model servers by model name, created on the first `score` and kept hot-reloading.
+    models: Mutex<
+        HashMap<
+            String,
+            (
+                Arc<quiver_registry::ModelServer>,
+                quiver_registry::WatchHandle,
+            ),
+        >,
+    >,
     /// Applied views decoded once per apply: (apply id, views by name).
     views: std::sync::RwLock<(u64, HashMap<String, Arc<AppliedView>>)>,
 }
@@ -111,6 +127,7 @@ impl Shared {
             uploads: Mutex::new((HashMap::new(), VecDeque::new())),
             admin: tokio::sync::Mutex::new(()),
             views: std::sync::RwLock::new((0, HashMap::new())),
+            models: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -233,6 +250,155 @@ impl FeatureService {
         let (batch, counts) = online.get(view, features, keys, now_us())?;
         self.shared.metrics.values(view, &counts);
         Ok(batch)
+    }
+
+    /// The hot-reloading server of `model`, created on first use.
+    fn model_server(&self, model: &str) -> Result<Arc<quiver_registry::ModelServer>, Status> {
+        let mut models = self.shared.models.lock().expect("model servers lock");
+        if let Some((s, _)) = models.get(model) {
+            return Ok(s.clone());
+        }
+        let registry = self.shared.store.models()?;
+        if registry.versions(model).map_err(Error::from)?.is_empty() {
+            return Err(Status::not_found(format!("no registered model `{model}`")));
+        }
+        let server = quiver_registry::ModelServer::new(
+            registry,
+            model,
+            quiver_registry::RolloutPolicy::default(),
+        )
+        .map_err(Error::from)?;
+        let watch = server.watch();
+        models.insert(model.to_owned(), (server.clone(), watch));
+        Ok(server)
+    }
+
+    /// Online features for `keys`, scored by the model version each key routes to.
+    fn score(
+        &self,
+        tenant: &Tenant,
+        model: &str,
+        keys: &RecordBatch,
+        explain: bool,
+    ) -> Result<RecordBatch, Status> {
+        use arrow::array::{Float64Array, StringArray, UInt64Array};
+        if keys.num_rows() > self.shared.limits.max_keys {
+            return Err(Status::resource_exhausted(format!(
+                "{} keys in one request, over the limit of {}",
+                keys.num_rows(),
+                self.shared.limits.max_keys
+            )));
+        }
+        let server = self.model_server(model)?;
+        let d = server.deployment();
+        let versions: Vec<&Arc<quiver_registry::Served>> =
+            [&d.champion, &d.challenger].into_iter().flatten().collect();
+        if versions.is_empty() {
+            return Err(Status::from(Error::from(server.no_deployment())));
+        }
+        // Every input column of every served version, fetched once per view.
+        let mut inputs: HashMap<(String, String), Vec<f64>> = HashMap::new();
+        let mut fetched: HashMap<String, RecordBatch> = HashMap::new();
+        for v in &versions {
+            for f in &v.loaded.version.manifest.input.features {
+                if !fetched.contains_key(&f.view) {
+                    let batch = self.online_lookup(tenant, &f.view, None, keys)?;
+                    fetched.insert(f.view.clone(), batch);
+                }
+                let key = (f.view.clone(), f.feature.clone());
+                if !inputs.contains_key(&key) {
+                    let col = fetched[&f.view].column_by_name(&f.feature).ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "{model}@{} takes `{}` from view `{}`, which the online store does not serve",
+                            v.version(),
+                            f.feature,
+                            f.view
+                        ))
+                    })?;
+                    inputs.insert(key, crate::models::to_f64(col.as_ref())?);
+                }
+            }
+        }
+        let key_text = arrow::util::display::ArrayFormatter::try_new(
+            keys.column(0).as_ref(),
+            &Default::default(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let n = keys.num_rows();
+        let (mut scores, mut out_versions, mut aliases, mut explained) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut x = Vec::new();
+        for row in 0..n {
+            // The route key: the key values as text, joined; stable across servers.
+            let mut route_key = key_text.value(row).to_string();
+            for c in keys.columns().iter().skip(1) {
+                let f =
+                    arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default())
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                route_key.push('\u{1f}');
+                route_key.push_str(&f.value(row).to_string());
+            }
+            let served = server
+                .route(&d, route_key.as_bytes())
+                .expect("a version is served");
+            x.clear();
+            for f in &served.loaded.version.manifest.input.features {
+                x.push(inputs[&(f.view.clone(), f.feature.clone())][row]);
+            }
+            let s = server
+                .score_on(&d, served, &x, explain)
+                .map_err(Error::from)?;
+            scores.push(s.score);
+            out_versions.push(s.version);
+            aliases.push(s.alias);
+            explained.push(s.contributions.map(|c| {
+                let names = served.loaded.model.features();
+                serde_json::json!({
+                    "base": c.base, "residual": c.residual, "method": c.method,
+                    "features": names.iter().zip(&c.values).map(|(n, v)| (n.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+                })
+                .to_string()
+            }));
+        }
+        let mut fields: Vec<Field> = keys
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let mut columns: Vec<arrow::array::ArrayRef> = keys.columns().to_vec();
+        fields.push(Field::new(
+            "score",
+            arrow::datatypes::DataType::Float64,
+            false,
+        ));
+        columns.push(Arc::new(Float64Array::from(scores)));
+        fields.push(Field::new(
+            "model_version",
+            arrow::datatypes::DataType::UInt64,
+            false,
+        ));
+        columns.push(Arc::new(UInt64Array::from(out_versions)));
+        fields.push(Field::new(
+            "model_alias",
+            arrow::datatypes::DataType::Utf8,
+            false,
+        ));
+        columns.push(Arc::new(StringArray::from(aliases)));
+        if explain {
+            fields.push(Field::new(
+                "contributions",
+                arrow::datatypes::DataType::Utf8,
+                true,
+            ));
+            columns.push(Arc::new(StringArray::from(explained)));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 
     fn entity_batches(
@@ -393,6 +559,14 @@ impl FeatureService {
                     keys.values().next().map_or(0, Vec::len) as i64,
                 )
             }
+            Command::Score {
+                model,
+                keys,
+                explain,
+            } => {
+                let batch = self.score(tenant, model, &json_batch(keys)?, *explain)?;
+                (batch.schema().as_ref().clone(), batch.num_rows() as i64)
+            }
             Command::Historical { .. } => {
                 let prepared = self.prepare_historical(tenant, &cmd).await?;
                 let rows = prepared.lineage.entity_rows as i64;
@@ -434,6 +608,14 @@ impl FeatureService {
             } => {
                 let keys = json_batch(keys)?;
                 let batch = self.online_lookup(tenant, view, features.as_deref(), &keys)?;
+                Ok(encode(batch.schema(), stream::iter([Ok(batch)]).boxed()))
+            }
+            Command::Score {
+                model,
+                keys,
+                explain,
+            } => {
+                let batch = self.score(tenant, model, &json_batch(keys)?, *explain)?;
                 Ok(encode(batch.schema(), stream::iter([Ok(batch)]).boxed()))
             }
             Command::Historical { .. } => {

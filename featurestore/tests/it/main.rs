@@ -19,5 +19,7 @@ mod pit_props;
 mod pyarrow;
 /// Training sets from real Delta tables through the public API.
 mod retrieval;
+/// `score`: online features scored by the registered champion in one round trip.
+mod score;
 /// apply / plan / versions in the registry.
 mod versioning;

@@ -1,0 +1,212 @@
+//! The `score` command: online features fetched and scored by the registered champion
+//! in one Flight round trip, with contributions, tenant checks and hot reload.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use quiver_featurestore::FeatureStore;
+use quiver_featurestore::client::Client;
+use quiver_featurestore::offline::parse_feature_refs;
+use quiver_featurestore::serve::{ServeConfig, Tokens};
+use quiver_registry::{NativeModel, Registration, SigningKey};
+
+use crate::common::{DAY, HOUR, Repo, transactions};
+
+const TOKEN_A: &str = "token-bank-a-0123456789";
+const TOKEN_B: &str = "token-bank-b-0123456789";
+
+const REPO: &str = "kind: Entity
+name: user
+join_keys: [user_id]
+---
+kind: Source
+name: transactions
+delta: data/transactions
+timestamp: ts
+---
+kind: FeatureView
+name: stats
+entity: user
+source: transactions
+owner: bank_a
+ttl: 30d
+features:
+  - { name: n_1d,    agg: count,       window: 1d }
+  - { name: sum_all, agg: sum(amount) }
+";
+
+fn model(intercept: f64) -> NativeModel {
+    NativeModel::LogisticRegression {
+        features: vec!["n_1d".into(), "sum_all".into()],
+        weights: vec![0.5, 0.01],
+        intercept,
+        baseline: Some(vec![1.0, 10.0]),
+    }
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_fetches_features_and_scores_with_the_champion() {
+    let base = chrono::Utc::now().timestamp_micros() - HOUR;
+    let repo = Repo::new();
+    repo.write("f.yaml", REPO);
+    repo.delta(
+        "data/transactions",
+        vec![transactions(&[
+            (1, base, Some(10.0), Some("a")),
+            (1, base - 2 * HOUR, Some(20.0), Some("b")),
+            (1, base - 30 * HOUR, Some(5.0), None),
+            (2, base - 10 * DAY, Some(7.5), Some("c")),
+        ])],
+    )
+    .await;
+    let store = FeatureStore::open(repo.path()).unwrap();
+    store.apply().await.unwrap();
+    store.materialize().await.unwrap();
+    let registry = store.models().unwrap();
+    let key = SigningKey::generate(repo.path().join("ci.key")).unwrap();
+    registry.trust("ci", &key.public_key_hex()).unwrap();
+    let input = store
+        .input_schema(
+            &parse_feature_refs("stats:n_1d,stats:sum_all").unwrap(),
+            false,
+        )
+        .unwrap();
+    for intercept in [-2.0, 1.0] {
+        registry
+            .register(
+                Registration::new("fraud", model(intercept).to_json(), input.clone()),
+                "ci",
+                &key,
+            )
+            .unwrap();
+    }
+    registry
+        .move_alias("fraud", "champion", Some(1), None, "ci", "first")
+        .unwrap();
+
+    let tokens = Tokens::new()
+        .with(TOKEN_A, "bank_a", true)
+        .unwrap()
+        .with(TOKEN_B, "bank_b", false)
+        .unwrap();
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens)
+        .spawn(store)
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr());
+    let mut client = Client::connect(&url)
+        .await
+        .unwrap()
+        .with_token(TOKEN_A)
+        .unwrap();
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Int64,
+            false,
+        )])),
+        vec![Arc::new(Int64Array::from(vec![1, 2, 99]))],
+    )
+    .unwrap();
+
+    let out = client.score("fraud", &keys, true).await.unwrap();
+    let scores = out
+        .column_by_name("score")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    // user 1: 2 rows in the last day, 35.0 in all; user 2: 0 and 7.5; user 99: unknown,
+    // so both inputs take the baseline.
+    let expect = [
+        sigmoid(-2.0 + 0.5 * 2.0 + 0.01 * 35.0),
+        sigmoid(-2.0 + 0.01 * 7.5),
+        sigmoid(-2.0 + 0.5 + 0.1),
+    ];
+    for (i, e) in expect.iter().enumerate() {
+        assert!(
+            (scores.value(i) - e).abs() < 1e-12,
+            "row {i}: {} vs {e}",
+            scores.value(i)
+        );
+    }
+    let versions = out
+        .column_by_name("model_version")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .unwrap();
+    assert_eq!(versions.values().to_vec(), vec![1, 1, 1]);
+    let contributions = out
+        .column_by_name("contributions")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_str(contributions.value(0)).unwrap();
+    assert_eq!(c["method"], "exact_linear");
+    assert!(
+        (c["features"]["n_1d"].as_f64().unwrap() - 0.5 * (2.0 - 1.0)).abs() < 1e-12,
+        "{c}"
+    );
+
+    // A tenant that may not read the model's view is refused.
+    let mut other = Client::connect(&url)
+        .await
+        .unwrap()
+        .with_token(TOKEN_B)
+        .unwrap();
+    let err = other
+        .score("fraud", &keys, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("PermissionDenied") || err.contains("may not read"),
+        "{err}"
+    );
+    // Unknown models are NotFound.
+    let err = client
+        .score("nope", &keys, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("NotFound") || err.contains("no registered model"),
+        "{err}"
+    );
+
+    // Promote version 2 through this process's handle on the same database: the
+    // server's model server picks it up without a restart.
+    registry
+        .move_alias("fraud", "champion", Some(2), Some(Some(1)), "ci", "better")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = client.score("fraud", &keys, false).await.unwrap();
+        let v = out
+            .column_by_name("model_version")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        if v.value(0) == 2 {
+            let s = out
+                .column_by_name("score")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap();
+            assert!((s.value(0) - sigmoid(1.0 + 0.5 * 2.0 + 0.01 * 35.0)).abs() < 1e-12);
+            break;
+        }
+        assert!(Instant::now() < deadline, "version 2 never served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
