@@ -68,7 +68,8 @@ impl Fixture {
         Self::start_with(tls, ServeLimits::default()).await
     }
 
-    pub(crate) async fn start_with(tls: Option<TlsConfig>, limits: ServeLimits) -> Self {
+    /// The repo with data relative to now, applied and materialized, not served yet.
+    pub(crate) async fn store() -> (Repo, FeatureStore, i64) {
         let base = chrono::Utc::now().timestamp_micros() - HOUR;
         let repo = Repo::new();
         repo.write("f.yaml", REPO);
@@ -85,13 +86,22 @@ impl Fixture {
         let store = FeatureStore::open(repo.path()).unwrap();
         store.apply().await.unwrap();
         store.materialize().await.unwrap();
-        let tokens = Tokens::new()
+        (repo, store, base)
+    }
+
+    /// Both tenants' tokens: bank_a (admin) and bank_b.
+    pub(crate) fn tokens() -> Tokens {
+        Tokens::new()
             .with(TOKEN_A, "bank_a", true)
             .unwrap()
             .with(TOKEN_B, "bank_b", false)
-            .unwrap();
+            .unwrap()
+    }
+
+    pub(crate) async fn start_with(tls: Option<TlsConfig>, limits: ServeLimits) -> Self {
+        let (repo, store, base) = Self::store().await;
         let mut config =
-            ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens).with_limits(limits);
+            ServeConfig::new("127.0.0.1:0".parse().unwrap(), Self::tokens()).with_limits(limits);
         if let Some(t) = tls {
             config = config.with_tls(t);
         }

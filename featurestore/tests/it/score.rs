@@ -6,36 +6,12 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use quiver_featurestore::FeatureStore;
 use quiver_featurestore::client::Client;
 use quiver_featurestore::offline::parse_feature_refs;
-use quiver_featurestore::serve::{ServeConfig, Tokens};
+use quiver_featurestore::serve::ServeConfig;
 use quiver_registry::{NativeModel, Registration, SigningKey};
 
-use crate::common::{DAY, HOUR, Repo, transactions};
-
-const TOKEN_A: &str = "token-bank-a-0123456789";
-const TOKEN_B: &str = "token-bank-b-0123456789";
-
-const REPO: &str = "kind: Entity
-name: user
-join_keys: [user_id]
----
-kind: Source
-name: transactions
-delta: data/transactions
-timestamp: ts
----
-kind: FeatureView
-name: stats
-entity: user
-source: transactions
-owner: bank_a
-ttl: 30d
-features:
-  - { name: n_1d,    agg: count,       window: 1d }
-  - { name: sum_all, agg: sum(amount) }
-";
+use crate::flight::{Fixture, TOKEN_A, TOKEN_B};
 
 fn model(intercept: f64) -> NativeModel {
     NativeModel::LogisticRegression {
@@ -52,24 +28,9 @@ fn sigmoid(z: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn score_fetches_features_and_scores_with_the_champion() {
-    let base = chrono::Utc::now().timestamp_micros() - HOUR;
-    let repo = Repo::new();
-    repo.write("f.yaml", REPO);
-    repo.delta(
-        "data/transactions",
-        vec![transactions(&[
-            (1, base, Some(10.0), Some("a")),
-            (1, base - 2 * HOUR, Some(20.0), Some("b")),
-            (1, base - 30 * HOUR, Some(5.0), None),
-            (2, base - 10 * DAY, Some(7.5), Some("c")),
-        ])],
-    )
-    .await;
-    let store = FeatureStore::open(repo.path()).unwrap();
-    store.apply().await.unwrap();
-    store.materialize().await.unwrap();
+    let (_repo, store, _) = Fixture::store().await;
     let registry = store.models().unwrap();
-    let key = SigningKey::generate(repo.path().join("ci.key")).unwrap();
+    let key = SigningKey::generate(_repo.path().join("ci.key")).unwrap();
     registry.trust("ci", &key.public_key_hex()).unwrap();
     let input = store
         .input_schema(
@@ -90,12 +51,7 @@ async fn score_fetches_features_and_scores_with_the_champion() {
         .move_alias("fraud", "champion", Some(1), None, "ci", "first")
         .unwrap();
 
-    let tokens = Tokens::new()
-        .with(TOKEN_A, "bank_a", true)
-        .unwrap()
-        .with(TOKEN_B, "bank_b", false)
-        .unwrap();
-    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens)
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
         .spawn(store)
         .await
         .unwrap();
