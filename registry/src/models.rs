@@ -605,6 +605,18 @@ impl ModelRegistry {
             .collect()
     }
 
+    /// The record of `model`, if it was ever registered.
+    pub fn model(&self, model: &str) -> Result<Option<ModelRecord>> {
+        match self
+            .models
+            .get(model.as_bytes())
+            .map_err(|e| self.storage(e))?
+        {
+            Some(b) => Ok(Some(decode(&format!("model {model}"), &b)?)),
+            None => Ok(None),
+        }
+    }
+
     /// One version, if it exists.
     pub fn version(&self, model: &str, version: u64) -> Result<Option<ModelVersion>> {
         match self

@@ -158,10 +158,7 @@ impl Client {
         features: Option<&[&str]>,
         keys: &RecordBatch,
     ) -> Result<RecordBatch> {
-        let mut cols = BTreeMap::new();
-        for (f, col) in keys.schema().fields().iter().zip(keys.columns()) {
-            cols.insert(f.name().clone(), json_column(f.name(), col)?);
-        }
+        let cols = json_columns(keys)?;
         let cmd = Command::Online {
             view: view.to_owned(),
             features: features.map(|f| f.iter().map(|s| s.to_string()).collect()),
@@ -198,10 +195,7 @@ impl Client {
         keys: &RecordBatch,
         explain: bool,
     ) -> Result<RecordBatch> {
-        let mut cols = BTreeMap::new();
-        for (f, col) in keys.schema().fields().iter().zip(keys.columns()) {
-            cols.insert(f.name().clone(), json_column(f.name(), col)?);
-        }
+        let cols = json_columns(keys)?;
         let cmd = Command::Score {
             model: model.to_owned(),
             keys: cols,
@@ -365,6 +359,16 @@ impl Client {
     pub fn flight(&mut self) -> &mut FlightClient {
         &mut self.inner
     }
+}
+
+/// Every column of `keys` as JSON values, by name (what commands carry).
+fn json_columns(keys: &RecordBatch) -> Result<BTreeMap<String, Vec<Json>>> {
+    keys.schema()
+        .fields()
+        .iter()
+        .zip(keys.columns())
+        .map(|(f, col)| Ok((f.name().clone(), json_column(f.name(), col)?)))
+        .collect()
 }
 
 /// A key column as JSON values (integers or strings).

@@ -304,9 +304,7 @@ impl<'a> Materialize<'a> {
         let parts = if rows_read < 100_000 {
             1
         } else {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .clamp(1, 8)
+            super::worker_threads()
         };
         let cols = FoldColumns {
             keys: &keys,
@@ -389,7 +387,7 @@ impl<'a> Materialize<'a> {
                 sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 let encoded = encode_parallel(&sorted);
                 tracing::debug!(phase = "encoded", elapsed = ?t_write.elapsed(), "materialization timing");
-                store.replace(&new_wm, &mut encoded.into_iter())?;
+                store.replace(&new_wm, encoded)?;
                 tracing::debug!(phase = "write", elapsed = ?t_write.elapsed(), "materialization timing");
                 out.mode = "full";
                 out.keys_written = records.len() as u64;
@@ -688,9 +686,7 @@ impl<'a> IntoFuture for Materialize<'a> {
 
 /// Encode records on every core, keeping their order.
 fn encode_parallel(records: &[(&Vec<u8>, &Record)]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8);
+    let threads = super::worker_threads();
     let chunk = records.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = records

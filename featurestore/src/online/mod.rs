@@ -23,3 +23,10 @@ pub use record::Status;
 pub use store::{OnlineStore, RecordBytes, SledOnlineStore, TableMark, Watermark};
 
 pub(crate) use codec::{key_type_ok, storable};
+
+/// Threads for CPU-bound materialization work: every core, at most 8.
+pub(crate) fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+}

@@ -119,13 +119,9 @@ pub trait OnlineStore: Send + Sync + fmt::Debug {
     fn commit(&self, watermark: &Watermark, records: Vec<(Vec<u8>, Option<Vec<u8>>)>)
     -> Result<()>;
 
-    /// Replace all of the view's records by `records` and set `watermark` (whose
-    /// generation must be new), atomically for readers.
-    fn replace(
-        &self,
-        watermark: &Watermark,
-        records: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
-    ) -> Result<()>;
+    /// Replace all of the view's records by `records` (key, encoded record) and set
+    /// `watermark` (whose generation must be new), atomically for readers.
+    fn replace(&self, watermark: &Watermark, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>;
 
     /// Every record of the watermark's generation. Stores that cannot enumerate say so.
     fn scan(
@@ -326,11 +322,7 @@ impl OnlineStore for SledOnlineStore {
         Ok(())
     }
 
-    fn replace(
-        &self,
-        wm: &Watermark,
-        records: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
-    ) -> Result<()> {
+    fn replace(&self, wm: &Watermark, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
         let name = tree_name(&wm.view, wm.generation);
         // A leftover tree of this generation (a crash before the switch) is garbage.
         self.trees.write().expect("tree cache lock").remove(&name);
@@ -341,11 +333,8 @@ impl OnlineStore for SledOnlineStore {
         // Nobody reads this generation before the watermark switch below, so the
         // inserts need no batch atomicity: plain inserts, split across threads, are far
         // faster than one large sled batch.
-        let records: Vec<(Vec<u8>, Vec<u8>)> = records.collect();
         let t_ins = std::time::Instant::now();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8);
+        let threads = super::worker_threads();
         let chunk = records.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
             let handles: Vec<_> = records

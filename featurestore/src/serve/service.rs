@@ -259,7 +259,7 @@ impl FeatureService {
             return Ok(s.clone());
         }
         let registry = self.shared.store.models()?;
-        if registry.versions(model).map_err(Error::from)?.is_empty() {
+        if registry.model(model).map_err(Error::from)?.is_none() {
             return Err(Status::not_found(format!("no registered model `{model}`")));
         }
         let server = quiver_registry::ModelServer::new(
@@ -273,6 +273,59 @@ impl FeatureService {
         Ok(server)
     }
 
+    /// The deployment of `model` and the views its served versions read, after checking
+    /// that `tenant` may read every one of them.
+    fn score_deployment(
+        &self,
+        tenant: &Tenant,
+        model: &str,
+    ) -> Result<
+        (
+            Arc<quiver_registry::ModelServer>,
+            Arc<quiver_registry::Deployment>,
+            Vec<String>,
+        ),
+        Status,
+    > {
+        let server = self.model_server(model)?;
+        let d = server.deployment();
+        if d.champion.is_none() && d.challenger.is_none() {
+            return Err(Status::from(Error::from(server.no_deployment())));
+        }
+        let mut views: Vec<String> = [&d.champion, &d.challenger]
+            .into_iter()
+            .flatten()
+            .flat_map(|v| {
+                v.loaded
+                    .version
+                    .manifest
+                    .input
+                    .features
+                    .iter()
+                    .map(|f| f.view.clone())
+            })
+            .collect();
+        views.sort();
+        views.dedup();
+        for v in &views {
+            self.readable(tenant, v)?;
+        }
+        Ok((server, d, views))
+    }
+
+    /// Schema of a `score` result for key columns `keys`.
+    fn score_schema(keys: &Schema, explain: bool) -> Schema {
+        use arrow::datatypes::DataType;
+        let mut fields: Vec<Field> = keys.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("score", DataType::Float64, false));
+        fields.push(Field::new("model_version", DataType::UInt64, false));
+        fields.push(Field::new("model_alias", DataType::Utf8, false));
+        if explain {
+            fields.push(Field::new("contributions", DataType::Utf8, true));
+        }
+        Schema::new(fields)
+    }
+
     /// Online features for `keys`, scored by the model version each key routes to.
     fn score(
         &self,
@@ -282,6 +335,7 @@ impl FeatureService {
         explain: bool,
     ) -> Result<RecordBatch, Status> {
         use arrow::array::{Float64Array, StringArray, UInt64Array};
+        use arrow::util::display::ArrayFormatter;
         if keys.num_rows() > self.shared.limits.max_keys {
             return Err(Status::resource_exhausted(format!(
                 "{} keys in one request, over the limit of {}",
@@ -289,41 +343,46 @@ impl FeatureService {
                 self.shared.limits.max_keys
             )));
         }
-        let server = self.model_server(model)?;
-        let d = server.deployment();
-        let versions: Vec<&Arc<quiver_registry::Served>> =
-            [&d.champion, &d.challenger].into_iter().flatten().collect();
-        if versions.is_empty() {
-            return Err(Status::from(Error::from(server.no_deployment())));
+        let (server, d, views) = self.score_deployment(tenant, model)?;
+        let mut fetched: HashMap<String, RecordBatch> = HashMap::with_capacity(views.len());
+        for v in views {
+            let batch = self.online_lookup(tenant, &v, None, keys)?;
+            fetched.insert(v, batch);
         }
-        // Every input column of every served version, fetched once per view.
-        let mut inputs: HashMap<(String, String), Vec<f64>> = HashMap::new();
-        let mut fetched: HashMap<String, RecordBatch> = HashMap::new();
-        for v in &versions {
+        // Each input column once as f64, and per served version the indices of its
+        // inputs in model order, so the per-row loop only indexes.
+        let mut columns: Vec<Vec<f64>> = Vec::new();
+        let mut column_of: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut layout: Vec<(u64, Vec<usize>)> = Vec::new();
+        for v in [&d.champion, &d.challenger].into_iter().flatten() {
+            let mut idx = Vec::new();
             for f in &v.loaded.version.manifest.input.features {
-                if !fetched.contains_key(&f.view) {
-                    let batch = self.online_lookup(tenant, &f.view, None, keys)?;
-                    fetched.insert(f.view.clone(), batch);
-                }
-                let key = (f.view.clone(), f.feature.clone());
-                if !inputs.contains_key(&key) {
-                    let col = fetched[&f.view].column_by_name(&f.feature).ok_or_else(|| {
-                        Status::failed_precondition(format!(
-                            "{model}@{} takes `{}` from view `{}`, which the online store does not serve",
-                            v.version(),
-                            f.feature,
-                            f.view
-                        ))
-                    })?;
-                    inputs.insert(key, crate::models::to_f64(col.as_ref())?);
-                }
+                let i = match column_of.get(&(f.view.as_str(), f.feature.as_str())) {
+                    Some(i) => *i,
+                    None => {
+                        let col = fetched[&f.view].column_by_name(&f.feature).ok_or_else(|| {
+                            Status::failed_precondition(format!(
+                                "{model}@{} takes `{}` from view `{}`, which the online store does not serve",
+                                v.version(),
+                                f.feature,
+                                f.view
+                            ))
+                        })?;
+                        columns.push(crate::models::to_f64(col.as_ref())?);
+                        column_of.insert((&f.view, &f.feature), columns.len() - 1);
+                        columns.len() - 1
+                    }
+                };
+                idx.push(i);
             }
+            layout.push((v.version(), idx));
         }
-        let key_text = arrow::util::display::ArrayFormatter::try_new(
-            keys.column(0).as_ref(),
-            &Default::default(),
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let formatters = keys
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &Default::default()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let n = keys.num_rows();
         let (mut scores, mut out_versions, mut aliases, mut explained) = (
             Vec::with_capacity(n),
@@ -331,24 +390,26 @@ impl FeatureService {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let mut x = Vec::new();
+        let (mut x, mut route_key) = (Vec::new(), String::new());
         for row in 0..n {
             // The route key: the key values as text, joined; stable across servers.
-            let mut route_key = key_text.value(row).to_string();
-            for c in keys.columns().iter().skip(1) {
-                let f =
-                    arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default())
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                route_key.push('\u{1f}');
+            route_key.clear();
+            for (i, f) in formatters.iter().enumerate() {
+                if i > 0 {
+                    route_key.push('\u{1f}');
+                }
                 route_key.push_str(&f.value(row).to_string());
             }
             let served = server
                 .route(&d, route_key.as_bytes())
                 .expect("a version is served");
+            let idx = &layout
+                .iter()
+                .find(|(v, _)| *v == served.version())
+                .expect("layout of every served version")
+                .1;
             x.clear();
-            for f in &served.loaded.version.manifest.input.features {
-                x.push(inputs[&(f.view.clone(), f.feature.clone())][row]);
-            }
+            x.extend(idx.iter().map(|i| columns[*i][row]));
             let s = server
                 .score_on(&d, served, &x, explain)
                 .map_err(Error::from)?;
@@ -364,40 +425,14 @@ impl FeatureService {
                 .to_string()
             }));
         }
-        let mut fields: Vec<Field> = keys
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        let mut columns: Vec<arrow::array::ArrayRef> = keys.columns().to_vec();
-        fields.push(Field::new(
-            "score",
-            arrow::datatypes::DataType::Float64,
-            false,
-        ));
-        columns.push(Arc::new(Float64Array::from(scores)));
-        fields.push(Field::new(
-            "model_version",
-            arrow::datatypes::DataType::UInt64,
-            false,
-        ));
-        columns.push(Arc::new(UInt64Array::from(out_versions)));
-        fields.push(Field::new(
-            "model_alias",
-            arrow::datatypes::DataType::Utf8,
-            false,
-        ));
-        columns.push(Arc::new(StringArray::from(aliases)));
+        let mut out: Vec<arrow::array::ArrayRef> = keys.columns().to_vec();
+        out.push(Arc::new(Float64Array::from(scores)));
+        out.push(Arc::new(UInt64Array::from(out_versions)));
+        out.push(Arc::new(StringArray::from(aliases)));
         if explain {
-            fields.push(Field::new(
-                "contributions",
-                arrow::datatypes::DataType::Utf8,
-                true,
-            ));
-            columns.push(Arc::new(StringArray::from(explained)));
+            out.push(Arc::new(StringArray::from(explained)));
         }
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        RecordBatch::try_new(Arc::new(Self::score_schema(&keys.schema(), explain)), out)
             .map_err(|e| Status::internal(e.to_string()))
     }
 
@@ -564,8 +599,14 @@ impl FeatureService {
                 keys,
                 explain,
             } => {
-                let batch = self.score(tenant, model, &json_batch(keys)?, *explain)?;
-                (batch.schema().as_ref().clone(), batch.num_rows() as i64)
+                // Describe without scoring: scoring here would count requests twice
+                // and could trigger a rollout judgment.
+                self.score_deployment(tenant, model)?;
+                let keys = json_batch(keys)?;
+                (
+                    Self::score_schema(&keys.schema(), *explain),
+                    keys.num_rows() as i64,
+                )
             }
             Command::Historical { .. } => {
                 let prepared = self.prepare_historical(tenant, &cmd).await?;

@@ -22,6 +22,32 @@ fn signer_and_model(repo: &std::path::Path, dir: &std::path::Path) -> (String, S
     (model, key)
 }
 
+/// `quiver registry register fraud` of `artifact` taking `features`, signed by `ana`,
+/// with `extra` flags.
+fn register(
+    repo: &std::path::Path,
+    artifact: &str,
+    features: &str,
+    key: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "registry",
+        "register",
+        "fraud",
+        "--artifact",
+        artifact,
+        "--features",
+        features,
+        "--key",
+        key,
+        "--signer",
+        "ana",
+    ];
+    args.extend_from_slice(extra);
+    quiver(repo, &args)
+}
+
 #[test]
 fn register_promote_trace_verify_and_refuse_tampering() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,20 +76,12 @@ fn register_promote_trace_verify_and_refuse_tampering() {
     let features = FEATURES;
     let train_path = p("train.parquet");
     let reg = || {
-        quiver(
+        register(
             &repo,
+            &model_path,
+            features,
+            &key_path,
             &[
-                "registry",
-                "register",
-                "fraud",
-                "--artifact",
-                &model_path,
-                "--features",
-                features,
-                "--key",
-                &key_path,
-                "--signer",
-                "ana",
                 "--training-data",
                 &train_path,
                 "--metric",
@@ -85,21 +103,12 @@ fn register_promote_trace_verify_and_refuse_tampering() {
     assert_eq!(ups, vec![set_id.as_str(), "view:user_txn_stats@1"]);
 
     // Feature names that do not match the artifact are refused, naming both lists.
-    let bad = fails(&quiver(
+    let bad = fails(&register(
         &repo,
-        &[
-            "registry",
-            "register",
-            "fraud",
-            "--artifact",
-            &model_path,
-            "--features",
-            "user_txn_stats",
-            "--key",
-            &key_path,
-            "--signer",
-            "ana",
-        ],
+        &model_path,
+        "user_txn_stats",
+        &key_path,
+        &[],
     ));
     assert!(
         bad.contains("schema mismatch") && bad.contains("distinct_devices_30d"),
@@ -180,23 +189,12 @@ fn register_promote_trace_verify_and_refuse_tampering() {
     let mut evil = MODEL.replace("-2.5", "9.9");
     json(&reg());
     std::fs::write(p("model2.json"), &evil).unwrap();
-    let v3 = json(&quiver(
+    let v3 = json(&register(
         &repo,
-        &[
-            "registry",
-            "register",
-            "fraud",
-            "--artifact",
-            &p("model2.json"),
-            "--features",
-            features,
-            "--key",
-            &key_path,
-            "--signer",
-            "ana",
-            "--output",
-            "json",
-        ],
+        &p("model2.json"),
+        features,
+        &key_path,
+        &["--output", "json"],
     ));
     let digest = v3["artifact_sha256"].as_str().unwrap();
     let stored = repo
@@ -249,22 +247,7 @@ fn two_processes_moving_one_alias_never_tear_it() {
     let (model_path, key_path) = signer_and_model(&repo, dir.path());
     let features = FEATURES;
     for _ in 0..2 {
-        ok(&quiver(
-            &repo,
-            &[
-                "registry",
-                "register",
-                "fraud",
-                "--artifact",
-                &model_path,
-                "--features",
-                features,
-                "--key",
-                &key_path,
-                "--signer",
-                "ana",
-            ],
-        ));
+        ok(&register(&repo, &model_path, features, &key_path, &[]));
     }
     // Two OS processes at a time, each moving the alias; sled's file lock serialises
     // them and the CLI waits for it (up to 10 s), so every move lands exactly once.

@@ -39,6 +39,29 @@ fn register(fx: &Fixture, intercept: f64) -> u64 {
         .version
 }
 
+/// Versions with intercepts `champion` and `challenger` under those aliases, served
+/// under `policy`.
+fn canary(
+    fx: &Fixture,
+    champion: f64,
+    challenger: f64,
+    policy: RolloutPolicy,
+) -> (u64, u64, Arc<ModelServer>) {
+    let v1 = register(fx, champion);
+    let v2 = register(fx, challenger);
+    fx.reg
+        .move_alias("fraud", "champion", Some(v1), None, "ci", "")
+        .unwrap();
+    fx.reg
+        .move_alias("fraud", "challenger", Some(v2), None, "ci", "canary")
+        .unwrap();
+    (
+        v1,
+        v2,
+        ModelServer::new(fx.reg.clone(), "fraud", policy).unwrap(),
+    )
+}
+
 fn wait_for(server: &ModelServer, version: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.deployment().champion.as_ref().map(|c| c.version()) != Some(version) {
@@ -106,20 +129,12 @@ fn promotions_swap_in_place_without_failed_requests() {
 #[test]
 fn canary_share_is_stable_by_entity() {
     let fx = fx();
-    let v1 = register(&fx, -3.0);
-    let v2 = register(&fx, -3.0 + 1e-9);
-    fx.reg
-        .move_alias("fraud", "champion", Some(v1), None, "ci", "")
-        .unwrap();
-    fx.reg
-        .move_alias("fraud", "challenger", Some(v2), None, "ci", "")
-        .unwrap();
     let policy = RolloutPolicy {
         challenger_percent: 10.0,
         min_requests: u64::MAX,
         ..Default::default()
     };
-    let server = ModelServer::new(fx.reg.clone(), "fraud", policy).unwrap();
+    let (_, v2, server) = canary(&fx, -3.0, -3.0 + 1e-9, policy);
     let mut to_challenger = 0;
     for i in 0..20_000 {
         let key = format!("{i}");
@@ -137,21 +152,14 @@ fn canary_share_is_stable_by_entity() {
 #[test]
 fn a_bad_challenger_is_rolled_back_with_its_reason() {
     let fx = fx();
-    let v1 = register(&fx, -3.0);
-    let v2 = register(&fx, 6.0); // scores near 1: a very different distribution
-    fx.reg
-        .move_alias("fraud", "champion", Some(v1), None, "ci", "")
-        .unwrap();
-    fx.reg
-        .move_alias("fraud", "challenger", Some(v2), None, "ci", "canary")
-        .unwrap();
     let policy = RolloutPolicy {
         challenger_percent: 50.0,
         min_requests: 100,
         check_every: 50,
         ..Default::default()
     };
-    let server = ModelServer::new(fx.reg.clone(), "fraud", policy).unwrap();
+    // The challenger scores near 1: a very different distribution.
+    let (_, v2, server) = canary(&fx, -3.0, 6.0, policy);
     for i in 0..2_000 {
         let x = [(i % 7) as f64, (i % 3) as f64];
         server.score(format!("{i}").as_bytes(), &x, false).unwrap();
@@ -181,21 +189,13 @@ fn a_bad_challenger_is_rolled_back_with_its_reason() {
 #[test]
 fn an_erroring_challenger_is_rolled_back() {
     let fx = fx();
-    let v1 = register(&fx, -3.0);
-    let v2 = register(&fx, -3.0);
-    fx.reg
-        .move_alias("fraud", "champion", Some(v1), None, "ci", "")
-        .unwrap();
-    fx.reg
-        .move_alias("fraud", "challenger", Some(v2), None, "ci", "")
-        .unwrap();
     let policy = RolloutPolicy {
         challenger_percent: 100.0,
         min_requests: 100,
         check_every: 10,
         ..Default::default()
     };
-    let server = ModelServer::new(fx.reg.clone(), "fraud", policy).unwrap();
+    let (_, _, server) = canary(&fx, -3.0, -3.0, policy);
     for i in 0..100 {
         // Every 10th request sends one input too few.
         let x: &[f64] = if i % 10 == 0 { &[1.0] } else { &[1.0, 2.0] };
