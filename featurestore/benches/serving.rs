@@ -129,6 +129,11 @@ async fn lookups(url: &str, users: usize, clients: usize, n_keys: usize, secs: f
 }
 
 fn main() {
+    // RUST_LOG=quiver_featurestore=debug shows where materialization spends its time.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let users = arg("--users", 100_000);
     let n_txn = arg("--transactions", 1_000_000);
     let secs = arg("--seconds", 3) as f64;
@@ -158,6 +163,8 @@ fn main() {
 
         // Raw store: 100 records by key.
         let online = store.online().unwrap();
+        // Replaced generations are deleted in the background; measure steady reads.
+        online.store().wait_background();
         let wm = online.watermark("txn_windows").unwrap();
         let mut encoded = Vec::new();
         for i in 0..100i64 {
@@ -166,7 +173,8 @@ fn main() {
             encoded.push(k);
         }
         let mut raw = Vec::new();
-        for _ in 0..2_000 {
+        let raw_iters = arg("--raw-iterations", 5_000);
+        for _ in 0..raw_iters {
             let t = Instant::now();
             let got = online.store().get(&wm, &encoded).unwrap();
             raw.push(t.elapsed().as_secs_f64() * 1e6);

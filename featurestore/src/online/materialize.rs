@@ -367,6 +367,8 @@ impl<'a> Materialize<'a> {
             features,
             fallback: None,
             plan: plan.clone(),
+            // The store sets the layout of a new generation; an incremental run keeps it.
+            layout: wm.as_ref().map_or(0, |w| w.layout),
         };
         match incremental {
             None => {

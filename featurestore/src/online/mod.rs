@@ -13,6 +13,7 @@
 
 mod codec;
 mod materialize;
+mod pages;
 mod reader;
 mod record;
 mod store;

@@ -5,8 +5,15 @@
 //!
 //! ```text
 //! meta                 "wm/<view>"  -> Watermark (JSON): what is materialized, and where
-//! data/<view>/<gen>    entity key   -> record (see record.rs)
+//! data/<view>/<gen>    "i"                  -> index: first key of every page
+//!                      "p" + u32 BE number  -> page: sorted records (see pages.rs)
+//!                      "k" + entity key     -> overlay: a record written by an
+//!                                              incremental run (empty = deleted)
 //! ```
+//!
+//! A full run writes a new generation as pages (a few hundred records per sled value:
+//! sled's cost is per insert, not per byte); incremental runs write the keys they
+//! change to the overlay, which reads consult before the pages.
 //!
 //! # Guarantees
 //! - [`OnlineStore::commit`] writes records and the new watermark in one transaction
@@ -20,12 +27,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use super::pages::{self, Page};
 use super::record::ServingPlan;
 use crate::catalog::FeatureField;
 use crate::{Error, Result};
@@ -71,7 +80,14 @@ pub struct Watermark {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Vec<Option<f64>>>,
     pub(crate) plan: ServingPlan,
+    /// How the generation's records are laid out; set by the store (0: a layout of an
+    /// earlier release, which this one does not read).
+    #[serde(default)]
+    pub(crate) layout: u32,
 }
+
+/// The record layout this release writes and reads: pages plus an overlay.
+pub(crate) const LAYOUT_PAGED: u32 = 1;
 
 /// The bytes of one stored record, borrowed from the store's cache where it can
 /// (sled) instead of copied: records of very active entities hold thousands of rows.
@@ -81,6 +97,8 @@ pub struct RecordBytes(RecordBytesInner);
 #[derive(Clone)]
 enum RecordBytesInner {
     Sled(sled::IVec),
+    /// A record inside a page.
+    Slice(sled::IVec, std::ops::Range<usize>),
     Owned(Vec<u8>),
 }
 
@@ -95,6 +113,7 @@ impl std::ops::Deref for RecordBytes {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             RecordBytesInner::Sled(v) => v,
+            RecordBytesInner::Slice(v, r) => &v[r.clone()],
             RecordBytesInner::Owned(v) => v,
         }
     }
@@ -119,8 +138,8 @@ pub trait OnlineStore: Send + Sync + fmt::Debug {
     fn commit(&self, watermark: &Watermark, records: Vec<(Vec<u8>, Option<Vec<u8>>)>)
     -> Result<()>;
 
-    /// Replace all of the view's records by `records` (key, encoded record) and set
-    /// `watermark` (whose generation must be new), atomically for readers.
+    /// Replace all of the view's records by `records` (key, encoded record; keys unique)
+    /// and set `watermark` (whose generation must be new), atomically for readers.
     fn replace(&self, watermark: &Watermark, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>;
 
     /// Every record of the watermark's generation. Stores that cannot enumerate say so.
@@ -135,6 +154,10 @@ pub trait OnlineStore: Send + Sync + fmt::Debug {
 
     /// Names of materialized views.
     fn views(&self) -> Result<Vec<String>>;
+
+    /// Wait for background work (deletion of replaced generations) to finish. Stores
+    /// without background work return at once.
+    fn wait_background(&self) {}
 }
 
 /// The online store on sled.
@@ -142,7 +165,7 @@ pub struct SledOnlineStore {
     path: String,
     db: sled::Db,
     meta: sled::Tree,
-    trees: RwLock<HashMap<String, sled::Tree>>,
+    generations: RwLock<HashMap<String, Arc<Generation>>>,
     /// Background deletions of old generations, joined on drop so a short-lived
     /// process (the CLI) finishes them before it exits.
     gc: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -150,10 +173,7 @@ pub struct SledOnlineStore {
 
 impl Drop for SledOnlineStore {
     fn drop(&mut self) {
-        let handles = std::mem::take(&mut *self.gc.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in handles {
-            let _ = h.join();
-        }
+        self.join_gc();
     }
 }
 
@@ -169,6 +189,42 @@ fn wm_key(view: &str) -> String {
 
 fn tree_name(view: &str, generation: u64) -> String {
     format!("data/{view}/{generation}")
+}
+
+const INDEX_KEY: &[u8] = b"i";
+const PAGE_PREFIX: u8 = b'p';
+const OVERLAY_PREFIX: u8 = b'k';
+
+fn page_key(n: usize) -> [u8; 5] {
+    let mut k = [PAGE_PREFIX, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&(n as u32).to_be_bytes());
+    k
+}
+
+fn overlay_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(OVERLAY_PREFIX);
+    k.extend_from_slice(key);
+    k
+}
+
+/// One generation's tree with its page index in memory.
+struct Generation {
+    tree: sled::Tree,
+    index: pages::PageIndex,
+    /// Whether the overlay may hold records (reads skip it while it is empty).
+    overlay: AtomicBool,
+}
+
+fn check_layout(wm: &Watermark) -> Result<()> {
+    if wm.layout == LAYOUT_PAGED {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "the online records of view {} were written by an earlier release in another layout; rebuild them with `quiver materialize --full --views {}`",
+            wm.view, wm.view
+        )))
+    }
 }
 
 impl SledOnlineStore {
@@ -197,24 +253,46 @@ impl SledOnlineStore {
             path: shown,
             db,
             meta,
-            trees: RwLock::new(HashMap::new()),
+            generations: RwLock::new(HashMap::new()),
             gc: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    fn tree(&self, name: &str) -> Result<sled::Tree> {
-        if let Some(t) = self.trees.read().expect("tree cache lock").get(name) {
-            return Ok(t.clone());
+    fn join_gc(&self) {
+        let handles = std::mem::take(&mut *self.gc.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.join();
         }
-        let t = self
+    }
+
+    fn generation(&self, name: &str) -> Result<Arc<Generation>> {
+        if let Some(g) = self.generations.read().expect("generation cache lock").get(name) {
+            return Ok(g.clone());
+        }
+        let tree = self
             .db
             .open_tree(name)
             .map_err(|e| storage(&self.path, e))?;
-        self.trees
+        let first_keys = match tree.get(INDEX_KEY).map_err(|e| storage(&self.path, e))? {
+            Some(b) => pages::decode_index(&b)?,
+            None => Vec::new(),
+        };
+        let overlay = tree
+            .scan_prefix([OVERLAY_PREFIX])
+            .next()
+            .transpose()
+            .map_err(|e| storage(&self.path, e))?
+            .is_some();
+        let g = Arc::new(Generation {
+            tree,
+            index: pages::PageIndex::new(first_keys),
+            overlay: AtomicBool::new(overlay),
+        });
+        self.generations
             .write()
-            .expect("tree cache lock")
-            .insert(name.to_owned(), t.clone());
-        Ok(t)
+            .expect("generation cache lock")
+            .insert(name.to_owned(), g.clone());
+        Ok(g)
     }
 
     fn wm_bytes(wm: &Watermark) -> Result<Vec<u8>> {
@@ -236,7 +314,10 @@ impl SledOnlineStore {
             let name = String::from_utf8_lossy(&name).into_owned();
             if let Some(g) = name.strip_prefix(&prefix) {
                 if g.parse::<u64>().is_ok_and(|g| g < keep) {
-                    self.trees.write().expect("tree cache lock").remove(&name);
+                    self.generations
+                        .write()
+                        .expect("generation cache lock")
+                        .remove(&name);
                     old.push(name);
                 }
             }
@@ -260,6 +341,86 @@ impl SledOnlineStore {
         gc.retain(|h| !h.is_finished());
         gc.push(handle);
         Ok(())
+    }
+}
+
+/// The records of the pages, in key order.
+struct PagedScan {
+    pages: sled::Iter,
+    page: Option<sled::IVec>,
+    next: usize,
+    path: String,
+}
+
+impl Iterator for PagedScan {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(bytes) = &self.page {
+                let page = match Page::parse(bytes) {
+                    Ok(p) => p,
+                    Err(e) => return Some(Err(e)),
+                };
+                if self.next < page.len() {
+                    let i = self.next;
+                    self.next += 1;
+                    return Some(
+                        page.entry(i)
+                            .map(|(k, v)| (bytes[k].to_vec(), bytes[v].to_vec())),
+                    );
+                }
+            }
+            match self.pages.next()? {
+                Ok((_, v)) => {
+                    self.page = Some(v);
+                    self.next = 0;
+                }
+                Err(e) => return Some(Err(storage(&self.path, e))),
+            }
+        }
+    }
+}
+
+/// Pages merged with the overlay: an overlay record replaces the page's, an empty one
+/// deletes it.
+struct Merge<A: Iterator, B: Iterator> {
+    base: std::iter::Peekable<A>,
+    overlay: std::iter::Peekable<B>,
+}
+
+type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+impl<A: Iterator<Item = Item>, B: Iterator<Item = Item>> Iterator for Merge<A, B> {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        loop {
+            let take_overlay = match (self.base.peek(), self.overlay.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) => return self.base.next(),
+                (_, Some(Err(_))) => return self.overlay.next(),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(Ok((a, _))), Some(Ok((b, _)))) => match b.cmp(a) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Greater => false,
+                    std::cmp::Ordering::Equal => {
+                        self.base.next();
+                        true
+                    }
+                },
+            };
+            let item = if take_overlay {
+                self.overlay.next()
+            } else {
+                self.base.next()
+            };
+            match item {
+                Some(Ok((_, v))) if take_overlay && v.is_empty() => continue,
+                other => return other,
+            }
+        }
     }
 }
 
@@ -288,25 +449,68 @@ impl OnlineStore for SledOnlineStore {
     }
 
     fn get(&self, wm: &Watermark, keys: &[Vec<u8>]) -> Result<Vec<Option<RecordBytes>>> {
-        let tree = self.tree(&tree_name(&wm.view, wm.generation))?;
-        keys.iter()
-            .map(|k| {
-                tree.get(k)
-                    .map(|v| v.map(|v| RecordBytes(RecordBytesInner::Sled(v))))
-                    .map_err(|e| storage(&self.path, e))
-            })
-            .collect()
+        check_layout(wm)?;
+        let g = self.generation(&tree_name(&wm.view, wm.generation))?;
+        let overlay = g.overlay.load(Ordering::Acquire);
+        // Visiting keys in order reads each page once and walks neighbouring parts of
+        // the tree one after another, so they are still in the CPU cache.
+        let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+        if keys.len() > 1 {
+            order.sort_unstable_by(|&a, &b| pages::cmp_keys(&keys[a as usize], &keys[b as usize]));
+        }
+        let mut out: Vec<Option<RecordBytes>> = vec![None; keys.len()];
+        let mut page: Option<(usize, sled::IVec)> = None;
+        for i in order {
+            let key = keys[i as usize].as_slice();
+            if overlay {
+                if let Some(v) = g
+                    .tree
+                    .get(overlay_key(key))
+                    .map_err(|e| storage(&self.path, e))?
+                {
+                    if !v.is_empty() {
+                        out[i as usize] = Some(RecordBytes(RecordBytesInner::Sled(v)));
+                    }
+                    continue;
+                }
+            }
+            let Some(n) = g.index.page_of(key) else {
+                continue;
+            };
+            if page.as_ref().is_none_or(|(m, _)| *m != n) {
+                let bytes = g
+                    .tree
+                    .get(page_key(n))
+                    .map_err(|e| storage(&self.path, e))?
+                    .ok_or_else(|| Error::Corrupt {
+                        what: format!("online records of view {}", wm.view),
+                        message: format!("page {n} of the index is missing"),
+                    })?;
+                page = Some((n, bytes));
+            }
+            let (_, bytes) = page.as_ref().expect("page set above");
+            if let Some(r) = Page::parse(bytes)?.find(key)? {
+                out[i as usize] = Some(RecordBytes(RecordBytesInner::Slice(bytes.clone(), r)));
+            }
+        }
+        Ok(out)
     }
 
     fn commit(&self, wm: &Watermark, records: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-        let tree = self.tree(&tree_name(&wm.view, wm.generation))?;
+        check_layout(wm)?;
+        let g = self.generation(&tree_name(&wm.view, wm.generation))?;
+        let tree = g.tree.clone();
         let wm_bytes = Self::wm_bytes(wm)?;
         let mut batch = sled::Batch::default();
+        let writes = !records.is_empty();
         for (k, v) in records {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
+            // A deletion is an empty overlay record: the key may still be in a page.
+            batch.insert(overlay_key(&k), v.unwrap_or_default());
+        }
+        if writes {
+            // Set before the write: a reader that sees the flag and no record yet falls
+            // through to the pages, which is what it would have read a moment earlier.
+            g.overlay.store(true, Ordering::Release);
         }
         let key = wm_key(&wm.view);
         let result: Result<(), TransactionError<()>> = (&tree, &self.meta).transaction(|(t, m)| {
@@ -322,47 +526,64 @@ impl OnlineStore for SledOnlineStore {
         Ok(())
     }
 
-    fn replace(&self, wm: &Watermark, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+    fn replace(&self, wm: &Watermark, mut records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let wm = Watermark {
+            layout: LAYOUT_PAGED,
+            ..wm.clone()
+        };
         let name = tree_name(&wm.view, wm.generation);
         // A leftover tree of this generation (a crash before the switch) is garbage.
-        self.trees.write().expect("tree cache lock").remove(&name);
+        self.generations
+            .write()
+            .expect("generation cache lock")
+            .remove(&name);
         self.db
             .drop_tree(&name)
             .map_err(|e| storage(&self.path, e))?;
-        let tree = self.tree(&name)?;
-        // Nobody reads this generation before the watermark switch below, so the
-        // inserts need no batch atomicity: plain inserts, split across threads, are far
-        // faster than one large sled batch.
+        let tree = self
+            .db
+            .open_tree(&name)
+            .map_err(|e| storage(&self.path, e))?;
+        if !records.is_sorted_by(|a, b| a.0 < b.0) {
+            records.sort_by(|a, b| a.0.cmp(&b.0));
+            // Keys are unique by contract; keep the last of any repeat all the same.
+            records.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+        }
         let t_ins = std::time::Instant::now();
-        let threads = super::worker_threads();
-        let chunk = records.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = records
-                .chunks(chunk)
-                .map(|part| {
-                    let tree = tree.clone();
-                    scope.spawn(move || {
-                        for (k, v) in part {
-                            tree.insert(k.as_slice(), v.as_slice())?;
-                        }
-                        Ok::<_, sled::Error>(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .expect("insert thread panicked")
-                    .map_err(|e| storage(&self.path, e))?;
-            }
-            Ok::<_, Error>(())
-        })?;
-        tracing::debug!(phase = "inserts", elapsed = ?t_ins.elapsed(), "materialization timing");
+        let built = pages::build(&records);
+        drop(records);
+        // Nobody reads this generation before the watermark switch below, so the
+        // inserts need no batch atomicity.
+        let mut first_keys = Vec::with_capacity(built.len());
+        for (n, (first, page)) in built.into_iter().enumerate() {
+            tree.insert(page_key(n), page)
+                .map_err(|e| storage(&self.path, e))?;
+            first_keys.push(first);
+        }
+        tree.insert(INDEX_KEY, pages::encode_index(&first_keys))
+            .map_err(|e| storage(&self.path, e))?;
+        tracing::debug!(phase = "inserts", pages = first_keys.len(), elapsed = ?t_ins.elapsed(), "materialization timing");
+        let index = pages::PageIndex::new(first_keys);
         let t_flush = std::time::Instant::now();
         tree.flush().map_err(|e| storage(&self.path, e))?;
         tracing::debug!(phase = "flush", elapsed = ?t_flush.elapsed(), "materialization timing");
+        self.generations.write().expect("generation cache lock").insert(
+            name,
+            Arc::new(Generation {
+                tree,
+                index,
+                overlay: AtomicBool::new(false),
+            }),
+        );
         // The switch: one write of the watermark.
         self.meta
-            .insert(wm_key(&wm.view), Self::wm_bytes(wm)?)
+            .insert(wm_key(&wm.view), Self::wm_bytes(&wm)?)
             .map_err(|e| storage(&self.path, e))?;
         self.db.flush().map_err(|e| storage(&self.path, e))?;
         self.drop_old_generations(&wm.view, wm.generation)?;
@@ -373,12 +594,27 @@ impl OnlineStore for SledOnlineStore {
         &self,
         wm: &Watermark,
     ) -> Result<Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send + '_>> {
-        let tree = self.tree(&tree_name(&wm.view, wm.generation))?;
+        check_layout(wm)?;
+        let g = self.generation(&tree_name(&wm.view, wm.generation))?;
         let path = self.path.clone();
-        Ok(Box::new(tree.iter().map(move |item| {
-            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+        let paged = PagedScan {
+            pages: g.tree.scan_prefix([PAGE_PREFIX]),
+            page: None,
+            next: 0,
+            path: path.clone(),
+        };
+        let overlay = g.tree.scan_prefix([OVERLAY_PREFIX]).map(move |item| {
+            item.map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
                 .map_err(|e| storage(&path, e))
-        })))
+        });
+        Ok(Box::new(Merge {
+            base: paged.peekable(),
+            overlay: overlay.peekable(),
+        }))
+    }
+
+    fn wait_background(&self) {
+        self.join_gc();
     }
 
     fn views(&self) -> Result<Vec<String>> {
@@ -388,5 +624,99 @@ impl OnlineStore for SledOnlineStore {
             out.push(String::from_utf8_lossy(&k[3..]).into_owned());
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::online::record::ServingKind;
+
+    fn wm(generation: u64) -> Watermark {
+        Watermark {
+            view: "v".into(),
+            view_version: 1,
+            view_hash: "h".into(),
+            generation,
+            tables: Vec::new(),
+            until_us: 0,
+            materialized_at: String::new(),
+            keys: 0,
+            rows_read: 0,
+            key_fields: Vec::new(),
+            features: Vec::new(),
+            fallback: None,
+            plan: ServingPlan {
+                kind: ServingKind::AsOf,
+                inputs: Vec::new(),
+                ttl_us: None,
+            },
+            layout: LAYOUT_PAGED,
+        }
+    }
+
+    fn key(i: u32) -> Vec<u8> {
+        i.to_be_bytes().to_vec()
+    }
+
+    #[test]
+    fn pages_and_overlay_read_and_scan_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledOnlineStore::open(dir.path()).unwrap();
+        // Unsorted input, many pages.
+        let records: Vec<(Vec<u8>, Vec<u8>)> = (0..5_000u32)
+            .rev()
+            .map(|i| (key(i * 2), vec![i as u8; 40]))
+            .collect();
+        store.replace(&wm(1), records).unwrap();
+        let current = store.watermark("v").unwrap().unwrap();
+        assert_eq!(current.layout, LAYOUT_PAGED);
+        let got = store.get(&current, &[key(10), key(11), key(9_998), key(0)]).unwrap();
+        assert_eq!(got[0].as_deref(), Some(&[5u8; 40][..]));
+        assert!(got[1].is_none());
+        assert_eq!(got[2].as_deref(), Some(&[(4_999u32 as u8); 40][..]));
+        assert_eq!(got[3].as_deref(), Some(&[0u8; 40][..]));
+
+        // Overlay: update one, add one, delete one.
+        store
+            .commit(
+                &current,
+                vec![
+                    (key(10), Some(b"new".to_vec())),
+                    (key(11), Some(b"added".to_vec())),
+                    (key(0), None),
+                ],
+            )
+            .unwrap();
+        let got = store.get(&current, &[key(0), key(10), key(11), key(12)]).unwrap();
+        assert!(got[0].is_none());
+        assert_eq!(got[1].as_deref(), Some(&b"new"[..]));
+        assert_eq!(got[2].as_deref(), Some(&b"added"[..]));
+        assert_eq!(got[3].as_deref(), Some(&[6u8; 40][..]));
+
+        let scanned: Vec<(Vec<u8>, Vec<u8>)> =
+            store.scan(&current).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(scanned.len(), 5_000);
+        assert!(scanned.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(scanned[0].0, key(2));
+        assert_eq!(scanned[4], (key(10), b"new".to_vec()));
+        assert_eq!(scanned[5], (key(11), b"added".to_vec()));
+
+        // Reopened, the index and the overlay flag come back from disk.
+        drop(store);
+        let store = SledOnlineStore::open(dir.path()).unwrap();
+        let got = store.get(&current, &[key(11), key(0), key(20)]).unwrap();
+        assert_eq!(got[0].as_deref(), Some(&b"added"[..]));
+        assert!(got[1].is_none());
+        assert_eq!(got[2].as_deref(), Some(&[10u8; 40][..]));
+    }
+
+    #[test]
+    fn records_of_an_earlier_layout_are_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledOnlineStore::open(dir.path()).unwrap();
+        let old = Watermark { layout: 0, ..wm(1) };
+        let e = store.get(&old, &[key(1)]).unwrap_err().to_string();
+        assert!(e.contains("quiver materialize --full"), "{e}");
     }
 }
