@@ -217,6 +217,11 @@ fn main() {
             println!("{:<10} {:>6} {:>10.0} {:>10.0} {:>12.0}", r.clients, r.keys, r.p50_us, r.p99_us, r.rps);
         }
         println!("\nscan over DoGet: {rows} rows, {:.1} MB in {scan_secs:.3} s = {scan_mb_s:.0} MB/s (target > 500)", bytes as f64 / 1e6);
+        let (audit_rows, audit_commits, audit_lookup) = audit_bench(root, arg("--audit-rows", 500_000), arg("--audit-commits", 50)).await;
+        println!(
+            "audit log: {audit_rows} rows in {audit_commits} commits; lookup by request id p50 {:.0} ms, max {:.0} ms (target < 1 s)",
+            percentile(&audit_lookup, 50.0), audit_lookup.last().copied().unwrap_or(f64::NAN)
+        );
         let lookups: Vec<serde_json::Value> = results
             .iter()
             .map(|r| serde_json::json!({"clients": r.clients, "keys": r.keys, "p50_us": r.p50_us, "p99_us": r.p99_us, "rps": r.rps}))
@@ -228,8 +233,57 @@ fn main() {
                 "raw_get_100_p50_us": percentile(&raw, 50.0), "raw_get_100_p99_us": percentile(&raw, 99.0),
                 "inprocess_100_p50_us": percentile(&inproc, 50.0),
                 "lookups": lookups, "scan_mb_per_s": scan_mb_s, "scan_rows": rows,
+                "audit_rows": audit_rows, "audit_lookup_p50_ms": percentile(&audit_lookup, 50.0),
+                "audit_lookup_max_ms": audit_lookup.last().copied(),
                 "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             })
         );
     });
+}
+
+/// Fill an audit table with `rows` scored rows in `commits` commits (one a second in a
+/// server: about a minute of heavy scoring), then look up 20 of them by request id.
+async fn audit_bench(root: &std::path::Path, rows: usize, commits: usize) -> (usize, usize, Vec<f64>) {
+    use quiver_featurestore::audit::{AuditConfig, AuditLog, AuditRecord, lookup, new_request_prefix};
+    let path = root.join(".quiver").join("audit-bench");
+    let per = rows.div_ceil(commits.max(1));
+    let (log, writer) = AuditLog::start(
+        &path,
+        AuditConfig { max_batch: per, max_delay: Duration::from_secs(60), queue_rows: per * 2 },
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    let now = chrono::Utc::now().timestamp_micros();
+    for c in 0..commits {
+        let prefix = new_request_prefix(now + c as i64 * 1_000_000);
+        let batch: Vec<AuditRecord> = (0..per)
+            .map(|i| AuditRecord {
+                request_id: format!("{prefix}-{i}"),
+                time_us: now + c as i64 * 1_000_000,
+                tenant: "bank_a".into(),
+                model: "fraud".into(),
+                model_version: 3,
+                model_alias: "champion".into(),
+                entity: format!("{{\"user_id\":{i}}}"),
+                inputs: format!("{{\"txn_count_7d\":{}.0,\"amount_sum_7d\":{}.5}}", i % 17, i % 1000),
+                score: (i % 1000) as f64 / 1000.0,
+                contributions: None,
+            })
+            .collect();
+        if c % (commits / 20).max(1) == 0 {
+            ids.push(format!("{prefix}-{}", per / 2));
+        }
+        log.record(batch).await.unwrap();
+    }
+    drop(log);
+    writer.finish(Duration::from_secs(300)).await;
+    let mut lat = Vec::new();
+    for id in &ids {
+        let t = Instant::now();
+        let got = lookup(&path, id).await.unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(got.is_some(), "{id} not found");
+    }
+    lat.sort_by(f64::total_cmp);
+    (per * commits, commits, lat)
 }

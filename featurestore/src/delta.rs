@@ -170,6 +170,16 @@ impl OpenTable {
 
 /// Write `batches` as a Delta table at `url` (created when missing).
 pub async fn write(url: &Url, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<i64> {
+    write_partitioned(url, batches, mode, &[]).await
+}
+
+/// [`write`], partitioning a new table by `partition_by` (columns of the batches).
+pub async fn write_partitioned(
+    url: &Url,
+    batches: Vec<RecordBatch>,
+    mode: SaveMode,
+    partition_by: &[&str],
+) -> Result<i64> {
     if url.scheme() == "file" {
         if let Ok(p) = url.to_file_path() {
             std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
@@ -187,9 +197,11 @@ pub async fn write(url: &Url, batches: Vec<RecordBatch>, mode: SaveMode) -> Resu
         deltalake::DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build())
     }
     .map_err(|e| delta_err(url, e))?;
-    let table = table
-        .write(batches)
-        .with_save_mode(mode)
+    let mut write = table.write(batches).with_save_mode(mode);
+    if !partition_by.is_empty() {
+        write = write.with_partition_columns(partition_by.iter().map(|c| c.to_string()));
+    }
+    let table = write
         .await
         .map_err(|e| delta_err(url, e))?;
     Ok(table.version().map_or(0, |v| v as i64))

@@ -34,6 +34,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod audit;
 pub mod catalog;
 #[cfg(feature = "flight")]
 pub mod client;

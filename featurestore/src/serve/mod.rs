@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// Request bounds.
     pub limits: ServeLimits,
+    /// Audit log of scored requests (a Delta table) and how it batches; `None`: off.
+    pub audit: Option<(std::path::PathBuf, crate::audit::AuditConfig)>,
 }
 
 impl ServeConfig {
@@ -78,7 +80,14 @@ impl ServeConfig {
             tokens,
             tls: None,
             limits: ServeLimits::default(),
+            audit: None,
         }
+    }
+
+    /// Record every scored row in the Delta table at `path` (see [`crate::audit`]).
+    pub fn with_audit(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.audit = Some((path.into(), crate::audit::AuditConfig::default()));
+        self
     }
 
     /// Serve metrics on `addr`, or nowhere.
@@ -107,11 +116,19 @@ impl ServeConfig {
         // Opens the online store now: fails here, not on the first request, when another
         // process holds it.
         let metrics = Arc::new(Metrics::default());
+        let (audit, audit_writer) = match &self.audit {
+            Some((path, config)) => {
+                let (log, writer) = crate::audit::AuditLog::start(path, config.clone())?;
+                (Some(log), Some(writer))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(service::Shared::new(
             store,
             self.tokens,
             self.limits.clone(),
             metrics.clone(),
+            audit,
         )?);
         let svc = FeatureService {
             shared: shared.clone(),
@@ -199,6 +216,7 @@ impl ServeConfig {
             stop: stop_tx,
             tasks,
             metrics,
+            audit_writer,
         })
     }
 }
@@ -211,6 +229,7 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    audit_writer: Option<crate::audit::AuditWriter>,
 }
 
 impl RunningServer {
@@ -234,6 +253,11 @@ impl RunningServer {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+        }
+        // The service (and its audit handle) is gone with the server task: the writer
+        // commits what is queued and stops.
+        if let Some(w) = self.audit_writer.take() {
+            w.finish(std::time::Duration::from_secs(30)).await;
         }
     }
 

@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     >,
     /// Applied views decoded once per apply: (apply id, views by name).
     views: std::sync::RwLock<(u64, HashMap<String, Arc<AppliedView>>)>,
+    /// Where scored rows are recorded, when auditing is on.
+    pub(crate) audit: Option<crate::audit::AuditLog>,
 }
 
 impl Shared {
@@ -117,8 +119,10 @@ impl Shared {
         tokens: Tokens,
         limits: ServeLimits,
         metrics: Arc<Metrics>,
+        audit: Option<crate::audit::AuditLog>,
     ) -> crate::Result<Self> {
         Ok(Self {
+            audit,
             online: store.online()?,
             store,
             tokens,
@@ -320,6 +324,7 @@ impl FeatureService {
         fields.push(Field::new("score", DataType::Float64, false));
         fields.push(Field::new("model_version", DataType::UInt64, false));
         fields.push(Field::new("model_alias", DataType::Utf8, false));
+        fields.push(Field::new("request_id", DataType::Utf8, false));
         if explain {
             fields.push(Field::new("contributions", DataType::Utf8, true));
         }
@@ -333,7 +338,7 @@ impl FeatureService {
         model: &str,
         keys: &RecordBatch,
         explain: bool,
-    ) -> Result<RecordBatch, Status> {
+    ) -> Result<(RecordBatch, Vec<crate::audit::AuditRecord>), Status> {
         use arrow::array::{Float64Array, StringArray, UInt64Array};
         use arrow::util::display::ArrayFormatter;
         if keys.num_rows() > self.shared.limits.max_keys {
@@ -391,6 +396,18 @@ impl FeatureService {
             Vec::with_capacity(n),
         );
         let (mut x, mut route_key) = (Vec::new(), String::new());
+        let now = now_us();
+        let prefix = crate::audit::new_request_prefix(now);
+        let mut request_ids = Vec::with_capacity(n);
+        let auditing = self.shared.audit.is_some();
+        let mut audit = Vec::with_capacity(if auditing { n } else { 0 });
+        let key_names: Vec<String> = keys.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let key_numeric: Vec<bool> = keys
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().is_integer())
+            .collect();
         for row in 0..n {
             // The route key: the key values as text, joined; stable across servers.
             route_key.clear();
@@ -413,27 +430,64 @@ impl FeatureService {
             let s = server
                 .score_on(&d, served, &x, explain)
                 .map_err(Error::from)?;
-            scores.push(s.score);
-            out_versions.push(s.version);
-            aliases.push(s.alias);
-            explained.push(s.contributions.map(|c| {
-                let names = served.loaded.model.features();
+            let names = served.loaded.model.features();
+            let contributions = s.contributions.map(|c| {
                 serde_json::json!({
                     "base": c.base, "residual": c.residual, "method": c.method,
                     "features": names.iter().zip(&c.values).map(|(n, v)| (n.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
                 })
                 .to_string()
-            }));
+            });
+            let request_id = format!("{prefix}-{row}");
+            if auditing {
+                let entity: serde_json::Map<String, serde_json::Value> = route_key
+                    .split('\u{1f}')
+                    .zip(&key_names)
+                    .zip(&key_numeric)
+                    .map(|((v, name), numeric)| {
+                        let value = match v.parse::<i64>() {
+                            Ok(i) if *numeric => serde_json::json!(i),
+                            _ => serde_json::json!(v),
+                        };
+                        (name.clone(), value)
+                    })
+                    .collect();
+                let inputs: serde_json::Map<String, serde_json::Value> = names
+                    .iter()
+                    .zip(&x)
+                    .map(|(n, v)| (n.clone(), serde_json::json!(v)))
+                    .collect();
+                audit.push(crate::audit::AuditRecord {
+                    request_id: request_id.clone(),
+                    time_us: now,
+                    tenant: tenant.name.clone(),
+                    model: model.to_owned(),
+                    model_version: s.version,
+                    model_alias: s.alias.to_string(),
+                    entity: serde_json::Value::Object(entity).to_string(),
+                    inputs: serde_json::Value::Object(inputs).to_string(),
+                    score: s.score,
+                    contributions: contributions.clone(),
+                });
+            }
+            request_ids.push(request_id);
+            scores.push(s.score);
+            out_versions.push(s.version);
+            aliases.push(s.alias);
+            explained.push(contributions);
         }
         let mut out: Vec<arrow::array::ArrayRef> = keys.columns().to_vec();
         out.push(Arc::new(Float64Array::from(scores)));
         out.push(Arc::new(UInt64Array::from(out_versions)));
         out.push(Arc::new(StringArray::from(aliases)));
+        out.push(Arc::new(StringArray::from(request_ids)));
         if explain {
             out.push(Arc::new(StringArray::from(explained)));
         }
-        RecordBatch::try_new(Arc::new(Self::score_schema(&keys.schema(), explain)), out)
-            .map_err(|e| Status::internal(e.to_string()))
+        let batch =
+            RecordBatch::try_new(Arc::new(Self::score_schema(&keys.schema(), explain)), out)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        Ok((batch, audit))
     }
 
     fn entity_batches(
@@ -656,7 +710,11 @@ impl FeatureService {
                 keys,
                 explain,
             } => {
-                let batch = self.score(tenant, model, &json_batch(keys)?, *explain)?;
+                let (batch, audit) = self.score(tenant, model, &json_batch(keys)?, *explain)?;
+                if let Some(log) = &self.shared.audit {
+                    // Queued before the answer leaves: a score the caller saw is audited.
+                    log.record(audit).await.map_err(Status::from)?;
+                }
                 Ok(encode(batch.schema(), stream::iter([Ok(batch)]).boxed()))
             }
             Command::Historical { .. } => {

@@ -51,7 +51,9 @@ async fn score_fetches_features_and_scores_with_the_champion() {
         .move_alias("fraud", "champion", Some(1), None, "ci", "first")
         .unwrap();
 
+    let audit_path = _repo.path().join(".quiver").join("audit");
     let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_audit(&audit_path)
         .spawn(store)
         .await
         .unwrap();
@@ -107,6 +109,13 @@ async fn score_fetches_features_and_scores_with_the_champion() {
         .unwrap();
     let c: serde_json::Value = serde_json::from_str(contributions.value(0)).unwrap();
     assert_eq!(c["method"], "exact_linear");
+    let request_ids = out
+        .column_by_name("request_id")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .clone();
     assert!(
         (c["features"]["n_1d"].as_f64().unwrap() - 0.5 * (2.0 - 1.0)).abs() < 1e-12,
         "{c}"
@@ -165,4 +174,24 @@ async fn score_fetches_features_and_scores_with_the_champion() {
         assert!(Instant::now() < deadline, "version 2 never served");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // Every scored row is in the audit log (a Delta table), found by its request id;
+    // shutdown commits what is still queued.
+    server.shutdown().await;
+    let rec = quiver_featurestore::audit::lookup(&audit_path, request_ids.value(0))
+        .await
+        .unwrap()
+        .expect("audited");
+    assert_eq!(rec.model, "fraud");
+    assert_eq!(rec.model_version, 1);
+    assert_eq!(rec.model_alias, "champion");
+    assert_eq!(rec.tenant, "bank_a");
+    assert_eq!(rec.entity, r#"{"user_id":1}"#);
+    assert!((rec.score - expect[0]).abs() < 1e-12);
+    let inputs: serde_json::Value = serde_json::from_str(&rec.inputs).unwrap();
+    assert_eq!(inputs["n_1d"], 2.0);
+    assert_eq!(inputs["sum_all"], 35.0);
+    assert_eq!(rec.contributions.as_deref(), Some(contributions.value(0)));
+    let unknown = quiver_featurestore::audit::lookup(&audit_path, "1-00-0").await.unwrap();
+    assert!(unknown.is_none());
 }

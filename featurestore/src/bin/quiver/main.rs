@@ -160,6 +160,9 @@ enum Command {
         /// Most keys in one online request.
         #[arg(long)]
         max_keys: Option<usize>,
+        /// Do not record scored requests in the audit log (<repo>/.quiver/audit).
+        #[arg(long)]
+        no_audit: bool,
     },
     /// Build a point-in-time correct training set.
     ///
@@ -436,6 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             max_keys,
+            no_audit,
         } => {
             use quiver_featurestore::serve::{ServeConfig, ServeLimits, TlsConfig, Tokens};
             let tokens = match (tokens, std::env::var("QUIVER_TOKENS").ok(), insecure_no_auth) {
@@ -470,6 +474,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cert_pem: read(c)?,
                     key_pem: read(k)?,
                 });
+            }
+            if !no_audit {
+                config = config.with_audit(cli.repo.join(".quiver").join("audit"));
             }
             let store = open(&cli)?;
             // Handlers first: a supervisor may signal as soon as it reads the address.

@@ -158,6 +158,18 @@ pub(crate) enum RegistryCommand {
         #[arg(long, default_value_t = quiver_registry::DEFAULT_PSI_THRESHOLD)]
         psi_threshold: f64,
     },
+    /// One scored row from the audit log (`<repo>/.quiver/audit`, a Delta table), by
+    /// the `request_id` that `score` returned: time, tenant, entity, inputs, model
+    /// version, score and contributions. Works while `quiver serve` runs.
+    ///
+    /// Example: quiver registry audit 19a8e2b1c4f-5e0c1d2a3b4c5d6e-0 --output json
+    Audit {
+        /// The request id.
+        request_id: String,
+        /// The audit table (default: <repo>/.quiver/audit).
+        #[arg(long)]
+        table: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -218,6 +230,43 @@ fn resolve(reg: &ModelRegistry, s: &str) -> anyhow::Result<(String, u64)> {
 
 pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> {
     let json_out = cli.output == Output::Json;
+    if let RegistryCommand::Audit { request_id, table } = cmd {
+        // The audit table is Delta, not the registry: no lock to wait for.
+        let path = table
+            .clone()
+            .unwrap_or_else(|| cli.repo.join(".quiver").join("audit"));
+        let Some(rec) = quiver_featurestore::audit::lookup(&path, request_id).await? else {
+            anyhow::bail!(Error::NotFound {
+                what: format!("no request `{request_id}` in the audit log {}", path.display()),
+            });
+        };
+        if json_out {
+            let mut v = serde_json::to_value(&rec)?;
+            for k in ["entity", "inputs", "contributions"] {
+                if let Some(text) = v.get(k).and_then(|t| t.as_str()) {
+                    if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(text) {
+                        v[k] = parsed;
+                    }
+                }
+            }
+            print_json(&v)?;
+        } else {
+            let time = chrono::DateTime::from_timestamp_micros(rec.time_us)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                .unwrap_or_default();
+            println!("request   {}", rec.request_id);
+            println!("time      {time}");
+            println!("tenant    {}", rec.tenant);
+            println!("model     {}@{} ({})", rec.model, rec.model_version, rec.model_alias);
+            println!("entity    {}", rec.entity);
+            println!("score     {}", rec.score);
+            println!("inputs    {}", rec.inputs);
+            if let Some(c) = &rec.contributions {
+                println!("explained {c}");
+            }
+        }
+        return Ok(());
+    }
     let store = open_store(cli)?;
     let reg = store.models()?;
     match cmd {
@@ -489,6 +538,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             print_graph(&g, *format, &id, *down, json_out)?;
         }
         RegistryCommand::Impact { view } => impact(&store, &reg, view, json_out)?,
+        RegistryCommand::Audit { .. } => unreachable!("answered before the registry opens"),
         RegistryCommand::Drift {
             model,
             live,
