@@ -243,13 +243,23 @@ fn main() {
 
 /// Fill an audit table with `rows` scored rows in `commits` commits (one a second in a
 /// server: about a minute of heavy scoring), then look up 20 of them by request id.
-async fn audit_bench(root: &std::path::Path, rows: usize, commits: usize) -> (usize, usize, Vec<f64>) {
-    use quiver_featurestore::audit::{AuditConfig, AuditLog, AuditRecord, lookup, new_request_prefix};
+async fn audit_bench(
+    root: &std::path::Path,
+    rows: usize,
+    commits: usize,
+) -> (usize, usize, Vec<f64>) {
+    use quiver_featurestore::audit::{
+        AuditConfig, AuditLog, AuditRecord, lookup, new_request_prefix,
+    };
     let path = root.join(".quiver").join("audit-bench");
     let per = rows.div_ceil(commits.max(1));
     let (log, writer) = AuditLog::start(
         &path,
-        AuditConfig { max_batch: per, max_delay: Duration::from_secs(60), queue_rows: per * 2 },
+        AuditConfig {
+            max_batch: per,
+            max_delay: Duration::from_secs(60),
+            queue_rows: per * 2,
+        },
     )
     .unwrap();
     let mut ids = Vec::new();
@@ -265,7 +275,11 @@ async fn audit_bench(root: &std::path::Path, rows: usize, commits: usize) -> (us
                 model_version: 3,
                 model_alias: "champion".into(),
                 entity: format!("{{\"user_id\":{i}}}"),
-                inputs: format!("{{\"txn_count_7d\":{}.0,\"amount_sum_7d\":{}.5}}", i % 17, i % 1000),
+                inputs: format!(
+                    "{{\"txn_count_7d\":{}.0,\"amount_sum_7d\":{}.5}}",
+                    i % 17,
+                    i % 1000
+                ),
                 score: (i % 1000) as f64 / 1000.0,
                 contributions: None,
             })

@@ -29,8 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{
-    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt64Array,
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::prelude::SessionContext;
@@ -245,7 +244,10 @@ async fn run_writer(path: PathBuf, config: AuditConfig, mut rx: mpsc::Receiver<V
         }
         if closed {
             if !pending.is_empty() {
-                tracing::error!(rows = pending.len(), "audit rows could not be committed at shutdown");
+                tracing::error!(
+                    rows = pending.len(),
+                    "audit rows could not be committed at shutdown"
+                );
             }
             return;
         }
@@ -284,7 +286,9 @@ pub async fn lookup(path: &Path, request_id: &str) -> Result<Option<AuditRecord>
         .split('-')
         .next()
         .and_then(|h| i64::from_str_radix(h, 16).ok())
-        .ok_or_else(|| Error::InvalidRequest(format!("`{request_id}` does not start with a time")))?;
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!("`{request_id}` does not start with a time"))
+        })?;
     if !path.join("_delta_log").is_dir() {
         return Ok(None);
     }
@@ -293,14 +297,11 @@ pub async fn lookup(path: &Path, request_id: &str) -> Result<Option<AuditRecord>
     let ctx = SessionContext::new();
     table.register(&ctx, "audit").await?;
     let day = day_of(ms.saturating_mul(1000));
-    let df = ctx
-        .table("audit")
-        .await?
-        .filter(
-            datafusion::prelude::col("day")
-                .eq(datafusion::prelude::lit(day))
-                .and(datafusion::prelude::col("request_id").eq(datafusion::prelude::lit(request_id))),
-        )?;
+    let df = ctx.table("audit").await?.filter(
+        datafusion::prelude::col("day")
+            .eq(datafusion::prelude::lit(day))
+            .and(datafusion::prelude::col("request_id").eq(datafusion::prelude::lit(request_id))),
+    )?;
     let batches = df.collect().await?;
     for b in batches {
         if b.num_rows() == 0 {
@@ -323,7 +324,9 @@ fn from_batch(b: &RecordBatch, row: usize) -> Result<AuditRecord> {
             .ok_or_else(|| corrupt(format!("column {name} is not text")))?;
         Ok(c.is_valid(row).then(|| c.value(row).to_owned()))
     };
-    let req = |name: &str| -> Result<String> { s(name)?.ok_or_else(|| corrupt(format!("{name} is null"))) };
+    let req = |name: &str| -> Result<String> {
+        s(name)?.ok_or_else(|| corrupt(format!("{name} is null")))
+    };
     let time = b
         .column_by_name("time")
         .and_then(|c| arrow::compute::cast(c, &DataType::Int64).ok())
@@ -336,11 +339,19 @@ fn from_batch(b: &RecordBatch, row: usize) -> Result<AuditRecord> {
     let version = b
         .column_by_name("model_version")
         .and_then(|c| arrow::compute::cast(c, &DataType::UInt64).ok())
-        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().map(|a| a.value(row)))
+        .and_then(|c| {
+            c.as_any()
+                .downcast_ref::<UInt64Array>()
+                .map(|a| a.value(row))
+        })
         .ok_or_else(|| corrupt("model_version"))?;
     let score = b
         .column_by_name("score")
-        .and_then(|c| c.as_any().downcast_ref::<Float64Array>().map(|a| a.value(row)))
+        .and_then(|c| {
+            c.as_any()
+                .downcast_ref::<Float64Array>()
+                .map(|a| a.value(row))
+        })
         .ok_or_else(|| corrupt("score"))?;
     Ok(AuditRecord {
         request_id: req("request_id")?,
@@ -402,9 +413,17 @@ mod tests {
         log.record(rows[4..].to_vec()).await.unwrap();
         drop(log);
         writer.finish(Duration::from_secs(30)).await;
-        let got = lookup(&path, &format!("{prefix}-5")).await.unwrap().unwrap();
+        let got = lookup(&path, &format!("{prefix}-5"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, rows[5]);
-        assert!(lookup(&path, &format!("{prefix}-9")).await.unwrap().is_none());
+        assert!(
+            lookup(&path, &format!("{prefix}-9"))
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(lookup(&path, "not an id; drop table").await.is_err());
         assert!(lookup(&path, &"a".repeat(500)).await.is_err());
     }

@@ -201,8 +201,6 @@ pub async fn write_partitioned(
     if !partition_by.is_empty() {
         write = write.with_partition_columns(partition_by.iter().map(|c| c.to_string()));
     }
-    let table = write
-        .await
-        .map_err(|e| delta_err(url, e))?;
+    let table = write.await.map_err(|e| delta_err(url, e))?;
     Ok(table.version().map_or(0, |v| v as i64))
 }

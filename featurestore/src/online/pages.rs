@@ -65,7 +65,11 @@ fn short(key: &[u8]) -> Option<u128> {
 
 impl PageIndex {
     pub(crate) fn new(first_keys: Vec<Vec<u8>>) -> Self {
-        match first_keys.iter().map(|k| short(k)).collect::<Option<Vec<_>>>() {
+        match first_keys
+            .iter()
+            .map(|k| short(k))
+            .collect::<Option<Vec<_>>>()
+        {
             Some(words) => PageIndex::Short(words),
             None => PageIndex::Long(first_keys),
         }
@@ -166,7 +170,10 @@ impl<'a> Page<'a> {
             (None, table)
         };
         if data > bytes.len() {
-            return Err(corrupt(format!("{n} entries do not fit {} bytes", bytes.len())));
+            return Err(corrupt(format!(
+                "{n} entries do not fit {} bytes",
+                bytes.len()
+            )));
         }
         Ok(Self {
             bytes,
@@ -238,10 +245,8 @@ impl<'a> Page<'a> {
 
 /// Encode the list of page first keys (the index).
 pub(crate) fn encode_index(first_keys: &[Vec<u8>]) -> Vec<u8> {
-    let entries: Vec<(Vec<u8>, Vec<u8>)> = first_keys
-        .iter()
-        .map(|k| (k.clone(), Vec::new()))
-        .collect();
+    let entries: Vec<(Vec<u8>, Vec<u8>)> =
+        first_keys.iter().map(|k| (k.clone(), Vec::new())).collect();
     encode(&entries)
 }
 
@@ -264,7 +269,12 @@ mod tests {
 
     fn recs(n: usize, size: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         (0..n as u64)
-            .map(|i| (i.to_be_bytes().to_vec(), vec![i as u8; size + i as usize % 7]))
+            .map(|i| {
+                (
+                    i.to_be_bytes().to_vec(),
+                    vec![i as u8; size + i as usize % 7],
+                )
+            })
             .collect()
     }
 
@@ -313,8 +323,12 @@ mod tests {
             vec![1, 0x7f, 0xff],
             vec![1, 0x80, 0, 0, 0, 0, 0, 0, 0, 0],
             vec![2, 0, 0, 0, 2, b'a', b'b', b'c'],
-            vec![2, 0, 0, 0, 20, b'x', 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
-            vec![2, 0, 0, 0, 2, b'a', b'a', 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+            vec![
+                2, 0, 0, 0, 20, b'x', 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+            ],
+            vec![
+                2, 0, 0, 0, 2, b'a', b'a', 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+            ],
             vec![3],
         ];
         for p in &probes {

@@ -266,7 +266,12 @@ impl SledOnlineStore {
     }
 
     fn generation(&self, name: &str) -> Result<Arc<Generation>> {
-        if let Some(g) = self.generations.read().expect("generation cache lock").get(name) {
+        if let Some(g) = self
+            .generations
+            .read()
+            .expect("generation cache lock")
+            .get(name)
+        {
             return Ok(g.clone());
         }
         let tree = self
@@ -573,14 +578,17 @@ impl OnlineStore for SledOnlineStore {
         let t_flush = std::time::Instant::now();
         tree.flush().map_err(|e| storage(&self.path, e))?;
         tracing::debug!(phase = "flush", elapsed = ?t_flush.elapsed(), "materialization timing");
-        self.generations.write().expect("generation cache lock").insert(
-            name,
-            Arc::new(Generation {
-                tree,
-                index,
-                overlay: AtomicBool::new(false),
-            }),
-        );
+        self.generations
+            .write()
+            .expect("generation cache lock")
+            .insert(
+                name,
+                Arc::new(Generation {
+                    tree,
+                    index,
+                    overlay: AtomicBool::new(false),
+                }),
+            );
         // The switch: one write of the watermark.
         self.meta
             .insert(wm_key(&wm.view), Self::wm_bytes(&wm)?)
@@ -671,7 +679,9 @@ mod tests {
         store.replace(&wm(1), records).unwrap();
         let current = store.watermark("v").unwrap().unwrap();
         assert_eq!(current.layout, LAYOUT_PAGED);
-        let got = store.get(&current, &[key(10), key(11), key(9_998), key(0)]).unwrap();
+        let got = store
+            .get(&current, &[key(10), key(11), key(9_998), key(0)])
+            .unwrap();
         assert_eq!(got[0].as_deref(), Some(&[5u8; 40][..]));
         assert!(got[1].is_none());
         assert_eq!(got[2].as_deref(), Some(&[(4_999u32 as u8); 40][..]));
@@ -688,7 +698,9 @@ mod tests {
                 ],
             )
             .unwrap();
-        let got = store.get(&current, &[key(0), key(10), key(11), key(12)]).unwrap();
+        let got = store
+            .get(&current, &[key(0), key(10), key(11), key(12)])
+            .unwrap();
         assert!(got[0].is_none());
         assert_eq!(got[1].as_deref(), Some(&b"new"[..]));
         assert_eq!(got[2].as_deref(), Some(&b"added"[..]));

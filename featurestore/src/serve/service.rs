@@ -401,7 +401,12 @@ impl FeatureService {
         let mut request_ids = Vec::with_capacity(n);
         let auditing = self.shared.audit.is_some();
         let mut audit = Vec::with_capacity(if auditing { n } else { 0 });
-        let key_names: Vec<String> = keys.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let key_names: Vec<String> = keys
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let key_numeric: Vec<bool> = keys
             .schema()
             .fields()

@@ -123,10 +123,16 @@ fn a_registry_held_by_another_process_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another process"), "{err}");
     // The audit log is a Delta table, readable while a server holds the registry.
-    let out = quiver(dir.path(), &["registry", "audit", "19a8e2b1c4f-5e0c1d2a3b4c5d6e-0"]);
+    let out = quiver(
+        dir.path(),
+        &["registry", "audit", "19a8e2b1c4f-5e0c1d2a3b4c5d6e-0"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no request `19a8e2b1c4f-5e0c1d2a3b4c5d6e-0`"), "{err}");
+    assert!(
+        err.contains("no request `19a8e2b1c4f-5e0c1d2a3b4c5d6e-0`"),
+        "{err}"
+    );
     let out = quiver(dir.path(), &["registry", "audit", "'; drop table audit"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

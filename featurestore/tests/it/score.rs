@@ -192,6 +192,8 @@ async fn score_fetches_features_and_scores_with_the_champion() {
     assert_eq!(inputs["n_1d"], 2.0);
     assert_eq!(inputs["sum_all"], 35.0);
     assert_eq!(rec.contributions.as_deref(), Some(contributions.value(0)));
-    let unknown = quiver_featurestore::audit::lookup(&audit_path, "1-00-0").await.unwrap();
+    let unknown = quiver_featurestore::audit::lookup(&audit_path, "1-00-0")
+        .await
+        .unwrap();
     assert!(unknown.is_none());
 }

@@ -237,7 +237,10 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             .unwrap_or_else(|| cli.repo.join(".quiver").join("audit"));
         let Some(rec) = quiver_featurestore::audit::lookup(&path, request_id).await? else {
             anyhow::bail!(Error::NotFound {
-                what: format!("no request `{request_id}` in the audit log {}", path.display()),
+                what: format!(
+                    "no request `{request_id}` in the audit log {}",
+                    path.display()
+                ),
             });
         };
         if json_out {
@@ -257,7 +260,10 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             println!("request   {}", rec.request_id);
             println!("time      {time}");
             println!("tenant    {}", rec.tenant);
-            println!("model     {}@{} ({})", rec.model, rec.model_version, rec.model_alias);
+            println!(
+                "model     {}@{} ({})",
+                rec.model, rec.model_version, rec.model_alias
+            );
             println!("entity    {}", rec.entity);
             println!("score     {}", rec.score);
             println!("inputs    {}", rec.inputs);
