@@ -215,7 +215,9 @@ async fn run_writer(path: PathBuf, config: AuditConfig, mut rx: mpsc::Receiver<V
         tokio::pin!(deadline);
         let closed = loop {
             tokio::select! {
-                got = rx.recv() => match got {
+                // While commits fail, rows stop being taken once `queue_rows` wait:
+                // the channel fills and requests wait instead of memory growing.
+                got = rx.recv(), if pending.len() < config.queue_rows => match got {
                     Some(rows) => {
                         pending.extend(rows);
                         if pending.len() >= config.max_batch {
@@ -233,7 +235,9 @@ async fn run_writer(path: PathBuf, config: AuditConfig, mut rx: mpsc::Receiver<V
                 Ok(()) => pending.clear(),
                 Err(e) => {
                     tracing::error!(error = %e, rows = pending.len(), "audit commit failed; retrying with the next");
-                    if closed {
+                    if !closed {
+                        tokio::time::sleep(config.max_delay.min(Duration::from_secs(1))).await;
+                    } else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         if append(&path, &pending).await.is_ok() {
                             pending.clear();
