@@ -177,21 +177,35 @@ impl ServeConfig {
                     .map_err(|e| Error::io(maddr.to_string(), e))?,
             );
             let m = metrics.clone();
-            let online = shared.online.clone();
+            let shared_m = shared.clone();
             let app = axum::Router::new()
                 .route(
                     "/metrics",
                     axum::routing::get(move || {
-                        let (m, online) = (m.clone(), online.clone());
+                        let (m, shared) = (m.clone(), shared_m.clone());
                         async move {
                             // Lag from the watermarks, whoever materialized.
+                            let online = &shared.online;
                             let now = chrono::Utc::now().timestamp_micros();
                             for view in online.store().views().unwrap_or_default() {
                                 if let Ok(Some(wm)) = online.store().watermark(&view) {
                                     m.lag(&view, (now - wm.until_us) as f64 / 1e6);
                                 }
                             }
-                            ([("content-type", "text/plain; version=0.0.4")], m.encode())
+                            // Model metrics go before the closing `# EOF`.
+                            let mut text = m.encode();
+                            let models = shared.model_metrics_text();
+                            match text.strip_suffix("# EOF\n") {
+                                Some(head) => text = format!("{head}{models}# EOF\n"),
+                                None => text.push_str(&models),
+                            }
+                            (
+                                [(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )],
+                                text,
+                            )
                         }
                     }),
                 )

@@ -114,6 +114,109 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Per-version metrics of the models this server scores, in the OpenMetrics text
+    /// format: rows scored, errors, p99 latency bucket, score histogram, rollbacks.
+    pub(crate) fn model_metrics_text(&self) -> String {
+        use std::fmt::Write;
+        let servers: Vec<Arc<quiver_registry::ModelServer>> = self
+            .models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut out = String::new();
+        let mut requests = String::new();
+        let mut errors = String::new();
+        let mut p99 = String::new();
+        let mut scores = String::new();
+        let mut rollbacks = String::new();
+        // Label values are model names (validated identifiers) and numbers.
+        for server in &servers {
+            let model = server.model();
+            let d = server.deployment();
+            for served in [&d.champion, &d.challenger].into_iter().flatten() {
+                let m = served.metrics.snapshot();
+                let labels = format!(
+                    "model=\"{model}\",version=\"{}\",alias=\"{}\"",
+                    served.version(),
+                    served.alias
+                );
+                let _ = writeln!(
+                    requests,
+                    "quiver_model_requests_total{{{labels}}} {}",
+                    m.requests
+                );
+                let _ = writeln!(errors, "quiver_model_errors_total{{{labels}}} {}", m.errors);
+                let _ = writeln!(
+                    p99,
+                    "quiver_model_latency_p99_seconds{{{labels}}} {}",
+                    m.p99_us as f64 / 1e6
+                );
+                let bins = m.score_counts.len().max(1);
+                let mut cumulative = 0u64;
+                for (i, c) in m.score_counts.iter().enumerate() {
+                    cumulative += c;
+                    let le = (i + 1) as f64 / bins as f64;
+                    let _ = writeln!(
+                        scores,
+                        "quiver_model_score_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                let _ = writeln!(
+                    scores,
+                    "quiver_model_score_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+                );
+                let _ = writeln!(scores, "quiver_model_score_count{{{labels}}} {cumulative}");
+            }
+            let _ = writeln!(
+                rollbacks,
+                "quiver_model_rollbacks_total{{model=\"{model}\"}} {}",
+                server.rollbacks().len()
+            );
+        }
+        for (name, kind, help, body) in [
+            (
+                "quiver_model_requests",
+                "counter",
+                "Rows scored by model version and alias",
+                &requests,
+            ),
+            (
+                "quiver_model_errors",
+                "counter",
+                "Rows that failed to score",
+                &errors,
+            ),
+            (
+                "quiver_model_latency_p99_seconds",
+                "gauge",
+                "Upper bound of the latency bucket holding the 99th percentile",
+                &p99,
+            ),
+            (
+                "quiver_model_score",
+                "histogram",
+                "Scores over 20 bins of [0, 1]",
+                &scores,
+            ),
+            (
+                "quiver_model_rollbacks",
+                "counter",
+                "Automatic rollbacks of the challenger",
+                &rollbacks,
+            ),
+        ] {
+            if body.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            out.push_str(body);
+        }
+        out
+    }
+
     pub(crate) fn new(
         store: FeatureStore,
         tokens: Tokens,

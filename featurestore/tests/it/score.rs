@@ -175,6 +175,18 @@ async fn score_fetches_features_and_scores_with_the_champion() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // Per-version model metrics on /metrics, before the EOF marker.
+    let metrics = crate::flight::http_get(server.metrics_addr().unwrap(), "/metrics").await;
+    for line in [
+        "quiver_model_requests_total{model=\"fraud\",version=\"2\",alias=\"champion\"} ",
+        "quiver_model_score_count{model=\"fraud\",version=\"2\",alias=\"champion\"}",
+        "quiver_model_rollbacks_total{model=\"fraud\"} 0",
+        "# TYPE quiver_model_score histogram",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
     // Every scored row is in the audit log (a Delta table), found by its request id;
     // shutdown commits what is still queued.
     server.shutdown().await;
