@@ -35,7 +35,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::prelude::SessionContext;
 use deltalake::protocol::SaveMode;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::{Error, Result};
 
@@ -71,7 +71,8 @@ pub struct AuditConfig {
     pub max_batch: usize,
     /// ... or when the oldest has waited this long (default 1 s).
     pub max_delay: Duration,
-    /// Rows queued before requests wait for the writer (default 65,536).
+    /// Rows queued and not yet committed before requests wait for the writer (default
+    /// 65,536).
     pub queue_rows: usize,
 }
 
@@ -158,7 +159,10 @@ async fn append(path: &Path, rows: &[AuditRecord]) -> Result<()> {
 /// A handle to queue rows; cloned into every request.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Vec<AuditRecord>>,
+    tx: mpsc::UnboundedSender<(Vec<AuditRecord>, OwnedSemaphorePermit)>,
+    /// One permit per queued, uncommitted row: the real bound of the queue.
+    rows: Arc<Semaphore>,
+    queue_rows: usize,
     path: PathBuf,
 }
 
@@ -173,12 +177,19 @@ impl AuditLog {
     pub fn start(path: impl Into<PathBuf>, config: AuditConfig) -> Result<(Self, AuditWriter)> {
         let path = path.into();
         table_url(&path)?;
-        // The queue holds request batches; bound it by rows through a semaphore-free
-        // approximation: one slot per max_batch rows, at least 16 requests.
-        let slots = (config.queue_rows / config.max_batch.max(1)).max(16);
-        let (tx, rx) = mpsc::channel::<Vec<AuditRecord>>(slots);
+        let queue_rows = config.queue_rows.clamp(1, Semaphore::MAX_PERMITS);
+        let rows = Arc::new(Semaphore::new(queue_rows));
+        let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run_writer(path.clone(), config, rx));
-        Ok((Self { tx, path }, AuditWriter { task }))
+        Ok((
+            Self {
+                tx,
+                rows,
+                queue_rows,
+                path,
+            },
+            AuditWriter { task },
+        ))
     }
 
     /// The table's location.
@@ -191,10 +202,16 @@ impl AuditLog {
         if rows.is_empty() {
             return Ok(());
         }
-        self.tx
-            .send(rows)
+        let stopped = || Error::InvalidRequest("the audit writer has stopped".into());
+        // A request larger than the whole queue takes all of it.
+        let n = rows.len().min(self.queue_rows) as u32;
+        let permit = self
+            .rows
+            .clone()
+            .acquire_many_owned(n)
             .await
-            .map_err(|_| Error::InvalidRequest("the audit writer has stopped".into()))
+            .map_err(|_| stopped())?;
+        self.tx.send((rows, permit)).map_err(|_| stopped())
     }
 }
 
@@ -208,18 +225,24 @@ impl AuditWriter {
     }
 }
 
-async fn run_writer(path: PathBuf, config: AuditConfig, mut rx: mpsc::Receiver<Vec<AuditRecord>>) {
+async fn run_writer(
+    path: PathBuf,
+    config: AuditConfig,
+    mut rx: mpsc::UnboundedReceiver<(Vec<AuditRecord>, OwnedSemaphorePermit)>,
+) {
     let mut pending: Vec<AuditRecord> = Vec::new();
+    // Released on commit: while commits fail, the permits stay taken and new requests
+    // wait in `record` instead of memory growing.
+    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     loop {
         let deadline = tokio::time::sleep(config.max_delay);
         tokio::pin!(deadline);
         let closed = loop {
             tokio::select! {
-                // While commits fail, rows stop being taken once `queue_rows` wait:
-                // the channel fills and requests wait instead of memory growing.
-                got = rx.recv(), if pending.len() < config.queue_rows => match got {
-                    Some(rows) => {
+                got = rx.recv() => match got {
+                    Some((rows, permit)) => {
                         pending.extend(rows);
+                        held.push(permit);
                         if pending.len() >= config.max_batch {
                             break false;
                         }
@@ -232,7 +255,10 @@ async fn run_writer(path: PathBuf, config: AuditConfig, mut rx: mpsc::Receiver<V
         if !pending.is_empty() {
             // A failed commit is retried with the next one; rows are kept meanwhile.
             match append(&path, &pending).await {
-                Ok(()) => pending.clear(),
+                Ok(()) => {
+                    pending.clear();
+                    held.clear();
+                }
                 Err(e) => {
                     tracing::error!(error = %e, rows = pending.len(), "audit commit failed; retrying with the next");
                     if !closed {
@@ -241,6 +267,7 @@ async fn run_writer(path: PathBuf, config: AuditConfig, mut rx: mpsc::Receiver<V
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         if append(&path, &pending).await.is_ok() {
                             pending.clear();
+                            held.clear();
                         }
                     }
                 }
@@ -279,7 +306,7 @@ pub async fn lookup(path: &Path, request_id: &str) -> Result<Option<AuditRecord>
         || request_id.len() > MAX_ID
         || !request_id
             .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-' || b.is_ascii_digit())
+            .all(|b| b.is_ascii_hexdigit() || b == b'-')
     {
         return Err(Error::InvalidRequest(format!(
             "`{}` is not a request id (ids look like 19a8e2b1c4f-5e0c1d2a3b4c5d6e-0)",

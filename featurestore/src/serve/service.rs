@@ -548,11 +548,14 @@ impl FeatureService {
             });
             let request_id = format!("{prefix}-{row}");
             if auditing {
-                let entity: serde_json::Map<String, serde_json::Value> = route_key
-                    .split('\u{1f}')
+                // From the columns, not the route key: a string key may hold the
+                // route key's separator.
+                let entity: serde_json::Map<String, serde_json::Value> = formatters
+                    .iter()
                     .zip(&key_names)
                     .zip(&key_numeric)
-                    .map(|((v, name), numeric)| {
+                    .map(|((f, name), numeric)| {
+                        let v = f.value(row).to_string();
                         let value = match v.parse::<i64>() {
                             Ok(i) if *numeric => serde_json::json!(i),
                             _ => serde_json::json!(v),
