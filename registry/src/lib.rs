@@ -13,7 +13,8 @@
 //! ([`ModelRegistry`]: versions with Ed25519-signed manifests, content-addressed
 //! artifacts, aliases with their full history, trusted signers) and the
 //! [`Lineage`] graph (Delta table → feature view → training set → model → endpoint).
-//! [`NativeModel`] scores the native formats with per-feature contributions and
+//! [`Model`] scores the native formats ([`NativeModel`]) and, with the default `onnx`
+//! feature, ONNX files (through tract), with per-feature contributions;
 //! [`FeatureStats`] measures drift (PSI, KS) against training statistics.
 //!
 //! ```
@@ -38,6 +39,8 @@ mod drift;
 mod lineage;
 mod model;
 mod models;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod serving;
 mod signing;
 mod store;
@@ -46,7 +49,7 @@ pub use artifact::{ArtifactStore, MAX_ARTIFACT_BYTES, sha256_hex};
 pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, drift_report};
 pub use lineage::{Edge, Lineage, MAX_TRAVERSAL, Node, NodeKind, Subgraph};
 pub use model::{
-    Activation, Contributions, DenseLayer, IG_STEPS, MAX_FEATURES, MAX_LAYERS, MAX_WIDTH,
+    Activation, Contributions, DenseLayer, IG_STEPS, MAX_FEATURES, MAX_LAYERS, MAX_WIDTH, Model,
     NativeModel,
 };
 pub use models::{
@@ -54,6 +57,8 @@ pub use models::{
     MAX_TEXT, MAX_UPSTREAM, Manifest, ModelRecord, ModelRegistry, ModelVersion, Registration,
     check_model_inputs,
 };
+#[cfg(feature = "onnx")]
+pub use onnx::{EXACT_SHAPLEY_MAX_FEATURES, OnnxModel, SHAPLEY_PERMUTATIONS};
 pub use serving::{
     CHALLENGER, CHAMPION, Deployment, LATENCY_BUCKETS_US, MetricsSnapshot, ModelServer, Rollback,
     RolloutPolicy, Scored, Served, VersionMetrics, WatchHandle, entity_hash, histogram_psi,

@@ -28,7 +28,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::drift::FeatureStats;
 use crate::lineage::{Edge, Lineage, Node, NodeKind, check_id, record_tx};
-use crate::model::NativeModel;
+use crate::model::Model;
 use crate::signing::{SigningKey, verify_signature};
 use crate::store::{canonical_json, now_ms};
 use crate::{ArtifactStore, Error, Result};
@@ -93,7 +93,7 @@ pub struct Manifest {
     pub model: String,
     /// Version number, from 1.
     pub version: u64,
-    /// Artifact format (`logistic_regression`, `mlp`).
+    /// Artifact format (`logistic_regression`, `mlp`, `onnx`).
     pub format: String,
     /// SHA-256 of the artifact, hex.
     pub artifact_sha256: String,
@@ -355,7 +355,7 @@ pub struct LoadedVersion {
     /// Registry record.
     pub version: ModelVersion,
     /// The model, ready to score.
-    pub model: NativeModel,
+    pub model: Model,
 }
 
 /// The model side of the registry. Open with [`crate::MetadataStore::models`].
@@ -390,7 +390,7 @@ fn tx_err(path: &str, e: TransactionError<Error>) -> Error {
 }
 
 /// Check `model` against its input schema: same columns, same order.
-pub fn check_model_inputs(model: &NativeModel, input: &InputSchema) -> Result<()> {
+pub fn check_model_inputs(model: &Model, input: &InputSchema) -> Result<()> {
     let cols: Vec<&str> = input.features.iter().map(|f| f.column.as_str()).collect();
     let feats: Vec<&str> = model.features().iter().map(String::as_str).collect();
     if cols != feats {
@@ -496,7 +496,7 @@ impl ModelRegistry {
                 )));
             }
         }
-        let model = NativeModel::from_json(&reg.artifact)?;
+        let model = Model::from_artifact(&reg.artifact, &reg.input, &reg.stats)?;
         check_model_inputs(&model, &reg.input)?;
         for up in &reg.upstream {
             check_id(up)?;
@@ -864,7 +864,7 @@ impl ModelRegistry {
             },
         )?;
         let bytes = self.artifacts.get(&m.artifact_sha256)?;
-        let model_obj = NativeModel::from_json(&bytes)?;
+        let model_obj = Model::from_artifact(&bytes, &m.input, &m.training_stats)?;
         check_model_inputs(&model_obj, &m.input)?;
         Ok(LoadedVersion {
             version: mv,

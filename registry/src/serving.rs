@@ -501,11 +501,17 @@ impl ModelServer {
                 model.features().join(", ")
             )))
         } else {
-            Ok(Scored {
-                score: model.score(x),
-                version: served.version(),
-                alias: served.alias,
-                contributions: explain.then(|| model.contributions(x)),
+            model.score(x).and_then(|score| {
+                Ok(Scored {
+                    score,
+                    version: served.version(),
+                    alias: served.alias,
+                    contributions: if explain {
+                        Some(model.contributions(x)?)
+                    } else {
+                        None
+                    },
+                })
             })
         };
         served

@@ -209,3 +209,76 @@ async fn score_fetches_features_and_scores_with_the_champion() {
         .unwrap();
     assert!(unknown.is_none());
 }
+
+/// An ONNX model exported by skl2onnx (registry/tests/data/onnx) served by `score`:
+/// the same answer over Flight as the registry's own load, with Shapley contributions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_serves_an_exported_onnx_model() {
+    let (repo, store, _) = Fixture::store().await;
+    let registry = store.models().unwrap();
+    let key = SigningKey::generate(repo.path().join("ci.key")).unwrap();
+    registry.trust("ci", &key.public_key_hex()).unwrap();
+    let input = store
+        .input_schema(
+            &parse_feature_refs("stats:n_1d,stats:sum_all").unwrap(),
+            false,
+        )
+        .unwrap();
+    let onnx = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../registry/tests/data/onnx/logistic_regression.onnx"),
+    )
+    .unwrap();
+    let mv = registry
+        .register(Registration::new("fraud", onnx, input), "ci", &key)
+        .unwrap();
+    assert_eq!(mv.manifest.format, "onnx");
+    registry
+        .move_alias("fraud", "champion", Some(1), None, "ci", "onnx")
+        .unwrap();
+    let local = registry.load("fraud", 1).unwrap().model;
+
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .spawn(store)
+        .await
+        .unwrap();
+    let mut client = Client::connect(&format!("http://{}", server.addr()))
+        .await
+        .unwrap()
+        .with_token(TOKEN_A)
+        .unwrap();
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Int64,
+            false,
+        )])),
+        vec![Arc::new(Int64Array::from(vec![1, 2, 99]))],
+    )
+    .unwrap();
+    let out = client.score("fraud", &keys, true).await.unwrap();
+    let scores = out
+        .column_by_name("score")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    // Inputs of users 1 and 2 (see the test above); user 99 has none.
+    for (i, x) in [[2.0, 35.0], [0.0, 7.5], [f64::NAN, f64::NAN]]
+        .iter()
+        .enumerate()
+    {
+        let want = local.score(x).unwrap();
+        assert!((scores.value(i) - want).abs() < 1e-12, "row {i}");
+    }
+    let c = out
+        .column_by_name("contributions")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_str(c.value(0)).unwrap();
+    assert_eq!(c["method"], "baseline_shapley_exact", "{c}");
+    assert!(c["features"]["n_1d"].as_f64().is_some(), "{c}");
+    server.shutdown().await;
+}

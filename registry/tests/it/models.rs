@@ -57,7 +57,7 @@ fn versions_grow_and_load_verified() {
     assert_eq!(register(&fx, 0.5), 1);
     assert_eq!(register(&fx, 0.7), 2);
     let loaded = fx.reg.load("fraud", 2).unwrap();
-    assert_eq!(loaded.model, linear(0.7));
+    assert_eq!(loaded.model.native(), Some(&linear(0.7)));
     assert_eq!(loaded.version.manifest.metrics["auc"], 0.91);
     assert_eq!(loaded.version.tags["team"], "risk");
     assert_eq!(fx.reg.versions("fraud").unwrap().len(), 2);

@@ -43,12 +43,17 @@ pub(crate) enum RegistryCommand {
     Signers,
     /// Register a model file as a new, signed version.
     ///
-    /// The artifact is a native model (JSON: logistic_regression or mlp). Its feature
-    /// names must equal the columns of --features, in order. With --training-data (the
+    /// The artifact is a native model (JSON: logistic_regression or mlp), whose feature
+    /// names must equal the columns of --features in order, or an ONNX file (exported
+    /// by skl2onnx, onnxmltools, torch.onnx) taking one [batch, features] float tensor
+    /// in the order of --features and giving the positive-class probability in an
+    /// output named `probabilities` (or its only output). With --training-data (the
     /// Parquet written by `quiver history`) the training statistics used for drift
     /// checks are computed and the training set is linked in lineage.
     ///
     /// Example: quiver registry register fraud --artifact model.json --features user_txn_stats:txn_count_1h,user_txn_stats:amount_avg_7d --training-data train.parquet --key ana.key --signer ana --metric auc=0.91
+    ///
+    /// Example: quiver registry register fraud --artifact gbm.onnx --features user_txn_stats --training-data train.parquet --key ana.key --signer ana
     Register {
         /// Model name.
         model: String,
