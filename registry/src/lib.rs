@@ -46,7 +46,7 @@ mod signing;
 mod store;
 
 pub use artifact::{ArtifactStore, MAX_ARTIFACT_BYTES, sha256_hex};
-pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, drift_report};
+pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, LiveDrift, drift_report};
 pub use lineage::{Edge, Lineage, MAX_TRAVERSAL, Node, NodeKind, Subgraph};
 pub use model::{
     Activation, Contributions, DenseLayer, IG_STEPS, MAX_FEATURES, MAX_LAYERS, MAX_WIDTH, Model,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use crate::drift::FeatureStats;
+use crate::drift::{DriftReport, FeatureStats, LiveDrift};
 use crate::model::Contributions;
 use crate::models::{LoadedVersion, ModelRegistry};
 use crate::{Error, Result};
@@ -38,14 +38,28 @@ pub const CHAMPION: &str = "champion";
 /// Alias served to the canary share.
 pub const CHALLENGER: &str = "challenger";
 
-/// When a challenger is rolled back.
+/// When a challenger is rolled back, and when inputs count as drifted.
+///
+/// Serialised as JSON with every field optional (missing fields take the defaults)
+/// and unknown fields refused, `max_p99` as `max_p99_ms`:
+///
+/// ```
+/// use quiver_registry::RolloutPolicy;
+/// let p: RolloutPolicy =
+///     serde_json::from_str(r#"{"challenger_percent": 5, "max_p99_ms": 20}"#).unwrap();
+/// assert_eq!(p.max_p99, std::time::Duration::from_millis(20));
+/// assert_eq!(p.max_error_rate, RolloutPolicy::default().max_error_rate);
+/// assert!(serde_json::from_str::<RolloutPolicy>(r#"{"max_p99": 20}"#).is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RolloutPolicy {
     /// Share of entities (0 to 100) routed to the challenger.
     pub challenger_percent: f64,
     /// Roll back when the challenger's error rate exceeds this (0 to 1).
     pub max_error_rate: f64,
     /// Roll back when the challenger's p99 scoring latency exceeds this.
+    #[serde(rename = "max_p99_ms", with = "millis")]
     pub max_p99: Duration,
     /// Roll back when the PSI of the challenger's scores against the champion's exceeds this.
     pub max_score_psi: f64,
@@ -53,6 +67,42 @@ pub struct RolloutPolicy {
     pub min_requests: u64,
     /// Judge every this many challenger requests.
     pub check_every: u64,
+    /// A served input feature whose PSI against the training statistics exceeds this
+    /// over at least `min_requests` recent values is reported as drifted (metrics,
+    /// status). Feature drift is an alert, not a
+    /// rollback reason: champion and challenger see the same inputs.
+    pub max_feature_psi: f64,
+    /// Rows per generation of the live feature-drift window (reports cover one to two
+    /// windows of recent rows).
+    pub drift_window: u64,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64() * 1000.0)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        if !(ms > 0.0 && ms <= 3_600_000.0) {
+            return Err(serde::de::Error::custom(format!(
+                "max_p99_ms {ms} is outside (0, 3600000]"
+            )));
+        }
+        Ok(Duration::from_secs_f64(ms / 1000.0))
+    }
+}
+
+fn default_psi() -> f64 {
+    crate::drift::DEFAULT_PSI_THRESHOLD
+}
+
+fn default_drift_window() -> u64 {
+    10_000
 }
 
 impl Default for RolloutPolicy {
@@ -64,6 +114,8 @@ impl Default for RolloutPolicy {
             max_score_psi: crate::drift::DEFAULT_PSI_THRESHOLD,
             min_requests: 200,
             check_every: 100,
+            max_feature_psi: default_psi(),
+            drift_window: default_drift_window(),
         }
     }
 }
@@ -92,6 +144,21 @@ impl RolloutPolicy {
         }
         if self.check_every == 0 {
             return bad("check_every must be at least 1".into());
+        }
+        if !(self.max_feature_psi > 0.0) {
+            return bad(format!(
+                "max_feature_psi {} must be positive",
+                self.max_feature_psi
+            ));
+        }
+        if !(1..=100_000_000).contains(&self.drift_window) {
+            return bad(format!(
+                "drift_window {} is outside 1..=100000000",
+                self.drift_window
+            ));
+        }
+        if self.max_p99.is_zero() {
+            return bad("max_p99 must be positive".into());
         }
         Ok(())
     }
@@ -238,6 +305,8 @@ pub struct Served {
     pub loaded: LoadedVersion,
     /// Its counters.
     pub metrics: VersionMetrics,
+    /// Drift of the inputs it scored against its training statistics.
+    pub drift: LiveDrift,
     /// When it went live.
     pub since: Instant,
 }
@@ -363,10 +432,16 @@ impl ModelServer {
         match self.registry.load(&self.model, state.version) {
             Ok(loaded) => {
                 tracing::info!(model = %self.model, alias, version = state.version, "loaded model version");
+                let drift = LiveDrift::new(
+                    &loaded.version.manifest.training_stats,
+                    loaded.model.features(),
+                    self.policy.drift_window,
+                );
                 Ok(Some(Arc::new(Served {
                     alias,
                     loaded,
                     metrics: VersionMetrics::default(),
+                    drift,
                     since: Instant::now(),
                 })))
             }
@@ -517,6 +592,9 @@ impl ModelServer {
         served
             .metrics
             .observe(started.elapsed(), result.as_ref().ok().map(|s| s.score));
+        if result.is_ok() {
+            served.drift.observe(x);
+        }
         if served.alias == CHALLENGER {
             let n = served.metrics.requests.load(Ordering::Relaxed);
             if n >= self.policy.min_requests && n % self.policy.check_every == 0 {
@@ -601,6 +679,28 @@ impl ModelServer {
             .into_iter()
             .flatten()
             .map(|s| (format!("{}@{}", s.alias, s.version()), s.metrics.snapshot()))
+            .collect()
+    }
+
+    /// The policy this server judges by.
+    pub fn policy(&self) -> &RolloutPolicy {
+        &self.policy
+    }
+
+    /// Live feature drift of each served version, by `alias@version`, against the
+    /// policy's `max_feature_psi`.
+    pub fn drift(&self) -> BTreeMap<String, Vec<DriftReport>> {
+        let d = self.current.load();
+        [&d.champion, &d.challenger]
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                (
+                    format!("{}@{}", s.alias, s.version()),
+                    s.drift
+                        .report(self.policy.max_feature_psi, self.policy.min_requests),
+                )
+            })
             .collect()
     }
 

@@ -68,6 +68,46 @@ pub struct ServeConfig {
     pub limits: ServeLimits,
     /// Audit log of scored requests (a Delta table) and how it batches; `None`: off.
     pub audit: Option<(std::path::PathBuf, crate::audit::AuditConfig)>,
+    /// Rollout policy per model (canary share, rollback thresholds, drift threshold);
+    /// models not listed get [`quiver_registry::RolloutPolicy::default`].
+    pub policies: std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>,
+}
+
+/// Read a policies file: a JSON object from model name to [`quiver_registry::RolloutPolicy`]
+/// (every field optional), each checked; errors name the file, the model and the field.
+///
+/// ```json
+/// {"fraud": {"challenger_percent": 5, "max_error_rate": 0.02, "max_p99_ms": 20,
+///            "max_score_psi": 0.2, "max_feature_psi": 0.1}}
+/// ```
+pub fn load_policies(
+    path: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>> {
+    const MAX_BYTES: u64 = 1 << 20;
+    let bad = |m: String| Error::InvalidRequest(format!("{}: {m}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.len() > MAX_BYTES {
+        return Err(bad(format!(
+            "{} bytes; a policies file is at most {MAX_BYTES}",
+            meta.len()
+        )));
+    }
+    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let map: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_slice(&text)
+        .map_err(|e| {
+            bad(format!(
+                "{e}; expected {{\"MODEL\": {{\"challenger_percent\": 10, ...}}}}"
+            ))
+        })?;
+    map.into_iter()
+        .map(|(model, v)| {
+            let p: quiver_registry::RolloutPolicy =
+                serde_json::from_value(v).map_err(|e| bad(format!("model `{model}`: {e}")))?;
+            p.validate()
+                .map_err(|e| bad(format!("model `{model}`: {e}")))?;
+            Ok((model, p))
+        })
+        .collect()
 }
 
 impl ServeConfig {
@@ -81,7 +121,14 @@ impl ServeConfig {
             tls: None,
             limits: ServeLimits::default(),
             audit: None,
+            policies: Default::default(),
         }
+    }
+
+    /// Judge `model`'s challenger by `policy` instead of the default.
+    pub fn with_policy(mut self, model: &str, policy: quiver_registry::RolloutPolicy) -> Self {
+        self.policies.insert(model.to_owned(), policy);
+        self
     }
 
     /// Record every scored row in the Delta table at `path` (see [`crate::audit`]).
@@ -110,6 +157,10 @@ impl ServeConfig {
 
     /// Bind, start serving in the background, and return a handle.
     pub async fn spawn(self, store: FeatureStore) -> Result<RunningServer> {
+        for (model, p) in &self.policies {
+            p.validate()
+                .map_err(|e| Error::InvalidRequest(format!("policy of model `{model}`: {e}")))?;
+        }
         if self.tokens.is_empty() {
             return Err(Error::InvalidRequest("no tokens: every request would be refused; give tokens (--tokens FILE or QUIVER_TOKENS) or run with --insecure-no-auth".into()));
         }
@@ -129,6 +180,7 @@ impl ServeConfig {
             self.limits.clone(),
             metrics.clone(),
             audit,
+            self.policies.clone(),
         )?);
         let svc = FeatureService {
             shared: shared.clone(),

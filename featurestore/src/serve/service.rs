@@ -111,6 +111,15 @@ pub(crate) struct Shared {
     views: std::sync::RwLock<(u64, HashMap<String, Arc<AppliedView>>)>,
     /// Where scored rows are recorded, when auditing is on.
     pub(crate) audit: Option<crate::audit::AuditLog>,
+    /// Rollout policy per model; others get the default.
+    policies: std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>,
+}
+
+/// `v` as an OpenMetrics label value (quoted characters escaped).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Shared {
@@ -131,7 +140,12 @@ impl Shared {
         let mut p99 = String::new();
         let mut scores = String::new();
         let mut rollbacks = String::new();
-        // Label values are model names (validated identifiers) and numbers.
+        let mut psi = String::new();
+        let mut ks = String::new();
+        let mut drifted = String::new();
+        let mut drift_rows = String::new();
+        // Label values are model names (validated identifiers), numbers and feature
+        // columns (escaped).
         for server in &servers {
             let model = server.model();
             let d = server.deployment();
@@ -168,6 +182,24 @@ impl Shared {
                     "quiver_model_score_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
                 );
                 let _ = writeln!(scores, "quiver_model_score_count{{{labels}}} {cumulative}");
+                for r in served.drift.report(
+                    server.policy().max_feature_psi,
+                    server.policy().min_requests,
+                ) {
+                    let l = format!("{labels},feature=\"{}\"", label_value(&r.feature));
+                    let _ = writeln!(psi, "quiver_model_feature_psi{{{l}}} {}", r.psi);
+                    let _ = writeln!(ks, "quiver_model_feature_ks{{{l}}} {}", r.ks);
+                    let _ = writeln!(
+                        drifted,
+                        "quiver_model_feature_drifted{{{l}}} {}",
+                        u8::from(r.drifted)
+                    );
+                    let _ = writeln!(
+                        drift_rows,
+                        "quiver_model_feature_drift_rows{{{l}}} {}",
+                        r.live_count
+                    );
+                }
             }
             let _ = writeln!(
                 rollbacks,
@@ -206,6 +238,30 @@ impl Shared {
                 "Automatic rollbacks of the challenger",
                 &rollbacks,
             ),
+            (
+                "quiver_model_feature_psi",
+                "gauge",
+                "PSI of recent served inputs against the version's training statistics",
+                &psi,
+            ),
+            (
+                "quiver_model_feature_ks",
+                "gauge",
+                "Kolmogorov-Smirnov statistic of recent served inputs against the training statistics",
+                &ks,
+            ),
+            (
+                "quiver_model_feature_drifted",
+                "gauge",
+                "1 when the feature's PSI is above the policy's max_feature_psi",
+                &drifted,
+            ),
+            (
+                "quiver_model_feature_drift_rows",
+                "gauge",
+                "Recent non-null values the drift measures cover",
+                &drift_rows,
+            ),
         ] {
             if body.is_empty() {
                 continue;
@@ -223,9 +279,11 @@ impl Shared {
         limits: ServeLimits,
         metrics: Arc<Metrics>,
         audit: Option<crate::audit::AuditLog>,
+        policies: std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>,
     ) -> crate::Result<Self> {
         Ok(Self {
             audit,
+            policies,
             online: store.online()?,
             store,
             tokens,
@@ -369,12 +427,9 @@ impl FeatureService {
         if registry.model(model).map_err(Error::from)?.is_none() {
             return Err(Status::not_found(format!("no registered model `{model}`")));
         }
-        let server = quiver_registry::ModelServer::new(
-            registry,
-            model,
-            quiver_registry::RolloutPolicy::default(),
-        )
-        .map_err(Error::from)?;
+        let policy = self.shared.policies.get(model).cloned().unwrap_or_default();
+        let server =
+            quiver_registry::ModelServer::new(registry, model, policy).map_err(Error::from)?;
         let watch = server.watch();
         models.insert(model.to_owned(), (server.clone(), watch));
         Ok(server)
@@ -993,6 +1048,47 @@ impl FeatureService {
                     .collect();
                 json(serde_json::json!({ "views": views }))
             }
+            "model-status" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    model: String,
+                }
+                if action.body.len() > self.shared.limits.max_command_bytes {
+                    return Err(Status::resource_exhausted("the action body is too large"));
+                }
+                let body: Body = serde_json::from_slice(&action.body).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "model-status body: {e}; send {{\"model\": \"NAME\"}}"
+                    ))
+                })?;
+                let (server, d, _) = self.score_deployment(tenant, &body.model)?;
+                let policy = server.policy();
+                let versions: Vec<serde_json::Value> = [&d.champion, &d.challenger]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        let m = s.metrics.snapshot();
+                        serde_json::json!({
+                            "alias": s.alias,
+                            "version": s.version(),
+                            "format": s.loaded.version.manifest.format,
+                            "serving_seconds": s.since.elapsed().as_secs_f64(),
+                            "requests": m.requests,
+                            "errors": m.errors,
+                            "p99_us": m.p99_us,
+                            "drift": s.drift.report(policy.max_feature_psi, policy.min_requests),
+                        })
+                    })
+                    .collect();
+                json(serde_json::json!({
+                    "model": server.model(),
+                    "challenger_percent": d.challenger_percent,
+                    "policy": policy,
+                    "versions": versions,
+                    "rollbacks": server.rollbacks(),
+                }))
+            }
             "plan" => {
                 admin()?;
                 json(serde_json::to_value(store.plan().await?).unwrap_or_default())
@@ -1051,8 +1147,12 @@ impl FeatureService {
     }
 }
 
-const ACTIONS: [(&str, &str); 5] = [
+const ACTIONS: [(&str, &str); 6] = [
     ("health", "Is the server up: {\"status\": \"ok\"}"),
+    (
+        "model-status",
+        "A model's served versions, rollout policy, metrics, live feature drift and rollbacks; body {\"model\": NAME}",
+    ),
     ("list", "Feature views the caller may read, as JSON"),
     ("plan", "What apply would change, as JSON (admin)"),
     ("apply", "Apply the feature repo, all or nothing (admin)"),

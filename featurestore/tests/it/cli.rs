@@ -94,6 +94,40 @@ fn user_errors_exit_1_with_located_messages() {
         Some(1),
         "init refuses a folder with YAML files"
     );
+    // A policies file with a misspelt field is refused before anything is served.
+    let policies = repo.join("policies.json");
+    std::fs::write(&policies, r#"{"fraud": {"max_p99": 20}}"#).unwrap();
+    let out = quiver(
+        repo,
+        &[
+            "serve",
+            "--insecure-no-auth",
+            "--addr",
+            "127.0.0.1:0",
+            "--policies",
+            policies.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("policies.json") && err.contains("`fraud`") && err.contains("max_p99_ms"),
+        "{err}"
+    );
+    std::fs::write(&policies, r#"{"fraud": {"challenger_percent": 140}}"#).unwrap();
+    let out = quiver(
+        repo,
+        &[
+            "serve",
+            "--insecure-no-auth",
+            "--addr",
+            "127.0.0.1:0",
+            "--policies",
+            policies.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside 0..=100"));
 }
 
 #[test]

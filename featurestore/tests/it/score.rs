@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use quiver_featurestore::client::Client;
 use quiver_featurestore::offline::parse_feature_refs;
 use quiver_featurestore::serve::ServeConfig;
-use quiver_registry::{NativeModel, Registration, SigningKey};
+use quiver_registry::{FeatureStats, NativeModel, Registration, RolloutPolicy, SigningKey};
 
 use crate::flight::{Fixture, TOKEN_A, TOKEN_B};
 
@@ -229,8 +229,21 @@ async fn score_serves_an_exported_onnx_model() {
             .join("../registry/tests/data/onnx/logistic_regression.onnx"),
     )
     .unwrap();
+    // Training statistics far from what the fixture serves (n_1d is 0 to 2 there), so
+    // live drift shows.
+    let stats = vec![
+        FeatureStats::from_values(
+            "n_1d",
+            &(0..200).map(|i| 50.0 + i as f64).collect::<Vec<_>>(),
+        ),
+        FeatureStats::from_values("sum_all", &[0.0, 7.5, 10.0, 35.0]),
+    ];
     let mv = registry
-        .register(Registration::new("fraud", onnx, input), "ci", &key)
+        .register(
+            Registration::new("fraud", onnx, input).training_stats(stats),
+            "ci",
+            &key,
+        )
         .unwrap();
     assert_eq!(mv.manifest.format, "onnx");
     registry
@@ -238,7 +251,14 @@ async fn score_serves_an_exported_onnx_model() {
         .unwrap();
     let local = registry.load("fraud", 1).unwrap().model;
 
+    let policy = RolloutPolicy {
+        max_feature_psi: 0.5,
+        drift_window: 100,
+        min_requests: 2,
+        ..RolloutPolicy::default()
+    };
     let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_policy("fraud", policy)
         .spawn(store)
         .await
         .unwrap();
@@ -280,5 +300,46 @@ async fn score_serves_an_exported_onnx_model() {
     let c: serde_json::Value = serde_json::from_str(c.value(0)).unwrap();
     assert_eq!(c["method"], "baseline_shapley_exact", "{c}");
     assert!(c["features"]["n_1d"].as_f64().is_some(), "{c}");
+
+    // Live drift of the served inputs, judged by this model's own policy, on /metrics
+    // and in the model-status action (what `quiver registry status` prints).
+    let metrics = crate::flight::http_get(server.metrics_addr().unwrap(), "/metrics").await;
+    let l = "model=\"fraud\",version=\"1\",alias=\"champion\"";
+    for line in [
+        format!("quiver_model_feature_drifted{{{l},feature=\"n_1d\"}} 1"),
+        format!("quiver_model_feature_drift_rows{{{l},feature=\"n_1d\"}} 2"),
+        "# TYPE quiver_model_feature_ks gauge".to_string(),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+    }
+    let status = client
+        .action("model-status", serde_json::json!({"model": "fraud"}))
+        .await
+        .unwrap();
+    assert_eq!(status["policy"]["max_feature_psi"], 0.5, "{status}");
+    let v = &status["versions"][0];
+    assert_eq!(
+        (v["alias"].as_str(), v["format"].as_str()),
+        (Some("champion"), Some("onnx"))
+    );
+    assert_eq!(v["requests"], 3);
+    let n_1d = &v["drift"][0];
+    assert_eq!(n_1d["feature"], "n_1d");
+    assert!(
+        n_1d["psi"].as_f64().unwrap() > 0.5 && n_1d["ks"].as_f64().unwrap() > 0.99,
+        "{n_1d}"
+    );
+    // A tenant that may not read the views gets no status either.
+    let mut other = Client::connect(&format!("http://{}", server.addr()))
+        .await
+        .unwrap()
+        .with_token(TOKEN_B)
+        .unwrap();
+    assert!(
+        other
+            .action("model-status", serde_json::json!({"model": "fraud"}))
+            .await
+            .is_err()
+    );
     server.shutdown().await;
 }

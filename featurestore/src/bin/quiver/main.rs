@@ -163,6 +163,12 @@ enum Command {
         /// Do not record scored requests in the audit log (<repo>/.quiver/audit).
         #[arg(long)]
         no_audit: bool,
+        /// Rollout policy per model (JSON): canary share, rollback thresholds, drift
+        /// threshold, e.g. {"fraud": {"challenger_percent": 5, "max_p99_ms": 20,
+        /// "max_error_rate": 0.01, "max_score_psi": 0.15, "max_feature_psi": 0.15}}.
+        /// Fields left out and models not listed take those defaults (10 % canary).
+        #[arg(long)]
+        policies: Option<PathBuf>,
     },
     /// Build a point-in-time correct training set.
     ///
@@ -440,6 +446,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             max_keys,
             no_audit,
+            policies,
         } => {
             use quiver_featurestore::serve::{ServeConfig, ServeLimits, TlsConfig, Tokens};
             let tokens = match (tokens, std::env::var("QUIVER_TOKENS").ok(), insecure_no_auth) {
@@ -477,6 +484,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !no_audit {
                 config = config.with_audit(cli.repo.join(".quiver").join("audit"));
+            }
+            if let Some(path) = policies {
+                config.policies = quiver_featurestore::serve::load_policies(path)?;
             }
             let store = open(&cli)?;
             // Handlers first: a supervisor may signal as soon as it reads the address.

@@ -163,6 +163,22 @@ pub(crate) enum RegistryCommand {
         #[arg(long, default_value_t = quiver_registry::DEFAULT_PSI_THRESHOLD)]
         psi_threshold: f64,
     },
+    /// What a running `quiver serve` serves for MODEL: champion and challenger
+    /// versions, canary share, rollout policy, per-version requests, errors and p99,
+    /// live feature drift (PSI and KS of recently served inputs against each version's
+    /// training statistics) and automatic rollbacks.
+    ///
+    /// Example: quiver registry status fraud --server http://127.0.0.1:8815 --token $QUIVER_TOKEN
+    Status {
+        /// Model name.
+        model: String,
+        /// URL of the running `quiver serve`.
+        #[arg(long, env = "QUIVER_SERVER", default_value = "http://127.0.0.1:8815")]
+        server: String,
+        /// Bearer token of a tenant that may read the model's views.
+        #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// One scored row from the audit log (`<repo>/.quiver/audit`, a Delta table), by
     /// the `request_id` that `score` returned: time, tenant, entity, inputs, model
     /// version, score and contributions. Works while `quiver serve` runs.
@@ -206,6 +222,63 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 }
 
 /// `MODEL` or `MODEL@SELECTOR`.
+/// The `model-status` answer as text: one block per served version.
+fn print_status(s: &serde_json::Value) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    println!(
+        "model {}  (challenger share {}%)",
+        s["model"].as_str().unwrap_or("?"),
+        f(&s["challenger_percent"])
+    );
+    let p = &s["policy"];
+    println!(
+        "policy: rollback past {}% errors, p99 {} ms, score PSI {}; inputs drifted past PSI {}",
+        f(&p["max_error_rate"]) * 100.0,
+        f(&p["max_p99_ms"]),
+        f(&p["max_score_psi"]),
+        f(&p["max_feature_psi"])
+    );
+    for v in s["versions"].as_array().into_iter().flatten() {
+        println!(
+            "\n{} = version {} ({}), {} requests, {} errors, p99 <= {} us",
+            v["alias"].as_str().unwrap_or("?"),
+            v["version"],
+            v["format"].as_str().unwrap_or("?"),
+            v["requests"],
+            v["errors"],
+            v["p99_us"]
+        );
+        let drift = v["drift"].as_array().cloned().unwrap_or_default();
+        if drift.is_empty() {
+            println!("  no training statistics: no live drift (register with --training-data)");
+            continue;
+        }
+        println!("  {:<28} {:>8} {:>8} {:>8}", "feature", "rows", "psi", "ks");
+        for d in drift {
+            println!(
+                "  {:<28} {:>8} {:>8.4} {:>8.4}{}",
+                d["feature"].as_str().unwrap_or("?"),
+                d["live_count"],
+                f(&d["psi"]),
+                f(&d["ks"]),
+                if d["drifted"].as_bool() == Some(true) {
+                    "  DRIFTED"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let rollbacks = s["rollbacks"].as_array().cloned().unwrap_or_default();
+    for r in &rollbacks {
+        println!(
+            "\nrolled back version {}: {}",
+            r["version"],
+            r["reason"].as_str().unwrap_or("?")
+        );
+    }
+}
+
 fn split_model(s: &str) -> (&str, Option<&str>) {
     match s.split_once('@') {
         Some((m, sel)) => (m, Some(sel)),
@@ -275,6 +348,27 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             if let Some(c) = &rec.contributions {
                 println!("explained {c}");
             }
+        }
+        return Ok(());
+    }
+    if let RegistryCommand::Status {
+        model,
+        server,
+        token,
+    } = cmd
+    {
+        // Live state is in the server's memory: ask it.
+        let mut client = quiver_featurestore::client::Client::connect(server).await?;
+        if let Some(t) = token {
+            client = client.with_token(t)?;
+        }
+        let status = client
+            .action("model-status", serde_json::json!({ "model": model }))
+            .await?;
+        if json_out {
+            print_json(&status)?;
+        } else {
+            print_status(&status);
         }
         return Ok(());
     }
@@ -549,7 +643,9 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             print_graph(&g, *format, &id, *down, json_out)?;
         }
         RegistryCommand::Impact { view } => impact(&store, &reg, view, json_out)?,
-        RegistryCommand::Audit { .. } => unreachable!("answered before the registry opens"),
+        RegistryCommand::Audit { .. } | RegistryCommand::Status { .. } => {
+            unreachable!("answered before the registry opens")
+        }
         RegistryCommand::Drift {
             model,
             live,
