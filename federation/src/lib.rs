@@ -1,11 +1,11 @@
-//! quiver's federated training across banks (not built yet).
+//! quiver's federated training across banks.
 //!
-//! This crate will own cross-silo federated training: secure aggregation in the style
-//! of SecAgg / SecAgg+ (pairwise and self masks, Shamir shares for dropout recovery,
-//! quantized updates in a ring), differential privacy with an accountant, the
-//! coordinator and worker gRPC services, local trainers (CPU by default, GPU behind a
-//! cargo feature) and the `quiver-fed` CLI. Each bank's worker trains on training sets
-//! from its own feature store; no bank's data or individual update leaves the bank.
+//! Built so far: [`protocol`], secure aggregation in the style of SecAgg / SecAgg+
+//! (pairwise and self masks from X25519 agreement, Shamir shares for dropout recovery,
+//! quantized updates in Z_(2^32), Ed25519-signed messages bound to their round) as
+//! pure, synchronous state machines.
 //!
-//! Today it contains no code: the federation issue builds it. Nothing here pretends
-//! otherwise.
+//! Not built yet (see docs/federation.md): differential privacy and its accountant,
+//! the coordinator and worker gRPC services, local trainers and the `quiver-fed` CLI.
+
+pub mod protocol;

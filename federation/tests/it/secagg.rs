@@ -1,0 +1,544 @@
+//! SecAgg / SecAgg+ rounds run message by message: exact sums with and without
+//! dropouts, aborts below the threshold, a lying coordinator, broken and malicious
+//! clients, and the uniformity of what the coordinator sees.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use quiver_federation::protocol::ProtocolError;
+use quiver_federation::protocol::quantize::Quantizer;
+use quiver_federation::protocol::secagg::{
+    Aggregate, Client, Params, Roster, RoundId, Server, UnmaskRequest, neighbours,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+
+/// Stages at which a client can fall silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Advertise,
+    Share,
+    Masked,
+    Consistency,
+    Unmask,
+}
+
+struct Banks {
+    ids: Vec<Arc<Ed25519KeyPair>>,
+    roster: Arc<Roster>,
+}
+
+fn banks(n: usize) -> Banks {
+    let rng = SystemRandom::new();
+    let ids: Vec<Arc<Ed25519KeyPair>> = (0..n)
+        .map(|_| {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+            Arc::new(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap())
+        })
+        .collect();
+    let roster = Roster::new(
+        ids.iter()
+            .map(|k| k.public_key().as_ref().to_vec())
+            .collect(),
+    )
+    .unwrap();
+    Banks {
+        ids,
+        roster: Arc::new(roster),
+    }
+}
+
+fn round(r: u64) -> RoundId {
+    let mut session = [0u8; 16];
+    SystemRandom::new().fill(&mut session).unwrap();
+    RoundId { session, round: r }
+}
+
+fn inputs(n: usize, len: usize, seed: u32) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|i| {
+            (0..len)
+                .map(|j| {
+                    (i as u32 + 1)
+                        .wrapping_mul(2_654_435_761)
+                        .wrapping_add(j as u32 * 40_503 + seed)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn plain_sum(inputs: &[Vec<u32>], who: &[u32]) -> Vec<u32> {
+    let mut s = vec![0u32; inputs[0].len()];
+    for &i in who {
+        for (a, x) in s.iter_mut().zip(&inputs[i as usize]) {
+            *a = a.wrapping_add(*x);
+        }
+    }
+    s
+}
+
+/// Run one round; `silent[stage]` lists the clients that send nothing from that stage
+/// on. Returns the server's result.
+fn run(
+    b: &Banks,
+    params: &Params,
+    inputs: &[Vec<u32>],
+    silent: &BTreeMap<Stage, Vec<u32>>,
+) -> Result<Aggregate, ProtocolError> {
+    let r = round(1);
+    let quiet = |stage: Stage, id: u32| {
+        silent
+            .iter()
+            .any(|(s, ids)| *s <= stage && ids.contains(&id))
+    };
+    let mut server = Server::new(params.clone(), r, b.roster.clone())?;
+    let mut clients = BTreeMap::new();
+    for i in 0..params.clients as u32 {
+        let (c, adv) = Client::new(
+            i,
+            b.ids[i as usize].clone(),
+            b.roster.clone(),
+            params.clone(),
+            r,
+        )?;
+        clients.insert(i, c);
+        if !quiet(Stage::Advertise, i) {
+            server.receive_keys(adv)?;
+        }
+    }
+    let keys = server.close_keys()?;
+    for (i, ks) in &keys {
+        if quiet(Stage::Share, *i) {
+            continue;
+        }
+        let m = clients.get_mut(i).unwrap().share_keys(ks)?;
+        server.receive_shares(m)?;
+    }
+    let inbox = server.close_shares()?;
+    for (i, shares) in &inbox {
+        if quiet(Stage::Masked, *i) {
+            continue;
+        }
+        let m = clients
+            .get_mut(i)
+            .unwrap()
+            .masked_input(shares, &inputs[*i as usize])?;
+        server.receive_masked(m)?;
+    }
+    let list = server.close_masked()?;
+    for i in &list.survivors {
+        if quiet(Stage::Consistency, *i) {
+            continue;
+        }
+        let m = clients.get_mut(i).unwrap().consistency(&list)?;
+        server.receive_consistency(m)?;
+    }
+    let req = server.close_consistency()?;
+    for i in &list.survivors {
+        if quiet(Stage::Unmask, *i) || quiet(Stage::Consistency, *i) {
+            continue;
+        }
+        let m = clients.get_mut(i).unwrap().unmask(&req)?;
+        server.receive_unmask(m)?;
+    }
+    server.finish()
+}
+
+#[test]
+fn the_secure_sum_equals_the_plain_sum() {
+    let n = 10;
+    let b = banks(n);
+    let x = inputs(n, 1000, 7);
+    let all: Vec<u32> = (0..n as u32).collect();
+    for params in [
+        Params::secagg(n, 6, 1000),
+        Params {
+            clients: n,
+            threshold: 3,
+            neighbours: 4,
+            len: 1000,
+        },
+    ] {
+        let agg = run(&b, &params, &x, &BTreeMap::new()).unwrap();
+        assert_eq!(agg.contributors, all);
+        assert_eq!(agg.sum, plain_sum(&x, &all), "{params:?}");
+        assert!(agg.dropped.is_empty());
+    }
+}
+
+#[test]
+fn dropouts_at_every_stage_up_to_n_minus_t_are_recovered() {
+    let n = 8;
+    let t = 5;
+    let b = banks(n);
+    let x = inputs(n, 300, 11);
+    let params = Params::secagg(n, t, 300);
+    for stage in [
+        Stage::Advertise,
+        Stage::Share,
+        Stage::Masked,
+        Stage::Consistency,
+        Stage::Unmask,
+    ] {
+        for drops in 1..=n - t {
+            let gone: Vec<u32> = (0..drops as u32).map(|i| (i * 3 + 1) % n as u32).collect();
+            let silent = BTreeMap::from([(stage, gone.clone())]);
+            let agg = run(&b, &params, &x, &silent)
+                .unwrap_or_else(|e| panic!("{drops} dropped at {stage:?}: {e}"));
+            // Clients that sent their masked input are in the sum even if they go
+            // silent later; the others are not.
+            let expect: Vec<u32> = (0..n as u32)
+                .filter(|i| stage > Stage::Masked || !gone.contains(i))
+                .collect();
+            assert_eq!(agg.contributors, expect, "{stage:?}");
+            assert_eq!(
+                agg.sum,
+                plain_sum(&x, &expect),
+                "{drops} dropped at {stage:?}"
+            );
+        }
+    }
+    // SecAgg+ recovers dropouts too, within each neighbourhood's threshold.
+    let n = 12;
+    let b = banks(n);
+    let x = inputs(n, 300, 3);
+    let params = Params {
+        clients: n,
+        threshold: 4,
+        neighbours: 6,
+        len: 300,
+    };
+    for stage in [Stage::Share, Stage::Masked, Stage::Unmask] {
+        let silent = BTreeMap::from([(stage, vec![2])]);
+        let agg = run(&b, &params, &x, &silent).unwrap();
+        assert_eq!(agg.sum, plain_sum(&x, &agg.contributors), "{stage:?}");
+    }
+}
+
+#[test]
+fn fewer_than_t_survivors_abort_before_anything_is_revealed() {
+    let n = 6;
+    let t = 4;
+    let b = banks(n);
+    let x = inputs(n, 50, 1);
+    let params = Params::secagg(n, t, 50);
+    for stage in [
+        Stage::Advertise,
+        Stage::Share,
+        Stage::Masked,
+        Stage::Consistency,
+    ] {
+        let silent = BTreeMap::from([(stage, vec![0, 1, 2])]);
+        let e = run(&b, &params, &x, &silent).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProtocolError::Aborted {
+                    have: 3,
+                    need: 4,
+                    ..
+                }
+            ),
+            "{stage:?}: {e}"
+        );
+    }
+    // Too few unmask answers: the server cannot rebuild, and says so.
+    let e = run(
+        &b,
+        &params,
+        &x,
+        &BTreeMap::from([(Stage::Unmask, vec![0, 1, 2])]),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ProtocolError::Aborted { .. }), "{e}");
+}
+
+/// A round driven up to the unmask request, for tampering with what the coordinator
+/// sends.
+struct AtUnmask {
+    clients: BTreeMap<u32, Client>,
+    request: UnmaskRequest,
+}
+
+fn up_to_unmask(b: &Banks, params: &Params, drop_after_share: &[u32]) -> AtUnmask {
+    let r = round(9);
+    let x = inputs(params.clients, params.len, 5);
+    let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
+    let mut clients = BTreeMap::new();
+    for i in 0..params.clients as u32 {
+        let (c, adv) = Client::new(
+            i,
+            b.ids[i as usize].clone(),
+            b.roster.clone(),
+            params.clone(),
+            r,
+        )
+        .unwrap();
+        server.receive_keys(adv).unwrap();
+        clients.insert(i, c);
+    }
+    for (i, ks) in server.close_keys().unwrap() {
+        let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+        server.receive_shares(m).unwrap();
+    }
+    for (i, s) in server.close_shares().unwrap() {
+        if drop_after_share.contains(&i) {
+            continue;
+        }
+        let m = clients
+            .get_mut(&i)
+            .unwrap()
+            .masked_input(&s, &x[i as usize])
+            .unwrap();
+        server.receive_masked(m).unwrap();
+    }
+    let list = server.close_masked().unwrap();
+    for i in &list.survivors {
+        let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
+        server.receive_consistency(m).unwrap();
+    }
+    let request = server.close_consistency().unwrap();
+    AtUnmask { clients, request }
+}
+
+#[test]
+fn a_lying_coordinator_cannot_unmask_anyone() {
+    let n = 6;
+    let b = banks(n);
+    let params = Params::secagg(n, 4, 64);
+    let refused = |r: Result<_, ProtocolError>| matches!(r, Err(ProtocolError::Refused { .. }));
+
+    // Client 5 dropped after sharing. The coordinator claims it both survived and
+    // dropped, to get its seed share and its key share: refused.
+    let mut at = up_to_unmask(&b, &params, &[5]);
+    assert_eq!(at.request.dropped, vec![5]);
+    let mut lie = at.request.clone();
+    lie.dropped.push(0);
+    assert!(refused(at.clients.get_mut(&0).unwrap().unmask(&lie)));
+    // Once refused, the client answers nothing more, even an honest request.
+    assert!(matches!(
+        at.clients.get_mut(&0).unwrap().unmask(&at.request),
+        Err(ProtocolError::OutOfOrder(_))
+    ));
+
+    // A survivor list other than the one signed: refused.
+    let mut lie = at.request.clone();
+    lie.survivors.retain(|v| *v != 1);
+    lie.dropped.push(1);
+    assert!(refused(at.clients.get_mut(&2).unwrap().unmask(&lie)));
+
+    // Signatures forged or missing: fewer than t valid, refused.
+    let mut lie = at.request.clone();
+    lie.signatures.truncate(3);
+    assert!(refused(at.clients.get_mut(&3).unwrap().unmask(&lie)));
+    let mut lie = at.request.clone();
+    for (_, s) in lie.signatures.iter_mut().take(3) {
+        s[0] ^= 1;
+    }
+    assert!(refused(at.clients.get_mut(&4).unwrap().unmask(&lie)));
+
+    // The honest request is answered once, with seed shares of survivors and key
+    // shares of the dropped client only.
+    let at2 = &mut up_to_unmask(&b, &params, &[5]);
+    let resp = at2
+        .clients
+        .get_mut(&1)
+        .unwrap()
+        .unmask(&at2.request)
+        .unwrap();
+    let seeds: BTreeSet<u32> = resp.seed_shares.iter().map(|(o, _)| *o).collect();
+    let keys: BTreeSet<u32> = resp.key_shares.iter().map(|(o, _)| *o).collect();
+    assert!(seeds.is_disjoint(&keys));
+    assert_eq!(keys, BTreeSet::from([5]));
+    assert!(!seeds.contains(&5));
+    assert!(matches!(
+        at2.clients.get_mut(&1).unwrap().unmask(&at2.request),
+        Err(ProtocolError::OutOfOrder(_))
+    ));
+}
+
+#[test]
+fn broken_and_malicious_clients_are_rejected_and_the_round_completes() {
+    // A bad signature, a wrong number of shares, a share that does not open (tampered
+    // or made for another round), a wrong-size vector, replays and a message of another
+    // round: each is rejected and the round completes with the exact sum of the rest.
+    let n = 12;
+    let t = 7;
+    let len = 256;
+    let b = banks(n);
+    let x = inputs(n, len, 99);
+    let params = Params::secagg(n, t, len);
+    let r = round(4);
+    let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
+    let mut clients = BTreeMap::new();
+    for i in 0..n as u32 {
+        let (c, mut adv) = Client::new(
+            i,
+            b.ids[i as usize].clone(),
+            b.roster.clone(),
+            params.clone(),
+            r,
+        )
+        .unwrap();
+        clients.insert(i, c);
+        if i == 0 {
+            // The same client's keys for another round: a replay, rejected.
+            let (_, other) = Client::new(
+                0,
+                b.ids[0].clone(),
+                b.roster.clone(),
+                params.clone(),
+                round(2),
+            )
+            .unwrap();
+            assert!(server.receive_keys(other).is_err());
+        }
+        if i == 11 {
+            adv.signature[0] ^= 1; // bad signature
+            assert!(server.receive_keys(adv).is_err());
+            continue;
+        }
+        server.receive_keys(adv).unwrap();
+    }
+    for (i, ks) in server.close_keys().unwrap() {
+        let mut m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+        if i == 10 {
+            m.shares.truncate(3); // wrong number of shares
+            m.sign(&b.ids[10]);
+            assert!(server.receive_shares(m).is_err());
+            continue;
+        }
+        if i == 9 {
+            m.shares[0].ciphertext[0] ^= 1; // a share that does not open
+            m.sign(&b.ids[9]);
+        }
+        server.receive_shares(m).unwrap();
+    }
+    let mut accused_by = Vec::new();
+    for (i, s) in server.close_shares().unwrap() {
+        let mut m = clients
+            .get_mut(&i)
+            .unwrap()
+            .masked_input(&s, &x[i as usize])
+            .unwrap();
+        if !m.rejected.is_empty() {
+            accused_by.push(i);
+        }
+        if i == 8 {
+            m.masked.truncate(len - 1); // wrong size
+            m.sign(&b.ids[8]);
+            assert!(server.receive_masked(m).is_err());
+            continue;
+        }
+        server.receive_masked(m.clone()).unwrap();
+        assert!(server.receive_masked(m).is_err(), "replay");
+    }
+    assert_eq!(accused_by.len(), 1);
+    let list = server.close_masked().unwrap();
+    let out: BTreeSet<u32> = [8, 9, 10, 11, accused_by[0]].into_iter().collect();
+    let expect: Vec<u32> = (0..n as u32).filter(|i| !out.contains(i)).collect();
+    assert_eq!(list.survivors, expect);
+    for i in &list.survivors {
+        let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
+        server.receive_consistency(m).unwrap();
+    }
+    let req = server.close_consistency().unwrap();
+    for i in &list.survivors {
+        let m = clients.get_mut(i).unwrap().unmask(&req).unwrap();
+        server.receive_unmask(m).unwrap();
+    }
+    let agg = server.finish().unwrap();
+    assert_eq!(agg.sum, plain_sum(&x, &expect));
+}
+
+#[test]
+fn the_coordinators_view_of_one_input_is_uniform() {
+    // 60 rounds of 3 clients; client 0's input is all zeros. The masked vector the
+    // coordinator receives must look uniform: chi-square over the 256 values of the
+    // top and bottom byte of every word (255 degrees of freedom; the 1e-6 tail starts
+    // near 370).
+    let n = 3;
+    let len = 2048;
+    let b = banks(n);
+    let params = Params::secagg(n, 2, len);
+    let mut top = [0u64; 256];
+    let mut low = [0u64; 256];
+    for rnd in 0..60 {
+        let r = round(rnd);
+        let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
+        let mut clients = BTreeMap::new();
+        for i in 0..n as u32 {
+            let (c, adv) = Client::new(
+                i,
+                b.ids[i as usize].clone(),
+                b.roster.clone(),
+                params.clone(),
+                r,
+            )
+            .unwrap();
+            server.receive_keys(adv).unwrap();
+            clients.insert(i, c);
+        }
+        let keys = server.close_keys().unwrap();
+        for (i, ks) in &keys {
+            let m = clients.get_mut(i).unwrap().share_keys(ks).unwrap();
+            server.receive_shares(m).unwrap();
+        }
+        let inbox = server.close_shares().unwrap();
+        let m = clients
+            .get_mut(&0)
+            .unwrap()
+            .masked_input(&inbox[&0], &vec![0u32; len])
+            .unwrap();
+        for w in &m.masked {
+            top[(w >> 24) as usize] += 1;
+            low[(w & 0xff) as usize] += 1;
+        }
+    }
+    let total = (60 * len) as f64;
+    for (name, counts) in [("top", top), ("low", low)] {
+        let e = total / 256.0;
+        let chi2: f64 = counts.iter().map(|c| (*c as f64 - e).powi(2) / e).sum();
+        assert!(chi2 < 370.0, "{name} byte: chi-square {chi2}");
+    }
+}
+
+#[test]
+fn floats_aggregate_through_the_ring_within_the_quantization_bound() {
+    let n = 5;
+    let b = banks(n);
+    let q = Quantizer::new(0.5, n).unwrap();
+    let updates: Vec<Vec<f32>> = (0..n)
+        .map(|i| {
+            (0..200)
+                .map(|j| ((i * 31 + j * 7) % 97) as f32 / 97.0 - 0.5)
+                .collect()
+        })
+        .collect();
+    let encoded: Vec<Vec<u32>> = updates.iter().map(|u| q.encode(u).unwrap().words).collect();
+    let agg = run(&b, &Params::secagg(n, 3, 200), &encoded, &BTreeMap::new()).unwrap();
+    let decoded = q.decode_sum(&agg.sum, n);
+    for (j, d) in decoded.iter().enumerate() {
+        let want: f64 = updates.iter().map(|u| f64::from(u[j])).sum();
+        assert!(
+            (d - want).abs() <= q.max_error(n) + 1e-6,
+            "{j}: {d} vs {want}"
+        );
+    }
+    // The neighbour graph of SecAgg+ is symmetric and has k neighbours each.
+    let p = Params {
+        clients: 20,
+        threshold: 5,
+        neighbours: 8,
+        len: 1,
+    };
+    let r = round(1);
+    for i in 0..20u32 {
+        let ns = neighbours(&p, &r, i);
+        assert_eq!(ns.len(), 8);
+        for v in ns {
+            assert!(neighbours(&p, &r, v).contains(&i));
+        }
+    }
+}
