@@ -14,7 +14,12 @@
 //! - single-key lookups over Flight (DoGet) with 1, 8 and 64 concurrent clients, each
 //!   on its own connection: p50/p99 and requests/s;
 //! - 100-key lookups: p50/p99;
-//! - a DoGet scan of the view's source: MB/s of Arrow data received.
+//! - a DoGet scan of the view's source: MB/s of Arrow data received;
+//! - hot swap under load: 8 clients call `score` (one key each, a linear model over the
+//!   view's 4 features) while the `champion` alias moves 100 times between two signed
+//!   versions; the time from the alias move to the first answer from the new version
+//!   (target < 10 ms) and failed requests (target 0);
+//! - the audit log: lookup of one request id among 500,000 rows.
 //! Output: a table and one JSON line.
 
 mod common;
@@ -208,6 +213,7 @@ fn main() {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let scan_mb_s = bytes as f64 / 1e6 / scan_secs;
         server.shutdown().await;
+        let swap = hot_swap_bench(&store, users, arg("--swaps", 100), 8).await;
 
         println!("\nmaterialization: {n_txn} rows, {keys_total} keys in {mat_secs:.3} s = {mat_rows_s:.0} rows/s (target > 1,000,000)");
         println!("raw sled get of 100 keys: p50 {:.1} us, p99 {:.1} us (target < 50 us)", percentile(&raw, 50.0), percentile(&raw, 99.0));
@@ -217,6 +223,11 @@ fn main() {
             println!("{:<10} {:>6} {:>10.0} {:>10.0} {:>12.0}", r.clients, r.keys, r.p50_us, r.p99_us, r.rps);
         }
         println!("\nscan over DoGet: {rows} rows, {:.1} MB in {scan_secs:.3} s = {scan_mb_s:.0} MB/s (target > 500)", bytes as f64 / 1e6);
+        println!(
+            "hot swap: {} alias moves under {} scoring clients ({} requests, {} failed): move -> first answer from the new version p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target < 10 ms); score p50 {:.0} us, p99 {:.0} us",
+            swap.swaps, swap.clients, swap.requests, swap.failed, percentile(&swap.swap_ms, 50.0), percentile(&swap.swap_ms, 99.0),
+            swap.swap_ms.last().copied().unwrap_or(f64::NAN), swap.p50_us, swap.p99_us
+        );
         let (audit_rows, audit_commits, audit_lookup) = audit_bench(root, arg("--audit-rows", 500_000), arg("--audit-commits", 50)).await;
         println!(
             "audit log: {audit_rows} rows in {audit_commits} commits; lookup by request id p50 {:.0} ms, max {:.0} ms (target < 1 s)",
@@ -233,6 +244,9 @@ fn main() {
                 "raw_get_100_p50_us": percentile(&raw, 50.0), "raw_get_100_p99_us": percentile(&raw, 99.0),
                 "inprocess_100_p50_us": percentile(&inproc, 50.0),
                 "lookups": lookups, "scan_mb_per_s": scan_mb_s, "scan_rows": rows,
+                "hot_swap": {"swaps": swap.swaps, "clients": swap.clients, "requests": swap.requests, "failed": swap.failed,
+                    "move_to_first_p50_ms": percentile(&swap.swap_ms, 50.0), "move_to_first_p99_ms": percentile(&swap.swap_ms, 99.0),
+                    "move_to_first_max_ms": swap.swap_ms.last().copied(), "score_p50_us": swap.p50_us, "score_p99_us": swap.p99_us},
                 "audit_rows": audit_rows, "audit_lookup_p50_ms": percentile(&audit_lookup, 50.0),
                 "audit_lookup_max_ms": audit_lookup.last().copied(),
                 "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -300,4 +314,188 @@ async fn audit_bench(
     }
     lat.sort_by(f64::total_cmp);
     (per * commits, commits, lat)
+}
+
+struct HotSwap {
+    swaps: usize,
+    clients: usize,
+    requests: usize,
+    failed: usize,
+    /// Sorted: ms from each alias move to the first answer from the new version.
+    swap_ms: Vec<f64>,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Clients score continuously over Flight while the champion alias flips between two
+/// signed versions `swaps` times; the server reloads through its alias watch.
+async fn hot_swap_bench(
+    store: &FeatureStore,
+    users: usize,
+    swaps: usize,
+    clients: usize,
+) -> HotSwap {
+    use quiver_featurestore::offline::parse_feature_refs;
+    use quiver_registry::{NativeModel, Registration, SigningKey};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let registry = store.models().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(dir.path().join("bench.key")).unwrap();
+    registry.trust("bench", &key.public_key_hex()).unwrap();
+    let input = store
+        .input_schema(&parse_feature_refs("txn_windows").unwrap(), false)
+        .unwrap();
+    let features: Vec<String> = input.features.iter().map(|f| f.column.clone()).collect();
+    let mut versions = Vec::new();
+    for intercept in [-3.0, -2.5] {
+        let model = NativeModel::LogisticRegression {
+            features: features.clone(),
+            weights: vec![0.1, 0.001, 0.002, 0.3],
+            intercept,
+            baseline: None,
+        };
+        let mv = registry
+            .register(
+                Registration::new("swap_bench", model.to_json(), input.clone()),
+                "bench",
+                &key,
+            )
+            .unwrap();
+        versions.push(mv.manifest.version);
+    }
+    let current = registry
+        .alias("swap_bench", "champion")
+        .unwrap()
+        .map(|a| a.version);
+    registry
+        .move_alias(
+            "swap_bench",
+            "champion",
+            Some(versions[0]),
+            Some(current),
+            "bench",
+            "start",
+        )
+        .unwrap();
+
+    let server = ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens::new().with(TOKEN, "bench", true).unwrap(),
+    )
+    .spawn(store.clone())
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.addr());
+    let stop = Arc::new(AtomicBool::new(false));
+    // The version the promoter just moved to, and whether its first answer was seen.
+    let want = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(AtomicBool::new(true));
+    let moved_at = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let swap_ms = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (url, stop, want, seen, moved_at, swap_ms) = (
+            url.clone(),
+            stop.clone(),
+            want.clone(),
+            seen.clone(),
+            moved_at.clone(),
+            swap_ms.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&url)
+                .await
+                .unwrap()
+                .with_token(TOKEN)
+                .unwrap();
+            let mut lat = Vec::new();
+            let mut failed = 0usize;
+            let mut s = 0x51_7cc1_b727_220au64 ^ (c as u64 + 1);
+            while !stop.load(Ordering::Relaxed) {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let t = Instant::now();
+                match client
+                    .score("swap_bench", &keys(vec![(s % users as u64) as i64]), false)
+                    .await
+                {
+                    Ok(b) => {
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        let v = b
+                            .column_by_name("model_version")
+                            .unwrap()
+                            .as_any()
+                            .downcast_ref::<arrow::array::UInt64Array>()
+                            .unwrap()
+                            .value(0);
+                        if v == want.load(Ordering::Acquire) && !seen.swap(true, Ordering::AcqRel) {
+                            let at = *moved_at.lock().unwrap();
+                            swap_ms
+                                .lock()
+                                .unwrap()
+                                .push(at.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("score failed during hot swap: {e}");
+                    }
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    // Let every client connect and warm up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut from = versions[0];
+    for i in 0..swaps {
+        let to = versions[(i + 1) % 2];
+        seen.store(false, Ordering::Release);
+        want.store(to, Ordering::Release);
+        *moved_at.lock().unwrap() = Instant::now();
+        registry
+            .move_alias(
+                "swap_bench",
+                "champion",
+                Some(to),
+                Some(Some(from)),
+                "bench",
+                "swap",
+            )
+            .unwrap();
+        from = to;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.load(Ordering::Acquire) {
+            assert!(
+                Instant::now() < deadline,
+                "version {to} never answered after swap {i}"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        // Some traffic on the new version before the next move.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        lat.extend(l);
+        failed += f;
+    }
+    server.shutdown().await;
+    lat.sort_by(f64::total_cmp);
+    let mut swap_ms = std::mem::take(&mut *swap_ms.lock().unwrap());
+    swap_ms.sort_by(f64::total_cmp);
+    HotSwap {
+        swaps,
+        clients,
+        requests: lat.len() + failed,
+        failed,
+        swap_ms,
+        p50_us: percentile(&lat, 50.0),
+        p99_us: percentile(&lat, 99.0),
+    }
 }
