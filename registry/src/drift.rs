@@ -118,6 +118,11 @@ impl FeatureStats {
         if n == 0 || self.count == 0 {
             return 0.0;
         }
+        self.psi_of_counts(&counts, n)
+    }
+
+    /// PSI of live counts per training bin (`n` values in all, more than 0).
+    fn psi_of_counts(&self, counts: &[u64], n: u64) -> f64 {
         counts
             .iter()
             .zip(&self.shares)
@@ -345,15 +350,7 @@ impl LiveDrift {
                 let (psi, ks) = if live == 0 {
                     (0.0, 0.0)
                 } else {
-                    let psi = psi_counts
-                        .iter()
-                        .zip(&f.stats.shares)
-                        .map(|(c, e)| {
-                            let a = (*c as f64 / live as f64).max(FLOOR);
-                            let e = e.max(FLOOR);
-                            (a - e) * (a / e).ln()
-                        })
-                        .sum();
+                    let psi = f.stats.psi_of_counts(psi_counts, live);
                     // Live CDF just at and just above each percentile q_k vs training.
                     let intervals = &c[pb..pb + 102];
                     let mut below = 0u64; // live values < q_k (up to ties: <= q_(k-1))

@@ -228,7 +228,7 @@ impl OnnxModel {
             plan,
         };
         // Run it once now, so a model that fails at run time fails at registration.
-        m.score(&m.baseline.clone())?;
+        m.score(&m.baseline)?;
         Ok(m)
     }
 

@@ -22,6 +22,19 @@ fn model(intercept: f64) -> NativeModel {
     }
 }
 
+/// A key batch of `user_id`s.
+fn user_keys(ids: &[i64]) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Int64,
+            false,
+        )])),
+        vec![Arc::new(Int64Array::from(ids.to_vec()))],
+    )
+    .unwrap()
+}
+
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
@@ -63,15 +76,7 @@ async fn score_fetches_features_and_scores_with_the_champion() {
         .unwrap()
         .with_token(TOKEN_A)
         .unwrap();
-    let keys = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "user_id",
-            DataType::Int64,
-            false,
-        )])),
-        vec![Arc::new(Int64Array::from(vec![1, 2, 99]))],
-    )
-    .unwrap();
+    let keys = user_keys(&[1, 2, 99]);
 
     let out = client.score("fraud", &keys, true).await.unwrap();
     let scores = out
@@ -267,15 +272,7 @@ async fn score_serves_an_exported_onnx_model() {
         .unwrap()
         .with_token(TOKEN_A)
         .unwrap();
-    let keys = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "user_id",
-            DataType::Int64,
-            false,
-        )])),
-        vec![Arc::new(Int64Array::from(vec![1, 2, 99]))],
-    )
-    .unwrap();
+    let keys = user_keys(&[1, 2, 99]);
     let out = client.score("fraud", &keys, true).await.unwrap();
     let scores = out
         .column_by_name("score")
