@@ -354,6 +354,7 @@ async fn hot_swap_bench(
             weights: vec![0.1, 0.001, 0.002, 0.3],
             intercept,
             baseline: None,
+            transform: None,
         };
         let mv = registry
             .register(

@@ -8,4 +8,7 @@
 //! Not built yet (see docs/federation.md): differential privacy and its accountant,
 //! the coordinator and worker gRPC services, local trainers and the `quiver-fed` CLI.
 
+pub mod aggregate;
+pub mod dp;
 pub mod protocol;
+pub mod train;

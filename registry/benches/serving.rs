@@ -30,6 +30,7 @@ fn linear(n: usize, intercept: f64) -> NativeModel {
         weights: (0..n).map(|i| (i as f64 * 0.37).sin()).collect(),
         intercept,
         baseline: Some(vec![0.0; n]),
+        transform: None,
     }
 }
 

@@ -49,8 +49,8 @@ pub use artifact::{ArtifactStore, MAX_ARTIFACT_BYTES, sha256_hex};
 pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, LiveDrift, drift_report};
 pub use lineage::{Edge, Lineage, MAX_TRAVERSAL, Node, NodeKind, Subgraph};
 pub use model::{
-    Activation, Contributions, DenseLayer, IG_STEPS, MAX_FEATURES, MAX_LAYERS, MAX_WIDTH, Model,
-    NativeModel,
+    Activation, Contributions, DenseLayer, IG_STEPS, InputTransform, MAX_FEATURES, MAX_LAYERS,
+    MAX_WIDTH, Model, NativeModel,
 };
 pub use models::{
     AliasEvent, AliasState, InputFeature, InputSchema, LoadedVersion, MAX_METRICS, MAX_TAGS,

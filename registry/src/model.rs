@@ -85,6 +85,30 @@ pub struct DenseLayer {
     pub activation: Activation,
 }
 
+/// A fixed transform of every input, applied after missing values take the baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputTransform {
+    /// `sign(x) · ln(1 + |x|)`: tames heavy-tailed amounts and counts (federated
+    /// training uses it so feature statistics stay bounded).
+    SignedLog1p,
+}
+
+impl InputTransform {
+    /// The transformed value.
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            Self::SignedLog1p => x.signum() * x.abs().ln_1p(),
+        }
+    }
+    /// Its derivative at `x`.
+    pub fn derivative(self, x: f64) -> f64 {
+        match self {
+            Self::SignedLog1p => 1.0 / (1.0 + x.abs()),
+        }
+    }
+}
+
 /// A model in one of quiver's native formats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "format", rename_all = "snake_case", deny_unknown_fields)]
@@ -100,6 +124,9 @@ pub enum NativeModel {
         /// Stand-in for missing inputs and reference of contributions (zeros if absent).
         #[serde(default)]
         baseline: Option<Vec<f64>>,
+        /// Transform of every input before the model (none if absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transform: Option<InputTransform>,
     },
     /// `sigmoid(last layer)`; the last layer has one unit.
     Mlp {
@@ -110,6 +137,9 @@ pub enum NativeModel {
         /// Stand-in for missing inputs and reference of contributions (zeros if absent).
         #[serde(default)]
         baseline: Option<Vec<f64>>,
+        /// Transform of every input before the model (none if absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transform: Option<InputTransform>,
     },
 }
 
@@ -173,6 +203,13 @@ impl NativeModel {
     pub fn features(&self) -> &[String] {
         match self {
             Self::LogisticRegression { features, .. } | Self::Mlp { features, .. } => features,
+        }
+    }
+
+    /// The input transform, if any.
+    pub fn transform(&self) -> Option<InputTransform> {
+        match self {
+            Self::LogisticRegression { transform, .. } | Self::Mlp { transform, .. } => *transform,
         }
     }
 
@@ -263,6 +300,7 @@ impl NativeModel {
         Ok(())
     }
 
+    /// Missing values take the baseline (raw inputs, no transform).
     fn fill(&self, x: &[f64], out: &mut Vec<f64>) {
         out.clear();
         let base = self.baseline();
@@ -275,6 +313,12 @@ impl NativeModel {
         }));
     }
 
+    fn transformed(&self, x: &mut [f64]) {
+        if let Some(t) = self.transform() {
+            x.iter_mut().for_each(|v| *v = t.apply(*v));
+        }
+    }
+
     /// The logit of one row (`x.len()` equals the feature count; NaN means missing).
     pub fn logit(&self, x: &[f64]) -> f64 {
         match self {
@@ -282,6 +326,7 @@ impl NativeModel {
                 weights,
                 intercept,
                 baseline,
+                transform,
                 ..
             } => {
                 let mut z = *intercept;
@@ -291,13 +336,14 @@ impl NativeModel {
                     } else {
                         *v
                     };
-                    z += w * v;
+                    z += w * transform.map_or(v, |t| t.apply(v));
                 }
                 z
             }
             Self::Mlp { layers, .. } => {
                 let mut cur = Vec::with_capacity(x.len());
                 self.fill(x, &mut cur);
+                self.transformed(&mut cur);
                 let mut next = Vec::new();
                 for layer in layers {
                     next.clear();
@@ -331,13 +377,27 @@ impl NativeModel {
         Ok(())
     }
 
-    /// Gradient of the logit with respect to the input at `x` (no missing values).
+    /// Gradient of the logit with respect to the raw input at `x` (no missing values).
+    #[cfg(test)]
     fn gradient(&self, x: &[f64]) -> Vec<f64> {
+        let mut input = x.to_vec();
+        self.transformed(&mut input);
+        let mut g = self.gradient_transformed(&input);
+        if let Some(t) = self.transform() {
+            g.iter_mut()
+                .zip(x)
+                .for_each(|(g, v)| *g *= t.derivative(*v));
+        }
+        g
+    }
+
+    /// Gradient of the logit with respect to the transformed input `input`.
+    fn gradient_transformed(&self, input: &[f64]) -> Vec<f64> {
         match self {
             Self::LogisticRegression { weights, .. } => weights.clone(),
             Self::Mlp { layers, .. } => {
                 // Forward, keeping pre-activations and outputs.
-                let mut acts = vec![x.to_vec()];
+                let mut acts = vec![input.to_vec()];
                 let mut pre = Vec::with_capacity(layers.len());
                 for layer in layers {
                     let input = acts.last().expect("input");
@@ -382,15 +442,22 @@ impl NativeModel {
         let base = self.logit(&base_x);
         let logit = self.logit(&filled);
         let (values, method) = match self {
-            Self::LogisticRegression { weights, .. } => (
-                weights
-                    .iter()
-                    .zip(filled.iter().zip(&base_x))
-                    .map(|(w, (v, b))| w * (v - b))
-                    .collect::<Vec<_>>(),
-                "exact_linear",
-            ),
+            Self::LogisticRegression { weights, .. } => {
+                let t = |v: f64| self.transform().map_or(v, |t| t.apply(v));
+                (
+                    weights
+                        .iter()
+                        .zip(filled.iter().zip(&base_x))
+                        .map(|(w, (v, b))| w * (t(*v) - t(*b)))
+                        .collect::<Vec<_>>(),
+                    "exact_linear",
+                )
+            }
             Self::Mlp { .. } => {
+                // The path runs through the transformed inputs, where the MLP is smooth.
+                let (mut filled, mut base_x) = (filled.clone(), base_x.clone());
+                self.transformed(&mut filled);
+                self.transformed(&mut base_x);
                 let mut avg = vec![0.0; n];
                 let mut point = vec![0.0; n];
                 for s in 0..=IG_STEPS {
@@ -399,7 +466,7 @@ impl NativeModel {
                     for i in 0..n {
                         point[i] = base_x[i] + alpha * (filled[i] - base_x[i]);
                     }
-                    for (a, g) in avg.iter_mut().zip(self.gradient(&point)) {
+                    for (a, g) in avg.iter_mut().zip(self.gradient_transformed(&point)) {
                         *a += weight * g;
                     }
                 }
@@ -553,6 +620,7 @@ mod tests {
                     activation: Activation::Identity,
                 },
             ],
+            transform: None,
         }
     }
 
@@ -563,6 +631,7 @@ mod tests {
             weights: vec![0.8, -1.2],
             intercept: -2.0,
             baseline: Some(vec![1.0, 2.0]),
+            transform: None,
         };
         let c = m.contributions(&[3.0, f64::NAN]);
         assert_eq!(c.values, vec![0.8 * 2.0, 0.0]);
@@ -571,6 +640,48 @@ mod tests {
         m.score_into(&[3.0, 2.0, 1.0, 2.0], &mut s).unwrap();
         assert!((s[0] - sigmoid(-2.0 + 2.4 - 2.4)).abs() < 1e-12);
         assert!((s[1] - sigmoid(-2.0 + 0.8 - 2.4)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn signed_log1p_transform_applies_to_scores_and_contributions() {
+        let t = InputTransform::SignedLog1p;
+        let m = NativeModel::LogisticRegression {
+            features: vec!["a".into(), "b".into()],
+            weights: vec![0.5, -1.0],
+            intercept: 0.25,
+            baseline: Some(vec![1.0, 0.0]),
+            transform: Some(t),
+        };
+        let want = 0.25 + 0.5 * 99f64.ln_1p() - 1.0 * -(2f64.ln_1p());
+        assert!((m.logit(&[99.0, -2.0]) - want).abs() < 1e-12);
+        let c = m.contributions(&[99.0, -2.0]);
+        assert!(c.residual.abs() < 1e-12, "{c:?}");
+        assert!((c.values[0] - 0.5 * (99f64.ln_1p() - 1f64.ln_1p())).abs() < 1e-12);
+        // Old artifacts (no field) still parse, and the field round-trips.
+        let json = String::from_utf8(m.to_json()).unwrap();
+        assert!(json.contains("\"transform\":\"signed_log1p\""), "{json}");
+        assert_eq!(NativeModel::from_json(json.as_bytes()).unwrap(), m);
+        let mut mlp = mlp();
+        if let NativeModel::Mlp { transform, .. } = &mut mlp {
+            *transform = Some(t);
+        }
+        let c = mlp.contributions(&[30.0, -4.0]);
+        assert!(c.residual.abs() < 1e-3, "{c:?}");
+        // The chain rule through the transform matches finite differences.
+        let (x, h) = ([30.0, -4.0], 1e-6);
+        let g = mlp.gradient(&x);
+        for i in 0..2 {
+            let (mut up, mut down) = (x, x);
+            up[i] += h;
+            down[i] -= h;
+            let fd = (mlp.logit(&up) - mlp.logit(&down)) / (2.0 * h);
+            assert!((g[i] - fd).abs() < 1e-6, "{i}: {} vs {fd}", g[i]);
+        }
+        assert!(
+            !String::from_utf8(self::mlp().to_json())
+                .unwrap()
+                .contains("transform")
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ fn model(intercept: f64) -> NativeModel {
         weights: vec![0.5, 0.01],
         intercept,
         baseline: Some(vec![1.0, 10.0]),
+        transform: None,
     }
 }
 

@@ -12,6 +12,7 @@ fn linear(w: f64) -> NativeModel {
         weights: vec![w, -0.01],
         intercept: -3.0,
         baseline: Some(vec![1.0, 50.0]),
+        transform: None,
     }
 }
 

@@ -17,6 +17,7 @@ fn register(fx: &Fixture, intercept: f64) -> u64 {
         weights: vec![0.5, -0.25],
         intercept,
         baseline: None,
+        transform: None,
     };
     let f = |c: &str| InputFeature {
         column: c.into(),
