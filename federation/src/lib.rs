@@ -11,4 +11,6 @@
 pub mod aggregate;
 pub mod dp;
 pub mod protocol;
+pub mod service;
 pub mod train;
+pub mod wire;

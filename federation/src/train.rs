@@ -432,6 +432,25 @@ fn log_loss(z: f32, y: f32) -> f32 {
     sp - y * z
 }
 
+/// A deterministic split of `rows` row indices into (train, test): row `i` is held out
+/// when a hash of `(seed, i)` falls below `test_fraction`.
+pub fn split_rows(rows: usize, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for i in 0..rows {
+        // SplitMix64 of (seed, i): uniform enough, and stable across runs and machines.
+        let mut z = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if ((z >> 11) as f64 / (1u64 << 53) as f64) < test_fraction {
+            test.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    (train, test)
+}
+
 /// Area under the ROC curve (ties counted half); 0.5 when a class is absent.
 pub fn auc(scores: &[f32], labels: &[f32]) -> f64 {
     let mut idx: Vec<usize> = (0..scores.len()).collect();

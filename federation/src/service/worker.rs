@@ -1,0 +1,537 @@
+//! A bank's worker: dials the coordinator, trains on the bank's own training set, and
+//! answers each secure-aggregation stage. Its data and its update never leave it
+//! unmasked; it enforces its own privacy budget whatever the coordinator asks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::coordinator::{RunSummary, ensure_crypto_provider};
+use super::pki::{RosterEntry, TlsFiles, read_identity};
+use super::rpc::{CoordinatorClient, PollRequest, Submission, task_kind};
+use super::{BankReport, PrivacyPolicy, RoundKind, RoundPlan, ServiceError};
+use crate::aggregate::{FeatureMoments, UpdateEncoding};
+use crate::dp::RdpAccountant;
+use crate::protocol::secagg::{
+    AdvertiseKeys, Client, EncryptedShare, Params, Roster, RoundId, SurvivorList, UnmaskRequest,
+};
+use crate::train::{Dataset, Standardizer, split_rows, train_local};
+use crate::wire::Wire;
+
+/// A worker's configuration (`quiver-fed worker --config FILE`, JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// This bank's name (the common name of its certificate).
+    pub name: String,
+    /// The coordinator, `https://host:port`.
+    pub coordinator: String,
+    /// TLS: the federation CA, this bank's client certificate and key.
+    pub tls: TlsFiles,
+    /// This bank's Ed25519 identity (PKCS#8).
+    pub identity: PathBuf,
+    /// The federation's roster; plans with another roster are refused.
+    pub roster: Vec<RosterEntry>,
+    /// The bank's training set (Parquet, as `quiver history` writes it).
+    pub training_set: PathBuf,
+    /// Share of rows held out (never trained on) to evaluate the final model.
+    #[serde(default = "default_holdout")]
+    pub holdout: f64,
+    /// The budget this bank enforces on itself.
+    #[serde(default)]
+    pub privacy: PrivacyPolicy,
+    /// Give up when the coordinator cannot be reached for this long.
+    #[serde(default = "default_connect_s")]
+    pub connect_timeout_s: f64,
+    /// Seed of local sampling (default: from the OS).
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+fn default_holdout() -> f64 {
+    0.2
+}
+
+fn default_connect_s() -> f64 {
+    120.0
+}
+
+/// What a worker ends with.
+#[derive(Debug, Clone)]
+pub struct WorkerOutcome {
+    /// The coordinator's summary (final model, history).
+    pub summary: RunSummary,
+    /// ε this bank spent.
+    pub epsilon: f64,
+    /// AUC of the final model on this bank's held-out rows.
+    pub holdout_auc: f64,
+    /// Rounds this bank contributed to.
+    pub rounds_joined: u64,
+}
+
+/// The training set of one bank, raw.
+#[derive(Debug, Clone)]
+pub struct BankData {
+    /// Raw feature columns, in the plan's order.
+    pub columns: Vec<Vec<f64>>,
+    /// Labels.
+    pub labels: Vec<f64>,
+    /// Lineage id of the training set, if the file has one.
+    pub training_set: Option<String>,
+    /// Views behind it (`view@version`).
+    pub views: Vec<String>,
+}
+
+impl BankData {
+    /// Read `features` and `label` from a Parquet training set.
+    pub fn load(path: &Path, features: &[String], label: &str) -> Result<Self, ServiceError> {
+        let mut cols: Vec<String> = features.to_vec();
+        cols.push(label.to_string());
+        let mut data = quiver_featurestore::models::read_training_data(path, &cols)?;
+        let labels = data.columns.remove(label).expect("requested");
+        let columns = features
+            .iter()
+            .map(|f| data.columns.remove(f).expect("requested"))
+            .collect();
+        Ok(Self {
+            columns,
+            labels,
+            training_set: data.lineage_id,
+            views: views_of(path),
+        })
+    }
+
+    /// Rows `idx` only.
+    pub fn subset(&self, idx: &[usize]) -> Self {
+        Self {
+            columns: self
+                .columns
+                .iter()
+                .map(|c| idx.iter().map(|&i| c[i]).collect())
+                .collect(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            training_set: self.training_set.clone(),
+            views: self.views.clone(),
+        }
+    }
+}
+
+/// `view@version` of every view in a training set's lineage metadata.
+fn views_of(path: &Path) -> Vec<String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let Ok(reader) = SerializedFileReader::new(file) else {
+        return Vec::new();
+    };
+    let kv = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned();
+    kv.unwrap_or_default()
+        .iter()
+        .find(|k| k.key == quiver_featurestore::models::LINEAGE_METADATA_KEY)
+        .and_then(|k| k.value.as_deref())
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        .and_then(|v| {
+            v["views"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| {
+                        Some(format!(
+                            "{}@{}",
+                            x["view"].as_str()?,
+                            x["version"].as_u64()?
+                        ))
+                    })
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The worker.
+#[derive(Debug)]
+pub struct Worker;
+
+struct RoundState {
+    round: u64,
+    client: Client,
+    input: Vec<u32>,
+}
+
+impl Worker {
+    /// Run until the coordinator ends the run; relative paths resolve against `base`.
+    pub async fn run(cfg: WorkerConfig, base: &Path) -> Result<WorkerOutcome, ServiceError> {
+        super::check_bank_name(&cfg.name)?;
+        let path = base.join(&cfg.training_set);
+        // The columns are known from the first plan; read the file's schema lazily.
+        Self::run_with(
+            cfg.clone(),
+            base,
+            move |features: &[String], label: &str| BankData::load(&path, features, label),
+        )
+        .await
+    }
+
+    /// Run with a data loader called once with the plan's features and label.
+    pub async fn run_with(
+        cfg: WorkerConfig,
+        base: &Path,
+        load: impl FnOnce(&[String], &str) -> Result<BankData, ServiceError>,
+    ) -> Result<WorkerOutcome, ServiceError> {
+        cfg.privacy.budget.validate()?;
+        if !(0.0..0.9).contains(&cfg.holdout) {
+            return Err(ServiceError::Config(format!(
+                "holdout {}; 0 to 0.9",
+                cfg.holdout
+            )));
+        }
+        let id = cfg
+            .roster
+            .iter()
+            .position(|b| b.name == cfg.name)
+            .ok_or_else(|| {
+                ServiceError::Config(format!("`{}` is not in its own roster", cfg.name))
+            })? as u32;
+        let roster = Arc::new(Roster::new(
+            cfg.roster
+                .iter()
+                .map(|b| {
+                    hex::decode(&b.public_key).map_err(|_| {
+                        ServiceError::Config(format!("roster: bad public_key of `{}`", b.name))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        )?);
+        let identity = Arc::new(read_identity(&base.join(&cfg.identity))?);
+        let mut client = connect(&cfg, base).await?;
+        let mut rng = match cfg.seed {
+            Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
+        let mut load = Some(load);
+        let mut data: Option<(BankData, BankData)> = None; // (train, holdout)
+        let mut prepared: Option<(Standardizer, Dataset)> = None;
+        let mut accountant = RdpAccountant::new();
+        let mut epsilon = 0.0;
+        let mut joined = 0u64;
+        let mut state: Option<RoundState> = None;
+        let mut last_ok = Instant::now();
+        let patience = Duration::from_secs_f64(cfg.connect_timeout_s.clamp(1.0, 86_400.0));
+        loop {
+            let task = match client
+                .poll(PollRequest {
+                    bank: cfg.name.clone(),
+                    wait_ms: 5_000,
+                })
+                .await
+            {
+                Ok(t) => {
+                    last_ok = Instant::now();
+                    t
+                }
+                Err(e) => {
+                    if last_ok.elapsed() > patience {
+                        return Err(ServiceError::Transport(format!(
+                            "the coordinator did not answer for {} s: {e}",
+                            patience.as_secs()
+                        )));
+                    }
+                    if e.code() == tonic::Code::PermissionDenied {
+                        return Err(ServiceError::Transport(e.message().to_string()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match task.kind {
+                task_kind::WAIT => continue,
+                task_kind::FAILED => return Err(ServiceError::Failed(task.message)),
+                task_kind::DONE => {
+                    let summary: RunSummary = serde_json::from_str(&task.plan_json)
+                        .map_err(|e| ServiceError::Failed(format!("final summary: {e}")))?;
+                    let holdout_auc = match (&data, &summary.standardizer) {
+                        (Some((_, test)), Some(st)) if !test.labels.is_empty() => {
+                            let ds = Dataset::prepare(
+                                summary.features.clone(),
+                                &test.columns,
+                                &test.labels,
+                                st,
+                            )?;
+                            summary.architecture.auc(&summary.params, &ds)
+                        }
+                        _ => f64::NAN,
+                    };
+                    return Ok(WorkerOutcome {
+                        summary,
+                        epsilon,
+                        holdout_auc,
+                        rounds_joined: joined,
+                    });
+                }
+                task_kind::STAGE => {}
+                k => {
+                    return Err(ServiceError::Failed(format!("unknown task kind {k}")));
+                }
+            }
+            let answer: Result<(Vec<u8>, String), ServiceError> = (|| match task.stage {
+                0 => {
+                    let plan: RoundPlan = serde_json::from_str(&task.plan_json)
+                        .map_err(|e| ServiceError::Failed(format!("plan: {e}")))?;
+                    if plan.roster != cfg.roster {
+                        return Err(ServiceError::Failed(
+                            "the plan's roster is not this bank's roster; refusing".into(),
+                        ));
+                    }
+                    if data.is_none() {
+                        let loader = load.take().expect("loaded once");
+                        let all = loader(&plan.features, &plan.label)?;
+                        let (train, test) = split_rows(all.labels.len(), cfg.holdout, 0x5eed);
+                        data = Some((all.subset(&train), all.subset(&test)));
+                    }
+                    let (train, _) = data.as_ref().expect("loaded");
+                    let n = plan.roster.len();
+                    let mut report = BankReport {
+                        epsilon,
+                        epsilon_next: epsilon,
+                        delta: cfg.privacy.budget.delta,
+                        training_set: train.training_set.clone(),
+                        views: train.views.clone(),
+                        refused: None,
+                    };
+                    let input = match plan.kind {
+                        RoundKind::Moments => {
+                            FeatureMoments::new(plan.features.len(), plan.max_rows, n)?
+                                .encode(&train.columns)?
+                        }
+                        RoundKind::Train => {
+                            let st = plan.standardizer.clone().ok_or_else(|| {
+                                ServiceError::Failed("train plan without statistics".into())
+                            })?;
+                            if prepared.as_ref().map(|p| &p.0) != Some(&st) {
+                                let ds = Dataset::prepare(
+                                    plan.features.clone(),
+                                    &train.columns,
+                                    &train.labels,
+                                    &st,
+                                )?;
+                                prepared = Some((st, ds));
+                            }
+                            let ds = &prepared.as_ref().expect("prepared").1;
+                            let rows = ds.rows();
+                            let q = plan.local.sample_rate(rows);
+                            let steps = plan.local.local_steps;
+                            match &plan.local.dp {
+                                None if cfg.privacy.require_dp => {
+                                    return Err(ServiceError::Failed(
+                                            "the plan trains without DP-SGD and this bank requires it; refusing the round".into(),
+                                        ));
+                                }
+                                None => {}
+                                Some(dp) => {
+                                    let b = cfg.privacy.budget;
+                                    let after = accountant.epsilon_after(
+                                        q,
+                                        dp.noise_multiplier,
+                                        steps,
+                                        b.delta,
+                                    )?;
+                                    if after > b.epsilon {
+                                        return Err(crate::dp::DpError::BudgetExhausted {
+                                            spent: epsilon,
+                                            next: after,
+                                            budget: b.epsilon,
+                                            delta: b.delta,
+                                        }
+                                        .into());
+                                    }
+                                    accountant.compose_subsampled_gaussian(
+                                        q,
+                                        dp.noise_multiplier,
+                                        steps,
+                                    )?;
+                                    epsilon = after;
+                                    report.epsilon = after;
+                                    report.epsilon_next = accountant.epsilon_after(
+                                        q,
+                                        dp.noise_multiplier,
+                                        steps,
+                                        b.delta,
+                                    )?;
+                                }
+                            }
+                            let u = train_local(
+                                plan.architecture,
+                                &plan.global,
+                                ds,
+                                &plan.local,
+                                &mut rng,
+                            )?;
+                            let enc = UpdateEncoding::new(
+                                plan.global.len(),
+                                plan.update_clip,
+                                plan.max_rows,
+                                n,
+                            )?;
+                            let (w, clipped) = enc.encode(&u, rows as u64)?;
+                            if clipped > 0 {
+                                tracing::info!(
+                                    clipped,
+                                    "update values clipped to ±update_clip (counted in the aggregate)"
+                                );
+                            }
+                            w
+                        }
+                    };
+                    let session: [u8; 16] = hex::decode(&plan.session)
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| ServiceError::Failed("bad session id".into()))?;
+                    let params = Params {
+                        clients: n,
+                        threshold: plan.threshold,
+                        neighbours: plan.neighbours,
+                        len: plan.len,
+                    };
+                    let rid = RoundId {
+                        session,
+                        round: plan.round,
+                    };
+                    let (c, msg) = Client::new(id, identity.clone(), roster.clone(), params, rid)?;
+                    state = Some(RoundState {
+                        round: plan.round,
+                        client: c,
+                        input,
+                    });
+                    Ok((
+                        msg.encode(),
+                        serde_json::to_string(&report).expect("report"),
+                    ))
+                }
+                s => {
+                    let st = state
+                        .as_mut()
+                        .filter(|st| st.round == task.round)
+                        .ok_or_else(|| {
+                            ServiceError::Failed(format!(
+                                "stage {s} of a round this bank did not start"
+                            ))
+                        })?;
+                    let out = match s {
+                        1 => st
+                            .client
+                            .share_keys(
+                                &Vec::<AdvertiseKeys>::decode(&task.payload).map_err(wire)?,
+                            )?
+                            .encode(),
+                        2 => {
+                            let shares =
+                                Vec::<EncryptedShare>::decode(&task.payload).map_err(wire)?;
+                            st.client.masked_input(&shares, &st.input)?.encode()
+                        }
+                        3 => st
+                            .client
+                            .consistency(&SurvivorList::decode(&task.payload).map_err(wire)?)?
+                            .encode(),
+                        4 => st
+                            .client
+                            .unmask(&UnmaskRequest::decode(&task.payload).map_err(wire)?)?
+                            .encode(),
+                        _ => return Err(ServiceError::Failed(format!("stage {s} does not exist"))),
+                    };
+                    Ok((out, String::new()))
+                }
+            })();
+            match answer {
+                Ok((payload, report_json)) => {
+                    let ack = client
+                        .submit(Submission {
+                            bank: cfg.name.clone(),
+                            round: task.round,
+                            stage: task.stage,
+                            payload,
+                            report_json,
+                        })
+                        .await
+                        .map_err(|e| ServiceError::Transport(e.to_string()))?;
+                    if !ack.accepted {
+                        tracing::warn!(round = task.round, stage = task.stage, reason = %ack.reason, "the coordinator rejected this bank's message");
+                    } else if task.stage == 4 {
+                        joined += 1;
+                    }
+                }
+                Err(ServiceError::Dp(e)) if task.stage == 0 => {
+                    // Say why, in the clear (public facts only), and sit the round out.
+                    tracing::warn!(round = task.round, error = %e, "privacy budget: sitting this round out");
+                    state = None;
+                    let report = BankReport {
+                        epsilon,
+                        epsilon_next: epsilon,
+                        delta: cfg.privacy.budget.delta,
+                        refused: Some(e.to_string()),
+                        ..Default::default()
+                    };
+                    let _ = client
+                        .submit(Submission {
+                            bank: cfg.name.clone(),
+                            round: task.round,
+                            stage: 0,
+                            payload: Vec::new(),
+                            report_json: serde_json::to_string(&report).expect("report"),
+                        })
+                        .await;
+                }
+                Err(e) => {
+                    // Sit this round out: the protocol treats a silent bank as dropped.
+                    tracing::warn!(round = task.round, stage = task.stage, error = %e, "leaving the round");
+                    state = None;
+                    if matches!(e, ServiceError::Dp(_)) || task.stage > 0 {
+                        // Wait for the next round's task instead of busy-polling this one.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn wire(e: crate::wire::WireError) -> ServiceError {
+    ServiceError::Failed(e.to_string())
+}
+
+async fn connect(cfg: &WorkerConfig, base: &Path) -> Result<CoordinatorClient, ServiceError> {
+    ensure_crypto_provider();
+    let pem = cfg.tls.read(base)?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pem.ca))
+        .identity(tonic::transport::Identity::from_pem(&pem.cert, &pem.key))
+        .domain_name("quiver-coordinator");
+    let endpoint = tonic::transport::Endpoint::from_shared(cfg.coordinator.clone())
+        .map_err(|e| ServiceError::Config(format!("coordinator URL `{}`: {e}", cfg.coordinator)))?
+        .tls_config(tls)
+        .map_err(|e| ServiceError::Config(format!("TLS: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let deadline =
+        Instant::now() + Duration::from_secs_f64(cfg.connect_timeout_s.clamp(1.0, 86_400.0));
+    loop {
+        match endpoint.connect().await {
+            Ok(ch) => return Ok(CoordinatorClient::new(ch)),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "coordinator not reachable yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(ServiceError::Transport(format!(
+                    "cannot reach the coordinator at {}: {e}",
+                    cfg.coordinator
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The coordinator and workers over real gRPC and mutual TLS on loopback.
+
+use std::time::Duration;
+
+use quiver_federation::aggregate::Strategy;
+use quiver_federation::dp::Budget;
+use quiver_federation::service::pki::TlsFiles;
+use quiver_federation::service::simulate::{BankSource, SimBank, simulate};
+use quiver_federation::service::worker::BankData;
+use quiver_federation::service::{
+    Coordinator, CoordinatorConfig, Deadlines, PrivacyPolicy, Worker, WorkerConfig, pki,
+};
+use quiver_federation::train::{Architecture, DpSgd, LocalConfig};
+use rand::{Rng, SeedableRng};
+
+/// A bank whose fraud rate is `rate` (non-IID across banks); fraud raises `amount`.
+fn bank(rows: usize, rate: f64, seed: u64) -> BankData {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut a, mut b, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rows {
+        let f = rng.random::<f64>() < rate;
+        a.push((rng.random::<f64>() * 3.0 + if f { 1.5 } else { 0.0 }).exp());
+        b.push(if rng.random::<f64>() < 0.1 {
+            f64::NAN
+        } else {
+            rng.random::<f64>() * 10.0
+        });
+        y.push(if f { 1.0 } else { 0.0 });
+    }
+    BankData {
+        columns: vec![a, b],
+        labels: y,
+        training_set: Some(format!("training_set:{seed:016x}")),
+        views: vec!["txn@1".into()],
+    }
+}
+
+fn config(rounds: u64, budget: Budget) -> CoordinatorConfig {
+    CoordinatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: TlsFiles {
+            ca: "".into(),
+            cert: "".into(),
+            key: "".into(),
+        },
+        roster: Vec::new(),
+        features: vec!["amount".into(), "noise".into()],
+        label: "is_fraud".into(),
+        architecture: Architecture::LogisticRegression,
+        rounds,
+        threshold: None,
+        neighbours: None,
+        strategy: Strategy::FedAvg,
+        local: LocalConfig {
+            learning_rate: 0.5,
+            local_steps: 20,
+            batch_size: 128,
+            prox_mu: 0.0,
+            dp: Some(DpSgd {
+                noise_multiplier: 1.0,
+                clip_norm: 1.0,
+            }),
+        },
+        update_clip: 1.0,
+        max_rows: 100_000,
+        budget,
+        deadlines: Deadlines {
+            train_s: 30.0,
+            stage_s: 10.0,
+            join_s: 20.0,
+        },
+        seed: 3,
+        register: None,
+        output: None,
+    }
+}
+
+fn sims(rates: &[f64], offline: Option<usize>) -> Vec<SimBank> {
+    rates
+        .iter()
+        .enumerate()
+        .map(|(i, r)| SimBank {
+            name: format!("bank_{i}"),
+            source: BankSource::Data(bank(4000, *r, i as u64 + 1)),
+            privacy: PrivacyPolicy::default(),
+            offline: offline == Some(i),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_non_iid_banks_train_a_dp_model_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(3, Budget::default());
+    cfg.local.dp = Some(DpSgd {
+        noise_multiplier: 1.5,
+        clip_norm: 1.0,
+    });
+    let res = tokio::time::timeout(
+        Duration::from_secs(120),
+        simulate(dir.path(), cfg, sims(&[0.02, 0.05, 0.1], None)),
+    )
+    .await
+    .expect("finishes")
+    .unwrap();
+    let s = &res.summary;
+    assert_eq!(s.rounds, 3, "{s:?}");
+    assert_eq!(
+        s.history.len(),
+        4,
+        "round 0 (statistics) and 3 training rounds"
+    );
+    for h in &s.history {
+        assert_eq!(h.contributors.len(), 3);
+        assert_eq!(h.rows, s.history[0].rows);
+    }
+    // The loss of the global model falls round over round.
+    let l: Vec<f64> = s.history[1..]
+        .iter()
+        .map(|h| h.loss_before.unwrap())
+        .collect();
+    assert!(l[2] < l[0], "{l:?}");
+    assert!(s.epsilon > 0.0 && s.epsilon <= 2.5, "ε {}", s.epsilon);
+    assert_eq!(s.lineage.len(), 3);
+    assert_eq!(
+        s.lineage["bank_0"].training_set.as_deref(),
+        Some("training_set:0000000000000001")
+    );
+    // The artifact is a valid registry model over raw features.
+    let m =
+        quiver_registry::NativeModel::from_json(&serde_json::to_vec(&s.model).unwrap()).unwrap();
+    assert!(m.score(&[400.0, 1.0]) > m.score(&[3.0, 1.0]));
+    for (name, out) in &res.banks {
+        let out = out.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(out.holdout_auc > 0.8, "{name}: {}", out.holdout_auc);
+        assert!((out.epsilon - s.epsilon).abs() < 1e-9);
+        assert_eq!(out.rounds_joined, 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_bank_drops_out_and_the_rest_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(2, Budget::default());
+    cfg.deadlines.join_s = 2.0;
+    let res = tokio::time::timeout(
+        Duration::from_secs(120),
+        simulate(dir.path(), cfg, sims(&[0.05, 0.05, 0.05, 0.05], Some(3))),
+    )
+    .await
+    .expect("finishes")
+    .unwrap();
+    assert_eq!(res.summary.rounds, 2);
+    for h in &res.summary.history {
+        assert_eq!(h.contributors, vec!["bank_0", "bank_1", "bank_2"], "{h:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_stops_before_the_budget_is_spent() {
+    // One round of this plan spends ε ≈ 2.1 and two ≈ 2.46 (σ = 1, q = 0.04, 20 steps).
+    for (eps, rounds) in [(2.3, 1), (1.0, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Budget {
+            epsilon: eps,
+            delta: 1e-5,
+        };
+        let mut banks = sims(&[0.05, 0.05, 0.05], None);
+        for b in &mut banks {
+            b.privacy.budget = budget;
+        }
+        let res = tokio::time::timeout(
+            Duration::from_secs(120),
+            simulate(dir.path(), config(50, budget), banks),
+        )
+        .await
+        .expect("finishes")
+        .unwrap();
+        let s = &res.summary;
+        assert_eq!(s.rounds, rounds, "{s:?}");
+        assert!(s.stopped.starts_with("budget"), "{}", s.stopped);
+        assert!(s.epsilon <= eps, "ε {}", s.epsilon);
+        for (name, out) in &res.banks {
+            let out = out.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(out.epsilon <= eps);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_presenting_another_banks_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["bank_a".to_string(), "bank_b".to_string()];
+    let fed = pki::init(dir.path(), &names).unwrap();
+    let mut cfg = config(1, Budget::default());
+    cfg.roster = fed.roster.clone();
+    cfg.tls = TlsFiles {
+        ca: "ca.pem".into(),
+        cert: "coordinator.pem".into(),
+        key: "coordinator.key".into(),
+    };
+    cfg.deadlines.join_s = 1.0;
+    let coord = Coordinator::start(cfg, dir.path()).await.unwrap();
+    let w = WorkerConfig {
+        name: "bank_b".into(),
+        coordinator: format!("https://{}", coord.addr()),
+        // bank_a's certificate, bank_b's name.
+        tls: TlsFiles {
+            ca: "ca.pem".into(),
+            cert: "bank_a.pem".into(),
+            key: "bank_a.key".into(),
+        },
+        identity: "bank_b.identity".into(),
+        roster: fed.roster.clone(),
+        training_set: "missing.parquet".into(),
+        holdout: 0.2,
+        privacy: PrivacyPolicy::default(),
+        connect_timeout_s: 5.0,
+        seed: Some(1),
+    };
+    let err = tokio::time::timeout(Duration::from_secs(30), Worker::run(w, dir.path()))
+        .await
+        .expect("finishes")
+        .unwrap_err();
+    assert!(err.to_string().contains("not `bank_b`"), "{err}");
+    // Nobody joined: the coordinator gives up after join_s with a clear reason.
+    let e = coord.finish(Duration::from_secs(1)).await.unwrap_err();
+    assert!(e.to_string().contains("connected"), "{e}");
+}
+
+#[test]
+fn configs_are_validated_with_the_field_named() {
+    let mut cfg = config(0, Budget::default());
+    cfg.roster = vec![
+        pki::RosterEntry {
+            name: "a".into(),
+            public_key: "00".repeat(32),
+        };
+        2
+    ];
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("listed twice"), "{e}");
+    cfg.roster[1].name = "b".into();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("rounds 0"), "{e}");
+    cfg.rounds = 1;
+    cfg.local.prox_mu = 0.1;
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("prox_mu"), "{e}");
+    let bad: Result<CoordinatorConfig, _> =
+        serde_json::from_str(r#"{"listen": "127.0.0.1:0", "bogus": 1}"#);
+    assert!(bad.unwrap_err().to_string().contains("bogus"));
+}
