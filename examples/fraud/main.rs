@@ -1,5 +1,6 @@
 //! The fraud scenario end to end, as far as quiver goes today: three banks generate
-//! their data, apply the same feature repo, and build point-in-time training sets.
+//! their data, apply the same feature repo, build point-in-time training sets, serve
+//! features over Flight, and train one model together with secure aggregation and DP.
 //!
 //! ```text
 //! cargo run --release -p quiver-examples --bin fraud            # everything (`all`)

@@ -1,12 +1,19 @@
 //! quiver's federated training across banks.
 //!
-//! Built so far: [`protocol`], secure aggregation in the style of SecAgg / SecAgg+
-//! (pairwise and self masks from X25519 agreement, Shamir shares for dropout recovery,
-//! quantized updates in Z_(2^32), Ed25519-signed messages bound to their round) as
-//! pure, synchronous state machines.
+//! - [`protocol`]: secure aggregation in the style of SecAgg / SecAgg+ (pairwise and
+//!   self masks from X25519 agreement, Shamir shares for dropout recovery, quantized
+//!   updates in Z_(2^32), Ed25519-signed messages bound to their round) as pure,
+//!   synchronous state machines;
+//! - [`aggregate`]: what travels inside the masked vector (updates, counts, losses)
+//!   and the FedAvg / FedProx / FedAdam server step;
+//! - [`dp`]: the RDP accountant of DP-SGD and privacy budgets;
+//! - [`train`]: logistic regression and MLP trainers with DP-SGD;
+//! - [`wire`]: the bounded binary encoding of protocol messages;
+//! - [`service`]: the gRPC coordinator and worker over mutual TLS, and in-process
+//!   simulation; the `quiver-fed` binary drives them.
 //!
-//! Not built yet (see docs/federation.md): differential privacy and its accountant,
-//! the coordinator and worker gRPC services, local trainers and the `quiver-fed` CLI.
+//! Not built yet (see docs/federation.md): the bank-level DP option and the `gpu`
+//! training backend.
 
 pub mod aggregate;
 pub mod dp;
