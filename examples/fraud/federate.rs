@@ -144,21 +144,7 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
         .collect();
     let res = simulate(&fed_dir.join("certs"), coordinator, sims).await?;
     let s = &res.summary;
-    println!(
-        "{:>5} {:>6} {:>8} {:>9} {:>7} {:>8}",
-        "round", "banks", "rows", "loss", "ε", "seconds"
-    );
-    for h in &s.history {
-        println!(
-            "{:>5} {:>6} {:>8} {:>9} {:>7.3} {:>8.2}",
-            h.round,
-            h.contributors.len(),
-            h.rows,
-            h.loss_before.map_or("stats".into(), |l| format!("{l:.4}")),
-            h.epsilon,
-            h.seconds
-        );
-    }
+    print!("{}", s.history_table());
     println!(
         "{} rounds in {:.1}s, stopped: {}; ε spent {:.3} (δ = 1e-5); registered {}",
         s.rounds,

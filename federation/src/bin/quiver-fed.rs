@@ -393,22 +393,7 @@ fn print_summary(s: &RunSummary, json: bool) {
         println!("{v}");
         return;
     }
-    println!(
-        "{:>5} {:>6} {:>8} {:>9} {:>9} {:>8}  dropped",
-        "round", "banks", "rows", "loss", "ε", "seconds"
-    );
-    for h in &s.history {
-        println!(
-            "{:>5} {:>6} {:>8} {:>9} {:>9.3} {:>8.2}  {}",
-            h.round,
-            h.contributors.len(),
-            h.rows,
-            h.loss_before.map_or("stats".into(), |l| format!("{l:.4}")),
-            h.epsilon,
-            h.seconds,
-            h.dropped.join(",")
-        );
-    }
+    print!("{}", s.history_table());
     println!(
         "stopped after {} rounds ({}); ε = {:.3}, δ = {:e}; run {}",
         s.rounds, s.stopped, s.epsilon, s.delta, s.session

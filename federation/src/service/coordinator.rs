@@ -253,6 +253,30 @@ pub struct RunSummary {
     pub lineage: BTreeMap<String, BankReport>,
 }
 
+impl RunSummary {
+    /// The rounds as a text table: round, banks in the sum, rows, loss before the
+    /// round (`stats` for round 0), ε after it, seconds, dropped banks.
+    pub fn history_table(&self) -> String {
+        let mut t = format!(
+            "{:>5} {:>6} {:>8} {:>9} {:>7} {:>8}  dropped\n",
+            "round", "banks", "rows", "loss", "ε", "seconds"
+        );
+        for h in &self.history {
+            t += &format!(
+                "{:>5} {:>6} {:>8} {:>9} {:>7.3} {:>8.2}  {}\n",
+                h.round,
+                h.contributors.len(),
+                h.rows,
+                h.loss_before.map_or("stats".into(), |l| format!("{l:.4}")),
+                h.epsilon,
+                h.seconds,
+                h.dropped.join(",")
+            );
+        }
+        t
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
     Running,
