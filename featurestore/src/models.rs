@@ -119,6 +119,8 @@ impl FeatureStore {
 pub struct TrainingData {
     /// Lineage id (`training_set:<id>`) from the file's metadata, if it has one.
     pub lineage_id: Option<String>,
+    /// View versions behind it (`view@version`), from the same metadata.
+    pub views: Vec<String>,
     /// Numeric columns by name (nulls as NaN).
     pub columns: HashMap<String, Vec<f64>>,
     /// Rows read.
@@ -134,14 +136,31 @@ pub fn read_training_data(path: &Path, columns: &[String]) -> Result<TrainingDat
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-    let lineage_id = builder
+    let lineage = builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
         .and_then(|kv| kv.iter().find(|k| k.key == LINEAGE_METADATA_KEY))
         .and_then(|k| k.value.as_deref())
-        .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+    let lineage_id = lineage
+        .as_ref()
         .and_then(|v| v["id"].as_str().map(|id| format!("training_set:{id}")));
+    let views = lineage
+        .as_ref()
+        .and_then(|v| v["views"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| {
+                    Some(format!(
+                        "{}@{}",
+                        x["view"].as_str()?,
+                        x["version"].as_u64()?
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let schema = builder.schema().clone();
     let mut out: HashMap<String, Vec<f64>> = HashMap::new();
     for c in columns {
@@ -193,6 +212,7 @@ pub fn read_training_data(path: &Path, columns: &[String]) -> Result<TrainingDat
     }
     Ok(TrainingData {
         lineage_id,
+        views,
         columns: out,
         rows,
     })

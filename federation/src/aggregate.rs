@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::ProtocolError;
 use crate::protocol::quantize::Quantizer;
-use crate::train::{LocalUpdate, Standardizer, TRANSFORM};
+use crate::train::{LocalUpdate, Standardizer, transformed_moments};
 
 /// One named run of words in the masked vector.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,13 +232,7 @@ impl FeatureMoments {
         }
         let (mut m1, mut m2, mut counts) = (Vec::new(), Vec::new(), Vec::new());
         for c in columns {
-            let (mut n, mut s, mut s2) = (0u64, 0.0f64, 0.0f64);
-            for v in c.iter().filter(|v| v.is_finite()) {
-                let t = TRANSFORM.apply(*v);
-                n += 1;
-                s += t;
-                s2 += t * t;
-            }
+            let (n, s, s2) = transformed_moments(c);
             if n > self.max_rows {
                 return Err(ProtocolError::InvalidInput(format!(
                     "{n} rows; the federation allows at most {} per bank (max_rows)",
@@ -283,6 +277,7 @@ impl FeatureMoments {
 pub struct UpdateEncoding {
     layout: Layout,
     params: usize,
+    clip: f64,
     max_rows: u64,
 }
 
@@ -327,6 +322,7 @@ impl UpdateEncoding {
         Ok(Self {
             layout,
             params,
+            clip,
             max_rows,
         })
     }
@@ -355,19 +351,19 @@ impl UpdateEncoding {
         let w = rows as f64 / self.max_rows as f64;
         let weighted: Vec<f32> = u.delta.iter().map(|d| (f64::from(*d) * w) as f32).collect();
         let loss = [(u.loss_before.min(LOSS_CLIP) * w) as f32];
-        // First pass to learn how many values the quantizer clips, so that number
-        // travels inside the vector too.
-        let (_, clipped) = self.layout.encode(&[
-            Part::Real(&weighted),
-            Part::Real(&loss),
-            Part::Count(&[0, 0, 0, 0]),
-        ])?;
+        // The quantizer's clip count travels inside the vector too, so count it first
+        // (the loss is already capped below its clip range).
+        let clipped = weighted
+            .iter()
+            .filter(|v| f64::from(**v).abs() > self.clip)
+            .count();
         let counts = [rows, u.examples, u.clipped_examples, clipped as u64];
-        let (words, _) = self.layout.encode(&[
+        let (words, encoded_clipped) = self.layout.encode(&[
             Part::Real(&weighted),
             Part::Real(&loss),
             Part::Count(&counts),
         ])?;
+        debug_assert_eq!(encoded_clipped, clipped);
         Ok((words, clipped as u64))
     }
 

@@ -194,13 +194,8 @@ impl Standardizer {
         let mut mean = Vec::new();
         let mut std = Vec::new();
         for c in columns {
-            let (mut n, mut s, mut s2) = (0.0, 0.0, 0.0);
-            for v in c.iter().filter(|v| v.is_finite()) {
-                let t = TRANSFORM.apply(*v);
-                n += 1.0;
-                s += t;
-                s2 += t * t;
-            }
+            let (n, s, s2) = transformed_moments(c);
+            let n = n as f64;
             let m = if n > 0.0 { s / n } else { 0.0 };
             let var = if n > 0.0 { s2 / n - m * m } else { 1.0 };
             mean.push(m);
@@ -208,6 +203,19 @@ impl Standardizer {
         }
         Self { mean, std }
     }
+}
+
+/// Count, sum and sum of squares of `t(x)` over the present (finite) values of a raw
+/// column: what local and secure statistics are both built from.
+pub fn transformed_moments(column: &[f64]) -> (u64, f64, f64) {
+    let (mut n, mut s, mut s2) = (0u64, 0.0, 0.0);
+    for v in column.iter().filter(|v| v.is_finite()) {
+        let t = TRANSFORM.apply(*v);
+        n += 1;
+        s += t;
+        s2 += t * t;
+    }
+    (n, s, s2)
 }
 
 /// Model family trained by the federation.

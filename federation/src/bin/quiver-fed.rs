@@ -368,16 +368,21 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 println!(
                     "state {}  round {}/{}  stage {}",
-                    s["state"], s["round"], s["rounds"], s["stage"]
+                    s["state"].as_str().unwrap_or("?"),
+                    s["round"],
+                    s["rounds"],
+                    s["stage"]
                 );
                 for b in s["banks"].as_array().into_iter().flatten() {
+                    let seen = b["seconds_since_seen"]
+                        .as_f64()
+                        .map_or("never connected".into(), |v| format!("seen {v:.1} s ago"));
+                    let eps = b["epsilon"]
+                        .as_f64()
+                        .map_or("-".into(), |e| format!("{e:.3}"));
                     println!(
-                        "  {:<12} seen {:>6}s ago  ε {}",
-                        b["bank"].as_str().unwrap_or("?"),
-                        b["seconds_since_seen"]
-                            .as_f64()
-                            .map_or("never".into(), |v| format!("{v:.1}")),
-                        b["epsilon"]
+                        "  {:<12} {seen:<20} ε {eps}",
+                        b["bank"].as_str().unwrap_or("?")
                     );
                 }
             }
@@ -404,22 +409,13 @@ fn print_summary(s: &RunSummary, json: bool) {
 }
 
 async fn status(url: &str, dir: &Path, bank: &str) -> Result<serde_json::Value> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let read =
-        |n: String| std::fs::read(dir.join(&n)).with_context(|| format!("{}/{n}", dir.display()));
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(read(
-            "ca.pem".into(),
-        )?))
-        .identity(tonic::transport::Identity::from_pem(
-            read(format!("{bank}.pem"))?,
-            read(format!("{bank}.key"))?,
-        ))
-        .domain_name("quiver-coordinator");
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .tls_config(tls)?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(10))
+    let pem = TlsFiles {
+        ca: "ca.pem".into(),
+        cert: format!("{bank}.pem").into(),
+        key: format!("{bank}.key").into(),
+    }
+    .read(dir)?;
+    let ch = pki::coordinator_endpoint(url, &pem)?
         .connect()
         .await
         .with_context(|| format!("cannot reach {url}"))?;

@@ -310,21 +310,17 @@ struct Shared {
 }
 
 /// A running coordinator.
-#[derive(Debug)]
 pub struct Coordinator {
     addr: SocketAddr,
-    shared: Arc<SharedHandle>,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     driver: tokio::task::JoinHandle<Result<RunSummary, ServiceError>>,
     server: tokio::task::JoinHandle<()>,
 }
 
-/// Opaque wrapper so `Shared` stays private.
-pub struct SharedHandle(Arc<Shared>);
-
-impl std::fmt::Debug for SharedHandle {
+impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("coordinator state")
+        write!(f, "Coordinator({})", self.addr)
     }
 }
 
@@ -373,7 +369,7 @@ impl Coordinator {
         let driver = tokio::spawn(drive(shared.clone()));
         Ok(Self {
             addr,
-            shared: Arc::new(SharedHandle(shared)),
+            shared,
             stop,
             driver,
             server,
@@ -387,7 +383,7 @@ impl Coordinator {
 
     /// The status document `Status` returns.
     pub fn status(&self) -> serde_json::Value {
-        status_json(&self.shared.0)
+        status_json(&self.shared)
     }
 
     /// Wait for the run to end, keep serving a grace period so banks fetch the final
@@ -401,7 +397,7 @@ impl Coordinator {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             let pending = {
-                let st = lock(&self.shared.0);
+                let st = lock(&self.shared);
                 st.tasks.len()
             };
             if pending == 0 {
@@ -419,7 +415,7 @@ async fn serve(
     shared: Arc<Shared>,
     pem: &TlsPem,
 ) -> Result<(SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>), ServiceError> {
-    ensure_crypto_provider();
+    super::pki::ensure_crypto_provider();
     let listen = shared.cfg.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -447,15 +443,6 @@ async fn serve(
         }
     });
     Ok((addr, stop, handle))
-}
-
-/// rustls needs its provider chosen once per process (ring and aws-lc are both in the
-/// tree).
-pub(crate) fn ensure_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 fn status_json(s: &Shared) -> serde_json::Value {

@@ -141,6 +141,34 @@ pub fn read_identity(path: &Path) -> Result<ring::signature::Ed25519KeyPair, Ser
     })
 }
 
+/// Choose rustls's crypto provider (ring) for the process, once: ring and aws-lc are
+/// both in the dependency tree, so rustls cannot pick one itself.
+pub fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A gRPC endpoint to the coordinator at `url` (`https://host:port`), presenting this
+/// party's client certificate and trusting only the federation CA.
+pub fn coordinator_endpoint(
+    url: &str,
+    pem: &TlsPem,
+) -> Result<tonic::transport::Endpoint, ServiceError> {
+    ensure_crypto_provider();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pem.ca))
+        .identity(tonic::transport::Identity::from_pem(&pem.cert, &pem.key))
+        .domain_name(COORDINATOR_NAMES[0]);
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| ServiceError::Config(format!("coordinator URL `{url}`: {e}")))?
+        .tls_config(tls)
+        .map_err(|e| ServiceError::Config(format!("TLS: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30)))
+}
+
 /// The common name of a DER certificate.
 pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::coordinator::{RunSummary, ensure_crypto_provider};
-use super::pki::{RosterEntry, TlsFiles, read_identity};
+use super::coordinator::RunSummary;
+use super::pki::{RosterEntry, TlsFiles, coordinator_endpoint, read_identity};
 use super::rpc::{CoordinatorClient, PollRequest, Submission, task_kind};
 use super::{BankReport, PrivacyPolicy, RoundKind, RoundPlan, ServiceError};
 use crate::aggregate::{FeatureMoments, UpdateEncoding};
@@ -100,7 +100,7 @@ impl BankData {
             columns,
             labels,
             training_set: data.lineage_id,
-            views: views_of(path),
+            views: data.views,
         })
     }
 
@@ -117,41 +117,6 @@ impl BankData {
             views: self.views.clone(),
         }
     }
-}
-
-/// `view@version` of every view in a training set's lineage metadata.
-fn views_of(path: &Path) -> Vec<String> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    let Ok(reader) = SerializedFileReader::new(file) else {
-        return Vec::new();
-    };
-    let kv = reader
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .cloned();
-    kv.unwrap_or_default()
-        .iter()
-        .find(|k| k.key == quiver_featurestore::models::LINEAGE_METADATA_KEY)
-        .and_then(|k| k.value.as_deref())
-        .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
-        .and_then(|v| {
-            v["views"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|x| {
-                        Some(format!(
-                            "{}@{}",
-                            x["view"].as_str()?,
-                            x["version"].as_u64()?
-                        ))
-                    })
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
 }
 
 /// The worker.
@@ -505,18 +470,7 @@ fn wire(e: crate::wire::WireError) -> ServiceError {
 }
 
 async fn connect(cfg: &WorkerConfig, base: &Path) -> Result<CoordinatorClient, ServiceError> {
-    ensure_crypto_provider();
-    let pem = cfg.tls.read(base)?;
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(&pem.ca))
-        .identity(tonic::transport::Identity::from_pem(&pem.cert, &pem.key))
-        .domain_name("quiver-coordinator");
-    let endpoint = tonic::transport::Endpoint::from_shared(cfg.coordinator.clone())
-        .map_err(|e| ServiceError::Config(format!("coordinator URL `{}`: {e}", cfg.coordinator)))?
-        .tls_config(tls)
-        .map_err(|e| ServiceError::Config(format!("TLS: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
+    let endpoint = coordinator_endpoint(&cfg.coordinator, &cfg.tls.read(base)?)?;
     let deadline =
         Instant::now() + Duration::from_secs_f64(cfg.connect_timeout_s.clamp(1.0, 86_400.0));
     loop {
