@@ -108,6 +108,7 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
         update_clip: 1.0,
         max_rows: 10_000_000,
         budget,
+        bank_dp: None,
         deadlines: Deadlines::default(),
         seed: 1,
         register: Some(RegisterConfig {

@@ -13,6 +13,13 @@
 //! Differential Privacy", AISTATS 2020, Theorem 21. It reproduces Opacus'
 //! published figure (see the tests).
 //!
+//! Bank-level DP is an option on top ([`crate::aggregate::BankDpEncoding`]): each bank
+//! clips its whole update to an L2 norm and adds its share of Skellam noise to the
+//! quantized values, so the securely aggregated sum carries noise that no single party
+//! chose. Its accountant is [`RdpAccountant::for_skellam`] with
+//! [`RdpAccountant::compose_skellam`] (Agarwal, Kairouz, Liu, "The Skellam Mechanism
+//! for Differentially Private Federated Learning", NeurIPS 2021, Theorem 3.5).
+//!
 //! ```
 //! use quiver_federation::dp::RdpAccountant;
 //!
@@ -33,9 +40,11 @@ pub enum DpError {
     Invalid(String),
     /// One more round would spend more than the budget.
     #[error(
-        "privacy budget: one more round would spend ε = {next:.4} of the budget ε = {budget} (δ = {delta:e}); ε spent so far {spent:.4}"
+        "privacy budget: one more round would spend {unit} ε = {next:.4} of the budget ε = {budget} (δ = {delta:e}); ε spent so far {spent:.4}"
     )]
     BudgetExhausted {
+        /// Which guarantee: `record-level` (DP-SGD) or `bank-level` (Skellam).
+        unit: &'static str,
         /// ε spent so far.
         spent: f64,
         /// ε after one more round.
@@ -145,6 +154,43 @@ impl RdpAccountant {
         Ok(())
     }
 
+    /// An accountant over the integer orders 2 to 256, the orders the Skellam bound
+    /// holds for.
+    pub fn for_skellam() -> Self {
+        Self::with_orders((2..=256).map(f64::from).collect()).expect("valid orders")
+    }
+
+    /// Compose `releases` runs of the Skellam mechanism: integer noise of variance
+    /// `mu` per coordinate on an integer vector of L1 sensitivity `l1` and L2
+    /// sensitivity `l2`. Every order of this accountant must be an integer.
+    pub fn compose_skellam(
+        &mut self,
+        l1: f64,
+        l2: f64,
+        mu: f64,
+        releases: u64,
+    ) -> Result<(), DpError> {
+        let curve = skellam_curve(&self.orders, l1, l2, mu)?;
+        for (r, c) in self.rdp.iter_mut().zip(curve) {
+            *r += c * releases as f64;
+        }
+        Ok(())
+    }
+
+    /// ε at `delta` after `releases` more Skellam releases, without composing them.
+    pub fn epsilon_after_skellam(
+        &self,
+        l1: f64,
+        l2: f64,
+        mu: f64,
+        releases: u64,
+        delta: f64,
+    ) -> Result<f64, DpError> {
+        let mut next = self.clone();
+        next.compose_skellam(l1, l2, mu, releases)?;
+        Ok(next.epsilon(delta)?.0)
+    }
+
     /// The smallest ε over the orders at `delta`, and the order that gives it.
     pub fn epsilon(&self, delta: f64) -> Result<(f64, f64), DpError> {
         epsilon_of(&self.orders, &self.rdp, delta)
@@ -168,6 +214,10 @@ impl RdpAccountant {
 fn epsilon_of(orders: &[f64], rdp: &[f64], delta: f64) -> Result<(f64, f64), DpError> {
     if !(delta > 0.0 && delta < 1.0) {
         return Err(DpError::Invalid(format!("delta {delta} must be in (0, 1)")));
+    }
+    if rdp.iter().all(|r| *r == 0.0) {
+        // Nothing composed: nothing spent (the conversion alone would say ε > 0).
+        return Ok((0.0, orders[0]));
     }
     let mut best = (f64::INFINITY, orders[0]);
     for (&a, &r) in orders.iter().zip(rdp) {
@@ -193,6 +243,36 @@ pub fn subsampled_gaussian_curve(orders: &[f64], q: f64, sigma: f64) -> Result<V
         )));
     }
     Ok(orders.iter().map(|&a| rdp_one(q, sigma, a)).collect())
+}
+
+/// RDP of one Skellam release at each (integer) order: Agarwal, Kairouz, Liu 2021,
+/// Theorem 3.5, for noise `Poisson(mu/2) − Poisson(mu/2)` (variance `mu`) per
+/// coordinate and sensitivities `l1`, `l2` in integer units:
+/// `ε(α) ≤ α·l2²/(2μ) + min(((2α−1)·l2² + 6·l1)/(4μ²), 3·l1/(2μ))`.
+pub fn skellam_curve(orders: &[f64], l1: f64, l2: f64, mu: f64) -> Result<Vec<f64>, DpError> {
+    if !(l1.is_finite() && l2.is_finite() && l1 >= l2 && l2 > 0.0) {
+        return Err(DpError::Invalid(format!(
+            "Skellam sensitivities l1 {l1}, l2 {l2}: need l1 ≥ l2 > 0"
+        )));
+    }
+    if !(mu.is_finite() && mu > 0.0) {
+        return Err(DpError::Invalid(format!(
+            "Skellam variance {mu} must be a positive number"
+        )));
+    }
+    orders
+        .iter()
+        .map(|&a| {
+            if a.fract() != 0.0 {
+                return Err(DpError::Invalid(format!(
+                    "the Skellam bound holds for integer orders; got {a}"
+                )));
+            }
+            let l22 = l2 * l2;
+            Ok(a * l22 / (2.0 * mu)
+                + (((2.0 * a - 1.0) * l22 + 6.0 * l1) / (4.0 * mu * mu)).min(3.0 * l1 / (2.0 * mu)))
+        })
+        .collect()
 }
 
 fn rdp_one(q: f64, sigma: f64, alpha: f64) -> f64 {
@@ -359,6 +439,80 @@ mod tests {
         let below = log_a_frac(q, s, 3.0 - 1e-7);
         let above = log_a_frac(q, s, 3.0 + 1e-7);
         assert!((int - below).abs() < 1e-6 && (int - above).abs() < 1e-6);
+    }
+
+    /// log P(k) of `Poisson(mu/2) − Poisson(mu/2)`, summed exactly over the second
+    /// Poisson's support (no Bessel approximation).
+    fn skellam_log_pmf(k: i64, mu: f64) -> f64 {
+        let lam = mu / 2.0;
+        let log_pois = |j: i64| -> f64 {
+            if j < 0 {
+                return f64::NEG_INFINITY;
+            }
+            let j = j as f64;
+            j * lam.ln() - lam - libm::lgamma(j + 1.0)
+        };
+        let span = (lam.sqrt() * 40.0) as i64 + 50;
+        let centre = lam as i64;
+        let mut acc = f64::NEG_INFINITY;
+        for j in (centre - span).max(0)..=centre + span {
+            acc = log_add(acc, log_pois(j + k.max(0)) + log_pois(j + (-k).max(0)));
+        }
+        acc
+    }
+
+    #[test]
+    fn skellam_bound_is_above_the_exact_renyi_divergence_and_close_to_it() {
+        // D_α(Sk shifted by Δ ‖ Sk) = 1/(α−1) · log Σ_k P(k−Δ)^α P(k)^(1−α), summed
+        // over the support; the closed-form bound must never be below it.
+        for (mu, shift) in [(50.0, 1i64), (200.0, 3), (400.0, 10)] {
+            let span = ((mu as f64).sqrt() * 30.0) as i64 + 3 * shift;
+            let logp: Vec<(f64, f64)> = (-span..=span)
+                .map(|k| (skellam_log_pmf(k - shift, mu), skellam_log_pmf(k, mu)))
+                .collect();
+            let orders: Vec<f64> = (2..=12).map(f64::from).collect();
+            let bound = skellam_curve(&orders, shift as f64, shift as f64, mu).unwrap();
+            for (a, b) in orders.iter().zip(bound) {
+                let mut acc = f64::NEG_INFINITY;
+                for (lp, lq) in &logp {
+                    acc = log_add(acc, a * lp + (1.0 - a) * lq);
+                }
+                let exact = acc / (a - 1.0);
+                let gaussian = a * (shift * shift) as f64 / (2.0 * mu);
+                assert!(
+                    b >= exact,
+                    "μ {mu} Δ {shift} α {a}: bound {b} < exact {exact}"
+                );
+                assert!(
+                    b <= 1.5 * exact && exact > 0.5 * gaussian,
+                    "μ {mu} Δ {shift} α {a}: bound {b}, exact {exact}, Gaussian {gaussian}"
+                );
+            }
+        }
+        assert!(skellam_curve(&[2.5], 1.0, 1.0, 10.0).is_err());
+        assert!(skellam_curve(&[2.0], 1.0, 2.0, 10.0).is_err());
+        assert!(skellam_curve(&[2.0], 1.0, 1.0, 0.0).is_err());
+    }
+
+    #[test]
+    fn skellam_accounting_composes_over_releases() {
+        let mut one = RdpAccountant::for_skellam();
+        one.compose_skellam(10.0, 10.0, 1e4, 4).unwrap();
+        let mut four = RdpAccountant::for_skellam();
+        for _ in 0..4 {
+            four.compose_skellam(10.0, 10.0, 1e4, 1).unwrap();
+        }
+        assert_eq!(one.epsilon(1e-5).unwrap(), four.epsilon(1e-5).unwrap());
+        let e1 = RdpAccountant::for_skellam()
+            .epsilon_after_skellam(10.0, 10.0, 1e4, 1, 1e-5)
+            .unwrap();
+        assert!(e1 < one.epsilon(1e-5).unwrap().0);
+        // The default accountant has fractional orders: refused, not silently wrong.
+        assert!(
+            RdpAccountant::new()
+                .compose_skellam(1.0, 1.0, 10.0, 1)
+                .is_err()
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use rand::{Rng, SeedableRng};
 
-use quiver_federation::aggregate::Strategy;
+use quiver_federation::aggregate::{BankDp, Strategy};
 use quiver_federation::dp::Budget;
 use quiver_federation::service::pki::{self, TlsFiles};
 use quiver_federation::service::simulate::{BankSource, SimBank, simulate};
@@ -50,6 +50,18 @@ enum ModelKind {
     Lr,
     /// One hidden layer of 16 tanh units.
     Mlp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DpKind {
+    /// Record-level DP-SGD inside each bank (customers are the unit of privacy).
+    Record,
+    /// Bank-level DP: updates clipped and noised with distributed Skellam noise.
+    Bank,
+    /// Both guarantees, each within the budget.
+    Both,
+    /// No differential privacy (secure aggregation only).
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,7 +120,10 @@ enum Cmd {
         /// Aggregation strategy.
         #[arg(long, value_enum, default_value_t = StrategyKind::Fedavg)]
         strategy: StrategyKind,
-        /// Privacy budget ε per bank (δ = --delta); 0 trains without DP.
+        /// Differential privacy: per customer record, per bank, both, or none.
+        #[arg(long, value_enum, default_value_t = DpKind::Record)]
+        dp: DpKind,
+        /// Privacy budget ε (δ = --delta), for each guarantee --dp asks for.
         #[arg(long, default_value_t = 2.5)]
         epsilon: f64,
         /// δ of the budget.
@@ -117,6 +132,12 @@ enum Cmd {
         /// DP-SGD noise multiplier.
         #[arg(long, default_value_t = 1.0)]
         noise_multiplier: f64,
+        /// Bank-level DP: noise multiplier of the aggregate (Skellam).
+        #[arg(long, default_value_t = 1.0)]
+        bank_noise_multiplier: f64,
+        /// Bank-level DP: L2 norm each bank's update is clipped to.
+        #[arg(long, default_value_t = 1.0)]
+        bank_clip_norm: f64,
         /// SGD steps per round.
         #[arg(long, default_value_t = 50)]
         local_steps: u64,
@@ -221,9 +242,12 @@ async fn run(cli: Cli) -> Result<()> {
             label,
             model,
             strategy,
+            dp: dp_kind,
             epsilon,
             delta,
             noise_multiplier,
+            bank_noise_multiplier,
+            bank_clip_norm,
             local_steps,
             batch_size,
             learning_rate,
@@ -266,19 +290,21 @@ async fn run(cli: Cli) -> Result<()> {
                     label,
                 )
             };
-            let dp = (epsilon > 0.0).then_some(DpSgd {
+            let record = matches!(dp_kind, DpKind::Record | DpKind::Both);
+            let dp = record.then_some(DpSgd {
                 noise_multiplier,
                 clip_norm: 1.0,
+            });
+            let bank_dp = matches!(dp_kind, DpKind::Bank | DpKind::Both).then_some(BankDp {
+                clip_norm: bank_clip_norm,
+                noise_multiplier: bank_noise_multiplier,
             });
             let strategy = match strategy {
                 StrategyKind::Fedavg => Strategy::FedAvg,
                 StrategyKind::Fedprox => Strategy::FedProx { mu: 0.01 },
                 StrategyKind::Fedadam => Strategy::fed_adam(),
             };
-            let budget = Budget {
-                epsilon: if epsilon > 0.0 { epsilon } else { 1e9 },
-                delta,
-            };
+            let budget = Budget { epsilon, delta };
             let cfg = CoordinatorConfig {
                 listen: "127.0.0.1:0".parse()?,
                 tls: TlsFiles {
@@ -307,6 +333,7 @@ async fn run(cli: Cli) -> Result<()> {
                 update_clip: 1.0,
                 max_rows: 10_000_000,
                 budget,
+                bank_dp,
                 deadlines: Deadlines {
                     train_s: 120.0,
                     stage_s: 30.0,
@@ -329,7 +356,7 @@ async fn run(cli: Cli) -> Result<()> {
                     source,
                     privacy: PrivacyPolicy {
                         budget,
-                        require_dp: epsilon > 0.0,
+                        require_dp: record,
                     },
                     offline: false,
                 })
@@ -399,8 +426,11 @@ fn print_summary(s: &RunSummary, json: bool) {
         return;
     }
     print!("{}", s.history_table());
+    let bank = s
+        .bank_epsilon
+        .map_or(String::new(), |e| format!(", bank-level ε = {e:.3}"));
     println!(
-        "stopped after {} rounds ({}); ε = {:.3}, δ = {:e}; run {}",
+        "stopped after {} rounds ({}); ε = {:.3}{bank}, δ = {:e}; run {}",
         s.rounds, s.stopped, s.epsilon, s.delta, s.session
     );
     if let Some(r) = &s.registered {

@@ -14,8 +14,10 @@ use tokio::sync::{Notify, watch};
 use super::pki::{RosterEntry, TlsFiles, TlsPem};
 use super::rpc::{self, Ack, PollRequest, StatusReply, StatusRequest, Submission, Task, task_kind};
 use super::{BankReport, RoundKind, RoundPlan, ServiceError};
-use crate::aggregate::{FeatureMoments, ServerOptimizer, Strategy, UpdateEncoding};
-use crate::dp::Budget;
+use crate::aggregate::{
+    BankDp, BankDpEncoding, FeatureMoments, ServerOptimizer, Strategy, UpdateEncoding,
+};
+use crate::dp::{Budget, RdpAccountant};
 use crate::protocol::ProtocolError;
 use crate::protocol::secagg::{
     AdvertiseKeys, ConsistencySig, MaskedInput, Params, Roster, RoundId, Server, ShareKeys,
@@ -98,9 +100,14 @@ pub struct CoordinatorConfig {
     /// Largest rows per bank.
     #[serde(default = "default_max_rows")]
     pub max_rows: u64,
-    /// Run-wide budget: training stops before any bank would pass it.
+    /// Run-wide budget: training stops before any bank would pass it (record-level
+    /// ε as the banks report it, and bank-level ε when `bank_dp` is set).
     #[serde(default)]
     pub budget: Budget,
+    /// Bank-level DP on the aggregate (distributed Skellam noise), on top of or
+    /// instead of DP-SGD.
+    #[serde(default)]
+    pub bank_dp: Option<BankDp>,
     /// Stage deadlines.
     #[serde(default)]
     pub deadlines: Deadlines,
@@ -173,6 +180,10 @@ impl CoordinatorConfig {
             ));
         }
         self.budget.validate()?;
+        if let Some(dp) = self.bank_dp {
+            let np = self.architecture.num_params(self.features.len());
+            BankDpEncoding::new(np, dp, self.params(1)?.threshold, n)?;
+        }
         let d = &self.deadlines;
         for (name, v) in [
             ("train_s", d.train_s),
@@ -214,6 +225,9 @@ pub struct RoundRecord {
     pub loss_before: Option<f64>,
     /// Largest ε spent by any bank after the round.
     pub epsilon: f64,
+    /// Bank-level ε after the round (with `bank_dp`).
+    #[serde(default)]
+    pub bank_epsilon: Option<f64>,
     /// Update values clipped by the quantizer.
     pub clipped_values: u64,
     /// Examples whose gradient DP-SGD clipped.
@@ -235,6 +249,9 @@ pub struct RunSummary {
     pub epsilon: f64,
     /// δ of the budget.
     pub delta: f64,
+    /// Bank-level ε spent (with `bank_dp`), at the same δ.
+    #[serde(default)]
+    pub bank_epsilon: Option<f64>,
     /// Every round.
     pub history: Vec<RoundRecord>,
     /// The final model (registry JSON artifact).
@@ -255,20 +272,49 @@ pub struct RunSummary {
 
 impl RunSummary {
     /// The rounds as a text table: round, banks in the sum, rows, loss before the
-    /// round (`stats` for round 0), ε after it, seconds, dropped banks.
+    /// round (`stats` for round 0), ε after it (and bank-level ε with `bank_dp`),
+    /// seconds, dropped banks. Under bank-level DP rows and loss are not released and
+    /// show as `-`.
     pub fn history_table(&self) -> String {
+        let bank = self.history.iter().any(|h| h.bank_epsilon.is_some());
         let mut t = format!(
-            "{:>5} {:>6} {:>8} {:>9} {:>7} {:>8}  dropped\n",
-            "round", "banks", "rows", "loss", "ε", "seconds"
+            "{:>5} {:>6} {:>8} {:>9} {:>7}{} {:>8}  dropped\n",
+            "round",
+            "banks",
+            "rows",
+            "loss",
+            "ε",
+            if bank {
+                format!(" {:>7}", "bank ε")
+            } else {
+                String::new()
+            },
+            "seconds"
         );
         for h in &self.history {
+            let rows = if h.round > 0 && h.rows == 0 {
+                "-".to_string()
+            } else {
+                h.rows.to_string()
+            };
+            let loss = match (h.round, h.loss_before) {
+                (0, _) => "stats".to_string(),
+                (_, Some(l)) => format!("{l:.4}"),
+                (_, None) => "-".to_string(),
+            };
+            let bank_col = match (bank, h.bank_epsilon) {
+                (false, _) => String::new(),
+                (true, Some(e)) => format!(" {e:>7.3}"),
+                (true, None) => format!(" {:>7}", "-"),
+            };
             t += &format!(
-                "{:>5} {:>6} {:>8} {:>9} {:>7.3} {:>8.2}  {}\n",
+                "{:>5} {:>6} {:>8} {:>9} {:>7.3}{} {:>8.2}  {}\n",
                 h.round,
                 h.contributors.len(),
-                h.rows,
-                h.loss_before.map_or("stats".into(), |l| format!("{l:.4}")),
+                rows,
+                loss,
                 h.epsilon,
+                bank_col,
                 h.seconds,
                 h.dropped.join(",")
             );
@@ -816,6 +862,7 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
         standardizer: None,
         global: Vec::new(),
         strategy: cfg.strategy,
+        bank_dp: cfg.bank_dp,
     };
     // Round 0: feature statistics.
     let moments = FeatureMoments::new(dim, cfg.max_rows, n)?;
@@ -823,7 +870,7 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
     let t = Instant::now();
     let agg = aggregate(s, 0, session, &plan).await?;
     let (standardizer, rows) = moments.decode(&agg.sum, agg.contributors.len());
-    record(s, 0, &agg, rows, None, 0, 0, t);
+    record(s, 0, &agg, rows, None, 0, 0, None, t);
     tracing::info!(
         rows,
         banks = agg.contributors.len(),
@@ -832,14 +879,38 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
 
     let np = cfg.architecture.num_params(dim);
     let enc = UpdateEncoding::new(np, cfg.update_clip, cfg.max_rows, n)?;
+    // Bank-level DP: the coordinator accounts it itself from public parameters (the
+    // banks do too, and refuse rounds past their own budgets).
+    let bank_dp = match cfg.bank_dp {
+        Some(dp) => Some((
+            BankDpEncoding::new(np, dp, plan.threshold, n)?,
+            RdpAccountant::for_skellam(),
+        )),
+        None => None,
+    };
+    let mut bank_dp = bank_dp;
     let mut global = cfg.architecture.init(dim, cfg.seed);
     let mut opt = ServerOptimizer::new(cfg.strategy);
     plan.kind = RoundKind::Train;
-    plan.len = enc.layout().len();
+    plan.len = match &bank_dp {
+        Some((b, _)) => b.len(),
+        None => enc.layout().len(),
+    };
     plan.standardizer = Some(standardizer.clone());
     let mut stopped = "rounds".to_string();
     let mut done = 0;
     for round in 1..=cfg.rounds {
+        if let Some((b, acc)) = &bank_dp {
+            let (l1, l2, mu) = b.accounting();
+            let next = acc.epsilon_after_skellam(l1, l2, mu, 1, cfg.budget.delta)?;
+            if next > cfg.budget.epsilon {
+                stopped = format!(
+                    "budget: one more round would spend bank-level ε = {next:.3} > {}",
+                    cfg.budget.epsilon
+                );
+                break;
+            }
+        }
         plan.round = round;
         plan.global = global.clone();
         let t = Instant::now();
@@ -863,7 +934,27 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
                 break;
             }
         };
-        let sum = enc.decode(&agg.sum, agg.contributors.len());
+        let (sum, bank_eps) = match &mut bank_dp {
+            Some((b, acc)) => {
+                let (l1, l2, mu) = b.accounting();
+                acc.compose_skellam(l1, l2, mu, 1)?;
+                let eps = acc.epsilon(cfg.budget.delta)?.0;
+                // Only the noised mean update is released: no rows, loss or counts.
+                let delta = b.decode(&agg.sum, agg.contributors.len());
+                (
+                    crate::aggregate::RoundSum {
+                        delta,
+                        rows: 0,
+                        loss_before: f64::NAN,
+                        examples: 0,
+                        clipped_examples: 0,
+                        clipped_values: 0,
+                    },
+                    Some(eps),
+                )
+            }
+            None => (enc.decode(&agg.sum, agg.contributors.len()), None),
+        };
         opt.step(&mut global, &sum.delta);
         if global.iter().any(|v| !v.is_finite()) {
             return Err(ServiceError::Failed(format!(
@@ -875,9 +966,10 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
             round,
             &agg,
             sum.rows,
-            Some(sum.loss_before),
+            (!sum.loss_before.is_nan()).then_some(sum.loss_before),
             sum.clipped_values,
             sum.clipped_examples,
+            bank_eps,
             t,
         );
         done = round;
@@ -893,6 +985,7 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
             round,
             loss_before = sum.loss_before,
             epsilon = eps,
+            bank_epsilon = bank_eps,
             "round done"
         );
         if round < cfg.rounds && next > cfg.budget.epsilon {
@@ -920,6 +1013,10 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
         stopped,
         epsilon: history.iter().map(|h| h.epsilon).fold(0.0, f64::max),
         delta: cfg.budget.delta,
+        bank_epsilon: bank_dp
+            .as_ref()
+            .map(|(_, acc)| acc.epsilon(cfg.budget.delta).map(|e| e.0))
+            .transpose()?,
         history,
         model: serde_json::from_slice(&model.to_json()).expect("model JSON"),
         architecture: cfg.architecture,
@@ -952,6 +1049,7 @@ fn record(
     loss_before: Option<f64>,
     clipped_values: u64,
     clipped_examples: u64,
+    bank_epsilon: Option<f64>,
     t: Instant,
 ) {
     let mut st = lock(s);
@@ -960,10 +1058,19 @@ fn record(
     let rec = RoundRecord {
         round,
         contributors: agg.contributors.iter().map(name).collect(),
-        dropped: agg.dropped.iter().map(name).collect(),
+        // Every bank of the roster not in the sum: dropped mid-round, late, or
+        // sitting the round out (its budget).
+        dropped: s
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !agg.contributors.contains(&(*i as u32)))
+            .map(|(_, n)| n.clone())
+            .collect(),
         rows,
         loss_before,
         epsilon,
+        bank_epsilon,
         clipped_values,
         clipped_examples,
         seconds: t.elapsed().as_secs_f64(),
@@ -991,6 +1098,10 @@ fn register(
         .with_attr("epsilon", sum.epsilon)
         .with_attr("delta", sum.delta)
         .with_attr("stopped", sum.stopped.clone());
+    let node = match sum.bank_epsilon {
+        Some(e) => node.with_attr("bank_epsilon", e),
+        None => node,
+    };
     let mut nodes = vec![node];
     let mut edges = Vec::new();
     for (bank, r) in &sum.lineage {
@@ -1025,6 +1136,9 @@ fn register(
         .upstream(&run_id);
     if let Some(loss) = sum.history.last().and_then(|h| h.loss_before) {
         r = r.metric("federated_loss", loss);
+    }
+    if let Some(e) = sum.bank_epsilon {
+        r = r.metric("bank_epsilon", e);
     }
     let mv = store.models()?.register(r, &reg.signer, &key)?;
     Ok(format!("{}@{}", mv.manifest.model, mv.manifest.version))

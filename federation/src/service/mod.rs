@@ -156,6 +156,9 @@ pub struct RoundPlan {
     pub global: Vec<f32>,
     /// Server strategy (informational for banks; FedProx's μ is in `local`).
     pub strategy: Strategy,
+    /// Bank-level DP: clip and noise the update ([`crate::aggregate::BankDpEncoding`]).
+    #[serde(default)]
+    pub bank_dp: Option<crate::aggregate::BankDp>,
 }
 
 /// What a bank reports, in the clear, with its stage-0 message: public facts only.
@@ -174,6 +177,9 @@ pub struct BankReport {
     /// Feature views behind the training set (`view@version`), if known.
     #[serde(default)]
     pub views: Vec<String>,
+    /// Bank-level ε this bank has accounted after this round (with `bank_dp`).
+    #[serde(default)]
+    pub bank_epsilon: Option<f64>,
     /// Why the bank sits this round out (its privacy budget), if it does.
     #[serde(default)]
     pub refused: Option<String>,

@@ -13,7 +13,7 @@ use super::coordinator::RunSummary;
 use super::pki::{RosterEntry, TlsFiles, coordinator_endpoint, read_identity};
 use super::rpc::{CoordinatorClient, PollRequest, Submission, task_kind};
 use super::{BankReport, PrivacyPolicy, RoundKind, RoundPlan, ServiceError};
-use crate::aggregate::{FeatureMoments, UpdateEncoding};
+use crate::aggregate::{BankDpEncoding, FeatureMoments, UpdateEncoding};
 use crate::dp::RdpAccountant;
 use crate::protocol::secagg::{
     AdvertiseKeys, Client, EncryptedShare, Params, Roster, RoundId, SurvivorList, UnmaskRequest,
@@ -46,7 +46,8 @@ pub struct WorkerConfig {
     /// Give up when the coordinator cannot be reached for this long.
     #[serde(default = "default_connect_s")]
     pub connect_timeout_s: f64,
-    /// Seed of local sampling (default: from the OS).
+    /// Seed of local sampling and of DP noise (default: from the OS). A seed makes
+    /// the noise reproducible by whoever knows it: for tests only.
     #[serde(default)]
     pub seed: Option<u64>,
 }
@@ -184,6 +185,8 @@ impl Worker {
         let mut prepared: Option<(Standardizer, Dataset)> = None;
         let mut accountant = RdpAccountant::new();
         let mut epsilon = 0.0;
+        let mut bank_accountant = RdpAccountant::for_skellam();
+        let mut bank_epsilon = 0.0;
         let mut joined = 0u64;
         let mut state: Option<RoundState> = None;
         let mut last_ok = Instant::now();
@@ -267,6 +270,7 @@ impl Worker {
                         delta: cfg.privacy.budget.delta,
                         training_set: train.training_set.clone(),
                         views: train.views.clone(),
+                        bank_epsilon: plan.bank_dp.map(|_| bank_epsilon),
                         refused: None,
                     };
                     let input = match plan.kind {
@@ -291,6 +295,53 @@ impl Worker {
                             let rows = ds.rows();
                             let q = plan.local.sample_rate(rows);
                             let steps = plan.local.local_steps;
+                            // Bank-level DP: checked against this bank's own budget
+                            // before anything is spent, like record-level DP below.
+                            let bank_dp = match plan.bank_dp {
+                                Some(dp) => {
+                                    let enc = BankDpEncoding::new(
+                                        plan.global.len(),
+                                        dp,
+                                        plan.threshold,
+                                        n,
+                                    )?;
+                                    let (l1, l2, mu) = enc.accounting();
+                                    let b = cfg.privacy.budget;
+                                    let after = bank_accountant
+                                        .epsilon_after_skellam(l1, l2, mu, 1, b.delta)?;
+                                    if after > b.epsilon {
+                                        return Err(crate::dp::DpError::BudgetExhausted {
+                                            unit: "bank-level",
+                                            spent: bank_epsilon,
+                                            next: after,
+                                            budget: b.epsilon,
+                                            delta: b.delta,
+                                        }
+                                        .into());
+                                    }
+                                    Some((enc, after))
+                                }
+                                None => None,
+                            };
+                            if let (Some(dp), Some(_)) = (&plan.local.dp, &bank_dp) {
+                                let b = cfg.privacy.budget;
+                                let after = accountant.epsilon_after(
+                                    q,
+                                    dp.noise_multiplier,
+                                    steps,
+                                    b.delta,
+                                )?;
+                                if after > b.epsilon {
+                                    return Err(crate::dp::DpError::BudgetExhausted {
+                                        unit: "record-level",
+                                        spent: epsilon,
+                                        next: after,
+                                        budget: b.epsilon,
+                                        delta: b.delta,
+                                    }
+                                    .into());
+                                }
+                            }
                             match &plan.local.dp {
                                 None if cfg.privacy.require_dp => {
                                     return Err(ServiceError::Failed(
@@ -308,6 +359,7 @@ impl Worker {
                                     )?;
                                     if after > b.epsilon {
                                         return Err(crate::dp::DpError::BudgetExhausted {
+                                            unit: "record-level",
                                             spent: epsilon,
                                             next: after,
                                             budget: b.epsilon,
@@ -337,20 +389,41 @@ impl Worker {
                                 &plan.local,
                                 &mut rng,
                             )?;
-                            let enc = UpdateEncoding::new(
-                                plan.global.len(),
-                                plan.update_clip,
-                                plan.max_rows,
-                                n,
-                            )?;
-                            let (w, clipped) = enc.encode(&u, rows as u64)?;
-                            if clipped > 0 {
-                                tracing::info!(
-                                    clipped,
-                                    "update values clipped to ±update_clip (counted in the aggregate)"
-                                );
+                            match bank_dp {
+                                Some((enc, after)) => {
+                                    let (l1, l2, mu) = enc.accounting();
+                                    bank_accountant.compose_skellam(l1, l2, mu, 1)?;
+                                    bank_epsilon = after;
+                                    report.bank_epsilon = Some(after);
+                                    let (w, clipped) = enc.encode(&u.delta, &mut rng)?;
+                                    if clipped {
+                                        // Under bank-level DP no count leaves the bank:
+                                        // this log line is where clipping is reported.
+                                        tracing::info!(
+                                            round = plan.round,
+                                            clip_norm = plan.bank_dp.map(|d| d.clip_norm),
+                                            "update clipped to bank_dp.clip_norm"
+                                        );
+                                    }
+                                    w
+                                }
+                                None => {
+                                    let enc = UpdateEncoding::new(
+                                        plan.global.len(),
+                                        plan.update_clip,
+                                        plan.max_rows,
+                                        n,
+                                    )?;
+                                    let (w, clipped) = enc.encode(&u, rows as u64)?;
+                                    if clipped > 0 {
+                                        tracing::info!(
+                                            clipped,
+                                            "update values clipped to ±update_clip (counted in the aggregate)"
+                                        );
+                                    }
+                                    w
+                                }
                             }
-                            w
                         }
                     };
                     let session: [u8; 16] = hex::decode(&plan.session)
@@ -434,12 +507,16 @@ impl Worker {
                     // Say why, in the clear (public facts only), and sit the round out.
                     tracing::warn!(round = task.round, error = %e, "privacy budget: sitting this round out");
                     state = None;
+                    let train = data.as_ref().map(|(t, _)| t);
                     let report = BankReport {
                         epsilon,
                         epsilon_next: epsilon,
                         delta: cfg.privacy.budget.delta,
+                        // Lineage stays whole: the training set still fed earlier rounds.
+                        training_set: train.and_then(|t| t.training_set.clone()),
+                        views: train.map(|t| t.views.clone()).unwrap_or_default(),
+                        bank_epsilon: (bank_epsilon > 0.0).then_some(bank_epsilon),
                         refused: Some(e.to_string()),
-                        ..Default::default()
                     };
                     let _ = client
                         .submit(Submission {

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use quiver_federation::aggregate::Strategy;
-use quiver_federation::dp::Budget;
+use quiver_federation::aggregate::{BankDp, BankDpEncoding, Strategy};
+use quiver_federation::dp::{Budget, RdpAccountant};
 use quiver_federation::service::pki::TlsFiles;
 use quiver_federation::service::simulate::{BankSource, SimBank, simulate};
 use quiver_federation::service::worker::BankData;
@@ -64,6 +64,7 @@ fn config(rounds: u64, budget: Budget) -> CoordinatorConfig {
         update_clip: 1.0,
         max_rows: 100_000,
         budget,
+        bank_dp: None,
         deadlines: Deadlines {
             train_s: 30.0,
             stage_s: 10.0,
@@ -184,6 +185,89 @@ async fn training_stops_before_the_budget_is_spent() {
             let out = out.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(out.epsilon <= eps);
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_level_dp_noises_the_aggregate_and_stops_at_its_budget() {
+    let dp = BankDp {
+        clip_norm: 1.0,
+        noise_multiplier: 3.0,
+    };
+    // Logistic regression over 2 features: 3 parameters; 3 banks, threshold 2. The
+    // accountant over public parameters: ε ≈ 1.39 after one round, ≈ 2.03 after two,
+    // ≈ 2.55 after three.
+    let (l1, l2, mu) = BankDpEncoding::new(3, dp, 2, 3).unwrap().accounting();
+    let mut acc = RdpAccountant::for_skellam();
+    let mut want = Vec::new();
+    for _ in 0..3 {
+        acc.compose_skellam(l1, l2, mu, 1).unwrap();
+        want.push(acc.epsilon(1e-5).unwrap().0);
+    }
+    assert!(want[1] < 2.3 && want[2] > 2.3, "{want:?}");
+    // Run 1: the coordinator's budget (2.3) allows two rounds. Run 2: bank_1's own
+    // budget (1.5) allows one; it sits round 2 out, saying why in the clear, and the
+    // other two (the threshold) go on.
+    for bank_budget in [2.3, 1.5] {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Budget {
+            epsilon: 2.3,
+            delta: 1e-5,
+        };
+        let mut cfg = config(5, budget);
+        cfg.local.dp = None;
+        cfg.bank_dp = Some(dp);
+        let mut banks = sims(&[0.02, 0.05, 0.1], None);
+        for (i, b) in banks.iter_mut().enumerate() {
+            b.privacy.require_dp = false;
+            if i == 1 {
+                b.privacy.budget.epsilon = bank_budget;
+            }
+        }
+        let res = tokio::time::timeout(Duration::from_secs(120), simulate(dir.path(), cfg, banks))
+            .await
+            .expect("finishes")
+            .unwrap();
+        let s = &res.summary;
+        assert_eq!(s.rounds, 2, "{s:?}");
+        assert!(
+            s.stopped.starts_with("budget") && s.stopped.contains("bank-level ε"),
+            "{}",
+            s.stopped
+        );
+        let eps = s.bank_epsilon.expect("bank-level ε reported");
+        assert!((eps - want[1]).abs() < 1e-9, "{eps} vs {want:?}");
+        assert_eq!(s.epsilon, 0.0, "no record-level DP in this run");
+        for (i, h) in s.history[1..].iter().enumerate() {
+            // Only the noised update is released: no rows, loss or counts.
+            assert_eq!((h.rows, h.loss_before, h.clipped_values), (0, None, 0));
+            assert!((h.bank_epsilon.unwrap() - want[i]).abs() < 1e-9, "{h:?}");
+        }
+        let round2: Vec<&str> = s.history[2]
+            .contributors
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        let b1 = &s.lineage["bank_1"];
+        if bank_budget < 2.0 {
+            assert_eq!(round2, ["bank_0", "bank_2"]);
+            assert_eq!(s.history[2].dropped, ["bank_1"]);
+            let why = b1.refused.as_deref().unwrap_or_default();
+            assert!(why.contains("bank-level ε = 2.0291"), "{why}");
+            assert!((b1.bank_epsilon.unwrap() - want[0]).abs() < 1e-9, "{b1:?}");
+            // Its training set still fed round 1: lineage keeps it.
+            assert!(b1.training_set.is_some(), "{b1:?}");
+        } else {
+            assert_eq!(round2.len(), 3);
+            // Every bank accounted the same ε itself.
+            for (name, r) in &s.lineage {
+                assert!(
+                    (r.bank_epsilon.unwrap() - eps).abs() < 1e-9,
+                    "{name}: {r:?}"
+                );
+            }
+        }
+        assert!(s.params.iter().all(|p| p.is_finite()));
     }
 }
 
