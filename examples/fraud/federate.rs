@@ -91,6 +91,7 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
         .trust("federation", &key.public_key_hex())?;
     let coordinator = CoordinatorConfig {
         listen: "127.0.0.1:0".parse()?,
+        metrics_listen: None,
         tls: TlsFiles {
             ca: "".into(),
             cert: "".into(),

@@ -214,6 +214,9 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg: CoordinatorConfig = read_json_config(&config)?;
             let coord = Coordinator::start(cfg, &config_base(&config)).await?;
             eprintln!("coordinator listening on {}", coord.addr());
+            if let Some(m) = coord.metrics_addr() {
+                eprintln!("Prometheus metrics on http://{m}/metrics");
+            }
             let sum = coord.finish(std::time::Duration::from_secs(30)).await?;
             print_summary(&sum, json);
         }
@@ -307,6 +310,7 @@ async fn run(cli: Cli) -> Result<()> {
             let budget = Budget { epsilon, delta };
             let cfg = CoordinatorConfig {
                 listen: "127.0.0.1:0".parse()?,
+                metrics_listen: None,
                 tls: TlsFiles {
                     ca: PathBuf::new(),
                     cert: PathBuf::new(),
@@ -458,6 +462,7 @@ async fn status(url: &str, dir: &Path, bank: &str) -> Result<serde_json::Value> 
 fn write_templates(dir: &Path, roster: &[pki::RosterEntry]) -> Result<()> {
     let coord = serde_json::json!({
         "listen": "127.0.0.1:7443",
+        "metrics_listen": "127.0.0.1:9464",
         "tls": {"ca": "ca.pem", "cert": "coordinator.pem", "key": "coordinator.key"},
         "roster": roster,
         "features": ["txn_count_1h", "amount_sum_24h"],

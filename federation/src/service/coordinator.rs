@@ -70,6 +70,9 @@ pub struct RegisterConfig {
 pub struct CoordinatorConfig {
     /// gRPC address (port 0 picks one).
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` over plain HTTP (port 0 picks one); none by default.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// TLS: the CA that signed the banks' client certificates, and this server's.
     pub tls: TlsFiles,
     /// The banks, in client-id order.
@@ -234,6 +237,10 @@ pub struct RoundRecord {
     pub clipped_examples: u64,
     /// Wall time.
     pub seconds: f64,
+    /// Wall time of each protocol stage: keys (includes the banks' local work),
+    /// shares, masked input, consistency, unmasking.
+    #[serde(default)]
+    pub stage_seconds: Vec<f64>,
 }
 
 /// The end of a run.
@@ -342,6 +349,12 @@ struct State {
     reports: BTreeMap<u32, BankReport>,
     history: Vec<RoundRecord>,
     rejected: Vec<String>,
+    rejected_total: u64,
+    /// The current round's stage wall times so far.
+    stage_seconds: Vec<f64>,
+    /// Protocol payload bytes per stage, received and sent.
+    received: [u64; 5],
+    sent: [u64; 5],
 }
 
 struct Shared {
@@ -358,9 +371,11 @@ struct Shared {
 /// A running coordinator.
 pub struct Coordinator {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    driver: tokio::task::JoinHandle<Result<RunSummary, ServiceError>>,
+    driver: Option<tokio::task::JoinHandle<Result<RunSummary, ServiceError>>>,
+    outcome: Option<Result<RunSummary, ServiceError>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -405,6 +420,10 @@ impl Coordinator {
                 reports: BTreeMap::new(),
                 history: Vec::new(),
                 rejected: Vec::new(),
+                rejected_total: 0,
+                stage_seconds: Vec::new(),
+                received: [0; 5],
+                sent: [0; 5],
             }),
             tasks_out: Notify::new(),
             answered: Notify::new(),
@@ -412,12 +431,18 @@ impl Coordinator {
         });
         let (addr, stop, server) = serve(shared.clone(), &pem).await?;
         tracing::info!(%addr, banks = shared.names.len(), "coordinator listening");
+        let metrics_addr = match shared.cfg.metrics_listen {
+            Some(m) => Some(serve_metrics(shared.clone(), m, stop.subscribe()).await?),
+            None => None,
+        };
         let driver = tokio::spawn(drive(shared.clone()));
         Ok(Self {
             addr,
+            metrics_addr,
             shared,
             stop,
-            driver,
+            driver: Some(driver),
+            outcome: None,
             server,
         })
     }
@@ -427,18 +452,41 @@ impl Coordinator {
         self.addr
     }
 
+    /// The bound address of `/metrics`, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The Prometheus text `/metrics` serves.
+    pub fn metrics(&self) -> String {
+        metrics_text(&self.shared)
+    }
+
     /// The status document `Status` returns.
     pub fn status(&self) -> serde_json::Value {
         status_json(&self.shared)
     }
 
+    /// Wait for the run to end; the gRPC and metrics servers keep serving until
+    /// [`Coordinator::finish`].
+    pub async fn wait(&mut self) -> Result<RunSummary, ServiceError> {
+        if let Some(driver) = self.driver.take() {
+            self.outcome = Some(match driver.await {
+                Ok(r) => r,
+                Err(e) => Err(ServiceError::Failed(format!("driver task: {e}"))),
+            });
+        }
+        match self.outcome.as_ref().expect("set above") {
+            Ok(s) => Ok(s.clone()),
+            Err(e) => Err(ServiceError::Failed(e.to_string())),
+        }
+    }
+
     /// Wait for the run to end, keep serving a grace period so banks fetch the final
-    /// model, then stop the server.
-    pub async fn finish(self, grace: Duration) -> Result<RunSummary, ServiceError> {
-        let out = match self.driver.await {
-            Ok(r) => r,
-            Err(e) => Err(ServiceError::Failed(format!("driver task: {e}"))),
-        };
+    /// model, then stop the servers.
+    pub async fn finish(mut self, grace: Duration) -> Result<RunSummary, ServiceError> {
+        let _ = self.wait().await;
+        let out = self.outcome.take().expect("waited");
         // Let banks poll the final task, bounded by the grace period.
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -489,6 +537,78 @@ async fn serve(
         }
     });
     Ok((addr, stop, handle))
+}
+
+/// Serve `/metrics` on plain HTTP until `stop` turns true.
+async fn serve_metrics(
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, ServiceError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServiceError::Transport(format!("bind metrics {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServiceError::Transport(e.to_string()))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = shared.clone();
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics_text(&shared),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    tracing::info!(%addr, "Prometheus metrics on /metrics");
+    Ok(addr)
+}
+
+fn metrics_text(s: &Shared) -> String {
+    let st = lock(s);
+    let now = s.started.elapsed().as_secs_f64();
+    let snapshot = super::metrics::Snapshot {
+        state: match st.phase {
+            Phase::Running => "running",
+            Phase::Done(_) => "done",
+            Phase::Failed(_) => "failed",
+        },
+        round: st.round,
+        stage: st.stage,
+        history: &st.history,
+        banks: s
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), st.last_seen.get(&(i as u32)).map(|t| now - t)))
+            .collect(),
+        epsilon: st.history.iter().map(|h| h.epsilon).fold(0.0, f64::max),
+        bank_epsilon: st
+            .history
+            .iter()
+            .filter_map(|h| h.bank_epsilon)
+            .reduce(f64::max),
+        rejected: st.rejected_total,
+        received: st.received,
+        sent: st.sent,
+    };
+    super::metrics::render(&snapshot)
 }
 
 fn status_json(s: &Shared) -> serde_json::Value {
@@ -583,12 +703,16 @@ impl rpc::CoordinatorRpc for Rpc {
                         return Ok(tonic::Response::new(task));
                     }
                     Phase::Running => {
-                        if let Some(p) = st.tasks.get(&id) {
+                        if let Some(p) = st.tasks.get(&id).cloned() {
+                            let (stage, n) = (st.stage as usize, p.len() as u64);
+                            if let Some(b) = st.sent.get_mut(stage) {
+                                *b += n;
+                            }
                             return Ok(tonic::Response::new(Task {
                                 kind: task_kind::STAGE,
                                 round: st.round,
                                 stage: st.stage,
-                                payload: p.clone(),
+                                payload: p,
                                 plan_json: if st.stage == 0 {
                                     st.plan_json.clone()
                                 } else {
@@ -617,8 +741,12 @@ impl rpc::CoordinatorRpc for Rpc {
         let id = self.caller(&req, &req.get_ref().bank)?;
         let sub = req.into_inner();
         let mut st = lock(&self.0);
+        if let Some(b) = st.received.get_mut(sub.stage as usize) {
+            *b += sub.payload.len() as u64;
+        }
         let refuse = |st: &mut State, reason: String| {
             tracing::warn!(bank = %sub.bank, round = sub.round, stage = sub.stage, %reason, "submission rejected");
+            st.rejected_total += 1;
             if st.rejected.len() < 1000 {
                 st.rejected.push(format!(
                     "{} round {} stage {}: {reason}",
@@ -729,7 +857,8 @@ async fn run_stage(s: &Shared, stage: u32, inputs: BTreeMap<u32, Vec<u8>>, deadl
         st.tasks = inputs;
     }
     s.tasks_out.notify_waiters();
-    let end = Instant::now() + deadline;
+    let started = Instant::now();
+    let end = started + deadline;
     loop {
         let answered = s.answered.notified();
         {
@@ -755,7 +884,9 @@ async fn run_stage(s: &Shared, stage: u32, inputs: BTreeMap<u32, Vec<u8>>, deadl
         }
         let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), answered).await;
     }
-    lock(s).tasks.clear();
+    let mut st = lock(s);
+    st.tasks.clear();
+    st.stage_seconds.push(started.elapsed().as_secs_f64());
 }
 
 fn encode_map<T: Wire>(m: BTreeMap<u32, T>) -> BTreeMap<u32, Vec<u8>> {
@@ -777,6 +908,7 @@ async fn aggregate(
         let mut st = lock(s);
         st.round = round;
         st.server = Some(server);
+        st.stage_seconds.clear();
         st.plan_json = serde_json::to_string(plan).expect("plans serialise");
     }
     let all: BTreeMap<u32, Vec<u8>> = (0..s.names.len() as u32).map(|i| (i, Vec::new())).collect();
@@ -1074,6 +1206,7 @@ fn record(
         clipped_values,
         clipped_examples,
         seconds: t.elapsed().as_secs_f64(),
+        stage_seconds: st.stage_seconds.clone(),
     };
     st.history.push(rec);
 }

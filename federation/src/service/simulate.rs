@@ -39,6 +39,37 @@ pub struct SimulationResult {
     pub summary: RunSummary,
     /// Each bank's outcome, in roster order (an error for a bank that failed).
     pub banks: Vec<(String, Result<WorkerOutcome, String>)>,
+    /// The coordinator's `/metrics` text at the end of the run, fetched over HTTP,
+    /// when `metrics_listen` was set.
+    pub metrics: Option<String>,
+}
+
+/// `GET /metrics` over plain HTTP/1.1, bounded to 4 MiB and 5 seconds.
+async fn scrape(addr: std::net::SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut c = tokio::net::TcpStream::connect(addr).await?;
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = Vec::new();
+        c.take(4 << 20).read_to_end(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    let body = tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .map_err(|_| format!("{addr}: no answer within 5 s"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&body);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "{addr}: {}",
+            head.lines().next().unwrap_or_default()
+        ));
+    }
+    Ok(body.to_string())
 }
 
 /// Run `coordinator` (its `listen`, `tls` and `roster` are filled in here) with
@@ -57,7 +88,7 @@ pub async fn simulate(
         cert: "coordinator.pem".into(),
         key: "coordinator.key".into(),
     };
-    let coord = Coordinator::start(coordinator, dir).await?;
+    let mut coord = Coordinator::start(coordinator, dir).await?;
     let url = format!("https://{}", coord.addr());
     let mut handles = Vec::new();
     for b in banks {
@@ -95,6 +126,12 @@ pub async fn simulate(
             })),
         ));
     }
+    // The run's end, as a scraper sees it, before the servers stop.
+    let _ = coord.wait().await;
+    let metrics = match coord.metrics_addr() {
+        Some(a) => Some(scrape(a).await.map_err(ServiceError::Transport)?),
+        None => None,
+    };
     let summary = coord.finish(Duration::from_secs(10)).await;
     let mut outcomes = Vec::new();
     for (name, h) in handles {
@@ -112,5 +149,6 @@ pub async fn simulate(
     Ok(SimulationResult {
         summary: summary?,
         banks: outcomes,
+        metrics,
     })
 }

@@ -38,6 +38,7 @@ fn bank(rows: usize, rate: f64, seed: u64) -> BankData {
 fn config(rounds: u64, budget: Budget) -> CoordinatorConfig {
     CoordinatorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
         tls: TlsFiles {
             ca: "".into(),
             cert: "".into(),
@@ -97,6 +98,7 @@ async fn three_non_iid_banks_train_a_dp_model_over_mtls() {
         noise_multiplier: 1.5,
         clip_norm: 1.0,
     });
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let res = tokio::time::timeout(
         Duration::from_secs(120),
         simulate(dir.path(), cfg, sims(&[0.02, 0.05, 0.1], None)),
@@ -131,6 +133,29 @@ async fn three_non_iid_banks_train_a_dp_model_over_mtls() {
     let m =
         quiver_registry::NativeModel::from_json(&serde_json::to_vec(&s.model).unwrap()).unwrap();
     assert!(m.score(&[400.0, 1.0]) > m.score(&[3.0, 1.0]));
+    // Prometheus, scraped over HTTP at the end of the run.
+    let m = res.metrics.as_deref().expect("metrics_listen was set");
+    let value = |line: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{line}` in\n{m}"))
+    };
+    assert_eq!(value("quiver_fed_state{state=\"done\"}"), 1.0);
+    assert_eq!(value("quiver_fed_rounds_completed_total"), 4.0);
+    assert_eq!(value("quiver_fed_round_contributors"), 3.0);
+    assert!((value("quiver_fed_epsilon") - s.epsilon).abs() < 1e-9);
+    assert_eq!(
+        value("quiver_fed_bank_dropped_rounds_total{bank=\"bank_1\"}"),
+        0.0
+    );
+    // Three banks' masked vectors of 3 parameters + 1 loss + 4 counts, 3 training
+    // rounds, plus round 0: some hundreds of bytes of masked input at least.
+    assert!(value("quiver_fed_received_bytes_total{stage=\"masked\"}") > 3.0 * 4.0 * 8.0 * 4.0);
+    assert!(value("quiver_fed_stage_seconds_total{stage=\"keys\"}") > 0.0);
+    assert!(m.contains("quiver_fed_round_seconds_count 4"), "{m}");
+    for h in &s.history {
+        assert_eq!(h.stage_seconds.len(), 5, "{h:?}");
+    }
     for (name, out) in &res.banks {
         let out = out.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(out.holdout_auc > 0.8, "{name}: {}", out.holdout_auc);
