@@ -53,7 +53,7 @@ fn invalid(m: impl Into<String>) -> TrainError {
 /// Most features a federated model takes.
 pub const MAX_FEATURES: usize = 256;
 /// Widest hidden layer of the MLP.
-pub const MAX_HIDDEN: usize = 256;
+pub const MAX_HIDDEN: usize = 1024;
 
 /// The input transform every federated model applies before standardization.
 pub const TRANSFORM: InputTransform = InputTransform::SignedLog1p;
