@@ -295,8 +295,17 @@ impl Worker {
                             let rows = ds.rows();
                             let q = plan.local.sample_rate(rows);
                             let steps = plan.local.local_steps;
-                            // Bank-level DP: checked against this bank's own budget
-                            // before anything is spent, like record-level DP below.
+                            // Every guarantee this round spends on is checked against
+                            // this bank's own budget before any of it is spent.
+                            let b = cfg.privacy.budget;
+                            let exhausted =
+                                |unit, spent, next| crate::dp::DpError::BudgetExhausted {
+                                    unit,
+                                    spent,
+                                    next,
+                                    budget: b.epsilon,
+                                    delta: b.delta,
+                                };
                             let bank_dp = match plan.bank_dp {
                                 Some(dp) => {
                                     let enc = BankDpEncoding::new(
@@ -306,51 +315,25 @@ impl Worker {
                                         n,
                                     )?;
                                     let (l1, l2, mu) = enc.accounting();
-                                    let b = cfg.privacy.budget;
                                     let after = bank_accountant
                                         .epsilon_after_skellam(l1, l2, mu, 1, b.delta)?;
                                     if after > b.epsilon {
-                                        return Err(crate::dp::DpError::BudgetExhausted {
-                                            unit: "bank-level",
-                                            spent: bank_epsilon,
-                                            next: after,
-                                            budget: b.epsilon,
-                                            delta: b.delta,
-                                        }
-                                        .into());
+                                        return Err(
+                                            exhausted("bank-level", bank_epsilon, after).into()
+                                        );
                                     }
                                     Some((enc, after))
                                 }
                                 None => None,
                             };
-                            if let (Some(dp), Some(_)) = (&plan.local.dp, &bank_dp) {
-                                let b = cfg.privacy.budget;
-                                let after = accountant.epsilon_after(
-                                    q,
-                                    dp.noise_multiplier,
-                                    steps,
-                                    b.delta,
-                                )?;
-                                if after > b.epsilon {
-                                    return Err(crate::dp::DpError::BudgetExhausted {
-                                        unit: "record-level",
-                                        spent: epsilon,
-                                        next: after,
-                                        budget: b.epsilon,
-                                        delta: b.delta,
-                                    }
-                                    .into());
-                                }
-                            }
-                            match &plan.local.dp {
+                            let record = match &plan.local.dp {
                                 None if cfg.privacy.require_dp => {
                                     return Err(ServiceError::Failed(
                                             "the plan trains without DP-SGD and this bank requires it; refusing the round".into(),
                                         ));
                                 }
-                                None => {}
+                                None => None,
                                 Some(dp) => {
-                                    let b = cfg.privacy.budget;
                                     let after = accountant.epsilon_after(
                                         q,
                                         dp.noise_multiplier,
@@ -358,29 +341,19 @@ impl Worker {
                                         b.delta,
                                     )?;
                                     if after > b.epsilon {
-                                        return Err(crate::dp::DpError::BudgetExhausted {
-                                            unit: "record-level",
-                                            spent: epsilon,
-                                            next: after,
-                                            budget: b.epsilon,
-                                            delta: b.delta,
-                                        }
-                                        .into());
+                                        return Err(
+                                            exhausted("record-level", epsilon, after).into()
+                                        );
                                     }
-                                    accountant.compose_subsampled_gaussian(
-                                        q,
-                                        dp.noise_multiplier,
-                                        steps,
-                                    )?;
-                                    epsilon = after;
-                                    report.epsilon = after;
-                                    report.epsilon_next = accountant.epsilon_after(
-                                        q,
-                                        dp.noise_multiplier,
-                                        steps,
-                                        b.delta,
-                                    )?;
+                                    Some((dp.noise_multiplier, after))
                                 }
+                            };
+                            if let Some((sigma, after)) = record {
+                                accountant.compose_subsampled_gaussian(q, sigma, steps)?;
+                                epsilon = after;
+                                report.epsilon = after;
+                                report.epsilon_next =
+                                    accountant.epsilon_after(q, sigma, steps, b.delta)?;
                             }
                             let u = train_local(
                                 plan.architecture,
