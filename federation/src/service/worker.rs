@@ -65,8 +65,10 @@ fn default_connect_s() -> f64 {
 pub struct WorkerOutcome {
     /// The coordinator's summary (final model, history).
     pub summary: RunSummary,
-    /// ε this bank spent.
+    /// ε this bank spent (record-level DP-SGD).
     pub epsilon: f64,
+    /// Bank-level ε this bank accounted, when the run used `bank_dp`.
+    pub bank_epsilon: Option<f64>,
     /// AUC of the final model on this bank's held-out rows.
     pub holdout_auc: f64,
     /// Rounds this bank contributed to.
@@ -238,6 +240,7 @@ impl Worker {
                     return Ok(WorkerOutcome {
                         summary,
                         epsilon,
+                        bank_epsilon: (bank_epsilon > 0.0).then_some(bank_epsilon),
                         holdout_auc,
                         rounds_joined: joined,
                     });
