@@ -341,9 +341,48 @@ impl Wire for UnmaskResponse {
     }
 }
 
+/// Model parameters as the stage-0 payload of a training round: little-endian f32,
+/// 4 bytes each (a JSON plan would carry them as text, 2 to 3 times larger and slow to
+/// parse).
+pub fn encode_params(params: &[f32]) -> Vec<u8> {
+    params.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+/// The parameters of [`encode_params`]; exactly `expected` finite values.
+pub fn decode_params(bytes: &[u8], expected: usize) -> Result<Vec<f32>, WireError> {
+    let err = |reason: String| WireError {
+        what: "model parameters",
+        reason,
+    };
+    if expected > MAX_VECTOR_LEN || bytes.len() != expected * 4 {
+        return Err(err(format!(
+            "{} bytes for {expected} parameters (4 bytes each)",
+            bytes.len()
+        )));
+    }
+    let params: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if let Some(i) = params.iter().position(|p| !p.is_finite()) {
+        return Err(err(format!("parameter {i} is {}", params[i])));
+    }
+    Ok(params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn params_round_trip_and_bad_ones_are_refused() {
+        let p = vec![0.5f32, -1.25, 3.0e-7];
+        assert_eq!(decode_params(&encode_params(&p), 3).unwrap(), p);
+        assert!(decode_params(&encode_params(&p), 4).is_err());
+        assert!(decode_params(&encode_params(&p)[..11], 3).is_err());
+        let e = decode_params(&encode_params(&[1.0, f32::NAN]), 2).unwrap_err();
+        assert!(e.to_string().contains("parameter 1"), "{e}");
+    }
 
     #[test]
     fn round_trips_and_rejects_truncation_and_trailing_bytes() {

@@ -911,7 +911,11 @@ async fn aggregate(
         st.stage_seconds.clear();
         st.plan_json = serde_json::to_string(plan).expect("plans serialise");
     }
-    let all: BTreeMap<u32, Vec<u8>> = (0..s.names.len() as u32).map(|i| (i, Vec::new())).collect();
+    // Stage 0 hands every bank the plan (JSON) and the global parameters (binary).
+    let params = crate::wire::encode_params(&plan.global);
+    let all: BTreeMap<u32, Vec<u8>> = (0..s.names.len() as u32)
+        .map(|i| (i, params.clone()))
+        .collect();
     run_stage(s, 0, all, Duration::from_secs_f64(d.train_s)).await;
     let stage_d = Duration::from_secs_f64(d.stage_s);
     let keys = with_server(s, |sv| sv.close_keys())?;

@@ -152,8 +152,9 @@ pub struct RoundPlan {
     /// Global standardization (train rounds).
     #[serde(default)]
     pub standardizer: Option<Standardizer>,
-    /// Global parameters (train rounds).
-    #[serde(default)]
+    /// Global parameters (train rounds). Not in the JSON: they travel as the stage-0
+    /// payload ([`crate::wire::encode_params`]).
+    #[serde(skip)]
     pub global: Vec<f32>,
     /// Server strategy (informational for banks; FedProx's μ is in `local`).
     pub strategy: Strategy,

@@ -252,8 +252,14 @@ impl Worker {
             }
             let answer: Result<(Vec<u8>, String), ServiceError> = (|| match task.stage {
                 0 => {
-                    let plan: RoundPlan = serde_json::from_str(&task.plan_json)
+                    let mut plan: RoundPlan = serde_json::from_str(&task.plan_json)
                         .map_err(|e| ServiceError::Failed(format!("plan: {e}")))?;
+                    if plan.kind == RoundKind::Train {
+                        plan.architecture.validate(plan.features.len())?;
+                        let np = plan.architecture.num_params(plan.features.len());
+                        plan.global =
+                            crate::wire::decode_params(&task.payload, np).map_err(wire)?;
+                    }
                     if plan.roster != cfg.roster {
                         return Err(ServiceError::Failed(
                             "the plan's roster is not this bank's roster; refusing".into(),
