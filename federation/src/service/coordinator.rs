@@ -1017,14 +1017,11 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
     let enc = UpdateEncoding::new(np, cfg.update_clip, cfg.max_rows, n)?;
     // Bank-level DP: the coordinator accounts it itself from public parameters (the
     // banks do too, and refuse rounds past their own budgets).
-    let bank_dp = match cfg.bank_dp {
-        Some(dp) => Some((
-            BankDpEncoding::new(np, dp, plan.threshold, n)?,
-            RdpAccountant::for_skellam(),
-        )),
-        None => None,
-    };
-    let mut bank_dp = bank_dp;
+    let mut bank_dp = cfg
+        .bank_dp
+        .map(|dp| BankDpEncoding::new(np, dp, plan.threshold, n))
+        .transpose()?
+        .map(|enc| (enc, RdpAccountant::for_skellam()));
     let mut global = cfg.architecture.init(dim, cfg.seed);
     let mut opt = ServerOptimizer::new(cfg.strategy);
     plan.kind = RoundKind::Train;
