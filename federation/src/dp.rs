@@ -148,10 +148,26 @@ impl RdpAccountant {
         steps: u64,
     ) -> Result<(), DpError> {
         let curve = subsampled_gaussian_curve(&self.orders, q, sigma)?;
-        for (r, c) in self.rdp.iter_mut().zip(curve) {
-            *r += c * steps as f64;
-        }
+        self.add(&curve, steps);
         Ok(())
+    }
+
+    /// Compose `times` runs of a mechanism whose RDP at each order is `curve`.
+    fn add(&mut self, curve: &[f64], times: u64) {
+        for (r, c) in self.rdp.iter_mut().zip(curve) {
+            *r += c * times as f64;
+        }
+    }
+
+    /// ε at `delta` after `compose` on a copy: what spending would cost, unspent.
+    fn epsilon_if(
+        &self,
+        delta: f64,
+        compose: impl FnOnce(&mut Self) -> Result<(), DpError>,
+    ) -> Result<f64, DpError> {
+        let mut next = self.clone();
+        compose(&mut next)?;
+        Ok(next.epsilon(delta)?.0)
     }
 
     /// An accountant over the integer orders 2 to 256, the orders the Skellam bound
@@ -171,9 +187,7 @@ impl RdpAccountant {
         releases: u64,
     ) -> Result<(), DpError> {
         let curve = skellam_curve(&self.orders, l1, l2, mu)?;
-        for (r, c) in self.rdp.iter_mut().zip(curve) {
-            *r += c * releases as f64;
-        }
+        self.add(&curve, releases);
         Ok(())
     }
 
@@ -186,9 +200,7 @@ impl RdpAccountant {
         releases: u64,
         delta: f64,
     ) -> Result<f64, DpError> {
-        let mut next = self.clone();
-        next.compose_skellam(l1, l2, mu, releases)?;
-        Ok(next.epsilon(delta)?.0)
+        self.epsilon_if(delta, |a| a.compose_skellam(l1, l2, mu, releases))
     }
 
     /// The smallest ε over the orders at `delta`, and the order that gives it.
@@ -205,9 +217,7 @@ impl RdpAccountant {
         steps: u64,
         delta: f64,
     ) -> Result<f64, DpError> {
-        let mut next = self.clone();
-        next.compose_subsampled_gaussian(q, sigma, steps)?;
-        Ok(next.epsilon(delta)?.0)
+        self.epsilon_if(delta, |a| a.compose_subsampled_gaussian(q, sigma, steps))
     }
 }
 

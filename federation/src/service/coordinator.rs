@@ -457,11 +457,6 @@ impl Coordinator {
         self.metrics_addr
     }
 
-    /// The Prometheus text `/metrics` serves.
-    pub fn metrics(&self) -> String {
-        metrics_text(&self.shared)
-    }
-
     /// The status document `Status` returns.
     pub fn status(&self) -> serde_json::Value {
         status_json(&self.shared)
