@@ -142,6 +142,7 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
                 require_dp: true,
             },
             offline: false,
+            device: a.device,
         })
         .collect();
     let res = simulate(&fed_dir.join("certs"), coordinator, sims).await?;

@@ -20,6 +20,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type};
 use clap::{Args, Parser, Subcommand};
 use quiver_featurestore::FeatureStore;
+use quiver_federation::train::Device;
 
 /// The fraud example: 3 banks, a data generator, features and training sets.
 #[derive(Debug, Parser)]
@@ -86,6 +87,10 @@ struct FederateArgs {
     /// DP-SGD noise multiplier.
     #[arg(long, default_value_t = 1.0)]
     noise_multiplier: f64,
+    /// Where the banks train: cpu, cpu-batched, or cuda:N (a build of the example
+    /// with `--features gpu`).
+    #[arg(long, default_value_t = Device::Cpu)]
+    device: Device,
 }
 
 impl Default for FederateArgs {
@@ -94,6 +99,7 @@ impl Default for FederateArgs {
             rounds: 8,
             epsilon: 2.5,
             noise_multiplier: 1.0,
+            device: Device::Cpu,
         }
     }
 }

@@ -211,6 +211,7 @@ async fn main() {
                     require_dp: false,
                 },
                 offline: false,
+                device: Default::default(),
             })
             .collect();
         let res = simulate(dir.path(), config(hidden, rounds, neighbours), banks)

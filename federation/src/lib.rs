@@ -5,15 +5,18 @@
 //!   updates in Z_(2^32), Ed25519-signed messages bound to their round) as pure,
 //!   synchronous state machines;
 //! - [`aggregate`]: what travels inside the masked vector (updates, counts, losses)
-//!   and the FedAvg / FedProx / FedAdam server step;
-//! - [`dp`]: the RDP accountant of DP-SGD and privacy budgets;
-//! - [`train`]: logistic regression and MLP trainers with DP-SGD;
+//!   and the FedAvg / FedProx / FedAdam server step; bank-level DP's clipped,
+//!   Skellam-noised encoding;
+//! - [`dp`]: the RDP accountant of DP-SGD and of distributed Skellam noise, and
+//!   privacy budgets;
+//! - [`train`]: logistic regression and MLP trainers with DP-SGD, on the CPU one
+//!   example at a time, or batched on the CPU's cores or an NVIDIA GPU (the `gpu`
+//!   feature);
 //! - [`wire`]: the bounded binary encoding of protocol messages;
 //! - [`service`]: the gRPC coordinator and worker over mutual TLS, and in-process
 //!   simulation; the `quiver-fed` binary drives them.
 //!
-//! Not built yet (see docs/federation.md): the bank-level DP option and the `gpu`
-//! training backend.
+//! Not built yet (see docs/federation.md): DP for round 0's feature statistics.
 
 pub mod aggregate;
 pub mod dp;

@@ -36,12 +36,17 @@ use serde::{Deserialize, Serialize};
 
 use quiver_registry::{Activation, DenseLayer, InputTransform, NativeModel};
 
+mod batched;
+
 /// Why training could not run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TrainError {
     /// The data or the configuration is unusable.
     #[error("training: {0}")]
     Invalid(String),
+    /// The compute device failed or is not available.
+    #[error("training device: {0}")]
+    Device(String),
 }
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -588,7 +593,300 @@ pub struct LocalUpdate {
     pub steps: u64,
 }
 
-/// Train `local_steps` steps from `global` on `data`.
+/// Where a bank's local training computes.
+///
+/// Written `cpu`, `cpu-batched`, `cuda` or `cuda:N` in configs and on command lines.
+/// Every device draws the same Poisson samples and the same DP noise from the same
+/// generator, on the host; only the gradient sums are computed on the device, so the
+/// privacy guarantee does not depend on it.
+///
+/// ```
+/// use quiver_federation::train::Device;
+///
+/// assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(1));
+/// assert_eq!(Device::CpuBatched.to_string(), "cpu-batched");
+/// assert!("tpu".parse::<Device>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Device {
+    /// One example at a time on one core: the reference implementation, fastest for
+    /// small models.
+    #[default]
+    Cpu,
+    /// Each step's sample as matrix products on every core (candle).
+    CpuBatched,
+    /// Each step's sample as matrix products on NVIDIA GPU number `N` (candle's CUDA
+    /// backend; needs a build with the `gpu` feature).
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::CpuBatched => f.write_str("cpu-batched"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cpu-batched" => Ok(Self::CpuBatched),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<u16>().ok())
+                .map(|n| Self::Cuda(usize::from(n)))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "device `{s}`: expected cpu, cpu-batched, cuda or cuda:N"
+                    ))
+                }),
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = TrainError;
+
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> Self {
+        d.to_string()
+    }
+}
+
+impl Device {
+    /// Whether this build can train on GPUs (the `gpu` feature).
+    pub const GPU_BUILD: bool = cfg!(feature = "gpu");
+
+    fn candle(self) -> Result<candle_core::Device> {
+        match self {
+            Self::Cpu | Self::CpuBatched => Ok(candle_core::Device::Cpu),
+            Self::Cuda(n) if Self::GPU_BUILD => candle_core::Device::new_cuda(n)
+                .map_err(|e| TrainError::Device(format!("cuda:{n}: {e}"))),
+            Self::Cuda(n) => Err(TrainError::Device(format!(
+                "cuda:{n}: this build has no GPU support; build with `--features gpu`"
+            ))),
+        }
+    }
+}
+
+/// Local training of one model family on one bank's rows, on one [`Device`].
+///
+/// The rows go to the device once, when the trainer is made; each
+/// [`train`](Self::train) starts from that round's global model.
+///
+/// ```
+/// use quiver_federation::train::{Architecture, Dataset, Device, LocalConfig, LocalTrainer};
+/// use rand::SeedableRng;
+///
+/// let x: Vec<f32> = (0..400).flat_map(|i| [(i as f32 - 200.0) / 50.0, 1.0]).collect();
+/// let y: Vec<f32> = (0..400).map(|i| if i > 200 { 1.0 } else { 0.0 }).collect();
+/// let data = Dataset::new(vec!["x0".into(), "x1".into()], x, y).unwrap();
+/// let arch = Architecture::Mlp { hidden: 4 };
+/// let trainer = LocalTrainer::new(Device::CpuBatched, arch, data).unwrap();
+/// let cfg = LocalConfig { learning_rate: 0.5, local_steps: 200, batch_size: 64, ..Default::default() };
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+/// let out = trainer.train(&arch.init(2, 7), &cfg, &mut rng).unwrap();
+/// assert!(arch.auc(&out.params, trainer.data()) > 0.99);
+/// ```
+pub struct LocalTrainer {
+    arch: Architecture,
+    device: Device,
+    data: Dataset,
+    batched: Option<batched::Batched>,
+}
+
+impl std::fmt::Debug for LocalTrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTrainer")
+            .field("arch", &self.arch)
+            .field("device", &self.device)
+            .field("rows", &self.data.rows())
+            .field("dim", &self.data.dim())
+            .finish()
+    }
+}
+
+impl LocalTrainer {
+    /// A trainer of `arch` on `data`, computing on `device`.
+    pub fn new(device: Device, arch: Architecture, data: Dataset) -> Result<Self> {
+        arch.validate(data.dim())?;
+        if data.rows() > u32::MAX as usize {
+            return Err(invalid(format!(
+                "{} rows; at most {} per bank",
+                data.rows(),
+                u32::MAX
+            )));
+        }
+        let batched = match device {
+            Device::Cpu => None,
+            _ => Some(batched::Batched::new(arch, &data, device.candle()?)?),
+        };
+        Ok(Self {
+            arch,
+            device,
+            data,
+            batched,
+        })
+    }
+
+    /// The rows it trains on.
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    /// The device it computes on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The model family.
+    pub fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    /// Mean log-loss of parameters `p` over every row.
+    pub fn loss(&self, p: &[f32]) -> Result<f64> {
+        match &self.batched {
+            Some(b) => b.loss(p),
+            None => Ok(self.arch.loss(p, &self.data)),
+        }
+    }
+
+    /// Sum of the log-loss gradients of `rows` at `p`, each clipped to `clip` when
+    /// given; returns how many were clipped.
+    fn gradient_sum(
+        &self,
+        p: &[f32],
+        rows: &[usize],
+        clip: Option<f64>,
+        out: &mut [f32],
+        one: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) -> Result<u64> {
+        if let Some(b) = &self.batched {
+            return b.gradient_sum(p, rows, clip, out);
+        }
+        out.iter_mut().for_each(|v| *v = 0.0);
+        let data = &self.data;
+        let mut clipped = 0;
+        for &i in rows {
+            match clip {
+                Some(c) => {
+                    one.iter_mut().for_each(|v| *v = 0.0);
+                    self.arch
+                        .forward(p, data.row(i), data.y[i], Some(one), scratch);
+                    let norm = one
+                        .iter()
+                        .map(|g| f64::from(*g).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    let scale = if norm > c {
+                        clipped += 1;
+                        (c / norm) as f32
+                    } else {
+                        1.0
+                    };
+                    for (s, g) in out.iter_mut().zip(one.iter()) {
+                        *s += g * scale;
+                    }
+                }
+                None => {
+                    self.arch
+                        .forward(p, data.row(i), data.y[i], Some(out), scratch);
+                }
+            }
+        }
+        Ok(clipped)
+    }
+
+    /// Train `cfg.local_steps` steps from `global`.
+    pub fn train(
+        &self,
+        global: &[f32],
+        cfg: &LocalConfig,
+        rng: &mut impl Rng,
+    ) -> Result<LocalUpdate> {
+        cfg.validate()?;
+        let np = self.arch.num_params(self.data.dim());
+        if global.len() != np {
+            return Err(invalid(format!(
+                "global model has {} parameters, {np} expected",
+                global.len()
+            )));
+        }
+        let n = self.data.rows();
+        if n == 0 {
+            return Err(invalid("no training rows"));
+        }
+        let loss_before = self.loss(global)?;
+        let q = cfg.sample_rate(n);
+        let expected = q * n as f64;
+        let mut p = global.to_vec();
+        let mut sum = vec![0.0f32; np];
+        let mut one = vec![0.0f32; if self.batched.is_some() { 0 } else { np }];
+        let mut scratch = Vec::new();
+        let mut rows = Vec::with_capacity(n.min(cfg.batch_size.saturating_mul(2)));
+        let (mut examples, mut clipped) = (0u64, 0u64);
+        let noise = match &cfg.dp {
+            Some(dp) => Some(
+                Normal::new(0.0, dp.noise_multiplier * dp.clip_norm)
+                    .map_err(|e| invalid(format!("noise: {e}")))?,
+            ),
+            None => None,
+        };
+        let clip = cfg.dp.map(|dp| dp.clip_norm);
+        for _ in 0..cfg.local_steps {
+            // Poisson sampling: each row independently with probability q.
+            rows.clear();
+            rows.extend((0..n).filter(|_| q >= 1.0 || rng.random::<f64>() < q));
+            clipped += self.gradient_sum(&p, &rows, clip, &mut sum, &mut one, &mut scratch)?;
+            examples += rows.len() as u64;
+            // DP divides by the expected batch size (the sample size itself is private).
+            let denom = match &noise {
+                Some(_) => expected as f32,
+                None => rows.len().max(1) as f32,
+            };
+            let lr = cfg.learning_rate as f32;
+            let mu = cfg.prox_mu as f32;
+            for (k, w) in p.iter_mut().enumerate() {
+                let mut g = sum[k];
+                if let Some(nd) = &noise {
+                    g += nd.sample(rng) as f32;
+                }
+                g /= denom;
+                if mu > 0.0 {
+                    g += mu * (*w - global[k]);
+                }
+                *w -= lr * g;
+            }
+        }
+        let delta = p.iter().zip(global).map(|(a, b)| a - b).collect();
+        Ok(LocalUpdate {
+            params: p,
+            delta,
+            loss_before,
+            examples,
+            clipped_examples: clipped,
+            steps: cfg.local_steps,
+        })
+    }
+}
+
+/// Train `local_steps` steps from `global` on `data`, on the CPU (see
+/// [`LocalTrainer`] for other devices).
 pub fn train_local(
     arch: Architecture,
     global: &[f32],
@@ -596,96 +894,7 @@ pub fn train_local(
     cfg: &LocalConfig,
     rng: &mut impl Rng,
 ) -> Result<LocalUpdate> {
-    cfg.validate()?;
-    arch.validate(data.dim())?;
-    let np = arch.num_params(data.dim());
-    if global.len() != np {
-        return Err(invalid(format!(
-            "global model has {} parameters, {np} expected",
-            global.len()
-        )));
-    }
-    let n = data.rows();
-    if n == 0 {
-        return Err(invalid("no training rows"));
-    }
-    let loss_before = arch.loss(global, data);
-    let q = cfg.sample_rate(n);
-    let expected = q * n as f64;
-    let mut p = global.to_vec();
-    let mut sum = vec![0.0f32; np];
-    let mut one = vec![0.0f32; np];
-    let mut scratch = Vec::new();
-    let (mut examples, mut clipped) = (0u64, 0u64);
-    let noise = match &cfg.dp {
-        Some(dp) => Some(
-            Normal::new(0.0, dp.noise_multiplier * dp.clip_norm)
-                .map_err(|e| invalid(format!("noise: {e}")))?,
-        ),
-        None => None,
-    };
-    for _ in 0..cfg.local_steps {
-        sum.iter_mut().for_each(|v| *v = 0.0);
-        let mut taken = 0usize;
-        // Poisson sampling: each row independently with probability q.
-        for i in 0..n {
-            if q < 1.0 && rng.random::<f64>() >= q {
-                continue;
-            }
-            taken += 1;
-            match &cfg.dp {
-                Some(dp) => {
-                    one.iter_mut().for_each(|v| *v = 0.0);
-                    arch.forward(&p, data.row(i), data.y[i], Some(&mut one), &mut scratch);
-                    let norm = one
-                        .iter()
-                        .map(|g| f64::from(*g).powi(2))
-                        .sum::<f64>()
-                        .sqrt();
-                    let scale = if norm > dp.clip_norm {
-                        clipped += 1;
-                        (dp.clip_norm / norm) as f32
-                    } else {
-                        1.0
-                    };
-                    for (s, g) in sum.iter_mut().zip(&one) {
-                        *s += g * scale;
-                    }
-                }
-                None => {
-                    arch.forward(&p, data.row(i), data.y[i], Some(&mut sum), &mut scratch);
-                }
-            }
-        }
-        examples += taken as u64;
-        // DP divides by the expected batch size (the sample size itself is private).
-        let denom = match &noise {
-            Some(_) => expected as f32,
-            None => taken.max(1) as f32,
-        };
-        let lr = cfg.learning_rate as f32;
-        let mu = cfg.prox_mu as f32;
-        for (k, w) in p.iter_mut().enumerate() {
-            let mut g = sum[k];
-            if let Some(nd) = &noise {
-                g += nd.sample(rng) as f32;
-            }
-            g /= denom;
-            if mu > 0.0 {
-                g += mu * (*w - global[k]);
-            }
-            *w -= lr * g;
-        }
-    }
-    let delta = p.iter().zip(global).map(|(a, b)| a - b).collect();
-    Ok(LocalUpdate {
-        params: p,
-        delta,
-        loss_before,
-        examples,
-        clipped_examples: clipped,
-        steps: cfg.local_steps,
-    })
+    LocalTrainer::new(Device::Cpu, arch, data.clone())?.train(global, cfg, rng)
 }
 
 #[cfg(test)]
@@ -793,6 +1002,99 @@ mod tests {
         let out = train_local(arch, &arch.init(2, 1), &data, &cfg, &mut rng).unwrap();
         assert!(out.clipped_examples > out.examples / 2, "{out:?}");
         assert!(arch.auc(&out.params, &data) > 0.8);
+    }
+
+    #[test]
+    fn batched_devices_compute_what_the_reference_computes() {
+        let data = toy(3000, 8);
+        // A clip norm that clips some examples and not others.
+        let dp = DpSgd {
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+        };
+        for arch in [
+            Architecture::LogisticRegression,
+            Architecture::Mlp { hidden: 16 },
+        ] {
+            for dp in [None, Some(dp)] {
+                let cfg = LocalConfig {
+                    learning_rate: 0.3,
+                    local_steps: 40,
+                    batch_size: 300,
+                    prox_mu: 0.01,
+                    dp,
+                };
+                let global = arch.init(2, 5);
+                let run = |mut t: LocalTrainer, chunk: usize| {
+                    if let Some(b) = &mut t.batched {
+                        b.chunk_values = chunk;
+                    }
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+                    t.train(&global, &cfg, &mut rng).unwrap()
+                };
+                let reference = run(
+                    LocalTrainer::new(Device::Cpu, arch, data.clone()).unwrap(),
+                    0,
+                );
+                // Whole batches, and batches cut into chunks of 7 rows.
+                for chunk in [batched::CHUNK_VALUES, 7 * 16] {
+                    let t = LocalTrainer::new(Device::CpuBatched, arch, data.clone()).unwrap();
+                    let got = run(t, chunk);
+                    let ctx = format!("{arch:?} dp {dp:?} chunk {chunk}");
+                    assert_eq!(got.examples, reference.examples, "{ctx}");
+                    assert!(got.examples > 0, "{ctx}");
+                    if dp.is_some() {
+                        let share = reference.clipped_examples as f64 / got.examples as f64;
+                        assert!((0.1..0.9).contains(&share), "{ctx}: {share} clipped");
+                    }
+                    assert!(
+                        got.clipped_examples.abs_diff(reference.clipped_examples) <= 2,
+                        "{ctx}: {} vs {}",
+                        got.clipped_examples,
+                        reference.clipped_examples
+                    );
+                    assert!(
+                        (got.loss_before - reference.loss_before).abs() < 1e-5,
+                        "{ctx}"
+                    );
+                    let worst = got
+                        .params
+                        .iter()
+                        .zip(&reference.params)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(worst < 1e-3, "{ctx}: params differ by {worst}");
+                    assert!(got.params != global, "{ctx}: nothing trained");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn devices_parse_and_gpu_needs_its_feature() {
+        for s in ["cpu", "cpu-batched", "cuda:3"] {
+            assert_eq!(s.parse::<Device>().unwrap().to_string(), s);
+        }
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:99999999", ""] {
+            let e = bad.parse::<Device>().unwrap_err().to_string();
+            assert!(
+                e.contains("expected cpu, cpu-batched, cuda or cuda:N"),
+                "{e}"
+            );
+        }
+        let d: Device = serde_json::from_str("\"cpu-batched\"").unwrap();
+        assert_eq!(d, Device::CpuBatched);
+        if !Device::GPU_BUILD {
+            let e = LocalTrainer::new(
+                Device::Cuda(0),
+                Architecture::LogisticRegression,
+                toy(10, 1),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("--features gpu"), "{e}");
+        }
     }
 
     #[test]

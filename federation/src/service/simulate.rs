@@ -9,6 +9,7 @@ use super::coordinator::{Coordinator, CoordinatorConfig, RunSummary};
 use super::pki::{self, TlsFiles};
 use super::worker::{BankData, Worker, WorkerConfig, WorkerOutcome};
 use super::{PrivacyPolicy, ServiceError};
+use crate::train::Device;
 
 /// Where a simulated bank's rows come from.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct SimBank {
     pub privacy: PrivacyPolicy,
     /// Never connect (a bank that is down for the whole run), for tests and demos.
     pub offline: bool,
+    /// Where it trains.
+    pub device: Device,
 }
 
 /// What a simulation ends with.
@@ -107,6 +110,7 @@ pub async fn simulate(
             privacy: b.privacy,
             connect_timeout_s: 30.0,
             seed: None,
+            device: b.device,
         };
         if b.offline {
             handles.push((b.name.clone(), None));

@@ -18,7 +18,7 @@ use crate::dp::RdpAccountant;
 use crate::protocol::secagg::{
     AdvertiseKeys, Client, EncryptedShare, Params, Roster, RoundId, SurvivorList, UnmaskRequest,
 };
-use crate::train::{Dataset, Standardizer, split_rows, train_local};
+use crate::train::{Architecture, Dataset, Device, LocalTrainer, Standardizer, split_rows};
 use crate::wire::Wire;
 
 /// A worker's configuration (`quiver-fed worker --config FILE`, JSON).
@@ -50,6 +50,10 @@ pub struct WorkerConfig {
     /// the noise reproducible by whoever knows it: for tests only.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Where local training computes: `cpu` (default), `cpu-batched`, or `cuda:N` with
+    /// a build that has the `gpu` feature. The privacy guarantee is the same on each.
+    #[serde(default)]
+    pub device: Device,
 }
 
 fn default_holdout() -> f64 {
@@ -184,7 +188,8 @@ impl Worker {
         };
         let mut load = Some(load);
         let mut data: Option<(BankData, BankData)> = None; // (train, holdout)
-        let mut prepared: Option<(Standardizer, Dataset)> = None;
+        // The training rows on the device, for the run's statistics and model family.
+        let mut prepared: Option<(Standardizer, Architecture, LocalTrainer)> = None;
         let mut accountant = RdpAccountant::new();
         let mut epsilon = 0.0;
         let mut bank_accountant = RdpAccountant::for_skellam();
@@ -291,17 +296,20 @@ impl Worker {
                             let st = plan.standardizer.clone().ok_or_else(|| {
                                 ServiceError::Failed("train plan without statistics".into())
                             })?;
-                            if prepared.as_ref().map(|p| &p.0) != Some(&st) {
+                            if prepared.as_ref().map(|p| (&p.0, p.1))
+                                != Some((&st, plan.architecture))
+                            {
                                 let ds = Dataset::prepare(
                                     plan.features.clone(),
                                     &train.columns,
                                     &train.labels,
                                     &st,
                                 )?;
-                                prepared = Some((st, ds));
+                                let trainer = LocalTrainer::new(cfg.device, plan.architecture, ds)?;
+                                prepared = Some((st, plan.architecture, trainer));
                             }
-                            let ds = &prepared.as_ref().expect("prepared").1;
-                            let rows = ds.rows();
+                            let trainer = &prepared.as_ref().expect("prepared").2;
+                            let rows = trainer.data().rows();
                             let q = plan.local.sample_rate(rows);
                             let steps = plan.local.local_steps;
                             // Every guarantee this round spends on is checked against
@@ -364,13 +372,7 @@ impl Worker {
                                 report.epsilon_next =
                                     accountant.epsilon_after(q, sigma, steps, b.delta)?;
                             }
-                            let u = train_local(
-                                plan.architecture,
-                                &plan.global,
-                                ds,
-                                &plan.local,
-                                &mut rng,
-                            )?;
+                            let u = trainer.train(&plan.global, &plan.local, &mut rng)?;
                             match bank_dp {
                                 Some((enc, after)) => {
                                     let (l1, l2, mu) = enc.accounting();

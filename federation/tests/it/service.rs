@@ -10,7 +10,7 @@ use quiver_federation::service::worker::BankData;
 use quiver_federation::service::{
     Coordinator, CoordinatorConfig, Deadlines, PrivacyPolicy, Worker, WorkerConfig, pki,
 };
-use quiver_federation::train::{Architecture, DpSgd, LocalConfig};
+use quiver_federation::train::{Architecture, Device, DpSgd, LocalConfig};
 use rand::{Rng, SeedableRng};
 
 /// A bank whose fraud rate is `rate` (non-IID across banks); fraud raises `amount`.
@@ -86,6 +86,12 @@ fn sims(rates: &[f64], offline: Option<usize>) -> Vec<SimBank> {
             source: BankSource::Data(bank(4000, *r, i as u64 + 1)),
             privacy: PrivacyPolicy::default(),
             offline: offline == Some(i),
+            // One bank trains batched, so the service runs both gradient engines.
+            device: if i == 1 {
+                Device::CpuBatched
+            } else {
+                Device::Cpu
+            },
         })
         .collect()
 }
@@ -326,6 +332,7 @@ async fn a_bank_presenting_another_banks_certificate_is_refused() {
         privacy: PrivacyPolicy::default(),
         connect_timeout_s: 5.0,
         seed: Some(1),
+        device: Device::Cpu,
     };
     let err = tokio::time::timeout(Duration::from_secs(30), Worker::run(w, dir.path()))
         .await
