@@ -48,6 +48,9 @@ const HOLDOUT: f64 = 0.2;
 const SPLIT_SEED: u64 = 0x5eed;
 
 pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) -> Result<()> {
+    a.device
+        .probe()
+        .map_err(|e| anyhow::anyhow!("--device {}: {e}", a.device))?;
     let features: Vec<String> = FEATURES.iter().map(|(_, f)| f.to_string()).collect();
     let mut banks = Vec::new();
     for b in 0..cfg.banks {

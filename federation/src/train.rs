@@ -670,6 +670,12 @@ impl Device {
     /// Whether this build can train on GPUs (the `gpu` feature).
     pub const GPU_BUILD: bool = cfg!(feature = "gpu");
 
+    /// Check that this device can be used here: a GPU build, and the GPU present.
+    /// Workers check at start, before they connect.
+    pub fn probe(self) -> Result<()> {
+        self.candle().map(|_| ())
+    }
+
     fn candle(self) -> Result<candle_core::Device> {
         match self {
             Self::Cpu | Self::CpuBatched => Ok(candle_core::Device::Cpu),

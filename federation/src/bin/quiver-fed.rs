@@ -281,6 +281,9 @@ async fn run(cli: Cli) -> Result<()> {
             if !(2..=64).contains(&banks) {
                 bail!("--banks {banks}: 2 to 64 in a simulation");
             }
+            device
+                .probe()
+                .with_context(|| format!("--device {device}"))?;
             let tmp;
             let dir = match dir {
                 Some(d) => d,

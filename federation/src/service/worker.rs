@@ -157,6 +157,7 @@ impl Worker {
         load: impl FnOnce(&[String], &str) -> Result<BankData, ServiceError>,
     ) -> Result<WorkerOutcome, ServiceError> {
         cfg.privacy.budget.validate()?;
+        cfg.device.probe()?;
         if !(0.0..0.9).contains(&cfg.holdout) {
             return Err(ServiceError::Config(format!(
                 "holdout {}; 0 to 0.9",
@@ -196,6 +197,8 @@ impl Worker {
         let mut bank_epsilon = 0.0;
         let mut joined = 0u64;
         let mut state: Option<RoundState> = None;
+        // The round this bank left after an error: its later tasks are not attempted.
+        let mut left: Option<u64> = None;
         let mut last_ok = Instant::now();
         let patience = Duration::from_secs_f64(cfg.connect_timeout_s.clamp(1.0, 86_400.0));
         loop {
@@ -249,6 +252,11 @@ impl Worker {
                         holdout_auc,
                         rounds_joined: joined,
                     });
+                }
+                task_kind::STAGE if left == Some(task.round) => {
+                    // Wait for the next round instead of busy-polling this one.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
                 task_kind::STAGE => {}
                 k => {
@@ -516,10 +524,7 @@ impl Worker {
                     // Sit this round out: the protocol treats a silent bank as dropped.
                     tracing::warn!(round = task.round, stage = task.stage, error = %e, "leaving the round");
                     state = None;
-                    if matches!(e, ServiceError::Dp(_)) || task.stage > 0 {
-                        // Wait for the next round's task instead of busy-polling this one.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    left = Some(task.round);
                 }
             }
         }

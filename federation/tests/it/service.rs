@@ -334,11 +334,22 @@ async fn a_bank_presenting_another_banks_certificate_is_refused() {
         seed: Some(1),
         device: Device::Cpu,
     };
+    let w2 = w.clone();
     let err = tokio::time::timeout(Duration::from_secs(30), Worker::run(w, dir.path()))
         .await
         .expect("finishes")
         .unwrap_err();
     assert!(err.to_string().contains("not `bank_b`"), "{err}");
+    if !Device::GPU_BUILD {
+        // A worker asked for a GPU this build cannot drive stops before it connects.
+        let mut gpu = w2;
+        gpu.device = Device::Cuda(0);
+        let err = tokio::time::timeout(Duration::from_secs(5), Worker::run(gpu, dir.path()))
+            .await
+            .expect("fails at once")
+            .unwrap_err();
+        assert!(err.to_string().contains("--features gpu"), "{err}");
+    }
     // Nobody joined: the coordinator gives up after join_s with a clear reason.
     let e = coord.finish(Duration::from_secs(1)).await.unwrap_err();
     assert!(e.to_string().contains("connected"), "{e}");
