@@ -19,13 +19,8 @@ use std::time::Instant;
 use quiver_federation::train::{Architecture, Dataset, Device, DpSgd, LocalConfig, LocalTrainer};
 use rand::{Rng, SeedableRng};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
+mod common;
+use common::arg;
 
 /// Rows whose label depends on the features, so clipping and learning are realistic.
 fn data(rows: usize, dim: usize, seed: u64) -> Dataset {

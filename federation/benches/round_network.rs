@@ -37,13 +37,8 @@ use rand::{Rng, SeedableRng};
 const FEATURES: usize = 96;
 const STAGES: [&str; 5] = ["keys", "shares", "masked", "consistency", "unmask"];
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
+mod common;
+use common::arg;
 
 fn bank(rows: usize, seed: u64) -> BankData {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

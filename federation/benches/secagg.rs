@@ -23,13 +23,8 @@ use quiver_federation::protocol::secagg::{Client, Params, Roster, RoundId, Serve
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
+mod common;
+use common::arg;
 
 struct Timing {
     total_ms: f64,
