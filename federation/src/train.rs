@@ -1010,8 +1010,9 @@ mod tests {
         assert!(arch.auc(&out.params, &data) > 0.8);
     }
 
-    #[test]
-    fn batched_devices_compute_what_the_reference_computes() {
+    /// Train on `device` and on the reference with the same seed: LR and MLP, with and
+    /// without DP-SGD, whole batches and batches cut into chunks of 7 rows.
+    fn assert_matches_reference(device: Device) {
         let data = toy(3000, 8);
         // A clip norm that clips some examples and not others.
         let dp = DpSgd {
@@ -1044,9 +1045,9 @@ mod tests {
                 );
                 // Whole batches, and batches cut into chunks of 7 rows.
                 for chunk in [batched::CHUNK_VALUES, 7 * 16] {
-                    let t = LocalTrainer::new(Device::CpuBatched, arch, data.clone()).unwrap();
+                    let t = LocalTrainer::new(device, arch, data.clone()).unwrap();
                     let got = run(t, chunk);
-                    let ctx = format!("{arch:?} dp {dp:?} chunk {chunk}");
+                    let ctx = format!("{device} {arch:?} dp {dp:?} chunk {chunk}");
                     assert_eq!(got.examples, reference.examples, "{ctx}");
                     assert!(got.examples > 0, "{ctx}");
                     if dp.is_some() {
@@ -1074,6 +1075,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn batched_cpu_computes_what_the_reference_computes() {
+        assert_matches_reference(Device::CpuBatched);
+    }
+
+    /// Runs only in a `gpu` build (`cargo test -p quiver-federation --features gpu`), on
+    /// a machine with an NVIDIA GPU.
+    #[cfg(feature = "gpu")]
+    #[test]
+    fn cuda_computes_what_the_reference_computes() {
+        assert_matches_reference(Device::Cuda(0));
     }
 
     #[test]
