@@ -525,7 +525,8 @@ fn write_templates(dir: &Path, roster: &[pki::RosterEntry]) -> Result<()> {
             "identity": format!("{}.identity", b.name),
             "roster": roster,
             "training_set": "training_set.parquet",
-            "privacy": {"budget": {"epsilon": 2.5, "delta": 1e-5}, "require_dp": true}
+            "privacy": {"budget": {"epsilon": 2.5, "delta": 1e-5}, "require_dp": true},
+            "device": "cpu"
         });
         std::fs::write(
             dir.join(format!("worker-{}.json", b.name)),
