@@ -131,7 +131,7 @@ impl Batched {
                 // softplus(z) − y·z, with softplus(z) = max(z, 0) + ln(1 + e^−|z|).
                 let sp = (z.relu()? + z.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
                 let l = (sp - (y * z)?)?;
-                total += f64::from(l.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+                total += f64::from(l.sum_all()?.to_scalar::<f32>()?);
                 start += m;
             }
             Ok(total / self.rows.max(1) as f64)
