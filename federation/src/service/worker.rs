@@ -18,7 +18,7 @@ use crate::dp::RdpAccountant;
 use crate::protocol::secagg::{
     AdvertiseKeys, Client, EncryptedShare, Params, Roster, RoundId, SurvivorList, UnmaskRequest,
 };
-use crate::train::{Architecture, Dataset, Device, LocalTrainer, Standardizer, split_rows};
+use crate::train::{Dataset, Device, LocalTrainer, Standardizer, split_rows};
 use crate::wire::Wire;
 
 /// A worker's configuration (`quiver-fed worker --config FILE`, JSON).
@@ -190,7 +190,7 @@ impl Worker {
         let mut load = Some(load);
         let mut data: Option<(BankData, BankData)> = None; // (train, holdout)
         // The training rows on the device, for the run's statistics and model family.
-        let mut prepared: Option<(Standardizer, Architecture, LocalTrainer)> = None;
+        let mut prepared: Option<(Standardizer, LocalTrainer)> = None;
         let mut accountant = RdpAccountant::new();
         let mut epsilon = 0.0;
         let mut bank_accountant = RdpAccountant::for_skellam();
@@ -304,7 +304,7 @@ impl Worker {
                             let st = plan.standardizer.clone().ok_or_else(|| {
                                 ServiceError::Failed("train plan without statistics".into())
                             })?;
-                            if prepared.as_ref().map(|p| (&p.0, p.1))
+                            if prepared.as_ref().map(|p| (&p.0, p.1.architecture()))
                                 != Some((&st, plan.architecture))
                             {
                                 let ds = Dataset::prepare(
@@ -314,9 +314,9 @@ impl Worker {
                                     &st,
                                 )?;
                                 let trainer = LocalTrainer::new(cfg.device, plan.architecture, ds)?;
-                                prepared = Some((st, plan.architecture, trainer));
+                                prepared = Some((st, trainer));
                             }
-                            let trainer = &prepared.as_ref().expect("prepared").2;
+                            let trainer = &prepared.as_ref().expect("prepared").1;
                             let rows = trainer.data().rows();
                             let q = plan.local.sample_rate(rows);
                             let steps = plan.local.local_steps;
