@@ -500,18 +500,26 @@ impl Coordinator {
     }
 }
 
+/// Listen on `listen` (port 0 picks one); returns the bound address.
+async fn bind(
+    listen: SocketAddr,
+    what: &str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ServiceError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServiceError::Transport(format!("bind {what} {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServiceError::Transport(e.to_string()))?;
+    Ok((listener, addr))
+}
+
 async fn serve(
     shared: Arc<Shared>,
     pem: &TlsPem,
 ) -> Result<(SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>), ServiceError> {
     super::pki::ensure_crypto_provider();
-    let listen = shared.cfg.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| ServiceError::Transport(format!("bind {listen}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServiceError::Transport(e.to_string()))?;
+    let (listener, addr) = bind(shared.cfg.listen, "gRPC").await?;
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(&pem.cert, &pem.key))
         .client_ca_root(tonic::transport::Certificate::from_pem(&pem.ca));
@@ -540,12 +548,7 @@ async fn serve_metrics(
     listen: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr, ServiceError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| ServiceError::Transport(format!("bind metrics {listen}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServiceError::Transport(e.to_string()))?;
+    let (listener, addr) = bind(listen, "metrics").await?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

@@ -254,8 +254,10 @@ impl Worker {
                     });
                 }
                 task_kind::STAGE if left == Some(task.round) => {
-                    // Wait for the next round instead of busy-polling this one.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Wait for the next round instead of busy-polling this one. The
+                    // coordinator hands the task out again on every poll until the
+                    // stage ends, so poll seldom.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
                 task_kind::STAGE => {}

@@ -25,8 +25,9 @@ fn dev(e: candle_core::Error) -> TrainError {
 
 /// A bank's prepared rows, resident on a device.
 pub(super) struct Batched {
-    arch: Architecture,
     device: Device,
+    /// Layer widths, input first: `[dim, 1]` (LR) or `[dim, hidden, 1]` (MLP).
+    widths: Vec<usize>,
     /// `rows × dim`.
     x: Tensor,
     /// `rows × 1`.
@@ -34,21 +35,14 @@ pub(super) struct Batched {
     /// `‖xᵢ‖² + 1` (the input norm with the bias), `rows × 1`.
     x_norm2: Tensor,
     rows: usize,
-    dim: usize,
     /// Most activations per chunk ([`CHUNK_VALUES`]; smaller in tests).
     pub(super) chunk_values: usize,
 }
 
-/// The model's parameters as device tensors.
-struct Params {
-    /// LR: `dim × 1`; MLP: the hidden weights, `hidden × dim`.
+/// One dense layer: `out × in` weights and `out` biases.
+struct Layer {
     w: Tensor,
-    /// LR: unused (the bias is `b_out`); MLP: hidden biases, `hidden`.
-    b: Option<Tensor>,
-    /// MLP: output weights, `hidden × 1`.
-    w_out: Option<Tensor>,
-    /// Output bias.
-    b_out: f64,
+    b: Tensor,
 }
 
 impl Batched {
@@ -62,72 +56,67 @@ impl Batched {
             .and_then(|s| s.sum_keepdim(1))
             .and_then(|s| s.affine(1.0, 1.0))
             .map_err(dev)?;
+        // The parameter layout of [`Architecture`] is, layer by layer, the weights
+        // row-major (`out × in`) then the biases.
+        let widths = match arch {
+            Architecture::LogisticRegression => vec![dim, 1],
+            Architecture::Mlp { hidden } => vec![dim, hidden, 1],
+        };
         Ok(Self {
-            arch,
             device,
+            widths,
             x,
             y,
             x_norm2,
             rows,
-            dim,
             chunk_values: CHUNK_VALUES,
         })
     }
 
-    fn params(&self, p: &[f32]) -> candle_core::Result<Params> {
-        let d = self.dim;
-        Ok(match self.arch {
-            Architecture::LogisticRegression => Params {
-                w: Tensor::from_slice(&p[..d], (d, 1), &self.device)?,
-                b: None,
-                w_out: None,
-                b_out: f64::from(p[d]),
-            },
-            Architecture::Mlp { hidden: h } => Params {
-                w: Tensor::from_slice(&p[..h * d], (h, d), &self.device)?,
-                b: Some(Tensor::from_slice(&p[h * d..h * d + h], h, &self.device)?),
-                w_out: Some(Tensor::from_slice(
-                    &p[h * d + h..h * d + 2 * h],
-                    (h, 1),
-                    &self.device,
-                )?),
-                b_out: f64::from(p[h * d + 2 * h]),
-            },
-        })
+    fn layers(&self, p: &[f32]) -> candle_core::Result<Vec<Layer>> {
+        let mut off = 0;
+        self.widths
+            .windows(2)
+            .map(|io| {
+                let (i, o) = (io[0], io[1]);
+                let w = Tensor::from_slice(&p[off..off + o * i], (o, i), &self.device)?;
+                let b = Tensor::from_slice(&p[off + o * i..off + o * i + o], o, &self.device)?;
+                off += o * i + o;
+                Ok(Layer { w, b })
+            })
+            .collect()
     }
 
     fn chunk_rows(&self) -> usize {
-        let width = match self.arch {
-            Architecture::LogisticRegression => self.dim,
-            Architecture::Mlp { hidden } => hidden.max(self.dim),
-        };
+        let width = self.widths.iter().copied().max().unwrap_or(1);
         (self.chunk_values / width).max(1)
     }
 
-    /// Hidden activations (MLP) and logits of rows `x` (`m × dim`).
-    fn forward(&self, w: &Params, x: &Tensor) -> candle_core::Result<(Option<Tensor>, Tensor)> {
-        match (&w.b, &w.w_out) {
-            (Some(b), Some(w_out)) => {
-                let a = x.matmul(&w.w.t()?)?.broadcast_add(b)?.tanh()?;
-                let z = a.matmul(w_out)?.affine(1.0, w.b_out)?;
-                Ok((Some(a), z))
+    /// Each layer's input (the rows `x` first, then tanh activations) and the logits.
+    fn forward(layers: &[Layer], x: Tensor) -> candle_core::Result<(Vec<Tensor>, Tensor)> {
+        let mut inputs = vec![x];
+        for (k, l) in layers.iter().enumerate() {
+            let a = inputs.last().expect("the rows");
+            let z = a.matmul(&l.w.t()?)?.broadcast_add(&l.b)?;
+            if k + 1 == layers.len() {
+                return Ok((inputs, z));
             }
-            _ => Ok((None, x.matmul(&w.w)?.affine(1.0, w.b_out)?)),
+            inputs.push(z.tanh()?);
         }
+        unreachable!("a model has an output layer")
     }
 
     /// Mean log-loss at `p` over every row.
     pub(super) fn loss(&self, p: &[f32]) -> Result<f64> {
         let run = || -> candle_core::Result<f64> {
-            let w = self.params(p)?;
+            let layers = self.layers(p)?;
             let mut total = 0.0f64;
             let step = self.chunk_rows();
             let mut start = 0;
             while start < self.rows {
                 let m = step.min(self.rows - start);
-                let x = self.x.narrow(0, start, m)?;
                 let y = self.y.narrow(0, start, m)?;
-                let (_, z) = self.forward(&w, &x)?;
+                let (_, z) = Self::forward(&layers, self.x.narrow(0, start, m)?)?;
                 // softplus(z) − y·z, with softplus(z) = max(z, 0) + ln(1 + e^−|z|).
                 let sp = (z.relu()? + z.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
                 let l = (sp - (y * z)?)?;
@@ -153,68 +142,51 @@ impl Batched {
             return Ok(0);
         }
         let run = |out: &mut [f32]| -> candle_core::Result<u64> {
-            let w = self.params(p)?;
+            let layers = self.layers(p)?;
             let mut clipped = 0u64;
             let mut acc: Option<Tensor> = None;
             for chunk in rows.chunks(self.chunk_rows()) {
                 let idx: Vec<u32> = chunk.iter().map(|&i| i as u32).collect();
                 let idx = Tensor::from_vec(idx, chunk.len(), &self.device)?;
-                let x = self.x.index_select(&idx, 0)?;
                 let y = self.y.index_select(&idx, 0)?;
-                let (a, z) = self.forward(&w, &x)?;
-                // σ(z) − y, with σ(z) = (1 + tanh(z/2)) / 2.
-                let dz = (z.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)? - y)?;
-                let mut dh = match (&a, &w.w_out) {
-                    (Some(a), Some(w_out)) => Some(
-                        dz.broadcast_mul(&w_out.t()?)?
-                            .mul(&a.sqr()?.affine(-1.0, 1.0)?)?,
-                    ),
-                    _ => None,
-                };
-                let mut dz = dz;
+                let (inputs, z) = Self::forward(&layers, self.x.index_select(&idx, 0)?)?;
+                // Each layer's error, output layer first: σ(z) − y, with
+                // σ(z) = (1 + tanh(z/2)) / 2, then back through each tanh.
+                let mut errors = vec![(z.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)? - y)?];
+                for k in (1..layers.len()).rev() {
+                    let back = errors.last().expect("output error").matmul(&layers[k].w)?;
+                    errors.push(back.mul(&inputs[k].sqr()?.affine(-1.0, 1.0)?)?);
+                }
+                errors.reverse();
                 if let Some(c) = clip {
-                    let x_norm2 = self.x_norm2.index_select(&idx, 0)?;
                     // ‖g‖² = Σ over layers of ‖error‖²·(‖input‖² + 1).
-                    let norm2 = match (&a, &dh) {
-                        (Some(a), Some(dh)) => {
-                            let out_layer =
-                                dz.sqr()?.mul(&a.sqr()?.sum_keepdim(1)?.affine(1.0, 1.0)?)?;
-                            (dh.sqr()?.sum_keepdim(1)?.mul(&x_norm2)? + out_layer)?
-                        }
-                        _ => dz.sqr()?.mul(&x_norm2)?,
-                    };
-                    let c2 = c * c;
+                    let mut norm2 = errors[0]
+                        .sqr()?
+                        .sum_keepdim(1)?
+                        .mul(&self.x_norm2.index_select(&idx, 0)?)?;
+                    for (e, a) in errors.iter().zip(&inputs).skip(1) {
+                        let a2 = a.sqr()?.sum_keepdim(1)?.affine(1.0, 1.0)?;
+                        norm2 = (norm2 + e.sqr()?.sum_keepdim(1)?.mul(&a2)?)?;
+                    }
                     clipped += norm2
-                        .gt(c2)?
+                        .gt(c * c)?
                         .to_dtype(DType::F32)?
                         .sum_all()?
                         .to_scalar::<f32>()? as u64;
                     // min(1, c / ‖g‖); a zero gradient gives ∞ → 1.
                     let scale = norm2.sqrt()?.recip()?.affine(c, 0.0)?.minimum(1.0)?;
-                    dz = dz.mul(&scale)?;
-                    dh = match dh {
-                        Some(dh) => Some(dh.broadcast_mul(&scale)?),
-                        None => None,
-                    };
+                    errors = errors
+                        .iter()
+                        .map(|e| e.broadcast_mul(&scale))
+                        .collect::<candle_core::Result<_>>()?;
                 }
-                let grad = match (&a, &dh) {
-                    (Some(a), Some(dh)) => Tensor::cat(
-                        &[
-                            dh.t()?.matmul(&x)?.flatten_all()?,
-                            dh.sum(0)?,
-                            a.t()?.matmul(&dz)?.flatten_all()?,
-                            dz.sum_all()?.reshape(1)?,
-                        ],
-                        0,
-                    )?,
-                    _ => Tensor::cat(
-                        &[
-                            x.t()?.matmul(&dz)?.flatten_all()?,
-                            dz.sum_all()?.reshape(1)?,
-                        ],
-                        0,
-                    )?,
-                };
+                // Per layer: Σᵢ eᵢ ⊗ aᵢ (the weights, `out × in`), then Σᵢ eᵢ (the biases).
+                let mut parts = Vec::with_capacity(2 * layers.len());
+                for (e, a) in errors.iter().zip(&inputs) {
+                    parts.push(e.t()?.matmul(a)?.flatten_all()?);
+                    parts.push(e.sum(0)?);
+                }
+                let grad = Tensor::cat(&parts, 0)?;
                 acc = Some(match acc {
                     Some(s) => (s + grad)?,
                     None => grad,
