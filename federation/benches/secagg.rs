@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use quiver_federation::protocol::prg::MaskPrg;
 use quiver_federation::protocol::quantize::Quantizer;
-use quiver_federation::protocol::secagg::{Client, Params, Roster, RoundId, Server};
+use quiver_federation::protocol::secagg::{
+    Client, ClientPolicy, Params, Roster, RoundId, Server, default_colluders, default_threshold,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
@@ -70,6 +72,7 @@ fn secure_round(
             ids[i as usize].clone(),
             roster.clone(),
             params.clone(),
+            ClientPolicy::against(n, params.colluders_tolerated()),
             round,
         )
         .unwrap();
@@ -260,7 +263,7 @@ fn main() {
             if mode == "secagg+" && k >= n - 1 {
                 continue;
             }
-            let t = (k + 1) / 2 + 1;
+            let t = default_threshold(k, default_colluders(n));
             let mut best: Option<Timing> = None;
             for r in 0..rounds {
                 let timing = secure_round(n, k, t, &encoded, &ids, &roster, r as u64);

@@ -20,6 +20,7 @@
 
 pub mod aggregate;
 pub mod dp;
+pub mod ledger;
 pub mod protocol;
 pub mod service;
 pub mod train;

@@ -24,10 +24,18 @@ use quiver_federation::train::{Architecture, Device, DpSgd, LocalConfig};
 ///
 /// Start here:
 ///   quiver-fed simulate --banks 3 --rounds 5          # everything on loopback, synthetic data
-///   quiver-fed init --dir fed --banks bank_a,bank_b,bank_c   # keys, certificates, configs
+///
+/// A real federation (no one ever holds another bank's private keys):
+///   quiver-fed keygen --bank bank_a --dir keys        # at each bank; send keys/bank_a.request.json
+///   quiver-fed ca init --dir fed                       # at the operator: CA + coordinator cert
+///   quiver-fed ca sign --dir fed bank_*.request.json   # certificates, roster, config templates
 ///   quiver-fed coordinator --config fed/coordinator.json
-///   quiver-fed worker --config fed/worker-bank_a.json       # at each bank
-///   quiver-fed status --coordinator https://127.0.0.1:7443 --tls-dir fed --bank bank_a
+///   quiver-fed worker --config keys/worker-bank_a.json # at each bank, with its signed bank_a.pem
+///   quiver-fed status --coordinator https://127.0.0.1:7443 --tls-dir keys --bank bank_a
+///   quiver-fed ledger --file keys/bank_a.privacy-ledger.json   # ε spent, across runs
+///
+/// Exit codes: 0 success, 1 a problem with your input or a refusal (config, budget,
+/// policy), 2 an internal or network failure.
 #[derive(Debug, Parser)]
 #[command(name = "quiver-fed", version, verbatim_doc_comment)]
 struct Cli {
@@ -36,6 +44,9 @@ struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// More log output on stderr (-v info, -vv debug); QUIVER_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,15 +84,40 @@ enum StrategyKind {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Write a CA, TLS certificates, Ed25519 identities, roster.json and config
-    /// templates (coordinator.json, worker-<bank>.json) for a federation.
-    Init {
+    /// DEMO ONLY: one folder with a CA and every bank's private keys, roster.json and
+    /// config templates. For a real federation use `keygen` at each bank and `ca`.
+    #[command(name = "init-demo", alias = "init")]
+    InitDemo {
         /// Folder to write (created).
         #[arg(long)]
         dir: PathBuf,
         /// Bank names, comma separated.
         #[arg(long, value_delimiter = ',', required = true)]
         banks: Vec<String>,
+    },
+    /// At a bank: make its Ed25519 identity and TLS key (kept in --dir, owner-only) and
+    /// <bank>.request.json (public key + certificate request) for the operator.
+    Keygen {
+        /// This bank's name (its certificate's common name).
+        #[arg(long)]
+        bank: String,
+        /// Folder for the bank's files (created).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// At the federation operator: the CA and certificates.
+    Ca {
+        #[command(subcommand)]
+        command: CaCmd,
+    },
+    /// Show a bank's privacy ledger: ε spent per dataset across every run (reads only).
+    Ledger {
+        /// The ledger file (a worker's `ledger`, default <bank>.privacy-ledger.json).
+        #[arg(long)]
+        file: PathBuf,
+        /// δ at which to state ε.
+        #[arg(long, default_value_t = 1e-5)]
+        delta: f64,
     },
     /// Run the coordinator until training ends (JSON config; see docs/federation.md).
     Coordinator {
@@ -165,7 +201,8 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Show a running coordinator's status (authenticates as one bank).
+    /// Show a running coordinator's status (authenticates as one bank), and with
+    /// --ledger that bank's own ε spent across runs.
     Status {
         /// Coordinator URL, https://host:port.
         #[arg(long)]
@@ -176,20 +213,88 @@ enum Cmd {
         /// Bank whose certificate to present.
         #[arg(long)]
         bank: String,
+        /// This bank's privacy ledger, shown beside the run's status.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
     },
 }
 
-fn main() -> Result<()> {
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Make the federation CA (ca.pem; ca.key stays here) and the coordinator's
+    /// certificate and key.
+    Init {
+        /// Operator's folder (created).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Sign the banks' requests: <bank>.pem for each, roster.json, and config templates
+    /// (coordinator.json, worker-<bank>.json). Send each bank ca.pem, its <bank>.pem and
+    /// its worker template; nothing private leaves the operator.
+    Sign {
+        /// Operator's folder (with ca.pem and ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Request files (<bank>.request.json), in roster order.
+        #[arg(required = true)]
+        requests: Vec<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    quiver_featurestore::cli::exit_quietly_on_closed_stdout();
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(cli))
+    let json = cli.output == Output::Json;
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let user = is_user_error(&e);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": if user { "input" } else { "internal" }, "message": format!("{e:#}")})
+                );
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            std::process::ExitCode::from(if user { 1 } else { 2 })
+        }
+    }
+}
+
+/// 1 for what the user can fix or what a bank's own policy refused; 2 otherwise.
+fn is_user_error(e: &anyhow::Error) -> bool {
+    use quiver_federation::service::ServiceError as S;
+    match e.downcast_ref::<S>() {
+        Some(S::Config(_) | S::Dp(_) | S::Ledger(_) | S::Io { .. }) => true,
+        Some(S::Protocol(p)) => matches!(
+            p,
+            quiver_federation::protocol::ProtocolError::Config(_)
+                | quiver_federation::protocol::ProtocolError::Refused { .. }
+        ),
+        Some(_) => false,
+        // Errors of this binary itself (bad files, bad flags) are the user's to fix.
+        None => e.downcast_ref::<std::io::Error>().is_none(),
+    }
 }
 
 fn config_base(config: &Path) -> PathBuf {
@@ -199,7 +304,84 @@ fn config_base(config: &Path) -> PathBuf {
 async fn run(cli: Cli) -> Result<()> {
     let json = cli.output == Output::Json;
     match cli.command {
-        Cmd::Init { dir, banks } => {
+        Cmd::Keygen { bank, dir } => {
+            let req = pki::keygen(&dir, &bank)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bank": bank, "public_key": req.public_key,
+                        "request": dir.join(format!("{bank}.request.json"))})
+                );
+            } else {
+                println!(
+                    "Wrote {0}/{1}.identity and {0}/{1}.key (private: keep them here).",
+                    dir.display(),
+                    bank
+                );
+                println!(
+                    "Send {}/{bank}.request.json to the federation operator; it holds only public keys.",
+                    dir.display()
+                );
+                println!("Ed25519 public key: {}", req.public_key);
+            }
+        }
+        Cmd::Ca {
+            command: CaCmd::Init { dir },
+        } => {
+            pki::ca_init(&dir)?;
+            if json {
+                println!("{}", serde_json::json!({"dir": dir}));
+            } else {
+                println!(
+                    "Wrote ca.pem, ca.key (keep it here), coordinator.pem and coordinator.key to {}.",
+                    dir.display()
+                );
+            }
+        }
+        Cmd::Ca {
+            command: CaCmd::Sign { dir, requests },
+        } => {
+            let reqs = requests
+                .iter()
+                .map(|p| {
+                    read_json_config::<pki::BankRequest>(p)
+                        .with_context(|| format!("reading the bank request {}", p.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let fed = pki::ca_sign(&dir, &reqs)?;
+            write_templates(&dir, &fed.roster)?;
+            if json {
+                println!("{}", serde_json::json!({"dir": dir, "roster": fed.roster}));
+            } else {
+                println!("Signed {} banks in {}:", fed.roster.len(), dir.display());
+                for b in &fed.roster {
+                    println!("  send {0}.pem, ca.pem and worker-{0}.json to {0}", b.name);
+                }
+            }
+        }
+        Cmd::Ledger { file, delta } => {
+            let datasets = quiver_federation::ledger::PrivacyLedger::read_only(&file)?;
+            let rows = ledger_rows(&datasets, delta)?;
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!(
+                    "{:<24} {:>8} {:>10} {:>7}  last",
+                    "dataset", "ε", "bank ε", "rounds"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<24} {:>8.3} {:>10.3} {:>7}  {}",
+                        r["dataset"].as_str().unwrap_or_default(),
+                        r["epsilon"].as_f64().unwrap_or_default(),
+                        r["bank_epsilon"].as_f64().unwrap_or_default(),
+                        r["rounds"],
+                        r["last_session"].as_str().unwrap_or("-"),
+                    );
+                }
+            }
+        }
+        Cmd::InitDemo { dir, banks } => {
             let fed = pki::init(&dir, &banks)?;
             write_templates(&dir, &fed.roster)?;
             if json {
@@ -430,9 +612,20 @@ async fn run(cli: Cli) -> Result<()> {
             coordinator,
             tls_dir,
             bank,
+            ledger,
         } => {
-            let s = status(&coordinator, &tls_dir, &bank).await?;
+            let mut s = status(&coordinator, &tls_dir, &bank).await?;
+            let own = match &ledger {
+                Some(f) => Some(ledger_rows(
+                    &quiver_federation::ledger::PrivacyLedger::read_only(f)?,
+                    1e-5,
+                )?),
+                None => None,
+            };
             if json {
+                if let Some(rows) = &own {
+                    s["ledger"] = serde_json::Value::Array(rows.clone());
+                }
                 println!("{s}");
             } else {
                 println!(
@@ -452,6 +645,14 @@ async fn run(cli: Cli) -> Result<()> {
                     println!(
                         "  {:<12} {seen:<20} ε {eps}",
                         b["bank"].as_str().unwrap_or("?")
+                    );
+                }
+                for r in own.iter().flatten() {
+                    println!(
+                        "{bank}'s ledger: dataset {}  ε {:.3} (δ 1e-5) over {} rounds of every run",
+                        r["dataset"].as_str().unwrap_or_default(),
+                        r["epsilon"].as_f64().unwrap_or_default(),
+                        r["rounds"]
                     );
                 }
             }
@@ -478,6 +679,29 @@ fn print_summary(s: &RunSummary, json: bool) {
     if let Some(r) = &s.registered {
         println!("registered {r}");
     }
+}
+
+/// One JSON object per dataset of a ledger.
+fn ledger_rows(
+    datasets: &std::collections::BTreeMap<String, quiver_federation::ledger::DatasetSpend>,
+    delta: f64,
+) -> Result<Vec<serde_json::Value>> {
+    if !(delta > 0.0 && delta < 1.0) {
+        bail!("--delta {delta}: between 0 and 1");
+    }
+    datasets
+        .iter()
+        .map(|(name, d)| {
+            Ok(serde_json::json!({
+                "dataset": name,
+                "epsilon": d.record_epsilon(delta)?,
+                "bank_epsilon": d.bank_epsilon(delta)?,
+                "delta": delta,
+                "rounds": d.rounds.len(),
+                "last_session": d.rounds.last().map(|r| r.session.clone()),
+            }))
+        })
+        .collect()
 }
 
 async fn status(url: &str, dir: &Path, bank: &str) -> Result<serde_json::Value> {
@@ -526,6 +750,8 @@ fn write_templates(dir: &Path, roster: &[pki::RosterEntry]) -> Result<()> {
             "roster": roster,
             "training_set": "training_set.parquet",
             "privacy": {"budget": {"epsilon": 2.5, "delta": 1e-5}, "require_dp": true},
+            "ledger": format!("{}.privacy-ledger.json", b.name),
+            "dataset": "default",
             "device": "cpu"
         });
         std::fs::write(

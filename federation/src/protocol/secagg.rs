@@ -6,24 +6,32 @@
 //! 0. **Advertise keys.** Each client makes two fresh X25519 key pairs (one to encrypt
 //!    shares, one to agree mask seeds), a 256-bit self-mask seed `b`, and sends the two
 //!    public keys and a SHA-256 commitment to `b`, signed with its Ed25519 identity.
-//! 1. **Share keys.** Each client Shamir-shares its mask secret key and `b` among its
-//!    neighbours (threshold `t`), each share encrypted with ChaCha20-Poly1305 under a
-//!    key from X25519 agreement with the neighbour (HKDF-SHA256, salted with the round).
+//! 1. **Share keys.** Each client gets every advert of the round, draws the neighbour
+//!    graph from all of them ([`graph_seed`]), and Shamir-shares its mask secret key and
+//!    `b` among its neighbours only (threshold `t`; it keeps no share of its own), each
+//!    share encrypted with ChaCha20-Poly1305 under a key from X25519 agreement with the
+//!    neighbour (HKDF-SHA256, salted with the round).
 //! 2. **Masked input.** `y = x + PRG(b) + Σ ±PRG(s_uv)` in Z_(2^32) over the neighbours
 //!    whose shares it accepted (`+` towards higher ids, `−` towards lower), where `s_uv`
 //!    comes from X25519 agreement of the mask keys. A share that fails to decrypt or is
 //!    for another round is rejected and the rejection is reported, signed, with `y`.
 //! 3. **Consistency check.** The coordinator names the survivors; each signs the list.
-//! 4. **Unmasking.** Given at least `t` valid signatures on the same list, a client
+//! 4. **Unmasking.** Given at least `t + 1` valid signatures on the same list, a client
 //!    reveals, for each neighbour, the share of `b` if it survived or the share of its
 //!    mask key if it dropped, never both, and refuses if the lists overlap.
 //!
 //! The coordinator removes the self masks of survivors and the pairwise masks between
 //! survivors and dropped clients, leaving the exact sum in Z_(2^32). With fewer than
-//! `t` clients at any stage the round aborts before anything is revealed.
+//! `t + 1` clients at any stage the round aborts before anything is revealed.
+//!
+//! **What a bank enforces itself.** The coordinator's plan names `t` and `k`, but each
+//! client checks them against its own [`ClientPolicy`] before making any key: with
+//! `2t > k + c` the coordinator colluding with up to `c` banks cannot learn any other
+//! bank's input, wherever the colluders sit in the graph. Three banks with `t = 2`
+//! withstand one colluding bank but no dropout after keys are shared.
 //!
 //! Neighbours: with `neighbours = n − 1` every pair shares masks (SecAgg). With fewer
-//! (SecAgg+), clients sit on a ring in a random order drawn from the round id and each
+//! (SecAgg+), clients sit on a ring in a random order drawn from every advert and each
 //! is joined to the `k / 2` clients on either side (a Harary graph, Bell et al. 2020),
 //! so masking costs `O(k)` PRG expansions instead of `O(n)`.
 //!
@@ -50,8 +58,9 @@ use super::{MAX_CLIENTS, MAX_VECTOR_LEN, ProtocolError};
 pub struct Params {
     /// Clients in the roster (ids `0..clients`).
     pub clients: usize,
-    /// Shares needed to rebuild a secret (each client's neighbours and the client itself
-    /// hold one); also the fewest clients a round goes on with.
+    /// Shares needed to rebuild a client's secret. Only its neighbours hold shares (a
+    /// client holds none of its own), so a round goes on with at least `threshold + 1`
+    /// clients: each survivor's secrets are rebuilt from `threshold` others.
     pub threshold: usize,
     /// Neighbours of each client: `clients - 1` is plain SecAgg, fewer (even) is SecAgg+.
     pub neighbours: usize,
@@ -71,7 +80,7 @@ impl Params {
     }
 
     /// Check the bounds: `2 ≤ clients ≤ 254`, `threshold` more than half of the
-    /// `neighbours + 1` share holders and at most that, even `neighbours` below
+    /// `neighbours` (the share holders) and at most that, even `neighbours` below
     /// `clients - 1`.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         let bad = |m: String| Err(ProtocolError::Config(m));
@@ -95,12 +104,12 @@ impl Params {
                 self.neighbours
             ));
         }
-        // Share holders are the neighbours and the client itself. More than half of
+        // Share holders are the neighbours (never the client itself). More than half of
         // them: two disjoint groups can never both reach the threshold.
-        let holders = self.neighbours + 1;
+        let holders = self.neighbours;
         if self.threshold * 2 <= holders || self.threshold > holders {
             return bad(format!(
-                "threshold {} must be more than half of the {holders} share holders (neighbours and self) and at most that",
+                "threshold {} must be more than half of the {holders} share holders (the neighbours) and at most that",
                 self.threshold
             ));
         }
@@ -108,6 +117,120 @@ impl Params {
             return bad(format!(
                 "vector of {} words; 1 to {MAX_VECTOR_LEN}",
                 self.len
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fewest clients a round goes on with: `threshold + 1`.
+    pub fn min_clients(&self) -> usize {
+        self.threshold + 1
+    }
+
+    /// The most banks that may collude with the coordinator without learning any other
+    /// bank's individual input, whatever the neighbour graph: `2·threshold − neighbours
+    /// − 1`. See [`ClientPolicy`].
+    pub fn colluders_tolerated(&self) -> usize {
+        (2 * self.threshold).saturating_sub(self.neighbours + 1)
+    }
+}
+
+/// Default number of banks assumed to collude with the coordinator in a federation of
+/// `clients`: fewer than a third (Bonawitz et al. 2017's active model), and at least one
+/// from 3 banks on. Two banks can protect nothing from each other: the sum minus one's
+/// own input is the other's.
+pub fn default_colluders(clients: usize) -> usize {
+    match clients {
+        0..=2 => 0,
+        n => ((n - 1) / 3).max(1),
+    }
+}
+
+/// Default threshold for `neighbours` share holders against `colluders`: the smallest
+/// `t` with `2t > neighbours + colluders`, at most `neighbours`.
+pub fn default_threshold(neighbours: usize, colluders: usize) -> usize {
+    ((neighbours + colluders) / 2 + 1).min(neighbours.max(1))
+}
+
+/// What one bank requires of every round, from its own configuration, whatever the
+/// coordinator's plan says. A plan or a peer set below it is refused before anything
+/// secret leaves the bank.
+///
+/// The rule that carries the guarantee: the coordinator colluding with `colluders`
+/// banks learns nothing about an honest bank's input when `2·threshold > neighbours +
+/// colluders`. Only the `neighbours` hold shares of a bank's two secrets (self-mask seed
+/// and mask key); each honest neighbour reveals at most one of the two for that bank;
+/// the colluders hold one of each. To learn the input the coordinator needs both
+/// secrets, i.e. `threshold` shares of each, so `2·threshold ≤ colluders·2 + honest
+/// neighbours = neighbours + colluders` would be needed. The rule holds for every
+/// placement of the colluders in the graph, so it does not rely on the graph being
+/// random.
+///
+/// ```
+/// use quiver_federation::protocol::secagg::{ClientPolicy, Params};
+/// let policy = ClientPolicy::for_roster(3);
+/// assert_eq!(policy.colluders, 1);
+/// assert!(policy.check(&Params::secagg(3, 2, 10)).is_ok());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPolicy {
+    /// Banks that may collude with the coordinator (the guarantee's assumption).
+    pub colluders: usize,
+    /// Lowest threshold accepted.
+    pub min_threshold: usize,
+    /// Fewest neighbours (share holders) accepted.
+    pub min_neighbours: usize,
+    /// Fewest peers this bank shares its secrets with and masks with.
+    pub min_peers: usize,
+}
+
+impl ClientPolicy {
+    /// The defaults for a roster of `clients` banks: [`default_colluders`], and the
+    /// minimums that follow from it.
+    pub fn for_roster(clients: usize) -> Self {
+        Self::against(clients, default_colluders(clients))
+    }
+
+    /// A policy that holds against the coordinator colluding with `colluders` banks.
+    pub fn against(clients: usize, colluders: usize) -> Self {
+        let k = clients.saturating_sub(1).max(1);
+        let min_threshold = colluders + 1;
+        Self {
+            colluders,
+            min_threshold,
+            min_neighbours: min_threshold.min(k),
+            min_peers: min_threshold,
+        }
+    }
+
+    /// Refuse a plan below this policy.
+    pub fn check(&self, params: &Params) -> Result<(), ProtocolError> {
+        let refuse = |reason: String| {
+            Err(ProtocolError::Refused {
+                stage: "plan",
+                reason,
+            })
+        };
+        if params.threshold < self.min_threshold {
+            return refuse(format!(
+                "threshold {} is below this bank's minimum {}",
+                params.threshold, self.min_threshold
+            ));
+        }
+        if params.neighbours < self.min_neighbours {
+            return refuse(format!(
+                "{} neighbours is below this bank's minimum {}",
+                params.neighbours, self.min_neighbours
+            ));
+        }
+        if 2 * params.threshold <= params.neighbours + self.colluders {
+            return refuse(format!(
+                "threshold {} with {} neighbours tolerates {} colluding banks; this bank requires {} (2·threshold must exceed neighbours + colluders)",
+                params.threshold,
+                params.neighbours,
+                params.colluders_tolerated(),
+                self.colluders
             ));
         }
         Ok(())
@@ -255,19 +378,35 @@ fn share_nonce(from: u32, to: u32) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-/// The neighbours of `id` in this round, sorted (public: every party computes it).
-pub fn neighbours(params: &Params, round: &RoundId, id: u32) -> Vec<u32> {
+/// The seed of the SecAgg+ neighbour graph: SHA-256 of the round and of every key
+/// advert the party was shown, in id order. Each advert carries fresh keys of its bank,
+/// so the coordinator cannot choose the graph by choosing a session id; and
+/// [`ClientPolicy`]'s rule does not depend on the graph in any case.
+pub fn graph_seed(round: &RoundId, adverts: &[&AdvertiseKeys]) -> [u8; 32] {
+    let mut sorted: Vec<&&AdvertiseKeys> = adverts.iter().collect();
+    sorted.sort_by_key(|a| a.from);
+    let mut m = b"quiver-secagg-graph-v2\0".to_vec();
+    m.extend_from_slice(&round.bytes());
+    for a in sorted {
+        m.extend_from_slice(&a.signed());
+        m.extend_from_slice(&(a.signature.len() as u32).to_be_bytes());
+        m.extend_from_slice(&a.signature);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, &m).as_ref());
+    out
+}
+
+/// The neighbours of `id`, sorted, in the graph drawn from `seed` (see [`graph_seed`];
+/// public: every party computes it).
+pub fn neighbours(params: &Params, seed: &[u8; 32], id: u32) -> Vec<u32> {
     let n = params.clients;
     if params.neighbours >= n - 1 {
         return (0..n as u32).filter(|v| *v != id).collect();
     }
-    // A random ring order from the round id, then k/2 on each side.
+    // A random ring order from the seed, then k/2 on each side.
     let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut seed = b"quiver-secagg-graph\0".to_vec();
-    seed.extend_from_slice(&round.bytes());
-    let mut state = [0u8; 32];
-    state.copy_from_slice(digest(&SHA256, &seed).as_ref());
-    let prg = MaskPrg::new(&state);
+    let prg = MaskPrg::new(seed);
     let r = prg.words(n);
     for i in (1..n).rev() {
         let j = (r[i] as u64 * (i as u64 + 1) >> 32) as usize;
@@ -436,6 +575,11 @@ pub struct UnmaskResponse {
 }
 
 impl UnmaskResponse {
+    /// Sign (again) with `identity`.
+    pub fn sign(&mut self, identity: &Ed25519KeyPair) {
+        self.signature = identity.sign(&self.signed()).as_ref().to_vec();
+    }
+
     fn signed(&self) -> Vec<u8> {
         let enc = |v: &[(u32, Share)]| -> Vec<u8> {
             v.iter()
@@ -477,11 +621,13 @@ struct Peer {
 pub struct Client {
     id: u32,
     params: Params,
+    policy: ClientPolicy,
     round: RoundId,
     identity: Arc<Ed25519KeyPair>,
     roster: Arc<Roster>,
     rng: SystemRandom,
     stage: ClientStage,
+    advert: AdvertiseKeys,
     cipher_sk: StaticSecret,
     mask_sk: StaticSecret,
     seed: [u8; 32],
@@ -509,14 +655,19 @@ fn random32(rng: &SystemRandom) -> Result<[u8; 32], ProtocolError> {
 
 impl Client {
     /// Join round `round` as client `id`; returns the keys to send (stage 0).
+    ///
+    /// `params` come from the coordinator's plan; `policy` from this bank's own
+    /// configuration. A plan below the policy is refused here, before any key exists.
     pub fn new(
         id: u32,
         identity: Arc<Ed25519KeyPair>,
         roster: Arc<Roster>,
         params: Params,
+        policy: ClientPolicy,
         round: RoundId,
     ) -> Result<(Self, AdvertiseKeys), ProtocolError> {
         params.validate()?;
+        policy.check(&params)?;
         if roster.len() != params.clients || id as usize >= params.clients {
             return Err(ProtocolError::Config(format!(
                 "client {id} in a roster of {} for {} clients",
@@ -537,20 +688,21 @@ impl Client {
             signature: Vec::new(),
         };
         msg.signature = identity.sign(&msg.signed()).as_ref().to_vec();
-        let neighbours = neighbours(&params, &round, id).into_iter().collect();
         Ok((
             Self {
                 id,
                 params,
+                policy,
                 round,
                 identity,
                 roster,
                 rng,
                 stage: ClientStage::Advertised,
+                advert: msg.clone(),
                 cipher_sk,
                 mask_sk,
                 seed,
-                neighbours,
+                neighbours: BTreeSet::new(),
                 peers: BTreeMap::new(),
                 held: BTreeMap::new(),
                 masked_with: BTreeSet::new(),
@@ -579,53 +731,79 @@ impl Client {
         self.identity.sign(bytes).as_ref().to_vec()
     }
 
-    /// Stage 1: the neighbours' advertised keys in; encrypted shares out.
+    /// Fewest peers this client shares with and masks with: the threshold, or the
+    /// policy's minimum if higher.
+    fn min_peers(&self) -> usize {
+        self.params.threshold.max(self.policy.min_peers)
+    }
+
+    /// Stage 1: every advertised key of the round in (this client's own among them);
+    /// encrypted shares for its neighbours out.
     ///
-    /// Keys with a bad signature, of another round, from a non-neighbour or repeated
-    /// are refused; fewer than `threshold` valid neighbours abort the round.
+    /// The neighbour graph is drawn from all the adverts ([`graph_seed`]). Keys with a
+    /// bad signature, of another round, of a client outside the roster, or repeated are
+    /// refused, and so is a set without this client's own advert; fewer neighbours than
+    /// the threshold (or this bank's `min_peers`) abort the round. This client holds no
+    /// share of its own secrets: they are rebuilt from `threshold` others, never with
+    /// its help.
     pub fn share_keys(&mut self, keys: &[AdvertiseKeys]) -> Result<ShareKeys, ProtocolError> {
-        self.expect(ClientStage::Advertised, "neighbour keys")?;
-        let mut peers = BTreeMap::new();
+        self.expect(ClientStage::Advertised, "advertised keys")?;
+        let refuse = |reason: String| ProtocolError::Refused {
+            stage: "share keys",
+            reason,
+        };
+        let mut seen = BTreeSet::new();
         for k in keys {
             if k.round != self.round
-                || !self.neighbours.contains(&k.from)
-                || peers.contains_key(&k.from)
+                || k.from as usize >= self.params.clients
+                || !seen.insert(k.from)
                 || !self.roster.verify(k.from, &k.signed(), &k.signature)
             {
-                return Err(ProtocolError::Refused {
-                    stage: "share keys",
-                    reason: format!(
-                        "the keys of client {} are not from a neighbour of this round with a valid signature, or repeated",
-                        k.from
-                    ),
-                });
+                self.stage = ClientStage::Done;
+                return Err(refuse(format!(
+                    "the keys of client {} are not of this round with a valid signature, or repeated",
+                    k.from
+                )));
             }
             if k.cipher_pk == k.mask_pk {
-                return Err(ProtocolError::Refused {
-                    stage: "share keys",
-                    reason: format!("client {} reuses one key for both purposes", k.from),
-                });
+                self.stage = ClientStage::Done;
+                return Err(refuse(format!(
+                    "client {} reuses one key for both purposes",
+                    k.from
+                )));
             }
-            peers.insert(
-                k.from,
-                Peer {
-                    cipher_pk: k.cipher_pk,
-                    mask_pk: k.mask_pk,
-                },
-            );
         }
-        // Shares go to the neighbours and to this client itself (it reveals its own
-        // seed share if it survives), so a threshold of t means t of the n + 1 holders.
-        if peers.len() + 1 < self.params.threshold {
+        if !keys.iter().any(|k| *k == self.advert) {
+            self.stage = ClientStage::Done;
+            return Err(refuse("this client's own keys are missing".into()));
+        }
+        let all: Vec<&AdvertiseKeys> = keys.iter().collect();
+        let seed = graph_seed(&self.round, &all);
+        self.neighbours = neighbours(&self.params, &seed, self.id)
+            .into_iter()
+            .collect();
+        let peers: BTreeMap<u32, Peer> = keys
+            .iter()
+            .filter(|k| self.neighbours.contains(&k.from))
+            .map(|k| {
+                (
+                    k.from,
+                    Peer {
+                        cipher_pk: k.cipher_pk,
+                        mask_pk: k.mask_pk,
+                    },
+                )
+            })
+            .collect();
+        if peers.len() < self.min_peers() {
             self.stage = ClientStage::Done;
             return Err(ProtocolError::Aborted {
                 stage: "share keys",
-                have: peers.len() + 1,
-                need: self.params.threshold,
+                have: peers.len(),
+                need: self.min_peers(),
             });
         }
-        let mut holders: Vec<u32> = peers.keys().copied().chain([self.id]).collect();
-        holders.sort_unstable();
+        let holders: Vec<u32> = peers.keys().copied().collect();
         let points: Vec<u8> = holders.iter().map(|v| (*v + 1) as u8).collect();
         let seed_shares = shamir::split(&self.seed, self.params.threshold, &points, &self.rng)?;
         let key_shares = shamir::split(
@@ -636,10 +814,6 @@ impl Client {
         )?;
         let mut shares = Vec::with_capacity(peers.len());
         for ((v, bs), ks) in holders.iter().zip(&seed_shares).zip(&key_shares) {
-            if *v == self.id {
-                self.held.insert(self.id, (bs.clone(), ks.clone()));
-                continue;
-            }
             let peer = &peers[v];
             let mut plain = Vec::with_capacity(1 + 2 * SECRET_LEN);
             plain.push(bs.x);
@@ -690,7 +864,7 @@ impl Client {
                 rejected.insert(s.from);
                 continue;
             };
-            if s.to != self.id || self.held.contains_key(&s.from) {
+            if s.to != self.id || s.from == self.id || self.held.contains_key(&s.from) {
                 rejected.insert(s.from);
                 continue;
             }
@@ -731,12 +905,12 @@ impl Client {
             .copied()
             .filter(|v| *v != self.id && !rejected.contains(v))
             .collect();
-        if self.masked_with.len() + 1 < self.params.threshold {
+        if self.masked_with.len() < self.min_peers() {
             self.stage = ClientStage::Done;
             return Err(ProtocolError::Aborted {
                 stage: "masked input",
-                have: self.masked_with.len() + 1,
-                need: self.params.threshold,
+                have: self.masked_with.len(),
+                need: self.min_peers(),
             });
         }
         let mut y = input.to_vec();
@@ -774,12 +948,12 @@ impl Client {
         if !list.survivors.contains(&self.id) {
             return Err(refuse("this client is not on the survivor list".into()));
         }
-        if list.survivors.len() < self.params.threshold {
+        if list.survivors.len() < self.params.min_clients() {
             self.stage = ClientStage::Done;
             return Err(ProtocolError::Aborted {
                 stage: "consistency check",
                 have: list.survivors.len(),
-                need: self.params.threshold,
+                need: self.params.min_clients(),
             });
         }
         self.signed_survivors = Some(list.survivors.clone());
@@ -797,7 +971,7 @@ impl Client {
 
     /// Stage 4: reveal, for each neighbour, its seed share if it survived or its
     /// mask-key share if it dropped. Refuses (revealing nothing) when the lists overlap,
-    /// differ from the signed one, or carry fewer than `threshold` valid signatures.
+    /// differ from the signed one, or carry fewer than `threshold + 1` valid signatures.
     /// Answers once.
     pub fn unmask(&mut self, req: &UnmaskRequest) -> Result<UnmaskResponse, ProtocolError> {
         self.expect(ClientStage::Signed, "the unmask request")?;
@@ -834,11 +1008,11 @@ impl Client {
                 signers.insert(*from);
             }
         }
-        if signers.len() < self.params.threshold {
+        if signers.len() < self.params.min_clients() {
             return Err(refuse(format!(
                 "{} valid signatures of the survivor list, {} needed",
                 signers.len(),
-                self.params.threshold
+                self.params.min_clients()
             )));
         }
         let dropped: BTreeSet<u32> = req.dropped.iter().copied().collect();
@@ -861,6 +1035,26 @@ impl Client {
         msg.signature = self.sign(&msg.signed());
         Ok(msg)
     }
+}
+
+/// Most subsets of revealed shares the coordinator tries when rebuilding one secret.
+/// With `m` shares, threshold `t` and `b` bad shares, a good subset comes within the
+/// first `C(m, t)` tries; this bound keeps a hostile round's cost near a second of CPU.
+pub const MAX_REBUILD_TRIES: usize = 4096;
+
+/// Step `pick` (sorted indices below `n`) to the next combination; false after the last.
+fn next_combination(pick: &mut [usize], n: usize) -> bool {
+    let k = pick.len();
+    for i in (0..k).rev() {
+        if pick[i] < n - k + i {
+            pick[i] += 1;
+            for j in i + 1..k {
+                pick[j] = pick[j - 1] + 1;
+            }
+            return true;
+        }
+    }
+    false
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -919,9 +1113,8 @@ impl Server {
                 params.clients
             )));
         }
-        let graph = (0..params.clients as u32)
-            .map(|i| neighbours(&params, &round, i).into_iter().collect())
-            .collect();
+        // Drawn from the adverts when stage 0 closes.
+        let graph = vec![BTreeSet::new(); params.clients];
         Ok(Self {
             params,
             round,
@@ -974,7 +1167,7 @@ impl Server {
         ProtocolError::Aborted {
             stage,
             have,
-            need: self.params.threshold,
+            need: self.params.min_clients(),
         }
     }
 
@@ -994,26 +1187,23 @@ impl Server {
         Ok(())
     }
 
-    /// Close stage 0: for each client that advertised, its neighbours' keys.
+    /// Close stage 0: every advert, for each client that advertised (each draws the
+    /// neighbour graph from all of them and keeps its neighbours' keys).
     pub fn close_keys(&mut self) -> Result<BTreeMap<u32, Vec<AdvertiseKeys>>, ProtocolError> {
         if self.stage != ServerStage::Advertise {
             return Err(ProtocolError::OutOfOrder("close_keys".into()));
         }
-        if self.keys.len() < self.params.threshold {
+        if self.keys.len() < self.params.min_clients() {
             return Err(self.abort("advertise keys", self.keys.len()));
         }
         self.stage = ServerStage::Share;
-        Ok(self
-            .keys
-            .keys()
-            .map(|u| {
-                let ks = self.graph[*u as usize]
-                    .iter()
-                    .filter_map(|v| self.keys.get(v).cloned())
-                    .collect();
-                (*u, ks)
-            })
-            .collect())
+        let all: Vec<&AdvertiseKeys> = self.keys.values().collect();
+        let seed = graph_seed(&self.round, &all);
+        self.graph = (0..self.params.clients as u32)
+            .map(|i| neighbours(&self.params, &seed, i).into_iter().collect())
+            .collect();
+        let everything: Vec<AdvertiseKeys> = self.keys.values().cloned().collect();
+        Ok(self.keys.keys().map(|u| (*u, everything.clone())).collect())
     }
 
     /// Stage 1: take one client's encrypted shares: exactly one for each neighbour
@@ -1066,7 +1256,7 @@ impl Server {
         if self.stage != ServerStage::Share {
             return Err(ProtocolError::OutOfOrder("close_shares".into()));
         }
-        if self.shares.len() < self.params.threshold {
+        if self.shares.len() < self.params.min_clients() {
             return Err(self.abort("share keys", self.shares.len()));
         }
         self.stage = ServerStage::Masked;
@@ -1147,7 +1337,7 @@ impl Server {
             .copied()
             .filter(|u| !self.survivors.contains(u))
             .collect();
-        if self.survivors.len() < self.params.threshold {
+        if self.survivors.len() < self.params.min_clients() {
             return Err(self.abort("masked input", self.survivors.len()));
         }
         self.stage = ServerStage::Consistency;
@@ -1186,7 +1376,7 @@ impl Server {
         if self.stage != ServerStage::Consistency {
             return Err(ProtocolError::OutOfOrder("close_consistency".into()));
         }
-        if self.signatures.len() < self.params.threshold {
+        if self.signatures.len() < self.params.min_clients() {
             return Err(self.abort("consistency check", self.signatures.len()));
         }
         self.stage = ServerStage::Unmask;
@@ -1203,9 +1393,10 @@ impl Server {
     }
 
     /// Whether client `holder` should hold shares of `owner`: a neighbour that
-    /// received them and did not reject them.
+    /// received them and did not reject them (never the owner itself).
     fn holds(&self, holder: u32, owner: u32) -> bool {
-        (holder == owner || self.graph[owner as usize].contains(&holder))
+        holder != owner
+            && self.graph[owner as usize].contains(&holder)
             && self.shares.contains_key(&owner)
             && self.shares.contains_key(&holder)
             && self
@@ -1265,7 +1456,8 @@ impl Server {
     }
 
     /// Rebuild a secret from the shares revealed for `owner`, trying further subsets
-    /// when the first does not pass `ok` (a client gave a bad share).
+    /// (at most [`MAX_REBUILD_TRIES`]) when one does not pass `ok` (a client gave a bad
+    /// share).
     fn rebuild(
         &self,
         owner: u32,
@@ -1294,10 +1486,19 @@ impl Server {
                 need: t,
             });
         }
-        for start in 0..=shares.len() - t {
-            let s = shamir::combine(&shares[start..start + t], t)?;
+        // Every t-subset, in lexicographic order, up to a bound: one bad share
+        // anywhere (or several) is skipped as long as t good ones exist.
+        let mut pick: Vec<usize> = (0..t).collect();
+        let mut chosen = Vec::with_capacity(t);
+        for _ in 0..MAX_REBUILD_TRIES {
+            chosen.clear();
+            chosen.extend(pick.iter().map(|i| shares[*i].clone()));
+            let s = shamir::combine(&chosen, t)?;
             if ok(&s) {
                 return Ok(s);
+            }
+            if !next_combination(&mut pick, shares.len()) {
+                break;
             }
         }
         Err(ProtocolError::Aborted {

@@ -85,7 +85,10 @@ pub struct CoordinatorConfig {
     pub architecture: Architecture,
     /// Training rounds.
     pub rounds: u64,
-    /// Fewest banks a round goes on with (default: a majority).
+    /// SecAgg threshold: shares of a bank's secrets needed to rebuild them; a round
+    /// goes on with `threshold + 1` banks. Default: the smallest that withstands the
+    /// coordinator colluding with fewer than a third of the banks (`2t > neighbours +
+    /// colluders`, docs/federation.md). Each bank refuses plans below its own policy.
     #[serde(default)]
     pub threshold: Option<usize>,
     /// SecAgg+ neighbours (default: all, plain SecAgg).
@@ -203,7 +206,12 @@ impl CoordinatorConfig {
     fn params(&self, len: usize) -> Result<Params, ServiceError> {
         let n = self.roster.len();
         let neighbours = self.neighbours.unwrap_or(n.saturating_sub(1));
-        let threshold = self.threshold.unwrap_or((neighbours + 1) / 2 + 1);
+        let threshold = self.threshold.unwrap_or_else(|| {
+            crate::protocol::secagg::default_threshold(
+                neighbours,
+                crate::protocol::secagg::default_colluders(n),
+            )
+        });
         Ok(Params {
             clients: n,
             threshold,

@@ -60,6 +60,9 @@ pub enum ServiceError {
     /// Privacy accounting refused.
     #[error(transparent)]
     Dp(#[from] crate::dp::DpError),
+    /// The bank's privacy ledger cannot be used.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
     /// The run failed.
     #[error("federation run failed: {0}")]
     Failed(String),

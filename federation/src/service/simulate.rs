@@ -110,6 +110,9 @@ pub async fn simulate(
             privacy: b.privacy,
             connect_timeout_s: 30.0,
             seed: None,
+            ledger: None,
+            dataset: None,
+            secagg: None,
             device: b.device,
         };
         if b.offline {

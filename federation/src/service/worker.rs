@@ -14,9 +14,10 @@ use super::pki::{RosterEntry, TlsFiles, coordinator_endpoint, read_identity};
 use super::rpc::{CoordinatorClient, PollRequest, Submission, task_kind};
 use super::{BankReport, PrivacyPolicy, RoundKind, RoundPlan, ServiceError};
 use crate::aggregate::{BankDpEncoding, FeatureMoments, UpdateEncoding};
-use crate::dp::RdpAccountant;
+use crate::ledger::PrivacyLedger;
 use crate::protocol::secagg::{
-    AdvertiseKeys, Client, EncryptedShare, Params, Roster, RoundId, SurvivorList, UnmaskRequest,
+    AdvertiseKeys, Client, ClientPolicy, EncryptedShare, Params, Roster, RoundId, SurvivorList,
+    UnmaskRequest,
 };
 use crate::train::{Dataset, Device, LocalTrainer, Standardizer, split_rows};
 use crate::wire::Wire;
@@ -43,6 +44,21 @@ pub struct WorkerConfig {
     /// The budget this bank enforces on itself.
     #[serde(default)]
     pub privacy: PrivacyPolicy,
+    /// The bank's privacy ledger: every run's spend per dataset, so the budget bounds
+    /// ε across runs and restarts. Default: `<name>.privacy-ledger.json` beside the
+    /// config. One worker per ledger.
+    #[serde(default)]
+    pub ledger: Option<PathBuf>,
+    /// The dataset the budget protects, a key in the ledger. Training sets rebuilt
+    /// from the same customers' records must use the same name, or the budget would
+    /// restart. Default: `default` (one budget for everything this bank trains on).
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// What this bank requires of every secure-aggregation round (threshold,
+    /// neighbours, peers, and the colluding banks it must withstand), whatever the
+    /// coordinator's plan says. Default: `ClientPolicy::for_roster(roster size)`.
+    #[serde(default)]
+    pub secagg: Option<ClientPolicy>,
     /// Give up when the coordinator cannot be reached for this long.
     #[serde(default = "default_connect_s")]
     pub connect_timeout_s: f64,
@@ -181,7 +197,23 @@ impl Worker {
                 })
                 .collect::<Result<_, _>>()?,
         )?);
+        let policy = cfg
+            .secagg
+            .unwrap_or_else(|| ClientPolicy::for_roster(cfg.roster.len()));
         let identity = Arc::new(read_identity(&base.join(&cfg.identity))?);
+        let ledger_path = base.join(
+            cfg.ledger
+                .clone()
+                .unwrap_or_else(|| format!("{}.privacy-ledger.json", cfg.name).into()),
+        );
+        let dataset = cfg.dataset.clone().unwrap_or_else(|| "default".into());
+        // Locked for the worker's life; what earlier runs spent counts against the budget.
+        let mut ledger = PrivacyLedger::open(&ledger_path)?;
+        let delta = cfg.privacy.budget.delta;
+        let spent = ledger.dataset(&dataset);
+        let mut epsilon = spent.record_epsilon(delta)?;
+        let mut bank_epsilon = spent.bank_epsilon(delta)?;
+        tracing::info!(ledger = %ledger_path.display(), dataset, epsilon, bank_epsilon, "privacy ledger opened");
         let mut client = connect(&cfg, base).await?;
         let mut rng = match cfg.seed {
             Some(s) => rand::rngs::StdRng::seed_from_u64(s),
@@ -191,10 +223,6 @@ impl Worker {
         let mut data: Option<(BankData, BankData)> = None; // (train, holdout)
         // The training rows on the device, for the run's statistics and model family.
         let mut prepared: Option<(Standardizer, LocalTrainer)> = None;
-        let mut accountant = RdpAccountant::new();
-        let mut epsilon = 0.0;
-        let mut bank_accountant = RdpAccountant::for_skellam();
-        let mut bank_epsilon = 0.0;
         let mut joined = 0u64;
         let mut state: Option<RoundState> = None;
         // The round this bank left after an error: its later tasks are not attempted.
@@ -280,6 +308,16 @@ impl Worker {
                             "the plan's roster is not this bank's roster; refusing".into(),
                         ));
                     }
+                    let params = Params {
+                        clients: plan.roster.len(),
+                        threshold: plan.threshold,
+                        neighbours: plan.neighbours,
+                        len: plan.len,
+                    };
+                    // Before anything is trained or spent: a plan below this bank's own
+                    // secure-aggregation policy is refused.
+                    params.validate()?;
+                    policy.check(&params)?;
                     if data.is_none() {
                         let loader = load.take().expect("loaded once");
                         let all = loader(&plan.features, &plan.label)?;
@@ -320,6 +358,8 @@ impl Worker {
                             }
                             let trainer = &prepared.as_ref().expect("prepared").1;
                             let rows = trainer.data().rows();
+                            // Everything this dataset has spent, in every run so far.
+                            let mut spend = ledger.dataset(&dataset);
                             let q = plan.local.sample_rate(rows);
                             let steps = plan.local.local_steps;
                             // Every guarantee this round spends on is checked against
@@ -342,8 +382,8 @@ impl Worker {
                                         n,
                                     )?;
                                     let (l1, l2, mu) = enc.accounting();
-                                    let after = bank_accountant
-                                        .epsilon_after_skellam(l1, l2, mu, 1, b.delta)?;
+                                    let after =
+                                        spend.bank.epsilon_after_skellam(l1, l2, mu, 1, b.delta)?;
                                     if after > b.epsilon {
                                         return Err(
                                             exhausted("bank-level", bank_epsilon, after).into()
@@ -361,7 +401,7 @@ impl Worker {
                                 }
                                 None => None,
                                 Some(dp) => {
-                                    let after = accountant.epsilon_after(
+                                    let after = spend.record.epsilon_after(
                                         q,
                                         dp.noise_multiplier,
                                         steps,
@@ -376,19 +416,30 @@ impl Worker {
                                 }
                             };
                             if let Some((sigma, after)) = record {
-                                accountant.compose_subsampled_gaussian(q, sigma, steps)?;
-                                epsilon = after;
+                                spend.record.compose_subsampled_gaussian(q, sigma, steps)?;
                                 report.epsilon = after;
                                 report.epsilon_next =
-                                    accountant.epsilon_after(q, sigma, steps, b.delta)?;
+                                    spend.record.epsilon_after(q, sigma, steps, b.delta)?;
+                            }
+                            if let Some((enc, after)) = &bank_dp {
+                                let (l1, l2, mu) = enc.accounting();
+                                spend.bank.compose_skellam(l1, l2, mu, 1)?;
+                                report.bank_epsilon = Some(*after);
+                            }
+                            // Spent before anything leaves the bank, and durable: a
+                            // crash from here on overstates the spend, never forgets it.
+                            if record.is_some() || bank_dp.is_some() {
+                                ledger.commit(&dataset, spend, &plan.session, plan.round)?;
+                                if let Some((_, after)) = record {
+                                    epsilon = after;
+                                }
+                                if let Some((_, after)) = &bank_dp {
+                                    bank_epsilon = *after;
+                                }
                             }
                             let u = trainer.train(&plan.global, &plan.local, &mut rng)?;
                             match bank_dp {
-                                Some((enc, after)) => {
-                                    let (l1, l2, mu) = enc.accounting();
-                                    bank_accountant.compose_skellam(l1, l2, mu, 1)?;
-                                    bank_epsilon = after;
-                                    report.bank_epsilon = Some(after);
+                                Some((enc, _)) => {
                                     let (w, clipped) = enc.encode(&u.delta, &mut rng)?;
                                     if clipped {
                                         // Under bank-level DP no count leaves the bank:
@@ -424,17 +475,12 @@ impl Worker {
                         .ok()
                         .and_then(|b| b.try_into().ok())
                         .ok_or_else(|| ServiceError::Failed("bad session id".into()))?;
-                    let params = Params {
-                        clients: n,
-                        threshold: plan.threshold,
-                        neighbours: plan.neighbours,
-                        len: plan.len,
-                    };
                     let rid = RoundId {
                         session,
                         round: plan.round,
                     };
-                    let (c, msg) = Client::new(id, identity.clone(), roster.clone(), params, rid)?;
+                    let (c, msg) =
+                        Client::new(id, identity.clone(), roster.clone(), params, policy, rid)?;
                     state = Some(RoundState {
                         round: plan.round,
                         client: c,

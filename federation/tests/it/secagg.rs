@@ -8,8 +8,9 @@ use std::sync::Arc;
 use quiver_federation::protocol::ProtocolError;
 use quiver_federation::protocol::quantize::Quantizer;
 use quiver_federation::protocol::secagg::{
-    Aggregate, Client, Params, Roster, RoundId, Server, UnmaskRequest, neighbours,
+    Aggregate, Client, ClientPolicy, Params, Roster, RoundId, Server, UnmaskRequest, neighbours,
 };
+use quiver_federation::protocol::shamir;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
@@ -46,6 +47,11 @@ fn banks(n: usize) -> Banks {
         ids,
         roster: Arc::new(roster),
     }
+}
+
+/// The policy a bank would need to accept `params`: exactly the colluders they withstand.
+fn policy(params: &Params) -> ClientPolicy {
+    ClientPolicy::against(params.clients, params.colluders_tolerated())
 }
 
 fn round(r: u64) -> RoundId {
@@ -100,6 +106,7 @@ fn run(
             b.ids[i as usize].clone(),
             b.roster.clone(),
             params.clone(),
+            policy(&params),
             r,
         )?;
         clients.insert(i, c);
@@ -168,9 +175,11 @@ fn the_secure_sum_equals_the_plain_sum() {
 }
 
 #[test]
-fn dropouts_at_every_stage_up_to_n_minus_t_are_recovered() {
+fn dropouts_at_every_stage_up_to_k_minus_t_are_recovered() {
+    // Plain SecAgg: k = n - 1 neighbours hold each bank's shares (never the bank
+    // itself), so k - t banks may drop.
     let n = 8;
-    let t = 5;
+    let t = 4;
     let b = banks(n);
     let x = inputs(n, 300, 11);
     let params = Params::secagg(n, t, 300);
@@ -181,7 +190,7 @@ fn dropouts_at_every_stage_up_to_n_minus_t_are_recovered() {
         Stage::Consistency,
         Stage::Unmask,
     ] {
-        for drops in 1..=n - t {
+        for drops in 1..=n - 1 - t {
             let gone: Vec<u32> = (0..drops as u32).map(|i| (i * 3 + 1) % n as u32).collect();
             let silent = BTreeMap::from([(stage, gone.clone())]);
             let agg = run(&b, &params, &x, &silent)
@@ -229,17 +238,13 @@ fn fewer_than_t_survivors_abort_before_anything_is_revealed() {
         Stage::Masked,
         Stage::Consistency,
     ] {
-        let silent = BTreeMap::from([(stage, vec![0, 1, 2])]);
+        // Two silent leave 4 banks: each one's secrets have 3 other holders, fewer
+        // than t = 4. Aborted by the coordinator (4 < t + 1 banks) or by the
+        // clients themselves (fewer peers than t), before any share is revealed.
+        let silent = BTreeMap::from([(stage, vec![0, 1])]);
         let e = run(&b, &params, &x, &silent).unwrap_err();
         assert!(
-            matches!(
-                e,
-                ProtocolError::Aborted {
-                    have: 3,
-                    need: 4,
-                    ..
-                }
-            ),
+            matches!(e, ProtocolError::Aborted { have, need, .. } if have < need),
             "{stage:?}: {e}"
         );
     }
@@ -248,7 +253,7 @@ fn fewer_than_t_survivors_abort_before_anything_is_revealed() {
         &b,
         &params,
         &x,
-        &BTreeMap::from([(Stage::Unmask, vec![0, 1, 2])]),
+        &BTreeMap::from([(Stage::Unmask, vec![0, 1])]),
     )
     .unwrap_err();
     assert!(matches!(e, ProtocolError::Aborted { .. }), "{e}");
@@ -272,6 +277,7 @@ fn up_to_unmask(b: &Banks, params: &Params, drop_after_share: &[u32]) -> AtUnmas
             b.ids[i as usize].clone(),
             b.roster.clone(),
             params.clone(),
+            policy(&params),
             r,
         )
         .unwrap();
@@ -364,7 +370,7 @@ fn broken_and_malicious_clients_are_rejected_and_the_round_completes() {
     // or made for another round), a wrong-size vector, replays and a message of another
     // round: each is rejected and the round completes with the exact sum of the rest.
     let n = 12;
-    let t = 7;
+    let t = 6;
     let len = 256;
     let b = banks(n);
     let x = inputs(n, len, 99);
@@ -378,6 +384,7 @@ fn broken_and_malicious_clients_are_rejected_and_the_round_completes() {
             b.ids[i as usize].clone(),
             b.roster.clone(),
             params.clone(),
+            policy(&params),
             r,
         )
         .unwrap();
@@ -389,6 +396,7 @@ fn broken_and_malicious_clients_are_rejected_and_the_round_completes() {
                 b.ids[0].clone(),
                 b.roster.clone(),
                 params.clone(),
+                policy(&params),
                 round(2),
             )
             .unwrap();
@@ -474,6 +482,7 @@ fn the_coordinators_view_of_one_input_is_uniform() {
                 b.ids[i as usize].clone(),
                 b.roster.clone(),
                 params.clone(),
+                policy(&params),
                 r,
             )
             .unwrap();
@@ -533,12 +542,346 @@ fn floats_aggregate_through_the_ring_within_the_quantization_bound() {
         neighbours: 8,
         len: 1,
     };
-    let r = round(1);
+    let seed = [7u8; 32];
     for i in 0..20u32 {
-        let ns = neighbours(&p, &r, i);
+        let ns = neighbours(&p, &seed, i);
         assert_eq!(ns.len(), 8);
         for v in ns {
-            assert!(neighbours(&p, &r, v).contains(&i));
+            assert!(neighbours(&p, &seed, v).contains(&i));
         }
     }
+}
+
+/// Three banks, plain SecAgg with t = 2: u = 0, v = 1 and C = 2, which colludes with the
+/// coordinator. Every bank runs the default policy for a roster of three.
+fn three_banks_advertised() -> (Banks, Params, RoundId, BTreeMap<u32, Client>, Server) {
+    let b = banks(3);
+    let params = Params::secagg(3, 2, 32);
+    let r = round(3);
+    let default = ClientPolicy::for_roster(3);
+    assert_eq!(default.colluders, 1);
+    let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
+    let mut clients = BTreeMap::new();
+    for i in 0..3u32 {
+        let (c, adv) = Client::new(
+            i,
+            b.ids[i as usize].clone(),
+            b.roster.clone(),
+            params.clone(),
+            default,
+            r,
+        )
+        .unwrap();
+        server.receive_keys(adv).unwrap();
+        clients.insert(i, c);
+    }
+    (b, params, r, clients, server)
+}
+
+#[test]
+fn a_coordinator_showing_a_bank_only_the_colluders_keys_is_refused() {
+    // Attack 1: the coordinator hands u only its own keys and the colluder's, so that
+    // u masks with C alone and shares its seed with C alone. u refuses to share at all.
+    let (_b, _params, _r, mut clients, mut server) = three_banks_advertised();
+    let all = server.close_keys().unwrap();
+    let keys_for_u: Vec<_> = all[&0].iter().filter(|k| k.from != 1).cloned().collect();
+    let e = clients
+        .get_mut(&0)
+        .unwrap()
+        .share_keys(&keys_for_u)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ProtocolError::Aborted {
+                have: 1,
+                need: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Nothing left u: it answers no later stage either.
+    assert!(matches!(
+        clients.get_mut(&0).unwrap().masked_input(&[], &[0; 32]),
+        Err(ProtocolError::OutOfOrder(_))
+    ));
+    // Dropping u's own advert (so the graph could be chosen without u's fresh keys)
+    // is refused too.
+    let (_b, _p, _r, mut clients, mut server) = three_banks_advertised();
+    let all = server.close_keys().unwrap();
+    let without_own: Vec<_> = all[&1].iter().filter(|k| k.from != 1).cloned().collect();
+    assert!(matches!(
+        clients.get_mut(&1).unwrap().share_keys(&without_own),
+        Err(ProtocolError::Refused { .. })
+    ));
+}
+
+#[test]
+fn a_coordinator_splitting_the_survivor_list_learns_nothing() {
+    // Attack 2: u is shown the survivors {u, C} (so it would reveal v's mask key as a
+    // dropout's) and v is shown {u, v, C} (so it would reveal its seed shares). With
+    // C's shares the coordinator would hold both of v's secrets and unmask v's input.
+    let (b, _params, _r, mut clients, mut server) = three_banks_advertised();
+    let x = inputs(3, 32, 5);
+    for (i, ks) in server.close_keys().unwrap() {
+        let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+        server.receive_shares(m).unwrap();
+    }
+    for (i, s) in server.close_shares().unwrap() {
+        let m = clients
+            .get_mut(&i)
+            .unwrap()
+            .masked_input(&s, &x[i as usize])
+            .unwrap();
+        server.receive_masked(m).unwrap();
+    }
+    let honest = server.close_masked().unwrap();
+    assert_eq!(honest.survivors, vec![0, 1, 2]);
+
+    // u refuses a survivor list of two: with t = 2 a round needs t + 1 = 3 banks.
+    let mut to_u = honest.clone();
+    to_u.survivors = vec![0, 2];
+    let e = clients.get_mut(&0).unwrap().consistency(&to_u).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ProtocolError::Aborted {
+                have: 2,
+                need: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // And since u left the round, no unmask request gets anything out of it: not the
+    // forged one (v dropped), not any other.
+    let forged = UnmaskRequest {
+        round: honest.round,
+        survivors: vec![0, 2],
+        dropped: vec![1],
+        signatures: Vec::new(),
+    };
+    assert!(matches!(
+        clients.get_mut(&0).unwrap().unmask(&forged),
+        Err(ProtocolError::OutOfOrder(_))
+    ));
+
+    // v and C sign the full list; v reveals seed shares, but never a share of its own
+    // secrets (a bank holds none).
+    let sig_v = clients.get_mut(&1).unwrap().consistency(&honest).unwrap();
+    let sig_c = clients.get_mut(&2).unwrap().consistency(&honest).unwrap();
+    let req = UnmaskRequest {
+        round: honest.round,
+        survivors: honest.survivors.clone(),
+        dropped: vec![],
+        signatures: vec![(1, sig_v.signature), (2, sig_c.signature.clone())],
+    };
+    // Two signatures on a three-bank list are too few (t + 1 = 3 needed).
+    assert!(matches!(
+        clients.get_mut(&1).unwrap().unmask(&req),
+        Err(ProtocolError::Refused { .. })
+    ));
+    // Even had v answered, its shares are of u and C only; C (the colluder) holds one
+    // share of v's seed, and one share is below t = 2: Shamir gives nothing.
+    let (_, _, _, mut c2, mut s2) = three_banks_advertised();
+    for (i, ks) in s2.close_keys().unwrap() {
+        let m = c2.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+        s2.receive_shares(m).unwrap();
+    }
+    for (i, s) in s2.close_shares().unwrap() {
+        let m = c2
+            .get_mut(&i)
+            .unwrap()
+            .masked_input(&s, &x[i as usize])
+            .unwrap();
+        s2.receive_masked(m).unwrap();
+    }
+    let list = s2.close_masked().unwrap();
+    for i in 0..3u32 {
+        let m = c2.get_mut(&i).unwrap().consistency(&list).unwrap();
+        s2.receive_consistency(m).unwrap();
+    }
+    let req = s2.close_consistency().unwrap();
+    let from_v = c2.get_mut(&1).unwrap().unmask(&req).unwrap();
+    assert!(from_v.seed_shares.iter().all(|(o, _)| *o != 1));
+    assert!(from_v.key_shares.is_empty());
+    let from_c = c2.get_mut(&2).unwrap().unmask(&req).unwrap();
+    let v_seed: Vec<_> = from_c
+        .seed_shares
+        .iter()
+        .filter(|(o, _)| *o == 1)
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(v_seed.len(), 1);
+    assert!(matches!(
+        shamir::combine(&v_seed, 2),
+        Err(ProtocolError::NotEnoughShares { have: 1, need: 2 })
+    ));
+    let _ = b;
+}
+
+#[test]
+fn a_plan_below_the_banks_own_policy_is_refused_before_any_key_exists() {
+    let b = banks(5);
+    let r = round(1);
+    // Five banks, threshold 3 of 4 neighbours: 2·3 > 4 + 1, so one colluder is
+    // withstood, two are not.
+    let plan = Params::secagg(5, 3, 8);
+    assert_eq!(plan.colluders_tolerated(), 1);
+    let strict = ClientPolicy::against(5, 2);
+    let e = Client::new(
+        0,
+        b.ids[0].clone(),
+        b.roster.clone(),
+        plan.clone(),
+        strict,
+        r,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, ProtocolError::Refused { stage: "plan", .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("colluding"), "{e}");
+    // A bank's explicit minimums hold as well.
+    let mut floor = ClientPolicy::against(5, 1);
+    floor.min_threshold = 4;
+    assert!(
+        Client::new(
+            0,
+            b.ids[0].clone(),
+            b.roster.clone(),
+            plan.clone(),
+            floor,
+            r
+        )
+        .is_err()
+    );
+    let mut floor = ClientPolicy::against(5, 1);
+    floor.min_neighbours = 5;
+    assert!(
+        Client::new(
+            0,
+            b.ids[0].clone(),
+            b.roster.clone(),
+            plan.clone(),
+            floor,
+            r
+        )
+        .is_err()
+    );
+    // The default policy for five banks accepts the plan.
+    assert!(
+        Client::new(
+            0,
+            b.ids[0].clone(),
+            b.roster.clone(),
+            plan,
+            ClientPolicy::for_roster(5),
+            r
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn the_secagg_plus_graph_comes_from_the_adverts_not_the_session_id() {
+    // Same session and round, fresh keys: a different graph, so a coordinator cannot
+    // pick a session id that places a bank next to its colluders.
+    let n = 20;
+    let b = banks(n);
+    let params = Params {
+        clients: n,
+        threshold: 6,
+        neighbours: 8,
+        len: 4,
+    };
+    let r = round(1);
+    let graph_of = || {
+        let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
+        let mut clients = BTreeMap::new();
+        for i in 0..n as u32 {
+            let (c, adv) = Client::new(
+                i,
+                b.ids[i as usize].clone(),
+                b.roster.clone(),
+                params.clone(),
+                policy(&params),
+                r,
+            )
+            .unwrap();
+            server.receive_keys(adv).unwrap();
+            clients.insert(i, c);
+        }
+        let mut graph = BTreeMap::new();
+        for (i, ks) in server.close_keys().unwrap() {
+            let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+            let to: BTreeSet<u32> = m.shares.iter().map(|s| s.to).collect();
+            assert_eq!(to.len(), 8);
+            server.receive_shares(m).unwrap();
+            graph.insert(i, to);
+        }
+        graph
+    };
+    assert_ne!(graph_of(), graph_of());
+}
+
+#[test]
+fn one_bad_share_anywhere_does_not_abort_the_round() {
+    // Five banks, t = 3: each secret has four holders. Client 1 reveals a corrupted
+    // seed share of every survivor, properly signed, so the coordinator cannot tell it
+    // from a good one. Every t-subset is tried, so the round still completes; trying
+    // only contiguous windows fails for owners whose shares have the bad one inside.
+    let n = 5;
+    let b = banks(n);
+    let params = Params::secagg(n, 3, 40);
+    let x = inputs(n, 40, 17);
+    let r = round(8);
+    let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
+    let mut clients = BTreeMap::new();
+    for i in 0..n as u32 {
+        let (c, adv) = Client::new(
+            i,
+            b.ids[i as usize].clone(),
+            b.roster.clone(),
+            params.clone(),
+            policy(&params),
+            r,
+        )
+        .unwrap();
+        server.receive_keys(adv).unwrap();
+        clients.insert(i, c);
+    }
+    for (i, ks) in server.close_keys().unwrap() {
+        let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+        server.receive_shares(m).unwrap();
+    }
+    for (i, s) in server.close_shares().unwrap() {
+        let m = clients
+            .get_mut(&i)
+            .unwrap()
+            .masked_input(&s, &x[i as usize])
+            .unwrap();
+        server.receive_masked(m).unwrap();
+    }
+    let list = server.close_masked().unwrap();
+    for i in &list.survivors {
+        let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
+        server.receive_consistency(m).unwrap();
+    }
+    let req = server.close_consistency().unwrap();
+    for i in &list.survivors {
+        let mut m = clients.get_mut(i).unwrap().unmask(&req).unwrap();
+        if *i == 1 {
+            for (_, s) in m.seed_shares.iter_mut() {
+                s.y[0] ^= 0x5a;
+            }
+            m.sign(&b.ids[1]);
+        }
+        server.receive_unmask(m).unwrap();
+    }
+    let agg = server.finish().unwrap();
+    let all: Vec<u32> = (0..n as u32).collect();
+    assert_eq!(agg.sum, plain_sum(&x, &all));
 }

@@ -172,19 +172,29 @@ async fn three_non_iid_banks_train_a_dp_model_over_mtls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_bank_drops_out_and_the_rest_finish() {
+    // Five banks with the default threshold (3 of 4 neighbours, withstanding one
+    // colluding bank) tolerate one bank down; four could not (t = 3 of 3).
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(2, Budget::default());
     cfg.deadlines.join_s = 2.0;
     let res = tokio::time::timeout(
         Duration::from_secs(120),
-        simulate(dir.path(), cfg, sims(&[0.05, 0.05, 0.05, 0.05], Some(3))),
+        simulate(
+            dir.path(),
+            cfg,
+            sims(&[0.05, 0.05, 0.05, 0.05, 0.05], Some(4)),
+        ),
     )
     .await
     .expect("finishes")
     .unwrap();
     assert_eq!(res.summary.rounds, 2);
     for h in &res.summary.history {
-        assert_eq!(h.contributors, vec!["bank_0", "bank_1", "bank_2"], "{h:?}");
+        assert_eq!(
+            h.contributors,
+            vec!["bank_0", "bank_1", "bank_2", "bank_3"],
+            "{h:?}"
+        );
     }
 }
 
@@ -220,15 +230,61 @@ async fn training_stops_before_the_budget_is_spent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_holds_across_runs_and_restarts() {
+    // One round spends ε ≈ 2.1 and a second would reach ≈ 2.46 (see above). Run 1
+    // trains one round within ε 2.3; run 2, with new worker processes on the same
+    // ledgers (a restart), must not train at all: its first round would pass 2.3.
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Budget {
+        epsilon: 2.3,
+        delta: 1e-5,
+    };
+    let mut spent = Vec::new();
+    for run in 0..2 {
+        let mut banks = sims(&[0.05, 0.05, 0.05], None);
+        for b in &mut banks {
+            b.privacy.budget = budget;
+        }
+        let res = tokio::time::timeout(
+            Duration::from_secs(120),
+            simulate(dir.path(), config(50, budget), banks),
+        )
+        .await
+        .expect("finishes")
+        .unwrap();
+        assert_eq!(res.summary.rounds, 1 - run, "run {run}: {:?}", res.summary);
+        for (name, out) in &res.banks {
+            let out = out.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(out.epsilon <= budget.epsilon, "{name}: ε {}", out.epsilon);
+            spent.push(out.epsilon);
+        }
+        // The ledger on disk says the same, and is what `quiver-fed ledger` reads.
+        let ledger = quiver_federation::ledger::PrivacyLedger::read_only(
+            &dir.path().join("bank_0.privacy-ledger.json"),
+        )
+        .unwrap();
+        let eps = ledger["default"].record_epsilon(budget.delta).unwrap();
+        assert!(
+            (eps - spent[run as usize * 3]).abs() < 1e-9,
+            "{eps} vs {spent:?}"
+        );
+        assert_eq!(ledger["default"].rounds.len(), 1);
+    }
+    // Run 2 reports what run 1 spent: the budget was not restarted.
+    assert!(spent[3] > 2.0, "{spent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_level_dp_noises_the_aggregate_and_stops_at_its_budget() {
     let dp = BankDp {
         clip_norm: 1.0,
         noise_multiplier: 3.0,
     };
-    // Logistic regression over 2 features: 3 parameters; 3 banks, threshold 2. The
-    // accountant over public parameters: ε ≈ 1.39 after one round, ≈ 2.03 after two,
-    // ≈ 2.55 after three.
-    let (l1, l2, mu) = BankDpEncoding::new(3, dp, 2, 3).unwrap().accounting();
+    // Logistic regression over 2 features: 3 parameters; 5 banks, threshold 3 (so one
+    // bank may sit a round out; three banks could not lose one). The accountant over
+    // public parameters: ε ≈ 1.39 after one round, ≈ 2.03 after two, ≈ 2.55 after
+    // three.
+    let (l1, l2, mu) = BankDpEncoding::new(3, dp, 3, 5).unwrap().accounting();
     let mut acc = RdpAccountant::for_skellam();
     let mut want = Vec::new();
     for _ in 0..3 {
@@ -248,7 +304,7 @@ async fn bank_level_dp_noises_the_aggregate_and_stops_at_its_budget() {
         let mut cfg = config(5, budget);
         cfg.local.dp = None;
         cfg.bank_dp = Some(dp);
-        let mut banks = sims(&[0.02, 0.05, 0.1], None);
+        let mut banks = sims(&[0.02, 0.05, 0.1, 0.05, 0.05], None);
         for (i, b) in banks.iter_mut().enumerate() {
             b.privacy.require_dp = false;
             if i == 1 {
@@ -281,7 +337,7 @@ async fn bank_level_dp_noises_the_aggregate_and_stops_at_its_budget() {
             .collect();
         let b1 = &s.lineage["bank_1"];
         if bank_budget < 2.0 {
-            assert_eq!(round2, ["bank_0", "bank_2"]);
+            assert_eq!(round2, ["bank_0", "bank_2", "bank_3", "bank_4"]);
             assert_eq!(s.history[2].dropped, ["bank_1"]);
             let why = b1.refused.as_deref().unwrap_or_default();
             assert!(why.contains("bank-level ε = 2.0291"), "{why}");
@@ -289,7 +345,7 @@ async fn bank_level_dp_noises_the_aggregate_and_stops_at_its_budget() {
             // Its training set still fed round 1: lineage keeps it.
             assert!(b1.training_set.is_some(), "{b1:?}");
         } else {
-            assert_eq!(round2.len(), 3);
+            assert_eq!(round2.len(), 5);
             // Every bank accounted the same ε itself.
             for (name, r) in &s.lineage {
                 assert!(
@@ -332,6 +388,9 @@ async fn a_bank_presenting_another_banks_certificate_is_refused() {
         privacy: PrivacyPolicy::default(),
         connect_timeout_s: 5.0,
         seed: Some(1),
+        ledger: None,
+        dataset: None,
+        secagg: None,
         device: Device::Cpu,
     };
     let w2 = w.clone();
