@@ -34,8 +34,10 @@
 //! # }).unwrap();
 //! ```
 
+mod agg;
 pub mod audit;
 pub mod catalog;
+pub mod cli;
 #[cfg(feature = "flight")]
 pub mod client;
 pub mod delta;

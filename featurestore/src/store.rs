@@ -103,6 +103,16 @@ impl FeatureStoreBuilder {
 
     /// Open the registry and return the store.
     pub fn build(self) -> Result<FeatureStore> {
+        // A mistyped repo path is the user's error, not a new empty repo: nothing is
+        // created for it (`quiver init` makes repos).
+        if !self.root.is_dir() {
+            return Err(Error::NotFound {
+                what: format!(
+                    "no feature repo folder `{}`; check --repo (or QUIVER_REPO), or create one with `quiver init`",
+                    self.root.display()
+                ),
+            });
+        }
         let registry_path = self
             .registry
             .unwrap_or_else(|| self.root.join(".quiver").join("registry"));

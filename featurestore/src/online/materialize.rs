@@ -109,7 +109,8 @@ impl<'a> Materialize<'a> {
         self
     }
 
-    /// Materialize rows with event time up to `until_us` (default: now).
+    /// Materialize rows with event time up to `until_us` (default: now; a time in the
+    /// future is refused).
     pub fn with_until(mut self, until_us: i64) -> Self {
         self.until = Some(until_us);
         self
@@ -128,9 +129,18 @@ impl<'a> Materialize<'a> {
     }
 
     async fn run(self) -> Result<MaterializeReport> {
-        let until = self
-            .until
-            .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+        let now = chrono::Utc::now().timestamp_micros();
+        // A watermark in the future would serve rows dated after the moment of the
+        // request (data loaded early, or with wrong clocks) as current values, and the
+        // next run would not revisit them: refused.
+        if let Some(u) = self.until.filter(|u| *u > now) {
+            return Err(Error::InvalidRequest(format!(
+                "until {} is in the future (now {}); materialize up to now or an earlier time",
+                rfc3339(u),
+                rfc3339(now)
+            )));
+        }
+        let until = self.until.unwrap_or(now);
         let views: Vec<AppliedView> = match &self.views {
             Some(names) => names
                 .iter()
@@ -572,6 +582,10 @@ fn serving_plan(
                     input,
                     window_us: a.window.as_ref().map(|w| w.value.as_micros()),
                     integer: dt.as_ref().is_some_and(kernel::is_integer),
+                    decimal_scale: match dt {
+                        Some(arrow::datatypes::DataType::Decimal128(_, s)) => Some(s),
+                        _ => None,
+                    },
                 });
                 features.push(FeatureField {
                     name: a.name.value.clone(),

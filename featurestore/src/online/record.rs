@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{Reader, Value, Writer};
+use crate::agg::{DdSum, Moments};
 use crate::spec::AggFunction;
 use crate::{Error, Result};
 
@@ -32,6 +33,29 @@ pub(crate) struct ServedAgg {
     pub(crate) window_us: Option<i64>,
     /// Whether the input is an integer column (sums, min and max stay integers).
     pub(crate) integer: bool,
+    /// The input's decimal scale when it is a Decimal128 column: values are read as
+    /// f64 the way Arrow's cast (and so the training-set kernel) reads them, and
+    /// `min`/`max` are served as Float64 like the training set's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) decimal_scale: Option<i8>,
+}
+
+impl ServedAgg {
+    /// A non-null input value as f64, as the training-set kernel sees it.
+    fn number(&self, v: &Value) -> Option<f64> {
+        match (v, self.decimal_scale) {
+            (Value::Decimal(d), Some(s)) => Some(crate::agg::decimal_to_f64(*d, s)),
+            _ => v.as_f64(),
+        }
+    }
+
+    /// The served value of `min`/`max`: decimals as Float64, like the training set.
+    fn extremum(&self, v: Value) -> Value {
+        match (&v, self.decimal_scale) {
+            (Value::Decimal(_), Some(_)) => self.number(&v).map_or(Value::Null, Value::Float),
+            _ => v,
+        }
+    }
 }
 
 /// Everything serving needs to evaluate a view's records; stored with the watermark
@@ -103,55 +127,6 @@ fn cmp_values(a: &[Value], b: &[Value]) -> Ordering {
     Ordering::Equal
 }
 
-/// Double-double sum, as the training-set kernel computes it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Dd {
-    hi: f64,
-    lo: f64,
-    nan: u32,
-    pos_inf: u32,
-    neg_inf: u32,
-}
-
-impl Dd {
-    pub(crate) fn add(&mut self, x: f64) {
-        if !x.is_finite() {
-            if x.is_nan() {
-                self.nan += 1;
-            } else if x > 0.0 {
-                self.pos_inf += 1;
-            } else {
-                self.neg_inf += 1;
-            }
-            return;
-        }
-        let s = self.hi + x;
-        if !s.is_finite() {
-            self.hi = s;
-            self.lo = 0.0;
-            return;
-        }
-        let bb = s - self.hi;
-        let err = (self.hi - (s - bb)) + (x - bb);
-        let lo = self.lo + err;
-        let hi = s + lo;
-        self.lo = lo - (hi - s);
-        self.hi = hi;
-    }
-
-    pub(crate) fn value(&self) -> f64 {
-        if self.nan > 0 || (self.pos_inf > 0 && self.neg_inf > 0) {
-            f64::NAN
-        } else if self.pos_inf > 0 {
-            f64::INFINITY
-        } else if self.neg_inf > 0 {
-            f64::NEG_INFINITY
-        } else {
-            self.hi + self.lo
-        }
-    }
-}
-
 /// Running state of one window-less aggregate.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Partial {
@@ -161,16 +136,12 @@ pub(crate) enum Partial {
         n: i64,
     },
     SumFloat {
-        sum: Dd,
+        sum: DdSum,
         n: i64,
     },
     Extremum(Value),
-    /// Welford's running mean and squared deviations (stddev over all history).
-    Moments {
-        n: i64,
-        mean: f64,
-        m2: f64,
-    },
+    /// Count, Σx and Σx² (stddev over all history), as the kernel keeps them.
+    Moments(Moments),
     Distinct(BTreeSet<Vec<u8>>),
     Last(Option<Row>),
 }
@@ -182,15 +153,11 @@ impl Partial {
             F::Count => Partial::Count(0),
             F::Sum | F::Avg if a.integer => Partial::SumInt { sum: 0, n: 0 },
             F::Sum | F::Avg => Partial::SumFloat {
-                sum: Dd::default(),
+                sum: DdSum::default(),
                 n: 0,
             },
             F::Min | F::Max => Partial::Extremum(Value::Null),
-            F::Stddev => Partial::Moments {
-                n: 0,
-                mean: 0.0,
-                m2: 0.0,
-            },
+            F::Stddev => Partial::Moments(Moments::default()),
             F::CountDistinct => Partial::Distinct(BTreeSet::new()),
             F::Last => Partial::Last(None),
         }
@@ -212,7 +179,7 @@ impl Partial {
                 *n += 1;
             }
             Partial::SumFloat { sum, n } => {
-                sum.add(v.and_then(Value::as_f64).unwrap_or(0.0));
+                sum.add(v.and_then(|v| a.number(v)).unwrap_or(0.0));
                 *n += 1;
             }
             Partial::Extremum(cur) => {
@@ -226,12 +193,8 @@ impl Partial {
                     *cur = v.clone();
                 }
             }
-            Partial::Moments { n, mean, m2 } => {
-                let x = v.and_then(Value::as_f64).unwrap_or(0.0);
-                *n += 1;
-                let d = x - *mean;
-                *mean += d / *n as f64;
-                *m2 += d * (x - *mean);
+            Partial::Moments(m) => {
+                m.add(v.and_then(|v| a.number(v)).unwrap_or(0.0));
             }
             Partial::Distinct(set) => {
                 set.insert(distinct_bytes(v.expect("count_distinct reads a column")));
@@ -260,11 +223,7 @@ impl Partial {
                 *n += n2;
             }
             (Partial::SumFloat { sum, n }, Partial::SumFloat { sum: s2, n: n2 }) => {
-                sum.add(s2.hi);
-                sum.add(s2.lo);
-                sum.nan += s2.nan;
-                sum.pos_inf += s2.pos_inf;
-                sum.neg_inf += s2.neg_inf;
+                sum.combine(&s2);
                 *n += n2;
             }
             (Partial::Extremum(cur), Partial::Extremum(v)) => {
@@ -278,24 +237,7 @@ impl Partial {
                     *cur = v;
                 }
             }
-            (
-                Partial::Moments { n, mean, m2 },
-                Partial::Moments {
-                    n: nb,
-                    mean: mb,
-                    m2: m2b,
-                },
-            ) => {
-                if nb == 0 {
-                    return;
-                }
-                let na = *n;
-                let total = na + nb;
-                let delta = mb - *mean;
-                *mean += delta * nb as f64 / total as f64;
-                *m2 += m2b + delta * delta * (na as f64) * (nb as f64) / total as f64;
-                *n = total;
-            }
+            (Partial::Moments(m), Partial::Moments(other)) => m.combine(&other),
             (Partial::Distinct(set), Partial::Distinct(other)) => set.extend(other),
             (Partial::Last(cur), Partial::Last(Some(row))) => {
                 if cur.as_ref().is_none_or(|c| row.beats(c)) {
@@ -594,23 +536,20 @@ fn write_partial(w: &mut Writer, p: &Partial) {
             w.i64(*n);
         }
         Partial::SumFloat { sum, n } => {
-            w.u8(3);
-            w.f64(sum.hi);
-            w.f64(sum.lo);
-            w.u32(sum.nan);
-            w.u32(sum.pos_inf);
-            w.u32(sum.neg_inf);
+            w.u8(8);
+            write_dd(w, sum);
             w.i64(*n);
         }
         Partial::Extremum(v) => {
             w.u8(4);
             w.value(v);
         }
-        Partial::Moments { n, mean, m2 } => {
-            w.u8(5);
-            w.i64(*n);
-            w.f64(*mean);
-            w.f64(*m2);
+        Partial::Moments(m) => {
+            w.u8(9);
+            let (n, s1, s2) = m.to_parts();
+            w.i64(n);
+            write_dd(w, &s1);
+            write_dd(w, &s2);
         }
         Partial::Distinct(set) => {
             w.u8(6);
@@ -643,26 +582,32 @@ fn read_partial(r: &mut Reader<'_>) -> Result<Partial> {
                 n: r.i64()?,
             }
         }
+        // An earlier release's double-double sum: the same value, no large part.
         3 => {
             let (hi, lo) = (r.f64()?, r.f64()?);
             let (nan, pos_inf, neg_inf) = (r.u32()?, r.u32()?, r.u32()?);
             Partial::SumFloat {
-                sum: Dd {
-                    hi,
-                    lo,
-                    nan,
-                    pos_inf,
-                    neg_inf,
-                },
+                sum: DdSum::from_parts([hi, lo, 0.0, 0.0], [nan, pos_inf, neg_inf]),
                 n: r.i64()?,
             }
         }
-        4 => Partial::Extremum(r.value()?),
-        5 => Partial::Moments {
+        8 => Partial::SumFloat {
+            sum: read_dd(r)?,
             n: r.i64()?,
-            mean: r.f64()?,
-            m2: r.f64()?,
         },
+        4 => Partial::Extremum(r.value()?),
+        // An earlier release's Welford state (until the next full rebuild).
+        5 => {
+            let n = r.i64()?;
+            let (mean, m2) = (r.f64()?, r.f64()?);
+            Partial::Moments(Moments::from_welford(n, mean, m2))
+        }
+        9 => {
+            let n = r.i64()?;
+            let s1 = read_dd(r)?;
+            let s2 = read_dd(r)?;
+            Partial::Moments(Moments::from_parts(n, s1, s2))
+        }
         6 => {
             let n = r.u32()? as usize;
             let mut set = BTreeSet::new();
@@ -682,6 +627,22 @@ fn read_partial(r: &mut Reader<'_>) -> Result<Partial> {
             });
         }
     })
+}
+
+fn write_dd(w: &mut Writer, s: &DdSum) {
+    let (f, c) = s.to_parts();
+    for x in f {
+        w.f64(x);
+    }
+    for x in c {
+        w.u32(x);
+    }
+}
+
+fn read_dd(r: &mut Reader<'_>) -> Result<DdSum> {
+    let f = [r.f64()?, r.f64()?, r.f64()?, r.f64()?];
+    let c = [r.u32()?, r.u32()?, r.u32()?];
+    Ok(DdSum::from_parts(f, c))
 }
 
 fn int_sum(sum: i128) -> Result<Value> {
@@ -712,14 +673,8 @@ fn from_partial(a: &ServedAgg, p: &Partial) -> Result<Value> {
                 Value::Float(sum.value() / *n as f64)
             }
         }
-        (F::Min | F::Max, Partial::Extremum(v)) => v.clone(),
-        (F::Stddev, Partial::Moments { n, m2, .. }) => {
-            if *n < 2 {
-                Value::Null
-            } else {
-                Value::Float((m2 / (*n - 1) as f64).sqrt())
-            }
-        }
+        (F::Min | F::Max, Partial::Extremum(v)) => a.extremum(v.clone()),
+        (F::Stddev, Partial::Moments(m)) => m.stddev().map_or(Value::Null, Value::Float),
         (F::CountDistinct, Partial::Distinct(s)) => Value::Int(s.len() as i64),
         (F::Last, Partial::Last(r)) => r
             .as_ref()
@@ -764,9 +719,9 @@ fn over_window(a: &ServedAgg, rows: &[Row]) -> Result<Value> {
             }
         }
         F::Sum | F::Avg => {
-            let (mut sum, mut n) = (Dd::default(), 0i64);
+            let (mut sum, mut n) = (DdSum::default(), 0i64);
             for v in vals() {
-                sum.add(v.as_f64().unwrap_or(0.0));
+                sum.add(a.number(v).unwrap_or(0.0));
                 n += 1;
             }
             match a.function {
@@ -775,30 +730,24 @@ fn over_window(a: &ServedAgg, rows: &[Row]) -> Result<Value> {
                 _ => Value::Float(sum.value() / n as f64),
             }
         }
-        F::Min => vals()
-            .min_by(|x, y| x.cmp_same_type(y))
-            .cloned()
-            .unwrap_or(Value::Null),
-        F::Max => vals()
-            .max_by(|x, y| x.cmp_same_type(y))
-            .cloned()
-            .unwrap_or(Value::Null),
+        F::Min => a.extremum(
+            vals()
+                .min_by(|x, y| x.cmp_same_type(y))
+                .cloned()
+                .unwrap_or(Value::Null),
+        ),
+        F::Max => a.extremum(
+            vals()
+                .max_by(|x, y| x.cmp_same_type(y))
+                .cloned()
+                .unwrap_or(Value::Null),
+        ),
         F::Stddev => {
-            let xs: Vec<f64> = vals().filter_map(Value::as_f64).collect();
-            if xs.len() < 2 {
-                Value::Null
-            } else {
-                let mut sum = 0.0;
-                for x in &xs {
-                    sum += x;
-                }
-                let mean = sum / xs.len() as f64;
-                let mut sq = 0.0;
-                for x in &xs {
-                    sq += (x - mean) * (x - mean);
-                }
-                Value::Float((sq / (xs.len() - 1) as f64).sqrt())
+            let mut m = Moments::default();
+            for x in vals().filter_map(|v| a.number(v)) {
+                m.add(x);
             }
+            m.stddev().map_or(Value::Null, Value::Float)
         }
         F::CountDistinct => {
             let set: BTreeSet<Vec<u8>> = vals().map(distinct_bytes).collect();
@@ -855,6 +804,7 @@ mod tests {
             input,
             window_us,
             integer: false,
+            decimal_scale: None,
         }
     }
 

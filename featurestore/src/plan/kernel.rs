@@ -23,8 +23,9 @@
 //! - Rows with a null key or a null event time are ignored.
 //!
 //! # Cost
-//! O(N + Q) hashing, O(N log n_k) sorting within keys, and an O(N + Q) sweep, except
-//! `stddev`, which reads its window for each query (O(window) per query).
+//! O(N + Q) hashing, O(N log n_k) sorting within keys, and an O(N + Q) sweep; every
+//! aggregate, `stddev` included, updates in O(1) as a row enters or leaves a window
+//! (`crate::agg`).
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -39,6 +40,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::{Result, exec_err};
 use hashbrown::HashMap;
 
+use crate::agg::{DdSum, Moments};
 use crate::spec::AggFunction;
 
 /// Group id of rows that match no entity key.
@@ -419,57 +421,6 @@ fn sort_groups(entries: &mut [Entry], offsets: &[usize], base: usize) {
     }
 }
 
-/// Double-double accumulator: sums that add and remove values without drift.
-#[derive(Debug, Clone, Copy, Default)]
-struct DdSum {
-    hi: f64,
-    lo: f64,
-    nan: u32,
-    pos_inf: u32,
-    neg_inf: u32,
-}
-
-impl DdSum {
-    fn add(&mut self, x: f64, sign: i32) {
-        if !x.is_finite() {
-            let counter = if x.is_nan() {
-                &mut self.nan
-            } else if x > 0.0 {
-                &mut self.pos_inf
-            } else {
-                &mut self.neg_inf
-            };
-            *counter = counter.wrapping_add_signed(sign);
-            return;
-        }
-        let x = if sign < 0 { -x } else { x };
-        let s = self.hi + x;
-        if !s.is_finite() {
-            self.hi = s;
-            self.lo = 0.0;
-            return;
-        }
-        let bb = s - self.hi;
-        let err = (self.hi - (s - bb)) + (x - bb);
-        let lo = self.lo + err;
-        let hi = s + lo;
-        self.lo = lo - (hi - s);
-        self.hi = hi;
-    }
-
-    fn value(&self) -> f64 {
-        if self.nan > 0 || (self.pos_inf > 0 && self.neg_inf > 0) {
-            f64::NAN
-        } else if self.pos_inf > 0 {
-            f64::INFINITY
-        } else if self.neg_inf > 0 {
-            f64::NEG_INFINITY
-        } else {
-            self.hi + self.lo
-        }
-    }
-}
-
 /// Sorted-order values of one aggregate's column.
 enum Column<'a> {
     None,
@@ -580,9 +531,11 @@ enum State<'a> {
         max: bool,
         deque: VecDeque<usize>,
     },
+    /// Σx and Σx² in double-double, updated as rows enter and leave the window.
     Stddev {
         vals: Vec<f64>,
         valid: &'a [bool],
+        moments: Moments,
     },
     Distinct {
         keys: &'a [Option<&'a [u8]>],
@@ -638,10 +591,12 @@ impl<'a> State<'a> {
             (F::Stddev, Column::Int(vals, valid)) => State::Stddev {
                 vals: vals.iter().map(|v| *v as f64).collect(),
                 valid,
+                moments: Moments::default(),
             },
             (F::Stddev, Column::Float(vals, valid)) => State::Stddev {
                 vals: vals.clone(),
                 valid,
+                moments: Moments::default(),
             },
             (F::CountDistinct, Column::Distinct(keys)) => State::Distinct {
                 keys,
@@ -660,7 +615,8 @@ impl<'a> State<'a> {
             State::SumFloat { sum, n, .. } => (*sum, *n) = (DdSum::default(), 0),
             State::ExtInt { deque, .. } | State::ExtFloat { deque, .. } => deque.clear(),
             State::Distinct { counts, .. } => counts.clear(),
-            State::Stddev { .. } | State::Last { .. } => {}
+            State::Stddev { moments, .. } => *moments = Moments::default(),
+            State::Last { .. } => {}
         }
     }
 
@@ -685,7 +641,7 @@ impl<'a> State<'a> {
                 n,
             } => {
                 if valid[i] {
-                    sum.add(vals[i], 1);
+                    sum.add(vals[i]);
                     *n += 1;
                 }
             }
@@ -731,7 +687,16 @@ impl<'a> State<'a> {
                     *counts.entry(k).or_insert(0) += 1;
                 }
             }
-            State::Stddev { .. } | State::Last { .. } => {}
+            State::Stddev {
+                vals,
+                valid,
+                moments,
+            } => {
+                if valid[i] {
+                    moments.add(vals[i]);
+                }
+            }
+            State::Last { .. } => {}
         }
     }
 
@@ -756,7 +721,7 @@ impl<'a> State<'a> {
                 n,
             } => {
                 if valid[i] {
-                    sum.add(vals[i], -1);
+                    sum.remove(vals[i]);
                     *n -= 1;
                 }
             }
@@ -775,7 +740,16 @@ impl<'a> State<'a> {
                     }
                 }
             }
-            State::Stddev { .. } | State::Last { .. } => {}
+            State::Stddev {
+                vals,
+                valid,
+                moments,
+            } => {
+                if valid[i] {
+                    moments.remove(vals[i]);
+                }
+            }
+            State::Last { .. } => {}
         }
     }
 }
@@ -1016,11 +990,9 @@ fn sweep(
                     } else {
                         None
                     }),
-                    (Out::Float(v), State::Stddev { vals, valid }) => v.push(if present {
-                        stddev(&vals[l..h], &valid[l..h])
-                    } else {
-                        None
-                    }),
+                    (Out::Float(v), State::Stddev { moments, .. }) => {
+                        v.push(if present { moments.stddev() } else { None })
+                    }
                     (Out::Pick(v), State::Last { valid }) => {
                         let mut pick = NONE;
                         if present {
@@ -1042,29 +1014,6 @@ fn sweep(
         }
     }
     chunk
-}
-
-/// Sample standard deviation, two passes.
-fn stddev(vals: &[f64], valid: &[bool]) -> Option<f64> {
-    let mut n = 0usize;
-    let mut sum = 0.0;
-    for (v, ok) in vals.iter().zip(valid) {
-        if *ok {
-            n += 1;
-            sum += v;
-        }
-    }
-    if n < 2 {
-        return None;
-    }
-    let mean = sum / n as f64;
-    let mut sq = 0.0;
-    for (v, ok) in vals.iter().zip(valid) {
-        if *ok {
-            sq += (v - mean) * (v - mean);
-        }
-    }
-    Some((sq / (n - 1) as f64).sqrt())
 }
 
 /// Sort the routed entries and sweep every group's queries, splitting groups over

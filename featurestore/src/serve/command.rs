@@ -21,9 +21,11 @@ pub struct ServeLimits {
     pub max_upload_rows: usize,
     /// Most bytes of one uploaded entity table.
     pub max_upload_bytes: usize,
-    /// Most uploads held at once (the oldest go first).
+    /// Most uploads one tenant holds at once (its own oldest go first; one tenant's
+    /// uploads never evict another's).
     pub max_uploads: usize,
-    /// Most bytes of all uploads held at once (the oldest go first).
+    /// Most bytes of one tenant's uploads held at once (its own oldest go first). The
+    /// server holds at most this times the number of tenants.
     pub max_upload_total_bytes: usize,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,

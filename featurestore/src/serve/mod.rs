@@ -16,6 +16,7 @@
 
 mod auth;
 mod command;
+mod ipc_guard;
 mod metrics;
 mod service;
 
@@ -60,6 +61,10 @@ pub struct ServeConfig {
     pub addr: SocketAddr,
     /// Prometheus address (`None`: no metrics endpoint).
     pub metrics_addr: Option<SocketAddr>,
+    /// Bearer token `/metrics` requires (`None`: open). The metrics name every
+    /// tenant's views and models, so bind the endpoint to a private address, or set a
+    /// token, or both.
+    pub metrics_token: Option<String>,
     /// Accepted bearer tokens.
     pub tokens: Tokens,
     /// TLS; plain HTTP/2 when `None`.
@@ -117,6 +122,7 @@ impl ServeConfig {
         Self {
             addr,
             metrics_addr,
+            metrics_token: None,
             tokens,
             tls: None,
             limits: ServeLimits::default(),
@@ -141,6 +147,19 @@ impl ServeConfig {
     pub fn with_metrics_addr(mut self, addr: Option<SocketAddr>) -> Self {
         self.metrics_addr = addr;
         self
+    }
+
+    /// Require `Authorization: Bearer <token>` on `/metrics` (Prometheus'
+    /// `authorization` / `bearer_token_file` settings send it). At least 16 characters.
+    pub fn with_metrics_token(mut self, token: impl Into<String>) -> Result<Self> {
+        let token = token.into();
+        if token.len() < 16 || token.chars().any(char::is_whitespace) {
+            return Err(Error::InvalidRequest(
+                "the metrics token must be at least 16 characters without spaces".into(),
+            ));
+        }
+        self.metrics_token = Some(token);
+        Ok(self)
     }
 
     /// Serve over TLS.
@@ -230,12 +249,27 @@ impl ServeConfig {
             );
             let m = metrics.clone();
             let shared_m = shared.clone();
+            let token = self.metrics_token.clone();
             let app = axum::Router::new()
                 .route(
                     "/metrics",
-                    axum::routing::get(move || {
-                        let (m, shared) = (m.clone(), shared_m.clone());
+                    axum::routing::get(move |headers: axum::http::HeaderMap| {
+                        let (m, shared, token) = (m.clone(), shared_m.clone(), token.clone());
                         async move {
+                            if let Some(want) = &token {
+                                let got = headers
+                                    .get(axum::http::header::AUTHORIZATION)
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(|v| v.strip_prefix("Bearer "))
+                                    .unwrap_or("");
+                                if !auth::same_secret(got, want) {
+                                    return Err((
+                                        axum::http::StatusCode::UNAUTHORIZED,
+                                        [("www-authenticate", "Bearer")],
+                                        "a bearer token is required for /metrics\n",
+                                    ));
+                                }
+                            }
                             // Lag from the watermarks, whoever materialized.
                             let online = &shared.online;
                             let now = chrono::Utc::now().timestamp_micros();
@@ -251,13 +285,13 @@ impl ServeConfig {
                                 Some(head) => text = format!("{head}{models}# EOF\n"),
                                 None => text.push_str(&models),
                             }
-                            (
+                            Ok((
                                 [(
                                     "content-type",
                                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                                 )],
                                 text,
-                            )
+                            ))
                         }
                     }),
                 )

@@ -350,11 +350,42 @@ impl FeatureService {
         r
     }
 
-    /// The applied view, if `tenant` may read it.
+    /// The applied view, if `tenant` may read it. A tenant that is not an admin learns
+    /// nothing about views it may not read: a missing or removed view and one it may not
+    /// read get messages that name no owner, version or other view.
     fn readable(&self, tenant: &Tenant, view: &str) -> Result<Arc<AppliedView>, Status> {
-        let v = self.applied(view)?;
+        let v = match self.applied(view) {
+            Ok(v) => v,
+            Err(s) if !tenant.admin && s.code() == tonic::Code::NotFound => {
+                return Err(Status::not_found(format!(
+                    "no view `{view}` that tenant `{}` may read; `list` shows the ones it may",
+                    tenant.name
+                )));
+            }
+            Err(s) => return Err(s),
+        };
         self.check_read(tenant, &v)?;
         Ok(v)
+    }
+
+    /// The view at `version` (the current one for `None`), if `tenant` may read it.
+    /// Access is always decided by the **current** definition, whatever version is
+    /// pinned: a tenant removed from `shared_with` (or from a view that was removed)
+    /// cannot read any version of it any more; a removed view is readable by admins
+    /// only.
+    fn readable_at(
+        &self,
+        tenant: &Tenant,
+        view: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<AppliedView>, Status> {
+        if !tenant.admin {
+            self.readable(tenant, view)?;
+        }
+        match version {
+            None => self.applied(view),
+            Some(v) => Ok(Arc::new(self.shared.store.view(view, Some(v))?)),
+        }
     }
 
     /// The applied version of `view`, decoded once per apply: the registry's apply id
@@ -388,10 +419,9 @@ impl FeatureService {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "tenant `{}` may not read view `{}` (owner `{}`); ask its owner to add you to `shared_with`",
+                "tenant `{}` may not read view `{}`; ask its owner to add you to `shared_with`",
                 tenant.name,
                 v.definition.name(),
-                v.definition.view.owner.as_deref().unwrap_or("-")
             )))
         }
     }
@@ -694,8 +724,7 @@ impl FeatureService {
         };
         let refs = parse_feature_refs(&features.join(","))?;
         for r in &refs {
-            let v = self.shared.store.view(&r.view, r.version)?;
-            self.check_read(tenant, &v)?;
+            self.readable_at(tenant, &r.view, r.version)?;
         }
         let batches = self.entity_batches(tenant, upload, rows)?;
         Ok(self
@@ -930,10 +959,16 @@ impl FeatureService {
             Status::invalid_argument("the first message has no flight descriptor")
         })?;
         let cmd = Command::decode(&descriptor.cmd, &self.shared.limits)?;
+        // The first message may carry data too, or only the descriptor (pyarrow's
+        // DoExchange); the guard drops metadata-only messages and checks every IPC
+        // header (no compression, declared sizes) before arrow decodes anything.
         let rest = stream::once(async move { Ok(first) })
             .chain(input.map_err(FlightError::from))
             .boxed();
-        Ok((cmd, rest))
+        Ok((
+            cmd,
+            super::ipc_guard::guarded(rest, self.shared.limits.max_upload_rows),
+        ))
     }
 
     async fn put(
@@ -966,16 +1001,29 @@ impl FeatureService {
         }
         let id = format!("{:032x}", rand::random::<u128>());
         {
-            // Bounded in count and in bytes: the oldest uploads make room.
+            // Bounded per tenant in count and in bytes: the tenant's own oldest uploads
+            // make room, never another tenant's. Memory is bounded by the limits times
+            // the number of tenants (tokens are configured, so that is finite).
             let mut uploads = self.shared.uploads.lock().expect("uploads lock");
-            let mut held: usize = uploads.0.values().map(|u| u.bytes).sum();
-            while uploads.1.len() >= limits.max_uploads
-                || (!uploads.1.is_empty() && held + bytes > limits.max_upload_total_bytes)
+            let (map, order) = &mut *uploads;
+            let mut mine: VecDeque<String> = order
+                .iter()
+                .filter(|id| map.get(*id).is_some_and(|u| u.tenant == tenant.name))
+                .cloned()
+                .collect();
+            let mut held: usize = mine
+                .iter()
+                .filter_map(|id| map.get(id))
+                .map(|u| u.bytes)
+                .sum();
+            while mine.len() >= limits.max_uploads
+                || (!mine.is_empty() && held + bytes > limits.max_upload_total_bytes)
             {
-                if let Some(old) = uploads.1.pop_front() {
-                    if let Some(u) = uploads.0.remove(&old) {
+                if let Some(old) = mine.pop_front() {
+                    if let Some(u) = map.remove(&old) {
                         held -= u.bytes;
                     }
+                    order.retain(|id| *id != old);
                 }
             }
             uploads.0.insert(

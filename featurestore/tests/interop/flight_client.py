@@ -1,4 +1,6 @@
-"""Talk to `quiver serve` with pyarrow's Flight client, as any Python user would.
+"""Talk to `quiver serve` with pyarrow's Flight client, as any Python user would:
+every RPC the server offers (ListFlights, GetFlightInfo, GetSchema, DoGet, DoPut,
+DoExchange with several batches, DoAction, ListActions).
 
 Usage: flight_client.py PORT TOKEN OTHER_TENANT_TOKEN
 Prints one JSON document with what it read; the Rust test checks it.
@@ -47,6 +49,27 @@ def main():
     writer.close()
     ticket = fl.Ticket(json.dumps({"type": "historical", "features": ["stats"], "upload": upload}).encode())
     out["historical"] = table_dict(client.do_get(ticket, opts).read_all())
+
+    # GetSchema of the same descriptor.
+    out["schema"] = client.get_schema(fl.FlightDescriptor.for_command(json.dumps(cmd)), opts).schema.names
+
+    # DoExchange: pyarrow sends the descriptor alone first, then the schema and batches.
+    ex = fl.FlightDescriptor.for_command(json.dumps({"type": "exchange", "view": "stats"}))
+    writer, reader = client.do_exchange(ex, opts)
+    key_schema = pa.schema([("user_id", pa.int64())])
+    writer.begin(key_schema)
+    rows = []
+    for ids in ([1, 2], [3], [2, 1, 1]):
+        writer.write_batch(pa.record_batch([pa.array(ids, pa.int64())], schema=key_schema))
+    writer.done_writing()
+    for chunk in reader:
+        if chunk.data is not None:
+            rows.extend(chunk.data.column("n_1d").to_pylist())
+    writer.close()
+    out["exchange_n_1d"] = rows
+
+    # ListActions.
+    out["action_types"] = sorted(a.type for a in client.list_actions(opts))
 
     # Admin action and the errors a Python user sees.
     out["actions"] = [json.loads(r.body.to_pybytes()) for r in client.do_action(fl.Action("list", b""), opts)]

@@ -172,3 +172,39 @@ fn a_registry_held_by_another_process_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a request id"), "{err}");
 }
+
+#[test]
+fn a_missing_repo_is_an_error_that_creates_nothing_and_a_closed_pipe_is_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo");
+    let out = quiver(&typo, &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no feature repo folder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !typo.exists(),
+        "a read-only command created {}",
+        typo.display()
+    );
+
+    let repo = dir.path().join("repo");
+    ok(&quiver(&repo, &["init", "--sample-data"]));
+    ok(&quiver(&repo, &["apply"]));
+    // `quiver describe VIEW | head -c1`: the reader goes away; exit 0, no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .arg("--repo")
+        .arg(&repo)
+        .args(["describe", "user_txn_stats"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -475,13 +475,19 @@ async fn hostile_requests_get_the_right_status_and_the_server_keeps_serving() {
 
 /// A minimal HTTP/1.1 GET over loopback.
 pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    http_get_with(addr, path, "").await
+}
+
+/// `GET path` with extra header lines (each ending in `\r\n`).
+pub(crate) async fn http_get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .unwrap()
         .unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .unwrap();
@@ -576,7 +582,7 @@ fn the_binary_stops_gracefully_on_sigterm() {
 }
 
 #[tokio::test]
-async fn uploads_are_bounded_in_total_bytes() {
+async fn uploads_are_bounded_per_tenant_in_total_bytes() {
     let mut limits = ServeLimits::default();
     limits.max_upload_total_bytes = 64 * 1024;
     let fx = Fixture::start_with(None, limits).await;
@@ -607,7 +613,7 @@ async fn uploads_are_bounded_in_total_bytes() {
     assert_eq!(code(err.into()), "NotFound", "the oldest upload made room");
     let batches: Vec<RecordBatch> = a
         .flight()
-        .do_get(Ticket::new(get(second)))
+        .do_get(Ticket::new(get(second.clone())))
         .await
         .unwrap()
         .try_collect()
@@ -616,5 +622,231 @@ async fn uploads_are_bounded_in_total_bytes() {
     assert_eq!(
         batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
         2_000
+    );
+
+    // Another tenant uploading as much as it likes never evicts bank_a's upload: each
+    // tenant's oldest uploads make room only for that tenant's new ones.
+    let mut b = fx.client(TOKEN_B).await;
+    for _ in 0..5 {
+        b.upload(vec![rows(2_000)]).await.unwrap();
+    }
+    let kept: Vec<RecordBatch> = a
+        .flight()
+        .do_get(Ticket::new(get(second)))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(kept.iter().map(RecordBatch::num_rows).sum::<usize>(), 2_000);
+}
+
+/// Run a hand-built client stream through DoPut or DoExchange; the gRPC status on error.
+async fn raw_stream(
+    fx: &Fixture,
+    exchange: bool,
+    msgs: Vec<arrow_flight::FlightData>,
+) -> Result<usize, tonic::Status> {
+    let mut c = fx.client(TOKEN_A).await;
+    let input = futures::stream::iter(msgs.into_iter().map(Ok));
+    let status = |e: arrow_flight::error::FlightError| match e {
+        arrow_flight::error::FlightError::Tonic(s) => *s,
+        other => tonic::Status::unknown(other.to_string()),
+    };
+    if exchange {
+        let out = c.flight().do_exchange(input).await.map_err(status)?;
+        let batches: Vec<RecordBatch> = out.try_collect().await.map_err(status)?;
+        Ok(batches.iter().map(|b| b.num_rows()).sum())
+    } else {
+        let out = c.flight().do_put(input).await.map_err(status)?;
+        let results: Vec<_> = out.try_collect().await.map_err(status)?;
+        Ok(results.len())
+    }
+}
+
+/// Schema then one batch of `ids`, encoded with `options`; the first message carries
+/// `cmd` as its descriptor.
+async fn encoded(
+    ids: &[i64],
+    options: arrow::ipc::writer::IpcWriteOptions,
+    cmd: &[u8],
+) -> Vec<arrow_flight::FlightData> {
+    let mut msgs: Vec<arrow_flight::FlightData> =
+        arrow_flight::encode::FlightDataEncoderBuilder::new()
+            .with_options(options)
+            .build(futures::stream::iter([Ok(keys(ids))]))
+            .try_collect()
+            .await
+            .unwrap();
+    msgs[0].flight_descriptor = Some(FlightDescriptor::new_cmd(cmd.to_vec()));
+    msgs
+}
+
+#[tokio::test]
+async fn hostile_client_ipc_is_refused_before_decoding_and_the_server_keeps_serving() {
+    let fx = Fixture::start(None).await;
+    let upload = br#"{"type":"upload"}"#;
+    let exchange = br#"{"type":"exchange","view":"stats"}"#;
+    for codec in [
+        arrow::ipc::CompressionType::LZ4_FRAME,
+        arrow::ipc::CompressionType::ZSTD,
+    ] {
+        let opts = arrow::ipc::writer::IpcWriteOptions::default()
+            .try_with_compression(Some(codec))
+            .unwrap();
+        for (is_exchange, cmd) in [(false, &upload[..]), (true, &exchange[..])] {
+            let mut msgs = encoded(&[1, 2, 3], opts.clone(), cmd).await;
+            // The first buffer's declared uncompressed length: 2^62 bytes.
+            let mut body = msgs[1].data_body.to_vec();
+            body[..8].copy_from_slice(&(1i64 << 62).to_le_bytes());
+            msgs[1].data_body = body.into();
+            let e = raw_stream(&fx, is_exchange, msgs).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{codec:?}: {e}");
+            assert!(e.message().contains("compressed IPC"), "{e}");
+        }
+    }
+    let plain = arrow::ipc::writer::IpcWriteOptions::default();
+    // A body shorter than its header declares.
+    let mut msgs = encoded(&[1, 2, 3], plain.clone(), upload).await;
+    let body = msgs[1].data_body.slice(..8);
+    msgs[1].data_body = body;
+    let e = raw_stream(&fx, false, msgs).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("declares a body"), "{e}");
+    // A header that is not an IPC message at all.
+    let mut msgs = encoded(&[1], plain.clone(), upload).await;
+    msgs[1].data_header = vec![0xffu8; 64].into();
+    let e = raw_stream(&fx, false, msgs).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // A body with no header.
+    let mut msgs = encoded(&[1], plain.clone(), upload).await;
+    msgs.push(arrow_flight::FlightData {
+        data_body: vec![1u8; 32].into(),
+        ..Default::default()
+    });
+    let e = raw_stream(&fx, false, msgs).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // And the server still answers.
+    let mut a = fx.client(TOKEN_A).await;
+    let out = a
+        .get_online_features("stats", None, &keys(&[1]))
+        .await
+        .unwrap();
+    assert_eq!(out.num_rows(), 1);
+}
+
+#[tokio::test]
+async fn exchange_accepts_a_descriptor_only_first_message_and_metadata_only_messages() {
+    // As pyarrow sends it: the descriptor alone, then the schema and batches, with a
+    // metadata-only message in between (allowed by the Flight spec).
+    let fx = Fixture::start(None).await;
+    let plain = arrow::ipc::writer::IpcWriteOptions::default();
+    let mut msgs = vec![arrow_flight::FlightData {
+        flight_descriptor: Some(FlightDescriptor::new_cmd(
+            br#"{"type":"exchange","view":"stats"}"#.to_vec(),
+        )),
+        ..Default::default()
+    }];
+    let mut data = encoded(&[1, 2], plain.clone(), b"{}").await;
+    data[0].flight_descriptor = None;
+    msgs.extend(data);
+    msgs.push(arrow_flight::FlightData {
+        app_metadata: b"progress".to_vec().into(),
+        ..Default::default()
+    });
+    let more = encoded(&[2, 3, 4], plain, b"{}").await;
+    msgs.push(more[1].clone());
+    assert_eq!(raw_stream(&fx, true, msgs).await.unwrap(), 5);
+}
+
+async fn read(c: &mut Client, t: Ticket) -> Result<(), String> {
+    match c.flight().do_get(t).await {
+        Ok(s) => s
+            .try_collect::<Vec<RecordBatch>>()
+            .await
+            .map(|_| ())
+            .map_err(|e| code(e.into())),
+        Err(e) => Err(code(e.into())),
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_version_does_not_bypass_revoked_access() {
+    let fx = Fixture::start(None).await;
+    let mut a = fx.client(TOKEN_A).await;
+    let mut b = fx.client(TOKEN_B).await;
+    let historical = |view: &str| {
+        let cmd = serde_json::json!({"type": "historical", "features": [view],
+            "rows": {"user_id": [1], "event_timestamp": ["2030-01-01T00:00:00Z"]}});
+        Ticket::new(cmd.to_string().into_bytes())
+    };
+    // Version 1 shares `latest` with bank_b.
+    read(&mut b, historical("latest@1")).await.unwrap();
+    // Version 2 stops sharing it: bank_b can read neither the current nor version 1.
+    fx._repo
+        .write("f.yaml", &REPO.replace("shared_with: [bank_b]\n", ""));
+    a.apply().await.unwrap();
+    for pinned in ["latest", "latest@1", "latest@2"] {
+        let e = read(&mut b, historical(pinned)).await.unwrap_err();
+        assert_eq!(e, "PermissionDenied", "{pinned}");
+    }
+    // The denial names no owner or version.
+    let denied = b
+        .get_online_features("latest", None, &keys(&[1]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!denied.contains("bank_a"), "{denied}");
+    // The view removed altogether: nobody but an admin reads any version of it.
+    let without_latest = REPO
+        .split("---\n")
+        .filter(|d| !d.contains("name: latest"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    fx._repo.write("f.yaml", &without_latest);
+    a.apply().await.unwrap();
+    let e = read(&mut b, historical("latest@1")).await.unwrap_err();
+    assert_eq!(e, "NotFound");
+    read(&mut a, historical("latest@1")).await.unwrap();
+    // And what bank_b is told about a view it may not read says nothing of others.
+    let e = b
+        .get_online_features("stats", None, &keys(&[1]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("versions"), "{e}");
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_can_require_a_token() {
+    let (_repo, store, _base) = Fixture::store().await;
+    let token = "metrics-token-0123456789";
+    let config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_metrics_token(token)
+        .unwrap();
+    let server = config.spawn(store).await.unwrap();
+    let addr = server.metrics_addr().unwrap();
+    let none = http_get(addr, "/metrics").await;
+    assert!(none.starts_with("HTTP/1.1 401"), "{none}");
+    assert!(!none.contains("stats"), "{none}");
+    let wrong = http_get_with(
+        addr,
+        "/metrics",
+        "Authorization: Bearer metrics-token-9999999999\r\n",
+    )
+    .await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let right = http_get_with(
+        addr,
+        "/metrics",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .await;
+    assert!(right.starts_with("HTTP/1.1 200"), "{right}");
+    assert!(right.contains("quiver_"), "{right}");
+    assert!(
+        ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+            .with_metrics_token("short")
+            .is_err()
     );
 }

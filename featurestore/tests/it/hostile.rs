@@ -186,10 +186,13 @@ async fn an_empty_repo_folder_is_fine_and_a_missing_one_is_not() {
     let repo = Repo::new();
     let store = FeatureStore::open(repo.path()).unwrap();
     assert!(store.plan().await.unwrap().is_empty());
-    let missing = FeatureStore::builder(repo.path().join("nope"))
+    // A missing repo is refused when opened, before anything (a registry) is created.
+    let e = FeatureStore::builder(repo.path().join("nope"))
         .with_registry(repo.path().join("reg"))
         .build()
-        .unwrap();
-    let e = missing.plan().await.unwrap_err().to_string();
-    assert!(e.contains("feature repo folder not found"), "{e}");
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no feature repo folder"), "{e}");
+    assert!(!repo.path().join("reg").exists());
+    assert!(!repo.path().join("nope").exists());
 }

@@ -406,3 +406,18 @@ fn a_second_process_gets_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another process"), "{err}");
 }
+
+#[tokio::test]
+async fn materializing_until_a_future_time_is_refused() {
+    let (_repo, store) = repo_with(&random_rows(3, 20, T0 + DAY)).await;
+    let tomorrow = chrono::Utc::now().timestamp_micros() + DAY;
+    let e = store
+        .materialize()
+        .with_until(tomorrow)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in the future"), "{e}");
+    // Nothing was written: the store has no watermark yet, and a run up to now works.
+    store.materialize().await.unwrap();
+}

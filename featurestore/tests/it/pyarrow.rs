@@ -58,6 +58,21 @@ async fn pyarrow_reads_online_features_and_training_sets() {
         ])
     );
     assert_eq!(doc["online"]["n_1d"], serde_json::json!([2, 0, null]));
+    assert_eq!(doc["schema"], doc["online_schema"]);
+    // DoExchange from pyarrow: three batches in, the same keys' values out, in order.
+    assert_eq!(
+        doc["exchange_n_1d"],
+        serde_json::json!([2, 0, null, 0, 2, 2])
+    );
+    assert!(
+        doc["action_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "list"),
+        "{}",
+        doc["action_types"]
+    );
     assert_eq!(
         doc["online"]["sum_all"],
         serde_json::json!([35.0, 7.5, null])

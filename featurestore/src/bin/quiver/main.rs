@@ -142,9 +142,14 @@ enum Command {
         /// Flight address.
         #[arg(long, default_value = "127.0.0.1:8815")]
         addr: std::net::SocketAddr,
-        /// Prometheus address, or `none`.
+        /// Prometheus address, or `none`. The metrics name every tenant's views and
+        /// models: keep it on a private address, or require --metrics-token-file.
         #[arg(long, default_value = "127.0.0.1:9815")]
         metrics_addr: String,
+        /// File holding the bearer token /metrics requires (env QUIVER_METRICS_TOKEN
+        /// gives the token itself).
+        #[arg(long)]
+        metrics_token_file: Option<PathBuf>,
         /// JSON file of tokens: {"tokens": [{"token": "...", "tenant": "bank_a", "admin": true}]}.
         #[arg(long)]
         tokens: Option<PathBuf>,
@@ -215,6 +220,7 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    quiver_featurestore::cli::exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
@@ -440,6 +446,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             addr,
             metrics_addr,
+            metrics_token_file,
             tokens,
             insecure_no_auth,
             tls_cert,
@@ -472,6 +479,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = ServeConfig::new(*addr, tokens)
                 .with_metrics_addr(metrics)
                 .with_limits(limits);
+            let metrics_token = match metrics_token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| Error::InvalidRequest(format!("{}: {e}", f.display())))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => std::env::var("QUIVER_METRICS_TOKEN").ok(),
+            };
+            if let Some(t) = metrics_token {
+                config = config.with_metrics_token(t)?;
+            }
             if let (Some(c), Some(k)) = (tls_cert, tls_key) {
                 let read = |p: &PathBuf| {
                     std::fs::read(p)
@@ -585,7 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "  {}@{} ({}): {}",
                         v.view,
                         v.version,
-                        &v.hash[..12],
+                        quiver_featurestore::cli::short(&v.hash, 12),
                         v.features.join(", ")
                     );
                 }
@@ -682,7 +701,7 @@ async fn describe(cli: &Cli, view: &str, explain: bool) -> anyhow::Result<()> {
         "view      {} (version {}, {})",
         d.name(),
         applied.version,
-        &applied.hash[..16]
+        quiver_featurestore::cli::short(&applied.hash, 16)
     );
     println!(
         "entity    {} (keys: {})",
@@ -743,7 +762,11 @@ async fn describe(cli: &Cli, view: &str, explain: bool) -> anyhow::Result<()> {
         let when = chrono::DateTime::from_timestamp_millis(h.applied_at_ms)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
-        println!("  v{:<4} {}  {when}", h.version, &h.hash[..16]);
+        println!(
+            "  v{:<4} {}  {when}",
+            h.version,
+            quiver_featurestore::cli::short(&h.hash, 16)
+        );
     }
     if let Some(p) = plan_text {
         println!("plan of its values as of now:\n{p}");

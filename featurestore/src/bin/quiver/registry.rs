@@ -485,7 +485,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
                     m.model,
                     m.version,
                     m.format,
-                    &m.artifact_sha256[..16],
+                    quiver_featurestore::cli::short(&m.artifact_sha256, 16),
                     m.signer
                 );
                 println!(
@@ -718,7 +718,11 @@ fn show(reg: &ModelRegistry, model: &str, json_out: bool) -> anyhow::Result<()> 
             "artifact  sha256 {} ({} bytes)",
             m.artifact_sha256, m.artifact_bytes
         );
-        println!("signed by {} ({})", m.signer, &m.public_key[..16]);
+        println!(
+            "signed by {} ({})",
+            m.signer,
+            quiver_featurestore::cli::short(&m.public_key, 16)
+        );
         if !m.description.is_empty() {
             println!("about     {}", m.description);
         }
@@ -784,7 +788,7 @@ fn show(reg: &ModelRegistry, model: &str, json_out: bool) -> anyhow::Result<()> 
             m.version,
             m.format,
             m.signer,
-            &m.artifact_sha256[..16],
+            quiver_featurestore::cli::short(&m.artifact_sha256, 16),
             m.metrics
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))

@@ -1,0 +1,33 @@
+//! Small helpers shared by the project's command-line programs (`quiver`,
+//! `quiver-fed`, `quiver-debug`).
+
+/// Make a closed stdout end the program quietly with exit code 0, the way `cat` or
+/// `git log` behave under `| head`. Rust ignores SIGPIPE, so `println!` to a closed
+/// pipe panics with "failed printing to stdout: Broken pipe"; this hook turns exactly
+/// that panic into a clean exit and leaves every other panic's report as it was.
+pub fn exit_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
+}
+
+/// The first `n` characters of a hash (all of it when shorter, e.g. from a damaged
+/// record), for display.
+///
+/// ```
+/// assert_eq!(quiver_featurestore::cli::short("abcdef", 4), "abcd");
+/// assert_eq!(quiver_featurestore::cli::short("ab", 4), "ab");
+/// ```
+pub fn short(hash: &str, n: usize) -> &str {
+    hash.get(..n).unwrap_or(hash)
+}
