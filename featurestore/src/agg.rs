@@ -4,9 +4,9 @@
 //!
 //! - [`DdSum`]: a double-double sum with add *and* remove (sliding windows), counting
 //!   NaN and infinities apart. Finite values of magnitude `>= 2^500` are kept in a
-//!   second sum scaled by `2^-600`, so a window whose running sum once overflowed
-//!   returns to a finite value when the large values leave it (a plain running sum
-//!   stays at ±inf forever).
+//!   second, counted sum scaled by `2^-600` and reset to exactly zero when its last
+//!   value leaves, so a window whose running sum once overflowed returns to what a
+//!   fresh sum of its values gives (a plain running sum stays at ±inf forever).
 //! - [`Moments`]: count, Σx and Σx² as [`DdSum`]s (squares taken exactly with FMA), so
 //!   the sample standard deviation is O(1) per added or removed row, and the result is
 //!   the same whether rows were added in one pass or slid through a window.
@@ -18,16 +18,6 @@ use arrow::datatypes::Decimal128Type;
 /// `2^k` as f64 (for `|k| < 1023`).
 fn pow2(k: i32) -> f64 {
     f64::from_bits(((1023 + k) as u64) << 52)
-}
-
-/// Values at least this large go to the scaled sum.
-fn big_threshold() -> f64 {
-    pow2(500)
-}
-
-/// Values squared at least this large go to the scaled sum of squares.
-fn big_sq_threshold() -> f64 {
-    pow2(250)
 }
 
 /// Error-free sum: `a + b = s + e`.
@@ -52,18 +42,96 @@ impl Dd {
         self.hi = hi;
         self.lo = lo;
     }
+
+    fn merge(&mut self, other: &Dd) {
+        self.add(other.hi);
+        self.add(other.lo);
+    }
 }
 
-/// A double-double sum with removal; see the module docs.
+/// Two double-double buckets: values below a threshold as they are, larger ones
+/// scaled down, each with a count so an emptied bucket is reset to exactly zero (a
+/// window that held huge values returns to exactly what a fresh sum of what is left
+/// gives), plus counts of NaN and infinities.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct DdSum {
+struct Buckets {
     small: Dd,
-    /// Sum of `x · 2^-600` for the large values.
     big: Dd,
+    n_small: i64,
+    n_big: i64,
     nan: u32,
     pos_inf: u32,
     neg_inf: u32,
 }
+
+impl Buckets {
+    fn count_non_finite(&mut self, x: f64, sign: i32) {
+        let counter = if x.is_nan() {
+            &mut self.nan
+        } else if x > 0.0 {
+            &mut self.pos_inf
+        } else {
+            &mut self.neg_inf
+        };
+        *counter = counter.wrapping_add_signed(sign);
+    }
+
+    /// Add (`sign` 1) or remove (−1) the terms of one value in a bucket.
+    fn put(&mut self, big: bool, terms: [f64; 2], sign: i32) {
+        let (bucket, n) = if big {
+            (&mut self.big, &mut self.n_big)
+        } else {
+            (&mut self.small, &mut self.n_small)
+        };
+        *n += i64::from(sign);
+        if *n == 0 {
+            *bucket = Dd::default();
+            return;
+        }
+        for t in terms {
+            bucket.add(if sign < 0 { -t } else { t });
+        }
+    }
+
+    fn non_finite(&self) -> bool {
+        self.nan > 0 || self.pos_inf > 0 || self.neg_inf > 0
+    }
+
+    fn merge(&mut self, other: &Buckets) {
+        self.small.merge(&other.small);
+        self.big.merge(&other.big);
+        self.n_small += other.n_small;
+        self.n_big += other.n_big;
+        self.nan = self.nan.wrapping_add(other.nan);
+        self.pos_inf = self.pos_inf.wrapping_add(other.pos_inf);
+        self.neg_inf = self.neg_inf.wrapping_add(other.neg_inf);
+    }
+
+    fn to_parts(self) -> ([f64; 4], [i64; 2], [u32; 3]) {
+        (
+            [self.small.hi, self.small.lo, self.big.hi, self.big.lo],
+            [self.n_small, self.n_big],
+            [self.nan, self.pos_inf, self.neg_inf],
+        )
+    }
+
+    fn from_parts(f: [f64; 4], n: [i64; 2], c: [u32; 3]) -> Self {
+        Self {
+            small: Dd { hi: f[0], lo: f[1] },
+            big: Dd { hi: f[2], lo: f[3] },
+            n_small: n[0],
+            n_big: n[1],
+            nan: c[0],
+            pos_inf: c[1],
+            neg_inf: c[2],
+        }
+    }
+}
+
+/// A double-double sum with removal; see the module docs. Values of magnitude
+/// `>= 2^500` are kept as `x · 2^-600`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct DdSum(Buckets);
 
 impl DdSum {
     /// Add `x`.
@@ -78,104 +146,53 @@ impl DdSum {
 
     fn apply(&mut self, x: f64, sign: i32) {
         if !x.is_finite() {
-            let counter = if x.is_nan() {
-                &mut self.nan
-            } else if x > 0.0 {
-                &mut self.pos_inf
-            } else {
-                &mut self.neg_inf
-            };
-            *counter = counter.wrapping_add_signed(sign);
-            return;
-        }
-        let x = if sign < 0 { -x } else { x };
-        if x.abs() >= big_threshold() {
-            self.big.add(x * pow2(-600));
+            self.0.count_non_finite(x, sign);
+        } else if x.abs() >= pow2(500) {
+            self.0.put(true, [x * pow2(-600), 0.0], sign);
         } else {
-            self.small.add(x);
-        }
-    }
-
-    /// The state as plain numbers, for storage: small (hi, lo), big (hi, lo), and the
-    /// NaN, +inf and −inf counts.
-    pub(crate) fn to_parts(self) -> ([f64; 4], [u32; 3]) {
-        (
-            [self.small.hi, self.small.lo, self.big.hi, self.big.lo],
-            [self.nan, self.pos_inf, self.neg_inf],
-        )
-    }
-
-    /// The state [`to_parts`](Self::to_parts) gave.
-    pub(crate) fn from_parts(f: [f64; 4], c: [u32; 3]) -> Self {
-        Self {
-            small: Dd { hi: f[0], lo: f[1] },
-            big: Dd { hi: f[2], lo: f[3] },
-            nan: c[0],
-            pos_inf: c[1],
-            neg_inf: c[2],
+            self.0.put(false, [x, 0.0], sign);
         }
     }
 
     /// Fold in another sum.
     pub(crate) fn combine(&mut self, other: &DdSum) {
-        self.small.add(other.small.hi);
-        self.small.add(other.small.lo);
-        self.big.add(other.big.hi);
-        self.big.add(other.big.lo);
-        self.nan = self.nan.wrapping_add(other.nan);
-        self.pos_inf = self.pos_inf.wrapping_add(other.pos_inf);
-        self.neg_inf = self.neg_inf.wrapping_add(other.neg_inf);
+        self.0.merge(&other.0);
     }
 
-    /// Add `x²`, computed exactly (for [`Moments`]).
-    fn add_square(&mut self, x: f64, sign: i32) {
-        if !x.is_finite() {
-            // The square of NaN is NaN; of ±inf, +inf.
-            self.apply(if x.is_nan() { x } else { f64::INFINITY }, sign);
-            return;
-        }
-        let s = if sign < 0 { -1.0 } else { 1.0 };
-        if x.abs() >= big_sq_threshold() {
-            let y = x * pow2(-300);
-            let p = y * y;
-            self.big.add(s * p);
-            self.big.add(s * y.mul_add(y, -p));
-        } else {
-            let p = x * x;
-            self.small.add(s * p);
-            self.small.add(s * x.mul_add(x, -p));
-        }
+    /// The state as plain numbers, for storage.
+    pub(crate) fn to_parts(self) -> ([f64; 4], [i64; 2], [u32; 3]) {
+        self.0.to_parts()
     }
 
-    /// Whether a NaN or an infinity is in the sum.
-    fn non_finite(&self) -> bool {
-        self.nan > 0 || self.pos_inf > 0 || self.neg_inf > 0
+    /// The state [`to_parts`](Self::to_parts) gave.
+    pub(crate) fn from_parts(f: [f64; 4], n: [i64; 2], c: [u32; 3]) -> Self {
+        Self(Buckets::from_parts(f, n, c))
     }
 
     /// The finite part as a double-double `(hi, lo)`; hi may overflow to ±inf.
     fn finite_dd(&self) -> (f64, f64) {
-        if self.big == Dd::default() {
-            return (self.small.hi, self.small.lo);
+        let b = &self.0;
+        if b.big == Dd::default() {
+            return (b.small.hi, b.small.lo);
         }
-        let scale = pow2(600);
-        let (bh, bl) = (self.big.hi * scale, self.big.lo * scale);
+        let (bh, bl) = (b.big.hi * pow2(600), b.big.lo * pow2(600));
         if !bh.is_finite() {
             return (bh, 0.0);
         }
         let mut d = Dd { hi: bh, lo: bl };
-        d.add(self.small.hi);
-        d.add(self.small.lo);
+        d.merge(&b.small);
         (d.hi, d.lo)
     }
 
     /// The sum, rounded to f64: NaN if a NaN (or both infinities) was added, ±inf if
     /// one infinity was or the finite sum overflows.
     pub(crate) fn value(&self) -> f64 {
-        if self.nan > 0 || (self.pos_inf > 0 && self.neg_inf > 0) {
+        let b = &self.0;
+        if b.nan > 0 || (b.pos_inf > 0 && b.neg_inf > 0) {
             f64::NAN
-        } else if self.pos_inf > 0 {
+        } else if b.pos_inf > 0 {
             f64::INFINITY
-        } else if self.neg_inf > 0 {
+        } else if b.neg_inf > 0 {
             f64::NEG_INFINITY
         } else {
             let (hi, lo) = self.finite_dd();
@@ -185,43 +202,56 @@ impl DdSum {
 }
 
 /// Count, Σx and Σx² of the non-null values of a window; the sample standard deviation.
+/// Squares are exact (FMA); those of `|x| >= 2^250` are kept as `(x · 2^-550)²`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Moments {
     pub(crate) n: i64,
     s1: DdSum,
-    s2: DdSum,
+    s2: Buckets,
 }
 
 impl Moments {
     /// Add one value.
     pub(crate) fn add(&mut self, x: f64) {
-        self.n += 1;
-        self.s1.add(x);
-        self.s2.add_square(x, 1);
+        self.apply(x, 1);
     }
 
     /// Remove a value that was added.
     pub(crate) fn remove(&mut self, x: f64) {
-        self.n -= 1;
-        self.s1.remove(x);
-        self.s2.add_square(x, -1);
+        self.apply(x, -1);
+    }
+
+    fn apply(&mut self, x: f64, sign: i32) {
+        self.n += i64::from(sign);
+        self.s1.apply(x, sign);
+        if !x.is_finite() {
+            self.s2
+                .count_non_finite(if x.is_nan() { x } else { f64::INFINITY }, sign);
+        } else if x.abs() >= pow2(250) {
+            let y = x * pow2(-550);
+            let p = y * y;
+            self.s2.put(true, [p, y.mul_add(y, -p)], sign);
+        } else {
+            let p = x * x;
+            self.s2.put(false, [p, x.mul_add(x, -p)], sign);
+        }
     }
 
     /// Fold in the moments of other rows.
     pub(crate) fn combine(&mut self, other: &Moments) {
         self.n += other.n;
         self.s1.combine(&other.s1);
-        self.s2.combine(&other.s2);
+        self.s2.merge(&other.s2);
     }
 
     /// The count and the two sums, for storage.
     pub(crate) fn to_parts(self) -> (i64, DdSum, DdSum) {
-        (self.n, self.s1, self.s2)
+        (self.n, self.s1, DdSum(self.s2))
     }
 
     /// The moments [`to_parts`](Self::to_parts) gave.
     pub(crate) fn from_parts(n: i64, s1: DdSum, s2: DdSum) -> Self {
-        Self { n, s1, s2 }
+        Self { n, s1, s2: s2.0 }
     }
 
     /// Moments from a count, mean and sum of squared deviations (Welford's state, as
@@ -229,10 +259,11 @@ impl Moments {
     /// `Σx² = m2 + n·mean²`. Close, not bit-exact; a full rebuild replaces them.
     pub(crate) fn from_welford(n: i64, mean: f64, m2: f64) -> Self {
         let mut s1 = DdSum::default();
-        let mut s2 = DdSum::default();
-        s1.add(n as f64 * mean);
-        s2.add(m2);
-        s2.add(n as f64 * mean * mean);
+        s1.0.put(false, [n as f64 * mean, 0.0], 1);
+        s1.0.n_small = n;
+        let mut s2 = Buckets::default();
+        s2.put(false, [m2, n as f64 * mean * mean], 1);
+        s2.n_small = n;
         Self { n, s1, s2 }
     }
 
@@ -242,28 +273,31 @@ impl Moments {
         if self.n < 2 {
             return None;
         }
-        if self.s1.non_finite() || self.s2.non_finite() {
+        if self.s1.0.non_finite() || self.s2.non_finite() {
             return Some(f64::NAN);
         }
         let n = self.n as f64;
-        let (h1, l1) = self.s1.finite_dd();
-        let (h2, l2) = self.s2.finite_dd();
-        if !(h1.is_finite() && h2.is_finite()) {
-            // Σx² overflows f64: scale both sums down by 2^-600 and back.
-            let scaled = |s: &DdSum, k: i32| {
-                let (h, l) = (s.big.hi, s.big.lo);
-                (h + l) * pow2(k) + (s.small.hi + s.small.lo) * pow2(k - 600)
-            };
-            let m1 = scaled(&self.s1, 300) / n; // mean · 2^-300
-            let m2 = scaled(&self.s2, 0) / n; // E[x²] · 2^-600
-            let var = ((m2 - m1 * m1) * n / (n - 1.0)).max(0.0);
-            return Some(var.sqrt() * pow2(300));
+        if self.s2.n_big > 0 {
+            // Some |x| >= 2^250: work on x · 2^-550 in plain f64.
+            let b1 = &self.s1.0;
+            let m1 =
+                ((b1.small.hi + b1.small.lo) * pow2(-550) + (b1.big.hi + b1.big.lo) * pow2(50)) / n;
+            let s2 = &self.s2;
+            let m2 = ((s2.small.hi + s2.small.lo) * pow2(-550) * pow2(-550)
+                + (s2.big.hi + s2.big.lo))
+                / n;
+            let var = (m2 - m1 * m1) * n / (n - 1.0);
+            let var = if var < 0.0 { 0.0 } else { var };
+            return Some(var.sqrt() * pow2(550));
         }
-        // Σ(x − mean)² = Σx² − (Σx)²/n, in double-double.
-        let (sq_h, sq_l) = dd_mul((h1, l1), (h1, l1));
-        let (q_h, q_l) = dd_div_f64((sq_h, sq_l), n);
-        let (d_h, d_l) = dd_sub((h2, l2), (q_h, q_l));
-        let ss = (d_h + d_l).max(0.0);
+        // Σ(x − mean)² = Σx² − (Σx)²/n, in double-double (every |x| < 2^250).
+        let (h1, l1) = (self.s1.0.small.hi, self.s1.0.small.lo);
+        let (h2, l2) = (self.s2.small.hi, self.s2.small.lo);
+        let sq = dd_mul((h1, l1), (h1, l1));
+        let q = dd_div_f64(sq, n);
+        let (d_h, d_l) = dd_sub((h2, l2), q);
+        let ss = d_h + d_l;
+        let ss = if ss < 0.0 { 0.0 } else { ss };
         Some((ss / (n - 1.0)).sqrt())
     }
 }

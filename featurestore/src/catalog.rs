@@ -62,8 +62,10 @@ impl ViewDefinition {
         entity_ts: &str,
     ) -> PitSpec {
         let all: Vec<String> = self.features.iter().map(|f| f.name.clone()).collect();
-        let features = subset.map(<[String]>::to_vec).unwrap_or(all);
-        plan::pit_spec(
+        let features = subset
+            .map(<[String]>::to_vec)
+            .unwrap_or_else(|| all.clone());
+        let mut spec = plan::pit_spec(
             &self.view,
             &self.entity,
             self.event_time_column(),
@@ -71,7 +73,12 @@ impl ViewDefinition {
             &features,
             full_names,
             entity_ts,
-        )
+        );
+        if matches!(self.view.body, ViewBody::Sql(_)) {
+            // A SQL view's features are its output columns: all of them order ties.
+            spec.tie_columns = all;
+        }
+        spec
     }
 
     /// Created-time column used to break ties (not for SQL views, whose output has

@@ -55,6 +55,8 @@ impl Served {
                         Some(x),
                         DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64,
                     ) => Value::UInt(x.round().max(0.0) as u64),
+                    // Zero, as the training set's cast of 0 gives it.
+                    (Some(x), DataType::Decimal128(..)) if *x == 0.0 => Value::Decimal(0),
                     (Some(x), _) => Value::Float(*x),
                     (None, _) => Value::Null,
                 })

@@ -586,9 +586,10 @@ fn read_partial(r: &mut Reader<'_>) -> Result<Partial> {
         3 => {
             let (hi, lo) = (r.f64()?, r.f64()?);
             let (nan, pos_inf, neg_inf) = (r.u32()?, r.u32()?, r.u32()?);
+            let n = r.i64()?;
             Partial::SumFloat {
-                sum: DdSum::from_parts([hi, lo, 0.0, 0.0], [nan, pos_inf, neg_inf]),
-                n: r.i64()?,
+                sum: DdSum::from_parts([hi, lo, 0.0, 0.0], [n, 0], [nan, pos_inf, neg_inf]),
+                n,
             }
         }
         8 => Partial::SumFloat {
@@ -630,9 +631,12 @@ fn read_partial(r: &mut Reader<'_>) -> Result<Partial> {
 }
 
 fn write_dd(w: &mut Writer, s: &DdSum) {
-    let (f, c) = s.to_parts();
+    let (f, n, c) = s.to_parts();
     for x in f {
         w.f64(x);
+    }
+    for x in n {
+        w.i64(x);
     }
     for x in c {
         w.u32(x);
@@ -641,8 +645,9 @@ fn write_dd(w: &mut Writer, s: &DdSum) {
 
 fn read_dd(r: &mut Reader<'_>) -> Result<DdSum> {
     let f = [r.f64()?, r.f64()?, r.f64()?, r.f64()?];
+    let n = [r.i64()?, r.i64()?];
     let c = [r.u32()?, r.u32()?, r.u32()?];
-    Ok(DdSum::from_parts(f, c))
+    Ok(DdSum::from_parts(f, n, c))
 }
 
 fn int_sum(sum: i128) -> Result<Value> {

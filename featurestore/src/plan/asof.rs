@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Each source row lands in the bucket of the first query at or after its event time,
-//! where only the best row (newest event time, then created time, then values) is
-//! kept. A query's row is then the best of the last non-empty bucket at or before it:
+//! where only the best row (newest event time, then created time, then the values of
+//! *all* the view's columns, whatever was requested) is kept. A query's row is then the best of the last non-empty bucket at or before it:
 //! every row in a later bucket is strictly newer than every row in an earlier one.
 //! Cost: one hash lookup and one binary search per source row; memory: one slot per
 //! query and source partition, plus the source batches that hold a kept row.
@@ -97,7 +97,7 @@ fn beats(candidate: &Best, current: &Best, cols: &[usize], batches: &[RecordBatc
 pub(crate) fn scan_batch(
     index: &KeyIndex,
     layout: &SourceLayout,
-    cols: &[usize],
+    tie: &[usize],
     queries: &Queries,
     batch: RecordBatch,
     groups: &mut Vec<u32>,
@@ -138,7 +138,7 @@ pub(crate) fn scan_batch(
             batch: batch_no,
             row: row as u32,
         };
-        if beats(&candidate, &part.best[j], cols, &part.batches) {
+        if beats(&candidate, &part.best[j], tie, &part.batches) {
             part.best[j] = candidate;
             kept = true;
         }
@@ -155,6 +155,7 @@ pub(crate) fn answer(
     queries: &Queries,
     n_groups: usize,
     cols: &[usize],
+    tie: &[usize],
     ttl_us: Option<i64>,
     value_types: &[DataType],
 ) -> Result<Answer> {
@@ -168,7 +169,7 @@ pub(crate) fn answer(
                 continue;
             }
             b.batch += offset;
-            if beats(&b, slot, cols, &batches) {
+            if beats(&b, slot, tie, &batches) {
                 *slot = b;
             }
         }

@@ -237,7 +237,7 @@ impl Run {
                 self.spec.entity_ts
             ))
         })?;
-        let t = kernel::micros(
+        let t = kernel::query_micros(
             ts_col,
             &format!("the entity table's `{}`", self.spec.entity_ts),
         )?;
@@ -272,13 +272,14 @@ impl Run {
             .output_partitioning()
             .partition_count();
         let answer = match mode {
-            Mode::AsOf(cols) => {
+            Mode::AsOf(cols, tie) => {
                 let cols = Arc::new(cols);
+                let tie = Arc::new(tie);
                 let mut tasks = Vec::with_capacity(partitions);
                 for p in 0..partitions {
                     let mut stream = self.source.execute(p, context.clone())?;
-                    let (index, layout, cols, queries) =
-                        (index.clone(), layout.clone(), cols.clone(), queries.clone());
+                    let (index, layout, tie, queries) =
+                        (index.clone(), layout.clone(), tie.clone(), queries.clone());
                     let counters = (self.scanned.clone(), self.matched.clone(), progress.clone());
                     tasks.push(SpawnedTask::spawn(async move {
                         let mut part = asof::Part::new(queries.order.len());
@@ -289,7 +290,7 @@ impl Run {
                             let matched = asof::scan_batch(
                                 &index,
                                 &layout,
-                                &cols,
+                                &tie,
                                 &queries,
                                 batch,
                                 &mut groups,
@@ -310,7 +311,7 @@ impl Run {
                 }
                 tokio::task::spawn_blocking(move || {
                     let _guard = timer.timer();
-                    asof::answer(parts, &queries, n_groups, &cols, ttl, &value_types)
+                    asof::answer(parts, &queries, n_groups, &cols, &tie, ttl, &value_types)
                 })
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))??
@@ -380,6 +381,11 @@ impl Run {
             }
         };
 
+        let answer = if self.spec.fallback_zero {
+            kernel::apply_zero_fallback(answer)?
+        } else {
+            answer
+        };
         let mut columns: Vec<ArrayRef> = entity.columns().to_vec();
         columns.extend(answer.values);
         columns.push(Arc::new(answer.status));

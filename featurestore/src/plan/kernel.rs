@@ -31,7 +31,7 @@ use std::cmp::Ordering;
 use std::collections::VecDeque;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray, UInt32Array, new_null_array,
 };
 use arrow::compute::{CastOptions, SortOptions, cast_with_options, interleave, take};
@@ -54,6 +54,7 @@ pub(crate) enum Status {
     Present = 0,
     NotFound = 1,
     Expired = 2,
+    Fallback = 3,
 }
 
 impl Status {
@@ -62,6 +63,7 @@ impl Status {
             Status::Present => "PRESENT",
             Status::NotFound => "NOT_FOUND",
             Status::Expired => "EXPIRED",
+            Status::Fallback => "FALLBACK",
         }
     }
 }
@@ -74,8 +76,33 @@ fn strict_cast(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
     Ok(cast_with_options(array, to, &opts)?)
 }
 
-/// Event or created time as UTC microseconds.
+/// Source rows' event or created times as UTC microseconds, a nanosecond time rounded
+/// **up**: a row is never seen before it happened. With entity times rounded down
+/// ([`query_micros`]), a row at `r` is visible to a request at `t` exactly when
+/// `ceil_µs(r) <= floor_µs(t)`, offline and online alike (docs/point-in-time.md).
 pub(crate) fn micros(array: &ArrayRef, what: &str) -> Result<TimestampMicrosecondArray> {
+    micros_rounded(array, what, true)
+}
+
+/// Entity (request) times as UTC microseconds, a nanosecond time rounded **down**: a
+/// request never sees past its own time.
+pub(crate) fn query_micros(array: &ArrayRef, what: &str) -> Result<TimestampMicrosecondArray> {
+    micros_rounded(array, what, false)
+}
+
+fn micros_rounded(array: &ArrayRef, what: &str, up: bool) -> Result<TimestampMicrosecondArray> {
+    if let DataType::Timestamp(TimeUnit::Nanosecond, tz) = array.data_type() {
+        let ns = array.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let us: TimestampMicrosecondArray = ns.unary(|v: i64| {
+            let q = v.div_euclid(1000);
+            if up && v.rem_euclid(1000) != 0 {
+                q + 1
+            } else {
+                q
+            }
+        });
+        return Ok(us.with_timezone_opt(tz.clone()));
+    }
     let to = match array.data_type() {
         DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
         DataType::Date32 | DataType::Date64 => DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -264,7 +291,8 @@ pub(crate) struct AggPlan {
 #[derive(Debug, Clone)]
 pub(crate) enum Mode {
     /// Values of the newest row; the column indices in the source batches.
-    AsOf(Vec<usize>),
+    /// Output columns, and the columns that order tied rows.
+    AsOf(Vec<usize>, Vec<usize>),
     /// Aggregates.
     Aggregate(Vec<AggPlan>),
 }
@@ -832,6 +860,45 @@ pub(crate) fn finish(
         .clone()
         .with_timezone("UTC");
     Ok((inverse, status, event_ts))
+}
+
+/// `fallback: zero`: rows with status `NOT_FOUND` become `FALLBACK`, with 0 in every
+/// numeric feature and null in the others, exactly what online serving answers for an
+/// unknown key.
+pub(crate) fn apply_zero_fallback(answer: Answer) -> Result<Answer> {
+    let missing: BooleanArray = answer
+        .status
+        .iter()
+        .map(|s| Some(s == Some(Status::NotFound.as_str())))
+        .collect();
+    if missing.true_count() == 0 {
+        return Ok(answer);
+    }
+    let status = StringArray::from_iter_values(answer.status.iter().map(|s| match s {
+        Some(s) if s == Status::NotFound.as_str() => Status::Fallback.as_str(),
+        Some(s) => s,
+        None => "",
+    }));
+    let values = answer
+        .values
+        .into_iter()
+        .map(|v| {
+            if !is_numeric(v.data_type()) {
+                return Ok(v);
+            }
+            let zero = strict_cast(
+                &(std::sync::Arc::new(Int64Array::from(vec![0i64])) as ArrayRef),
+                v.data_type(),
+            )?;
+            let zeros = arrow::array::Scalar::new(zero);
+            Ok(arrow::compute::kernels::zip::zip(&missing, &zeros, &v)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Answer {
+        status,
+        event_ts: answer.event_ts,
+        values,
+    })
 }
 
 /// Among entries `[start, last]` of equal (ts, created) as `last`, those passing `ok`,

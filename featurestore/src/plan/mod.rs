@@ -87,6 +87,13 @@ pub(crate) fn pit_spec(
         ),
         ViewBody::Sql(_) => PitMode::AsOf(features.iter().map(|f| (out(f), f.clone())).collect()),
     };
+    // Ties are broken by every column of the view, whatever is requested (callers with
+    // a subset of a SQL view's features set the full list; see ViewDefinition::pit_spec).
+    let tie_columns = match &view.body {
+        ViewBody::Columns(cols) => cols.iter().map(|c| c.column.value.clone()).collect(),
+        ViewBody::Sql(_) => features.to_vec(),
+        ViewBody::Aggregates(_) => Vec::new(),
+    };
     PitSpec {
         view: name.clone(),
         keys: entity.join_keys.iter().map(|k| k.value.clone()).collect(),
@@ -95,6 +102,8 @@ pub(crate) fn pit_spec(
         source_created,
         ttl_us: view.ttl.as_ref().map(|t| t.value.as_micros()),
         mode,
+        tie_columns,
+        fallback_zero: view.fallback == crate::spec::Fallback::Zero,
     }
 }
 
@@ -223,6 +232,7 @@ impl Compiler {
             PitMode::AsOf(c) => cols.extend(c.iter().map(|(_, s)| s.clone())),
             PitMode::Aggregate(a) => cols.extend(a.iter().filter_map(|a| a.column.clone())),
         }
+        cols.extend(spec.tie_columns.iter().cloned());
         let mut seen = Vec::new();
         cols.retain(|c| {
             let new = !seen.contains(c);

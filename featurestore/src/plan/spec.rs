@@ -45,6 +45,14 @@ pub struct PitSpec {
     pub ttl_us: Option<i64>,
     /// What to compute.
     pub mode: PitMode,
+    /// As-of views: the source columns that order rows with equal event and created
+    /// time (largest wins, nulls smallest), in the view's feature order: all of the
+    /// view's columns, so the row picked never depends on which features a request
+    /// names (online serving keeps the same order). Empty: the output columns.
+    pub tie_columns: Vec<String>,
+    /// Keys with no row as of `t` get status `FALLBACK` and 0 in every numeric
+    /// feature, as online serving answers them (`fallback: zero`).
+    pub fallback_zero: bool,
 }
 
 fn index_of(schema: &Schema, name: &str, side: &str) -> Result<usize> {
@@ -145,11 +153,21 @@ impl PitSpec {
                 .transpose()?,
         };
         let mode = match &self.mode {
-            PitMode::AsOf(cols) => Mode::AsOf(
-                cols.iter()
+            PitMode::AsOf(cols) => {
+                let out: Vec<usize> = cols
+                    .iter()
                     .map(|(_, c)| index_of(source, c, "source"))
-                    .collect::<Result<_>>()?,
-            ),
+                    .collect::<Result<_>>()?;
+                let tie = if self.tie_columns.is_empty() {
+                    out.clone()
+                } else {
+                    self.tie_columns
+                        .iter()
+                        .map(|c| index_of(source, c, "source"))
+                        .collect::<Result<_>>()?
+                };
+                Mode::AsOf(out, tie)
+            }
             PitMode::Aggregate(aggs) => Mode::Aggregate(
                 aggs.iter()
                     .map(|a| {

@@ -445,6 +445,17 @@ impl<'a> Decoder<'a> {
         let fallback = match self.optional(&mut r, "fallback") {
             None => super::Fallback::None,
             Some(f) => match super::Fallback::from_name(&f.value) {
+                Some(v @ (super::Fallback::Mean | super::Fallback::Median)) => {
+                    self.err(
+                        f.loc,
+                        format!(
+                            "fallback `{}` is a statistic of served values at materialization time, which a training set cannot reproduce as of each row's time (training/serving skew)",
+                            f.value
+                        ),
+                        Some("use `fallback: zero` (0 with status FALLBACK, online and in training sets) or impute in the model".into()),
+                    );
+                    v
+                }
                 Some(v) => v,
                 None => {
                     let hint = match nearest(&f.value, super::Fallback::NAMES) {

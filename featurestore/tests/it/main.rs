@@ -13,6 +13,8 @@ mod hostile;
 mod models;
 /// Materialization and online lookups: online values equal training values.
 mod online;
+/// Every aggregate over every input type: online values equal training values.
+mod parity;
 /// Property tests of the point-in-time operator against a naive reference.
 mod pit_props;
 /// pyarrow's Flight client against `quiver serve`.

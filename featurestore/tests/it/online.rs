@@ -308,14 +308,28 @@ async fn rewritten_tables_trigger_a_full_rebuild() {
 }
 
 #[tokio::test]
-async fn fallback_values_for_unknown_keys() {
+async fn unknown_keys_get_the_same_fallback_online_and_in_training_sets() {
+    // `fallback: mean` (or median) cannot be reproduced as of each training row's
+    // time: refused where it is written.
     let repo = Repo::new();
+    let latest = "name: latest\nentity: user\nsource: transactions\nttl: 5d\n";
     repo.write(
         "f.yaml",
-        &REPO.replace(
-            "name: latest\nentity: user\nsource: transactions\nttl: 5d\n",
-            "name: latest\nentity: user\nsource: transactions\nttl: 5d\nfallback: mean\n",
-        ),
+        &REPO.replace(latest, &format!("{latest}fallback: mean\n")),
+    );
+    let store = FeatureStore::open(repo.path()).unwrap();
+    let e = store.apply().await.unwrap_err().to_string();
+    assert!(e.contains("f.yaml") && e.contains("fallback `mean`"), "{e}");
+    assert!(e.contains("fallback: zero"), "{e}");
+
+    repo.write(
+        "f.yaml",
+        &REPO
+            .replace(latest, &format!("{latest}fallback: zero\n"))
+            .replace(
+                "name: stats\nentity: user\nsource: transactions\nttl: 20d\n",
+                "name: stats\nentity: user\nsource: transactions\nttl: 20d\nfallback: zero\n",
+            ),
     );
     repo.delta(
         "data/transactions",
@@ -325,7 +339,6 @@ async fn fallback_values_for_unknown_keys() {
         ])],
     )
     .await;
-    let store = FeatureStore::open(repo.path()).unwrap();
     store.apply().await.unwrap();
     store.materialize().with_until(T0 + HOUR).await.unwrap();
     let (b, counts) = store
@@ -337,13 +350,32 @@ async fn fallback_values_for_unknown_keys() {
         column_strings(&b, "latest__status"),
         ["PRESENT", "FALLBACK"]
     );
-    assert_eq!(column_strings(&b, "amount"), ["10.0", "20.0"]);
+    assert_eq!(column_strings(&b, "amount"), ["10.0", "0.0"]);
     assert_eq!(
         column_strings(&b, "device"),
         ["a", ""],
         "non-numeric features fall back to null"
     );
     assert_eq!((counts.present, counts.fallback), (1, 1));
+    // The training set answers a new key exactly as serving does, for as-of and
+    // aggregate views alike (a key seen later is new at an earlier time too).
+    for view in ["latest", "stats"] {
+        assert_online_equals_training(&store, view, &[1, 2, 42], T0 + HOUR).await;
+    }
+    let set = store
+        .historical_features()
+        .with_entities(vec![entities(&[(1, T0 - DAY), (42, T0)])])
+        .with_features("latest")
+        .unwrap()
+        .await
+        .unwrap()
+        .concat()
+        .unwrap();
+    assert_eq!(
+        column_strings(&set, "latest__status"),
+        ["FALLBACK", "FALLBACK"]
+    );
+    assert_eq!(column_strings(&set, "amount"), ["0.0", "0.0"]);
 }
 
 #[tokio::test]

@@ -160,6 +160,8 @@ fn spec(c: &Case, mode: PitMode) -> PitSpec {
         source_created: c.with_created.then(|| "created".into()),
         ttl_us: c.ttl,
         mode,
+        tie_columns: Vec::new(),
+        fallback_zero: false,
     }
 }
 
@@ -387,4 +389,148 @@ proptest! {
                 "query {} {:?}: got ({:?}, {:?}, {:?}), want ({:?}, {:?}, {:?})", q, (key, t), got_v[q], got_s[q], got_i[q], want_v, want_s, want_i);
         }
     }
+}
+
+/// Run a point-in-time join of `spec` over one in-memory source batch and entity batch.
+fn join_once(source: RecordBatch, entity: RecordBatch, spec: PitSpec) -> RecordBatch {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ctx = plan::session();
+        let schema = source.schema();
+        let source = ctx
+            .read_table(Arc::new(
+                MemTable::try_new(schema, vec![vec![source]]).unwrap(),
+            ))
+            .unwrap()
+            .into_unoptimized_plan();
+        let entity = ctx.read_batch(entity).unwrap().into_unoptimized_plan();
+        let node = PointInTimeNode::try_new(entity, source, spec)
+            .unwrap()
+            .into_plan();
+        let df = ctx.execute_logical_plan(node).await.unwrap();
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.unwrap();
+        concat_batches(&schema, &batches).unwrap()
+    })
+}
+
+fn base_spec(mode: PitMode) -> PitSpec {
+    PitSpec {
+        view: "v".into(),
+        keys: vec!["user_id".into()],
+        entity_ts: "event_timestamp".into(),
+        source_ts: "ts".into(),
+        source_created: None,
+        ttl_us: None,
+        mode,
+        tie_columns: Vec::new(),
+        fallback_zero: false,
+    }
+}
+
+#[test]
+fn nanosecond_times_never_show_a_row_before_it_happened() {
+    // Source times in nanoseconds: 1 µs + {-500, 0, +1, +999} ns. A request at exactly
+    // 1 µs sees the first two; a request at 1 µs + 999 ns is rounded down to 1 µs and
+    // sees the same two, never the rows after it.
+    use arrow::array::TimestampNanosecondArray;
+    let ns_type = DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, Some("UTC".into()));
+    let t = 1_000_000_000i64; // 1,000,000 µs, in ns
+    let source = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("ts", ns_type.clone(), false),
+            Field::new("v", DataType::Float64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 1, 1, 1])),
+            Arc::new(
+                TimestampNanosecondArray::from(vec![t - 500, t, t + 1, t + 999])
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from(vec![1.0, 10.0, 100.0, 1000.0])),
+        ],
+    )
+    .unwrap();
+    let entity = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, true),
+            Field::new("event_timestamp", ns_type, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 1, 1])),
+            Arc::new(
+                TimestampNanosecondArray::from(vec![t, t + 999, t + 1000]).with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap();
+    let out = join_once(
+        source,
+        entity,
+        base_spec(PitMode::Aggregate(vec![AggSpec {
+            output: "s".into(),
+            function: AggFunction::Sum,
+            column: Some("v".into()),
+            window_us: None,
+        }])),
+    );
+    let s = cast(out.column_by_name("s").unwrap(), &DataType::Float64).unwrap();
+    let s = s.as_primitive::<Float64Type>();
+    assert_eq!((s.value(0), s.value(1), s.value(2)), (11.0, 11.0, 1111.0));
+}
+
+#[test]
+fn tied_rows_resolve_by_every_column_whatever_is_requested() {
+    // Two rows of one key at the same time: (a=1, b="z") and (a=2, b="a"). The row with
+    // the larger `a` wins, so asking for `b` alone must give "a", not "z".
+    let source = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("ts", ts_type(), false),
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 1])),
+            Arc::new(TimestampMicrosecondArray::from(vec![HOUR, HOUR]).with_timezone("UTC")),
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec!["z", "a"])),
+        ],
+    )
+    .unwrap();
+    let entity = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, true),
+            Field::new("event_timestamp", ts_type(), false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(TimestampMicrosecondArray::from(vec![2 * HOUR]).with_timezone("UTC")),
+        ],
+    )
+    .unwrap();
+    let pick = |mode: PitMode| {
+        let mut spec = base_spec(mode);
+        spec.tie_columns = vec!["a".into(), "b".into()];
+        join_once(source.clone(), entity.clone(), spec)
+    };
+    let both = pick(PitMode::AsOf(vec![
+        ("a".into(), "a".into()),
+        ("b".into(), "b".into()),
+    ]));
+    let only_b = pick(PitMode::AsOf(vec![("b".into(), "b".into())]));
+    let b = |batch: &RecordBatch| {
+        batch
+            .column_by_name("b")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_string()
+    };
+    assert_eq!(b(&both), "a");
+    assert_eq!(b(&only_b), "a");
 }
