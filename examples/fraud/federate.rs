@@ -148,7 +148,14 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
             device: a.device,
         })
         .collect();
-    let res = simulate(&fed_dir.join("certs"), coordinator, sims).await?;
+    // A demo federation: keys, certificates and each bank's privacy ledger are made
+    // afresh with the data (which `generate` remakes each run). A real bank keeps its
+    // ledger across runs (`quiver-fed worker`, docs/federation.md), so its budget holds.
+    let certs = fed_dir.join("certs");
+    if certs.exists() {
+        std::fs::remove_dir_all(&certs)?;
+    }
+    let res = simulate(&certs, coordinator, sims).await?;
     let s = &res.summary;
     print!("{}", s.history_table());
     println!(

@@ -122,6 +122,37 @@ pub async fn open(url: &Url, version: Option<i64>) -> Result<OpenTable> {
 }
 
 impl OpenTable {
+    /// The Arrow schema as text, to tell whether two versions' schemas differ (a
+    /// column added, dropped or retyped).
+    pub fn schema_fingerprint(&self) -> String {
+        format!("{:?}", self.schema.fields())
+    }
+
+    /// Each data file of this version with an identity that changes when the file's
+    /// rows change without its path changing: a deletion vector added or replaced (how
+    /// Spark and Databricks delete rows) gives the same path a new identity.
+    /// `(identity, path)`.
+    pub fn file_ids(&self) -> Result<Vec<(String, String)>> {
+        let snapshot = self.table.snapshot().map_err(|e| delta_err(&self.url, e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|f| {
+                let path = f.path().into_owned();
+                let id = match f.deletion_vector_descriptor() {
+                    None => path.clone(),
+                    Some(dv) => format!(
+                        "{path}#dv={}:{}:{}",
+                        dv.storage_type,
+                        dv.path_or_inline_dv,
+                        dv.offset.unwrap_or(-1)
+                    ),
+                };
+                (id, path)
+            })
+            .collect())
+    }
+
     /// Paths (relative to the table root, as the log writes them) of the data files of
     /// this version.
     pub fn file_paths(&self) -> Result<Vec<String>> {

@@ -73,9 +73,18 @@ pub struct FeatureStoreBuilder {
     online: Option<PathBuf>,
     limits: Limits,
     lock_wait: std::time::Duration,
+    read_only: bool,
 }
 
 impl FeatureStoreBuilder {
+    /// For commands that only read: when the repo has no registry yet (never
+    /// applied), use an empty temporary one instead of creating it, so reading a repo
+    /// changes nothing on disk.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
     /// When another process holds the registry, retry for up to `wait` before failing
     /// with [`quiver_registry::Error::Locked`] (default: fail at once).
     pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
@@ -116,7 +125,11 @@ impl FeatureStoreBuilder {
         let registry_path = self
             .registry
             .unwrap_or_else(|| self.root.join(".quiver").join("registry"));
-        let registry = MetadataStore::open_waiting(&registry_path, self.lock_wait)?;
+        let registry = if self.read_only && !registry_path.exists() {
+            MetadataStore::empty()?
+        } else {
+            MetadataStore::open_waiting(&registry_path, self.lock_wait)?
+        };
         let online_path = self
             .online
             .unwrap_or_else(|| self.root.join(".quiver").join("online"));
@@ -173,6 +186,7 @@ impl FeatureStore {
             online: None,
             limits: Limits::default(),
             lock_wait: std::time::Duration::ZERO,
+            read_only: false,
         }
     }
 

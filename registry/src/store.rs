@@ -262,6 +262,30 @@ impl MetadataStore {
         })
     }
 
+    /// An empty store that lives only as long as this handle (sled's temporary mode),
+    /// for read-only commands on a repo that was never applied: they see "nothing
+    /// applied" and leave no registry behind.
+    pub fn empty() -> Result<Self> {
+        let storage = |source| Error::Storage {
+            path: "(temporary)".into(),
+            source,
+        };
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(storage)?;
+        let tree = |name: &str| db.open_tree(name).map_err(storage);
+        Ok(Self {
+            defs: tree("defs")?,
+            current: tree("current")?,
+            latest: tree("latest")?,
+            applies: tree("applies")?,
+            meta: tree("meta")?,
+            db,
+            path: "(temporary)".into(),
+        })
+    }
+
     /// The model side of the registry (same database), with artifacts under
     /// `artifacts`.
     pub fn models(&self, artifacts: crate::ArtifactStore) -> Result<crate::ModelRegistry> {

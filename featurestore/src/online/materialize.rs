@@ -233,27 +233,50 @@ impl<'a> Materialize<'a> {
                     out.seconds = started.elapsed().as_secs_f64();
                     return Ok(out);
                 }
-                let old = delta::open(&table.url, Some(old_mark.version)).await?;
-                let old_files = old.file_paths()?;
-                let new_files = table.file_paths()?;
-                let removed = old_files.iter().filter(|f| !new_files.contains(f)).count();
-                if removed > 0 {
-                    format!(
-                        "{removed} file(s) removed or rewritten since Delta version {} (delete, update or optimize)",
+                // The version the store holds may be unreadable now: its log cleaned up
+                // after a checkpoint (Delta's log retention). Then only a full rebuild
+                // can tell what changed.
+                match delta::open(&table.url, Some(old_mark.version)).await {
+                    Err(e) => format!(
+                        "Delta version {} is no longer readable ({e}); full rebuild",
                         old_mark.version
-                    )
-                } else {
-                    let added: Vec<String> = new_files
-                        .into_iter()
-                        .filter(|f| !old_files.contains(f))
-                        .collect();
-                    let reason = format!(
-                        "{} new file(s) since Delta version {}",
-                        added.len(),
-                        old_mark.version
-                    );
-                    incremental = Some((w.clone(), added));
-                    reason
+                    ),
+                    Ok(old) => {
+                        let old_files: std::collections::HashSet<String> =
+                            old.file_ids()?.into_iter().map(|(id, _)| id).collect();
+                        let new_files = table.file_ids()?;
+                        let new_ids: std::collections::HashSet<&str> =
+                            new_files.iter().map(|(id, _)| id.as_str()).collect();
+                        let removed = old_files
+                            .iter()
+                            .filter(|f| !new_ids.contains(f.as_str()))
+                            .count();
+                        let old_schema = old.schema_fingerprint();
+                        if removed > 0 {
+                            format!(
+                                "{removed} file(s) removed or rewritten since Delta version {} (delete, update, optimize, or a deletion vector)",
+                                old_mark.version
+                            )
+                        } else if old_schema != table.schema_fingerprint() {
+                            format!(
+                                "the table's schema changed since Delta version {}",
+                                old_mark.version
+                            )
+                        } else {
+                            let added: Vec<String> = new_files
+                                .into_iter()
+                                .filter(|(id, _)| !old_files.contains(id))
+                                .map(|(_, path)| path)
+                                .collect();
+                            let reason = format!(
+                                "{} new file(s) since Delta version {}",
+                                added.len(),
+                                old_mark.version
+                            );
+                            incremental = Some((w.clone(), added));
+                            reason
+                        }
+                    }
                 }
             }
         };

@@ -192,6 +192,18 @@ fn a_missing_repo_is_an_error_that_creates_nothing_and_a_closed_pipe_is_no_panic
 
     let repo = dir.path().join("repo");
     ok(&quiver(&repo, &["init", "--sample-data"]));
+    // Reading a repo that was never applied creates no registry.
+    ok(&quiver(&repo, &["validate"]));
+    ok(&quiver(&repo, &["plan"]));
+    ok(&quiver(&repo, &["list"]));
+    assert_eq!(
+        quiver(&repo, &["describe", "user_txn_stats"]).status.code(),
+        Some(1)
+    );
+    assert!(
+        !repo.join(".quiver").exists(),
+        "a read-only command created .quiver"
+    );
     ok(&quiver(&repo, &["apply"]));
     // `quiver describe VIEW | head -c1`: the reader goes away; exit 0, no panic.
     let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))

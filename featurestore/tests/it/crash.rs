@@ -180,3 +180,205 @@ async fn sigkill_mid_materialization_leaves_a_consistent_store() {
         "every run finished before its kill: the data is too small to test anything"
     );
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+type Served = Vec<(String, Vec<Vec<String>>)>;
+
+/// What the online store serves for the sample keys at `t`, view by view.
+fn served_at(repo: &Repo, t: i64) -> Served {
+    let store = FeatureStore::open(repo.path()).unwrap();
+    let online = store.online().unwrap();
+    let sample: Vec<i64> = (0..USERS).step_by(997).collect();
+    ["velocity", "latest"]
+        .iter()
+        .map(|view| {
+            let (got, _) = online.get(view, None, &keys(&sample), t).unwrap();
+            let cols = got
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| column_strings(&got, f.name()))
+                .collect();
+            (view.to_string(), cols)
+        })
+        .collect()
+}
+
+/// Each view is at the old watermark or the new one, never between: at the old one it
+/// serves exactly what it served before the run (`before`), at the new one what a
+/// training set says; its records agree with its watermark. Returns how many moved.
+async fn check_old_or_new(repo: &Repo, old: i64, new: i64, before: &Served) -> usize {
+    let mut moved = 0;
+    let mut at = Vec::new();
+    {
+        let store = FeatureStore::open(repo.path()).unwrap();
+        let online = store.online().unwrap();
+        for view in ["velocity", "latest"] {
+            let wm = online
+                .store()
+                .watermark(view)
+                .unwrap()
+                .expect("materialized before the incremental run");
+            assert!(
+                wm.until_us == old || wm.until_us == new,
+                "{view}: watermark {} is neither the old nor the new one",
+                wm.until_us
+            );
+            let stored = online.store().scan(&wm).unwrap().count() as u64;
+            assert_eq!(stored, wm.keys, "{view}: records and watermark disagree");
+            moved += usize::from(wm.until_us == new);
+            at.push(wm.until_us);
+        }
+    }
+    let now_old = served_at(repo, old);
+    for (i, view) in ["velocity", "latest"].iter().enumerate() {
+        if at[i] == old {
+            assert_eq!(now_old[i], before[i], "{view} at the old watermark changed");
+        }
+    }
+    if at.contains(&new) {
+        check_consistent_views(repo, new, &at, new).await;
+    }
+    moved
+}
+
+/// The views whose watermark is `want` hold what a training set says at `until`.
+async fn check_consistent_views(repo: &Repo, until: i64, at: &[i64], want: i64) {
+    let store = FeatureStore::open(repo.path()).unwrap();
+    let online = store.online().unwrap();
+    let sample: Vec<i64> = (0..USERS).step_by(997).collect();
+    for (i, view) in ["velocity", "latest"].iter().enumerate() {
+        if at[i] != want {
+            continue;
+        }
+        let (got, _) = online.get(view, None, &keys(&sample), until).unwrap();
+        let rows: Vec<(i64, i64)> = sample.iter().map(|&k| (k, until)).collect();
+        let want = store
+            .historical_features()
+            .with_entities(vec![entities(&rows)])
+            .with_features(view)
+            .unwrap()
+            .await
+            .unwrap()
+            .concat()
+            .unwrap();
+        for f in want
+            .schema()
+            .fields()
+            .iter()
+            .skip(2)
+            .filter(|f| !f.name().ends_with("__event_timestamp"))
+        {
+            assert_eq!(
+                column_strings(&got, f.name()),
+                column_strings(&want, f.name()),
+                "{view}.{} at {until}",
+                f.name()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigkill_mid_incremental_materialization_leaves_the_old_or_the_new_watermark() {
+    let repo = Repo::new();
+    repo.write("f.yaml", REPO);
+    let gen_rows = |seed: u64, n: u64, from: i64| {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let dev = ["a", "b", "c", "d", "e"][(s % 5) as usize];
+                (
+                    (s % USERS as u64) as i64,
+                    from + ((i * 7919) % (10 * 24)) as i64 * HOUR,
+                    Some((s % 1000) as f64),
+                    Some(dev),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = gen_rows(12345, 100_000, T0);
+    repo.delta(
+        "data/transactions",
+        first.chunks(50_000).map(transactions).collect(),
+    )
+    .await;
+    let store = FeatureStore::open(repo.path()).unwrap();
+    store.apply().await.unwrap();
+    let old = T0 + 10 * DAY;
+    store.materialize().with_until(old).await.unwrap();
+    drop(store);
+    // New rows after the old watermark, and late ones before it: an incremental run.
+    let mut second = gen_rows(777, 100_000, T0 + 10 * DAY);
+    second.extend(gen_rows(4242, 20_000, T0 + 2 * DAY));
+    let url = quiver_featurestore::delta::table_url(repo.path(), "data/transactions").unwrap();
+    quiver_featurestore::delta::write(
+        &url,
+        second.chunks(60_000).map(transactions).collect(),
+        deltalake::protocol::SaveMode::Append,
+    )
+    .await
+    .unwrap();
+    let online_dir = repo.path().join(".quiver/online");
+    let backup = repo.path().join("online-before");
+    copy_dir(&online_dir, &backup);
+    let before = served_at(&repo, old);
+
+    let new = T0 + 20 * DAY;
+    let new_text = chrono::DateTime::from_timestamp_micros(new)
+        .unwrap()
+        .to_rfc3339();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args([
+                "--repo",
+                repo.path().to_str().unwrap(),
+                "materialize",
+                "--until",
+                &new_text,
+            ])
+            .env_remove("QUIVER_SERVER")
+            .spawn()
+            .unwrap()
+    };
+    let (mut killed_between, mut finished_early) = (0, 0);
+    for delay_ms in [15u64, 60, 150, 350, 700, 1400] {
+        // Every attempt starts from the store as the full run left it.
+        std::fs::remove_dir_all(&online_dir).unwrap();
+        copy_dir(&backup, &online_dir);
+        let mut child = run();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_some() {
+            finished_early += 1;
+        } else {
+            child.kill().unwrap(); // SIGKILL
+        }
+        child.wait().unwrap();
+        let moved = check_old_or_new(&repo, old, new, &before).await;
+        killed_between += usize::from(moved == 1);
+        eprintln!("incremental, killed after {delay_ms} ms: views at the new watermark={moved}");
+    }
+    // A rerun completes it, incrementally or not, and agrees with a training set.
+    assert!(run().wait().unwrap().success());
+    assert_eq!(check_old_or_new(&repo, old, new, &before).await, 2);
+    assert!(
+        finished_early < 6,
+        "every incremental run finished before its kill: too little data to test anything"
+    );
+    let _ = killed_between;
+}

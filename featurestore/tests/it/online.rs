@@ -453,3 +453,165 @@ async fn materializing_until_a_future_time_is_refused() {
     // Nothing was written: the store has no watermark yet, and a run up to now works.
     store.materialize().await.unwrap();
 }
+
+/// The `add` action of the only data file in a table's first commit.
+fn first_add(table: &std::path::Path) -> serde_json::Value {
+    let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("add").cloned())
+        .expect("an add action")
+}
+
+#[tokio::test]
+async fn a_deletion_vector_written_by_another_engine_rebuilds_the_view() {
+    // Spark and Databricks delete rows by attaching a deletion vector to the same
+    // file path. Key 2's only row is deleted that way; an incremental run that
+    // compared paths would keep serving it.
+    let (repo, store) = repo_with(&[
+        (1, T0, Some(10.0), Some("a")),
+        (2, T0 + HOUR, Some(20.0), Some("b")),
+        (3, T0 + 2 * HOUR, Some(30.0), Some("c")),
+    ])
+    .await;
+    let until = T0 + DAY;
+    store.materialize().with_until(until).await.unwrap();
+    let table = repo.path().join("data/transactions");
+    let add = first_add(&table);
+    // Row 1 (key 2) deleted: a portable RoaringTreemap after the magic number, inline.
+    let mut bitmap = roaring::RoaringTreemap::new();
+    bitmap.insert(1);
+    let mut bytes = 1_681_511_377u32.to_le_bytes().to_vec();
+    bitmap.serialize_into(&mut bytes).unwrap();
+    let mut with_dv = add.clone();
+    with_dv["deletionVector"] = serde_json::json!({
+        "storageType": "i",
+        "pathOrInlineDv": z85::encode(&bytes),
+        "sizeInBytes": bytes.len(),
+        "cardinality": 1,
+    });
+    with_dv["dataChange"] = serde_json::json!(true);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let commit = [
+        serde_json::json!({"protocol": {"minReaderVersion": 3, "minWriterVersion": 7,
+            "readerFeatures": ["deletionVectors"], "writerFeatures": ["deletionVectors"]}}),
+        serde_json::json!({"remove": {"path": add["path"], "deletionTimestamp": now_ms,
+            "dataChange": true, "extendedFileMetadata": true, "partitionValues": {},
+            "size": add["size"]}}),
+        serde_json::json!({"add": with_dv}),
+        serde_json::json!({"commitInfo": {"timestamp": now_ms, "operation": "DELETE",
+            "engineInfo": "a Spark-like test writer"}}),
+    ]
+    .iter()
+    .map(|v| v.to_string())
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(
+        table.join("_delta_log/00000000000000000001.json"),
+        commit + "\n",
+    )
+    .unwrap();
+    let r = store.materialize().with_until(until).await.unwrap();
+    let v = r.views.iter().find(|v| v.view == "latest").unwrap();
+    assert_eq!(v.mode, "full", "{v:?}");
+    assert!(v.reason.contains("deletion vector"), "{}", v.reason);
+    // Key 2 is gone from training sets and from serving alike.
+    for view in ["stats", "latest", "doubled"] {
+        assert_online_equals_training(&store, view, &[1, 2, 3], until).await;
+    }
+    let (b, _) = store
+        .online()
+        .unwrap()
+        .get("latest", None, &keys(&[2]), until)
+        .unwrap();
+    assert_eq!(column_strings(&b, "latest__status"), ["NOT_FOUND"]);
+}
+
+#[tokio::test]
+async fn a_cleaned_up_log_and_a_retyped_column_rebuild_in_full() {
+    let (repo, store) = repo_with(&random_rows(5, 60, T0 + 5 * DAY)).await;
+    let until = T0 + 10 * DAY;
+    store.materialize().with_until(until).await.unwrap();
+    let url = quiver_featurestore::delta::table_url(repo.path(), "data/transactions").unwrap();
+    // Three more commits, a checkpoint at the last, and the log before it removed, as
+    // Delta's log retention does: version 0, which the store holds, is unreadable.
+    for i in 0..3 {
+        quiver_featurestore::delta::write(
+            &url,
+            vec![transactions(&random_rows(100 + i, 20, T0 + 8 * DAY))],
+            SaveMode::Append,
+        )
+        .await
+        .unwrap();
+    }
+    deltalake::checkpoints::create_checkpoint_from_table_url_and_cleanup(
+        url.clone(),
+        3,
+        Some(false),
+        None,
+    )
+    .await
+    .unwrap();
+    let log = repo.path().join("data/transactions/_delta_log");
+    for v in 0..3 {
+        std::fs::remove_file(log.join(format!("{v:020}.json"))).unwrap();
+    }
+    let r = store.materialize().with_until(until).await.unwrap();
+    for v in &r.views {
+        assert_eq!(v.mode, "full", "{v:?}");
+    }
+    let stats = r.views.iter().find(|v| v.view == "stats").unwrap();
+    assert!(
+        stats.reason.contains("no longer readable"),
+        "{}",
+        stats.reason
+    );
+    for view in ["stats", "latest", "doubled"] {
+        assert_online_equals_training(&store, view, &[0, 1, 2, 3, 4, 5], until).await;
+    }
+
+    // `amount` rewritten as a decimal (another engine's schema change): rebuilt in
+    // full, with the new type, online and in training sets.
+    let retyped: Vec<_> = random_rows(9, 40, T0 + 9 * DAY);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("ts", crate::common::ts_type(), false),
+        Field::new("amount", DataType::Decimal128(12, 3), true),
+        Field::new("device_id", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(retyped.iter().map(|r| r.0))),
+            Arc::new(
+                arrow::array::TimestampMicrosecondArray::from_iter_values(
+                    retyped.iter().map(|r| r.1),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(
+                arrow::array::Decimal128Array::from_iter(
+                    retyped.iter().map(|r| r.2.map(|a| (a * 1000.0) as i128)),
+                )
+                .with_precision_and_scale(12, 3)
+                .unwrap(),
+            ),
+            Arc::new(StringArray::from_iter(retyped.iter().map(|r| r.3))),
+        ],
+    )
+    .unwrap();
+    let table = deltalake::open_table(url.clone()).await.unwrap();
+    table
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Overwrite)
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+        .await
+        .unwrap();
+    let r = store.materialize().with_until(until).await.unwrap();
+    for v in &r.views {
+        assert_eq!(v.mode, "full", "{v:?}");
+    }
+    for view in ["stats", "latest", "doubled"] {
+        assert_online_equals_training(&store, view, &[0, 1, 2, 3, 4, 5], until).await;
+    }
+}

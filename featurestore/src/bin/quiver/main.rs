@@ -275,6 +275,16 @@ pub(crate) fn open(cli: &Cli) -> anyhow::Result<FeatureStore> {
     Ok(b.build()?)
 }
 
+/// [`open`] for commands that only read: a repo never applied gets an empty temporary
+/// registry instead of a new one on disk.
+pub(crate) fn open_read_only(cli: &Cli) -> anyhow::Result<FeatureStore> {
+    let mut b = FeatureStore::builder(&cli.repo).read_only();
+    if let Some(r) = &cli.registry {
+        b = b.with_registry(r);
+    }
+    Ok(b.build()?)
+}
+
 pub(crate) fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -300,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Validate => {
-            let store = open(&cli)?;
+            let store = open_read_only(&cli)?;
             let resolved = store.validate().await?;
             if cli.output == Output::Json {
                 print_json(&json!({
@@ -319,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Plan => {
-            let plan = open(&cli)?.plan().await?;
+            let plan = open_read_only(&cli)?.plan().await?;
             if cli.output == Output::Json {
                 print_json(&plan)?;
             } else {
@@ -338,7 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::List => {
-            let views = open(&cli)?.views()?;
+            let views = open_read_only(&cli)?.views()?;
             if cli.output == Output::Json {
                 let rows: Vec<_> = views
                     .iter()
@@ -671,7 +681,7 @@ fn progress_bar(output: Output, total: u64) -> ProgressBar {
 }
 
 async fn describe(cli: &Cli, view: &str, explain: bool) -> anyhow::Result<()> {
-    let store = open(cli)?;
+    let store = open_read_only(cli)?;
     let (name, version) = match view.split_once('@') {
         Some((n, v)) => (
             n,
