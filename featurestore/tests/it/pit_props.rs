@@ -534,3 +534,72 @@ fn tied_rows_resolve_by_every_column_whatever_is_requested() {
     assert_eq!(b(&both), "a");
     assert_eq!(b(&only_b), "a");
 }
+
+#[test]
+fn a_windowed_sum_that_overflowed_recovers_and_stddev_slides() {
+    // Two values of 1.5e308 overflow a 2-hour sum to +inf; once they leave the window
+    // the sum is exactly the rest again (a running sum used to stay at +inf).
+    let v = [1.5e308, 1.5e308, 2.0, 3.0, 5.0];
+    let ts: Vec<i64> = (0..v.len() as i64).map(|i| i * HOUR).collect();
+    let source = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("ts", ts_type(), false),
+            Field::new("v", DataType::Float64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1; v.len()])),
+            Arc::new(TimestampMicrosecondArray::from(ts.clone()).with_timezone("UTC")),
+            Arc::new(Float64Array::from(v.to_vec())),
+        ],
+    )
+    .unwrap();
+    let entity = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, true),
+            Field::new("event_timestamp", ts_type(), false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1; v.len()])),
+            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+        ],
+    )
+    .unwrap();
+    let agg = |output: &str, function| AggSpec {
+        output: output.into(),
+        function,
+        column: Some("v".into()),
+        window_us: Some(2 * HOUR),
+    };
+    let out = join_once(
+        source,
+        entity,
+        base_spec(PitMode::Aggregate(vec![
+            agg("s", AggFunction::Sum),
+            agg("sd", AggFunction::Stddev),
+        ])),
+    );
+    let col = |name: &str| {
+        let c = cast(out.column_by_name(name).unwrap(), &DataType::Float64).unwrap();
+        let c = c.as_primitive::<Float64Type>();
+        (0..c.len())
+            .map(|i| c.is_valid(i).then(|| c.value(i)))
+            .collect::<Vec<_>>()
+    };
+    // Windows (t - 2h, t]: {a}, {a, b}, {b, 2}, {2, 3}, {3, 5}.
+    assert_eq!(
+        col("s"),
+        [
+            Some(1.5e308),
+            Some(f64::INFINITY),
+            Some(1.5e308 + 2.0),
+            Some(5.0),
+            Some(8.0)
+        ]
+    );
+    let sd = col("sd");
+    assert_eq!(sd[0], None);
+    assert_eq!(sd[1], Some(0.0));
+    assert!((sd[3].unwrap() - 0.5f64.sqrt()).abs() < 1e-15, "{sd:?}");
+    assert!((sd[4].unwrap() - 2f64.sqrt()).abs() < 1e-15, "{sd:?}");
+}
