@@ -250,15 +250,24 @@ impl MetadataStore {
                 }
                 other => storage(other),
             })?;
-        let tree = |name: &str| db.open_tree(name).map_err(storage);
+        Self::from_db(db, path_str)
+    }
+
+    fn from_db(db: sled::Db, path: String) -> Result<Self> {
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|source| Error::Storage {
+                path: path.clone(),
+                source,
+            })
+        };
         Ok(Self {
             defs: tree("defs")?,
             current: tree("current")?,
             latest: tree("latest")?,
             applies: tree("applies")?,
             meta: tree("meta")?,
-            db,
-            path: path_str.clone(),
+            db: db.clone(),
+            path: path.clone(),
         })
     }
 
@@ -266,24 +275,14 @@ impl MetadataStore {
     /// for read-only commands on a repo that was never applied: they see "nothing
     /// applied" and leave no registry behind.
     pub fn empty() -> Result<Self> {
-        let storage = |source| Error::Storage {
-            path: "(temporary)".into(),
-            source,
-        };
         let db = sled::Config::new()
             .temporary(true)
             .open()
-            .map_err(storage)?;
-        let tree = |name: &str| db.open_tree(name).map_err(storage);
-        Ok(Self {
-            defs: tree("defs")?,
-            current: tree("current")?,
-            latest: tree("latest")?,
-            applies: tree("applies")?,
-            meta: tree("meta")?,
-            db,
-            path: "(temporary)".into(),
-        })
+            .map_err(|source| Error::Storage {
+                path: "(temporary)".into(),
+                source,
+            })?;
+        Self::from_db(db, "(temporary)".into())
     }
 
     /// The model side of the registry (same database), with artifacts under

@@ -83,6 +83,38 @@ pub(crate) fn transactions(rows: &[Txn<'_>]) -> RecordBatch {
     .unwrap()
 }
 
+/// A batch of `user_id` keys, for online lookups.
+pub(crate) fn keys(ids: &[i64]) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Int64,
+            false,
+        )])),
+        vec![Arc::new(Int64Array::from(ids.to_vec()))],
+    )
+    .unwrap()
+}
+
+/// The training set of `view` for keys `ids`, all at time `t`.
+pub(crate) async fn training_at(
+    store: &quiver_featurestore::FeatureStore,
+    view: &str,
+    ids: &[i64],
+    t: i64,
+) -> RecordBatch {
+    let rows: Vec<(i64, i64)> = ids.iter().map(|&k| (k, t)).collect();
+    store
+        .historical_features()
+        .with_entities(vec![entities(&rows)])
+        .with_features(view)
+        .unwrap()
+        .await
+        .unwrap()
+        .concat()
+        .unwrap()
+}
+
 /// Entity rows: user, time (µs).
 pub(crate) fn entities(rows: &[(i64, i64)]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![

@@ -5,11 +5,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use arrow::array::{Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::RecordBatch;
 use quiver_featurestore::FeatureStore;
 
-use crate::common::{DAY, HOUR, Repo, T0, column_strings, entities, transactions};
+use crate::common::{DAY, HOUR, Repo, T0, column_strings, keys, training_at, transactions};
 
 const REPO: &str = "kind: Entity
 name: user
@@ -39,18 +38,6 @@ features: [amount]
 
 const USERS: i64 = 20_000;
 
-fn keys(ids: &[i64]) -> RecordBatch {
-    RecordBatch::try_new(
-        std::sync::Arc::new(Schema::new(vec![Field::new(
-            "user_id",
-            DataType::Int64,
-            false,
-        )])),
-        vec![std::sync::Arc::new(Int64Array::from(ids.to_vec()))],
-    )
-    .unwrap()
-}
-
 /// Every materialized view holds what a training set says, and as many records as its
 /// watermark claims.
 async fn check_consistent(repo: &Repo, until: i64) -> usize {
@@ -70,33 +57,38 @@ async fn check_consistent(repo: &Repo, until: i64) -> usize {
             "{view}: watermark says {} keys, store holds {stored}",
             wm.keys
         );
-        let (got, _) = online.get(view, None, &keys(&sample), until).unwrap();
-        let rows: Vec<(i64, i64)> = sample.iter().map(|&k| (k, until)).collect();
-        let want = store
-            .historical_features()
-            .with_entities(vec![entities(&rows)])
-            .with_features(view)
-            .unwrap()
-            .await
-            .unwrap()
-            .concat()
-            .unwrap();
-        for f in want
-            .schema()
-            .fields()
-            .iter()
-            .skip(2)
-            .filter(|f| !f.name().ends_with("__event_timestamp"))
-        {
-            assert_eq!(
-                column_strings(&got, f.name()),
-                column_strings(&want, f.name()),
-                "{view}.{}",
-                f.name()
-            );
-        }
+        assert_serves_training_values(&store, view, &sample, until).await;
     }
     done
+}
+
+/// `view` serves, for `sample` at `until`, what a training set says.
+async fn assert_serves_training_values(
+    store: &FeatureStore,
+    view: &str,
+    sample: &[i64],
+    until: i64,
+) {
+    let (got, _) = store
+        .online()
+        .unwrap()
+        .get(view, None, &keys(sample), until)
+        .unwrap();
+    let want = training_at(store, view, sample, until).await;
+    for f in want
+        .schema()
+        .fields()
+        .iter()
+        .skip(2)
+        .filter(|f| !f.name().ends_with("__event_timestamp"))
+    {
+        assert_eq!(
+            column_strings(&got, f.name()),
+            column_strings(&want, f.name()),
+            "{view}.{} at {until}",
+            f.name()
+        );
+    }
 }
 
 #[tokio::test]
@@ -248,47 +240,14 @@ async fn check_old_or_new(repo: &Repo, old: i64, new: i64, before: &Served) -> u
             assert_eq!(now_old[i], before[i], "{view} at the old watermark changed");
         }
     }
-    if at.contains(&new) {
-        check_consistent_views(repo, new, &at, new).await;
-    }
-    moved
-}
-
-/// The views whose watermark is `want` hold what a training set says at `until`.
-async fn check_consistent_views(repo: &Repo, until: i64, at: &[i64], want: i64) {
     let store = FeatureStore::open(repo.path()).unwrap();
-    let online = store.online().unwrap();
     let sample: Vec<i64> = (0..USERS).step_by(997).collect();
     for (i, view) in ["velocity", "latest"].iter().enumerate() {
-        if at[i] != want {
-            continue;
-        }
-        let (got, _) = online.get(view, None, &keys(&sample), until).unwrap();
-        let rows: Vec<(i64, i64)> = sample.iter().map(|&k| (k, until)).collect();
-        let want = store
-            .historical_features()
-            .with_entities(vec![entities(&rows)])
-            .with_features(view)
-            .unwrap()
-            .await
-            .unwrap()
-            .concat()
-            .unwrap();
-        for f in want
-            .schema()
-            .fields()
-            .iter()
-            .skip(2)
-            .filter(|f| !f.name().ends_with("__event_timestamp"))
-        {
-            assert_eq!(
-                column_strings(&got, f.name()),
-                column_strings(&want, f.name()),
-                "{view}.{} at {until}",
-                f.name()
-            );
+        if at[i] == new {
+            assert_serves_training_values(&store, view, &sample, new).await;
         }
     }
+    moved
 }
 
 #[tokio::test]

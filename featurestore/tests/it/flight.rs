@@ -13,7 +13,7 @@ use quiver_featurestore::FeatureStore;
 use quiver_featurestore::client::Client;
 use quiver_featurestore::serve::{RunningServer, ServeConfig, ServeLimits, TlsConfig, Tokens};
 
-use crate::common::{DAY, HOUR, Repo, column_strings, transactions, ts_type};
+use crate::common::{DAY, HOUR, Repo, column_strings, keys, transactions, ts_type};
 
 pub(crate) const TOKEN_A: &str = "token-bank-a-0123456789";
 pub(crate) const TOKEN_B: &str = "token-bank-b-0123456789";
@@ -124,18 +124,6 @@ impl Fixture {
             .with_token(token)
             .unwrap()
     }
-}
-
-fn keys(ids: &[i64]) -> RecordBatch {
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "user_id",
-            DataType::Int64,
-            false,
-        )])),
-        vec![Arc::new(Int64Array::from(ids.to_vec()))],
-    )
-    .unwrap()
 }
 
 fn code(e: quiver_featurestore::Error) -> String {

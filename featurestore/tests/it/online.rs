@@ -11,7 +11,9 @@ use deltalake::protocol::SaveMode;
 use proptest::prelude::*;
 use quiver_featurestore::FeatureStore;
 
-use crate::common::{DAY, HOUR, Repo, T0, column_strings, entities, transactions};
+use crate::common::{
+    DAY, HOUR, Repo, T0, column_strings, entities, keys, training_at, transactions,
+};
 
 const REPO: &str = "kind: Entity
 name: user
@@ -57,32 +59,11 @@ ttl: 10d
 sql: SELECT user_id, ts, amount * 2 AS amount2 FROM transactions WHERE amount IS NOT NULL
 ";
 
-fn keys(ids: &[i64]) -> RecordBatch {
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "user_id",
-            DataType::Int64,
-            false,
-        )])),
-        vec![Arc::new(Int64Array::from(ids.to_vec()))],
-    )
-    .unwrap()
-}
-
 /// Compare the online answer with the training set at `t`, feature by feature.
 async fn assert_online_equals_training(store: &FeatureStore, view: &str, ids: &[i64], t: i64) {
     let online = store.online().unwrap();
     let (got, _) = online.get(view, None, &keys(ids), t).unwrap();
-    let rows: Vec<(i64, i64)> = ids.iter().map(|&k| (k, t)).collect();
-    let want = store
-        .historical_features()
-        .with_entities(vec![entities(&rows)])
-        .with_features(view)
-        .unwrap()
-        .await
-        .unwrap()
-        .concat()
-        .unwrap();
+    let want = training_at(&store, view, &ids, t).await;
     let status = format!("{view}__status");
     assert_eq!(
         column_strings(&got, &status),

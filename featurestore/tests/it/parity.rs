@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use proptest::prelude::*;
 use quiver_featurestore::FeatureStore;
 
-use crate::common::{DAY, HOUR, Repo, T0, column_strings, entities, ts_type};
+use crate::common::{DAY, HOUR, Repo, T0, column_strings, entities, keys, training_at, ts_type};
 
 /// Numeric inputs take every numeric aggregate; strings and timestamps the others.
 const NUMERIC: [&str; 6] = ["sum", "avg", "min", "max", "stddev", "count_distinct"];
@@ -155,18 +155,6 @@ fn events(seed: u64, n: usize, until: i64) -> Vec<Event> {
         .collect()
 }
 
-fn keys(ids: &[i64]) -> RecordBatch {
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "user_id",
-            DataType::Int64,
-            false,
-        )])),
-        vec![Arc::new(Int64Array::from(ids.to_vec()))],
-    )
-    .unwrap()
-}
-
 /// Equal as served: floats within 1e-12 relative (both NaN, or the same infinity,
 /// count as equal), everything else as text.
 fn assert_same(got: &RecordBatch, want: &RecordBatch, view: &str, t: i64) {
@@ -215,15 +203,7 @@ async fn check(store: &FeatureStore, ids: &[i64], t: i64) {
     for view in ["aggs", "latest"] {
         let (got, _) = online.get(view, None, &keys(ids), t).unwrap();
         let rows: Vec<(i64, i64)> = ids.iter().map(|&k| (k, t)).collect();
-        let want = store
-            .historical_features()
-            .with_entities(vec![entities(&rows)])
-            .with_features(view)
-            .unwrap()
-            .await
-            .unwrap()
-            .concat()
-            .unwrap();
+        let want = training_at(&store, view, &ids, t).await;
         let status = format!("{view}__status");
         assert_eq!(
             column_strings(&got, &status),

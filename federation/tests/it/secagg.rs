@@ -8,7 +8,8 @@ use std::sync::Arc;
 use quiver_federation::protocol::ProtocolError;
 use quiver_federation::protocol::quantize::Quantizer;
 use quiver_federation::protocol::secagg::{
-    Aggregate, Client, ClientPolicy, Params, Roster, RoundId, Server, UnmaskRequest, neighbours,
+    Aggregate, Client, ClientPolicy, Params, Roster, RoundId, Server, SurvivorList, UnmaskRequest,
+    neighbours,
 };
 use quiver_federation::protocol::shamir;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -52,6 +53,69 @@ fn banks(n: usize) -> Banks {
 /// The policy a bank would need to accept `params`: exactly the colluders they withstand.
 fn policy(params: &Params) -> ClientPolicy {
     ClientPolicy::against(params.clients, params.colluders_tolerated())
+}
+
+/// Every bank makes its keys for round `r` under `policy`; the coordinator takes them.
+fn advertise(
+    b: &Banks,
+    params: &Params,
+    policy: ClientPolicy,
+    r: RoundId,
+) -> (BTreeMap<u32, Client>, Server) {
+    let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
+    let mut clients = BTreeMap::new();
+    for i in 0..params.clients as u32 {
+        let (c, adv) = Client::new(
+            i,
+            b.ids[i as usize].clone(),
+            b.roster.clone(),
+            params.clone(),
+            policy,
+            r,
+        )
+        .unwrap();
+        server.receive_keys(adv).unwrap();
+        clients.insert(i, c);
+    }
+    (clients, server)
+}
+
+/// Stages 1 and 2 for every bank except `drop_after_share`; the survivor list.
+fn share_and_mask(
+    clients: &mut BTreeMap<u32, Client>,
+    server: &mut Server,
+    x: &[Vec<u32>],
+    drop_after_share: &[u32],
+) -> SurvivorList {
+    for (i, ks) in server.close_keys().unwrap() {
+        let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+        server.receive_shares(m).unwrap();
+    }
+    for (i, s) in server.close_shares().unwrap() {
+        if drop_after_share.contains(&i) {
+            continue;
+        }
+        let m = clients
+            .get_mut(&i)
+            .unwrap()
+            .masked_input(&s, &x[i as usize])
+            .unwrap();
+        server.receive_masked(m).unwrap();
+    }
+    server.close_masked().unwrap()
+}
+
+/// Stage 3 for every survivor; the unmask request.
+fn sign_list(
+    clients: &mut BTreeMap<u32, Client>,
+    server: &mut Server,
+    list: &SurvivorList,
+) -> UnmaskRequest {
+    for i in &list.survivors {
+        let m = clients.get_mut(i).unwrap().consistency(list).unwrap();
+        server.receive_consistency(m).unwrap();
+    }
+    server.close_consistency().unwrap()
 }
 
 fn round(r: u64) -> RoundId {
@@ -267,44 +331,10 @@ struct AtUnmask {
 }
 
 fn up_to_unmask(b: &Banks, params: &Params, drop_after_share: &[u32]) -> AtUnmask {
-    let r = round(9);
     let x = inputs(params.clients, params.len, 5);
-    let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
-    let mut clients = BTreeMap::new();
-    for i in 0..params.clients as u32 {
-        let (c, adv) = Client::new(
-            i,
-            b.ids[i as usize].clone(),
-            b.roster.clone(),
-            params.clone(),
-            policy(&params),
-            r,
-        )
-        .unwrap();
-        server.receive_keys(adv).unwrap();
-        clients.insert(i, c);
-    }
-    for (i, ks) in server.close_keys().unwrap() {
-        let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
-        server.receive_shares(m).unwrap();
-    }
-    for (i, s) in server.close_shares().unwrap() {
-        if drop_after_share.contains(&i) {
-            continue;
-        }
-        let m = clients
-            .get_mut(&i)
-            .unwrap()
-            .masked_input(&s, &x[i as usize])
-            .unwrap();
-        server.receive_masked(m).unwrap();
-    }
-    let list = server.close_masked().unwrap();
-    for i in &list.survivors {
-        let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
-        server.receive_consistency(m).unwrap();
-    }
-    let request = server.close_consistency().unwrap();
+    let (mut clients, mut server) = advertise(b, params, policy(params), round(9));
+    let list = share_and_mask(&mut clients, &mut server, &x, drop_after_share);
+    let request = sign_list(&mut clients, &mut server, &list);
     AtUnmask { clients, request }
 }
 
@@ -560,21 +590,7 @@ fn three_banks_advertised() -> (Banks, Params, RoundId, BTreeMap<u32, Client>, S
     let r = round(3);
     let default = ClientPolicy::for_roster(3);
     assert_eq!(default.colluders, 1);
-    let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
-    let mut clients = BTreeMap::new();
-    for i in 0..3u32 {
-        let (c, adv) = Client::new(
-            i,
-            b.ids[i as usize].clone(),
-            b.roster.clone(),
-            params.clone(),
-            default,
-            r,
-        )
-        .unwrap();
-        server.receive_keys(adv).unwrap();
-        clients.insert(i, c);
-    }
+    let (clients, server) = advertise(&b, &params, default, r);
     (b, params, r, clients, server)
 }
 
@@ -622,21 +638,9 @@ fn a_coordinator_splitting_the_survivor_list_learns_nothing() {
     // Attack 2: u is shown the survivors {u, C} (so it would reveal v's mask key as a
     // dropout's) and v is shown {u, v, C} (so it would reveal its seed shares). With
     // C's shares the coordinator would hold both of v's secrets and unmask v's input.
-    let (b, _params, _r, mut clients, mut server) = three_banks_advertised();
+    let (_b, _params, _r, mut clients, mut server) = three_banks_advertised();
     let x = inputs(3, 32, 5);
-    for (i, ks) in server.close_keys().unwrap() {
-        let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
-        server.receive_shares(m).unwrap();
-    }
-    for (i, s) in server.close_shares().unwrap() {
-        let m = clients
-            .get_mut(&i)
-            .unwrap()
-            .masked_input(&s, &x[i as usize])
-            .unwrap();
-        server.receive_masked(m).unwrap();
-    }
-    let honest = server.close_masked().unwrap();
+    let honest = share_and_mask(&mut clients, &mut server, &x, &[]);
     assert_eq!(honest.survivors, vec![0, 1, 2]);
 
     // u refuses a survivor list of two: with t = 2 a round needs t + 1 = 3 banks.
@@ -685,24 +689,8 @@ fn a_coordinator_splitting_the_survivor_list_learns_nothing() {
     // Even had v answered, its shares are of u and C only; C (the colluder) holds one
     // share of v's seed, and one share is below t = 2: Shamir gives nothing.
     let (_, _, _, mut c2, mut s2) = three_banks_advertised();
-    for (i, ks) in s2.close_keys().unwrap() {
-        let m = c2.get_mut(&i).unwrap().share_keys(&ks).unwrap();
-        s2.receive_shares(m).unwrap();
-    }
-    for (i, s) in s2.close_shares().unwrap() {
-        let m = c2
-            .get_mut(&i)
-            .unwrap()
-            .masked_input(&s, &x[i as usize])
-            .unwrap();
-        s2.receive_masked(m).unwrap();
-    }
-    let list = s2.close_masked().unwrap();
-    for i in 0..3u32 {
-        let m = c2.get_mut(&i).unwrap().consistency(&list).unwrap();
-        s2.receive_consistency(m).unwrap();
-    }
-    let req = s2.close_consistency().unwrap();
+    let list = share_and_mask(&mut c2, &mut s2, &x, &[]);
+    let req = sign_list(&mut c2, &mut s2, &list);
     let from_v = c2.get_mut(&1).unwrap().unmask(&req).unwrap();
     assert!(from_v.seed_shares.iter().all(|(o, _)| *o != 1));
     assert!(from_v.key_shares.is_empty());
@@ -718,7 +706,6 @@ fn a_coordinator_splitting_the_survivor_list_learns_nothing() {
         shamir::combine(&v_seed, 2),
         Err(ProtocolError::NotEnoughShares { have: 1, need: 2 })
     ));
-    let _ = b;
 }
 
 #[test]
@@ -799,21 +786,7 @@ fn the_secagg_plus_graph_comes_from_the_adverts_not_the_session_id() {
     };
     let r = round(1);
     let graph_of = || {
-        let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
-        let mut clients = BTreeMap::new();
-        for i in 0..n as u32 {
-            let (c, adv) = Client::new(
-                i,
-                b.ids[i as usize].clone(),
-                b.roster.clone(),
-                params.clone(),
-                policy(&params),
-                r,
-            )
-            .unwrap();
-            server.receive_keys(adv).unwrap();
-            clients.insert(i, c);
-        }
+        let (mut clients, mut server) = advertise(&b, &params, policy(&params), r);
         let mut graph = BTreeMap::new();
         for (i, ks) in server.close_keys().unwrap() {
             let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
@@ -837,40 +810,9 @@ fn one_bad_share_anywhere_does_not_abort_the_round() {
     let b = banks(n);
     let params = Params::secagg(n, 3, 40);
     let x = inputs(n, 40, 17);
-    let r = round(8);
-    let mut server = Server::new(params.clone(), r, b.roster.clone()).unwrap();
-    let mut clients = BTreeMap::new();
-    for i in 0..n as u32 {
-        let (c, adv) = Client::new(
-            i,
-            b.ids[i as usize].clone(),
-            b.roster.clone(),
-            params.clone(),
-            policy(&params),
-            r,
-        )
-        .unwrap();
-        server.receive_keys(adv).unwrap();
-        clients.insert(i, c);
-    }
-    for (i, ks) in server.close_keys().unwrap() {
-        let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
-        server.receive_shares(m).unwrap();
-    }
-    for (i, s) in server.close_shares().unwrap() {
-        let m = clients
-            .get_mut(&i)
-            .unwrap()
-            .masked_input(&s, &x[i as usize])
-            .unwrap();
-        server.receive_masked(m).unwrap();
-    }
-    let list = server.close_masked().unwrap();
-    for i in &list.survivors {
-        let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
-        server.receive_consistency(m).unwrap();
-    }
-    let req = server.close_consistency().unwrap();
+    let (mut clients, mut server) = advertise(&b, &params, policy(&params), round(8));
+    let list = share_and_mask(&mut clients, &mut server, &x, &[]);
+    let req = sign_list(&mut clients, &mut server, &list);
     for i in &list.survivors {
         let mut m = clients.get_mut(i).unwrap().unmask(&req).unwrap();
         if *i == 1 {

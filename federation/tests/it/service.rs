@@ -5,7 +5,7 @@ use std::time::Duration;
 use quiver_federation::aggregate::{BankDp, BankDpEncoding, Strategy};
 use quiver_federation::dp::{Budget, RdpAccountant};
 use quiver_federation::service::pki::TlsFiles;
-use quiver_federation::service::simulate::{BankSource, SimBank, simulate};
+use quiver_federation::service::simulate::{BankSource, SimBank, SimulationResult, simulate};
 use quiver_federation::service::worker::BankData;
 use quiver_federation::service::{
     Coordinator, CoordinatorConfig, Deadlines, PrivacyPolicy, Worker, WorkerConfig, pki,
@@ -198,6 +198,21 @@ async fn an_offline_bank_drops_out_and_the_rest_finish() {
     }
 }
 
+/// Three banks with `budget` each, in `dir`, for up to 50 rounds.
+async fn run_with_budget(dir: &std::path::Path, budget: Budget) -> SimulationResult {
+    let mut banks = sims(&[0.05, 0.05, 0.05], None);
+    for b in &mut banks {
+        b.privacy.budget = budget;
+    }
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        simulate(dir, config(50, budget), banks),
+    )
+    .await
+    .expect("finishes")
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_stops_before_the_budget_is_spent() {
     // One round of this plan spends ε ≈ 2.1 and two ≈ 2.46 (σ = 1, q = 0.04, 20 steps).
@@ -207,17 +222,7 @@ async fn training_stops_before_the_budget_is_spent() {
             epsilon: eps,
             delta: 1e-5,
         };
-        let mut banks = sims(&[0.05, 0.05, 0.05], None);
-        for b in &mut banks {
-            b.privacy.budget = budget;
-        }
-        let res = tokio::time::timeout(
-            Duration::from_secs(120),
-            simulate(dir.path(), config(50, budget), banks),
-        )
-        .await
-        .expect("finishes")
-        .unwrap();
+        let res = run_with_budget(dir.path(), budget).await;
         let s = &res.summary;
         assert_eq!(s.rounds, rounds, "{s:?}");
         assert!(s.stopped.starts_with("budget"), "{}", s.stopped);
@@ -241,17 +246,7 @@ async fn the_budget_holds_across_runs_and_restarts() {
     };
     let mut spent = Vec::new();
     for run in 0..2 {
-        let mut banks = sims(&[0.05, 0.05, 0.05], None);
-        for b in &mut banks {
-            b.privacy.budget = budget;
-        }
-        let res = tokio::time::timeout(
-            Duration::from_secs(120),
-            simulate(dir.path(), config(50, budget), banks),
-        )
-        .await
-        .expect("finishes")
-        .unwrap();
+        let res = run_with_budget(dir.path(), budget).await;
         assert_eq!(res.summary.rounds, 1 - run, "run {run}: {:?}", res.summary);
         for (name, out) in &res.banks {
             let out = out.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
