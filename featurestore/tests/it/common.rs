@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::array::{
+    Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, TimeUnit};
 use deltalake::protocol::SaveMode;
 use quiver_featurestore::delta;
 
@@ -113,6 +115,68 @@ pub(crate) async fn training_at(
         .unwrap()
         .concat()
         .unwrap()
+}
+
+/// Equal as served: floats within 1e-12 relative (both NaN, or the same infinity,
+/// count as equal), everything else as text.
+pub(crate) fn assert_same_values(got: &RecordBatch, want: &RecordBatch, view: &str, t: i64) {
+    for f in want.schema().fields().iter().skip(2) {
+        let name = f.name();
+        let (g, w) = (
+            got.column_by_name(name)
+                .unwrap_or_else(|| panic!("{view}.{name} not served")),
+            want.column_by_name(name).unwrap(),
+        );
+        assert_eq!(g.data_type(), w.data_type(), "{view}.{name} type");
+        if w.data_type() == &DataType::Float64 {
+            let (g, w) = (
+                g.as_primitive::<Float64Type>(),
+                w.as_primitive::<Float64Type>(),
+            );
+            for i in 0..w.len() {
+                assert_eq!(
+                    g.is_null(i),
+                    w.is_null(i),
+                    "{view}.{name} row {i} null, t={t}"
+                );
+                if w.is_valid(i) {
+                    let (a, b) = (g.value(i), w.value(i));
+                    let same = a == b
+                        || (a.is_nan() && b.is_nan())
+                        || (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
+                    assert!(
+                        same,
+                        "{view}.{name} row {i} t={t}: online {a} vs training {b}"
+                    );
+                }
+            }
+        } else {
+            assert_eq!(
+                column_strings(got, name),
+                column_strings(want, name),
+                "{view}.{name} at t={t}"
+            );
+        }
+    }
+}
+
+/// Compare the online answer with the training set at `t`, feature by feature.
+pub(crate) async fn assert_online_equals_training(
+    store: &quiver_featurestore::FeatureStore,
+    view: &str,
+    ids: &[i64],
+    t: i64,
+) {
+    let online = store.online().unwrap();
+    let (got, _) = online.get(view, None, &keys(ids), t).unwrap();
+    let want = training_at(&store, view, &ids, t).await;
+    let status = format!("{view}__status");
+    assert_eq!(
+        column_strings(&got, &status),
+        column_strings(&want, &status),
+        "{view} status at t={t}"
+    );
+    assert_same_values(&got, &want, view, t);
 }
 
 /// Entity rows: user, time (µs).

@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::protocol::SaveMode;
 use proptest::prelude::*;
 use quiver_featurestore::FeatureStore;
 
 use crate::common::{
-    DAY, HOUR, Repo, T0, column_strings, entities, keys, training_at, transactions,
+    DAY, HOUR, Repo, T0, assert_online_equals_training, column_strings, entities, keys,
+    transactions,
 };
 
 const REPO: &str = "kind: Entity
@@ -58,60 +58,6 @@ source: transactions
 ttl: 10d
 sql: SELECT user_id, ts, amount * 2 AS amount2 FROM transactions WHERE amount IS NOT NULL
 ";
-
-/// Compare the online answer with the training set at `t`, feature by feature.
-async fn assert_online_equals_training(store: &FeatureStore, view: &str, ids: &[i64], t: i64) {
-    let online = store.online().unwrap();
-    let (got, _) = online.get(view, None, &keys(ids), t).unwrap();
-    let want = training_at(&store, view, &ids, t).await;
-    let status = format!("{view}__status");
-    assert_eq!(
-        column_strings(&got, &status),
-        column_strings(&want, &status),
-        "{view} status at t={t}"
-    );
-    for f in want.schema().fields().iter().skip(2) {
-        let name = f.name();
-        if name.ends_with("__status") {
-            continue;
-        }
-        let (g, w) = (
-            got.column_by_name(name).unwrap(),
-            want.column_by_name(name).unwrap(),
-        );
-        assert_eq!(g.data_type(), w.data_type(), "{view}.{name} type");
-        if matches!(w.data_type(), DataType::Float64) {
-            let (g, w) = (
-                cast(g, &DataType::Float64).unwrap(),
-                cast(w, &DataType::Float64).unwrap(),
-            );
-            let (g, w) = (
-                g.as_primitive::<Float64Type>(),
-                w.as_primitive::<Float64Type>(),
-            );
-            for i in 0..w.len() {
-                assert_eq!(
-                    g.is_null(i),
-                    w.is_null(i),
-                    "{view}.{name} null at row {i}, t={t}"
-                );
-                if w.is_valid(i) {
-                    let (a, b) = (g.value(i), w.value(i));
-                    assert!(
-                        (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
-                        "{view}.{name} row {i} t={t}: online {a} vs training {b}"
-                    );
-                }
-            }
-        } else {
-            assert_eq!(
-                column_strings(&got, name),
-                column_strings(&want, name),
-                "{view}.{name} at t={t}"
-            );
-        }
-    }
-}
 
 async fn repo_with(rows: &[crate::common::Txn<'_>]) -> (Repo, FeatureStore) {
     let repo = Repo::new();

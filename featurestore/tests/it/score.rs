@@ -1,11 +1,9 @@
 //! The `score` command: online features fetched and scored by the registered champion
 //! in one Flight round trip, with contributions, tenant checks and hot reload.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Float64Array, StringArray, UInt64Array};
 use quiver_featurestore::client::Client;
 use quiver_featurestore::offline::parse_feature_refs;
 use quiver_featurestore::serve::ServeConfig;
@@ -21,19 +19,6 @@ fn model(intercept: f64) -> NativeModel {
         baseline: Some(vec![1.0, 10.0]),
         transform: None,
     }
-}
-
-/// A key batch of `user_id`s.
-fn user_keys(ids: &[i64]) -> RecordBatch {
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "user_id",
-            DataType::Int64,
-            false,
-        )])),
-        vec![Arc::new(Int64Array::from(ids.to_vec()))],
-    )
-    .unwrap()
 }
 
 fn sigmoid(z: f64) -> f64 {
@@ -77,7 +62,7 @@ async fn score_fetches_features_and_scores_with_the_champion() {
         .unwrap()
         .with_token(TOKEN_A)
         .unwrap();
-    let keys = user_keys(&[1, 2, 99]);
+    let keys = crate::common::keys(&[1, 2, 99]);
 
     let out = client.score("fraud", &keys, true).await.unwrap();
     let scores = out
@@ -273,7 +258,7 @@ async fn score_serves_an_exported_onnx_model() {
         .unwrap()
         .with_token(TOKEN_A)
         .unwrap();
-    let keys = user_keys(&[1, 2, 99]);
+    let keys = crate::common::keys(&[1, 2, 99]);
     let out = client.score("fraud", &keys, true).await.unwrap();
     let scores = out
         .column_by_name("score")
