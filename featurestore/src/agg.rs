@@ -1,6 +1,12 @@
-//! Numeric accumulators shared by the training-set kernel (`plan::kernel`) and online
-//! serving (`online::record`), so both compute sums, means and standard deviations with
-//! the same arithmetic, bit for bit, and convert decimals the same way.
+//! The semantics of a feature value that the training-set kernel (`plan::kernel`,
+//! `plan::asof`) and online serving (`online::record`) share, so no training/serving
+//! skew can come from two implementations of one rule (docs/point-in-time.md):
+//!
+//! - [`Status`] and [`status_at`]: `NOT_FOUND` without a row, `EXPIRED` past the TTL
+//!   (`newest < t - ttl`), else `PRESENT`; `FALLBACK` for `fallback: zero`.
+//! - [`window_floor`]: a window `w` at `t` holds the rows with `t - w < ts <= t`.
+//! - The numeric accumulators below: both paths compute sums, means and standard
+//!   deviations with the same arithmetic, and convert decimals the same way.
 //!
 //! - [`DdSum`]: a double-double sum with add *and* remove (sliding windows), counting
 //!   NaN and infinities apart. Finite values of magnitude `>= 2^500` are kept in a
@@ -14,6 +20,59 @@
 //!   gets through `cast` and serving calls directly.
 
 use arrow::datatypes::Decimal128Type;
+use serde::{Deserialize, Serialize};
+
+/// Status of a feature value for one key at one time: the same in training sets and
+/// online. Every feature of a view shares it (it derives from the key's newest row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[repr(u8)]
+pub enum Status {
+    /// A value computed from the entity's rows.
+    Present = 0,
+    /// No row of the key at or before the time.
+    NotFound = 1,
+    /// The newest row is older than the view's ttl at that time.
+    Expired = 2,
+    /// No row, and the view's `fallback: zero` value is given.
+    Fallback = 3,
+}
+
+impl Status {
+    /// The name clients and training sets see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Present => "PRESENT",
+            Status::NotFound => "NOT_FOUND",
+            Status::Expired => "EXPIRED",
+            Status::Fallback => "FALLBACK",
+        }
+    }
+
+    /// The status stored as `self as u8`.
+    pub(crate) fn from_u8(b: u8) -> Self {
+        match b {
+            0 => Status::Present,
+            1 => Status::NotFound,
+            2 => Status::Expired,
+            _ => Status::Fallback,
+        }
+    }
+}
+
+/// The status at `t` of a key whose newest row at or before `t` is `newest`.
+pub(crate) fn status_at(newest: Option<i64>, t: i64, ttl_us: Option<i64>) -> Status {
+    match newest {
+        None => Status::NotFound,
+        Some(n) if ttl_us.is_some_and(|ttl| n < t.saturating_sub(ttl)) => Status::Expired,
+        Some(_) => Status::Present,
+    }
+}
+
+/// Rows with event time `<= window_floor(t, w)` are outside the window `w` at `t`.
+pub(crate) fn window_floor(t: i64, window_us: i64) -> i64 {
+    t.saturating_sub(window_us)
+}
 
 /// `2^k` as f64 (for `|k| < 1023`).
 fn pow2(k: i32) -> f64 {

@@ -324,9 +324,7 @@ impl<'a> Materialize<'a> {
         let (plan, key_fields, features) = serving_plan(def, &schema)?;
         tracing::debug!(phase = "collect", elapsed = ?t_collect.elapsed(), "materialization timing");
         let t_fold = Instant::now();
-        let horizon = plan
-            .max_window_us()
-            .map_or(i64::MAX, |w| until.saturating_sub(w));
+        let horizon = plan.horizon(until);
 
         // Fold rows into per-key records: keys are split by hash across threads, each
         // folding its share of every batch into its own map (the maps are disjoint).

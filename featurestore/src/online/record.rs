@@ -16,7 +16,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{Reader, Value, Writer};
-use crate::agg::{DdSum, Moments};
+pub use crate::agg::Status;
+use crate::agg::{DdSum, Moments, status_at, window_floor};
 use crate::spec::AggFunction;
 use crate::{Error, Result};
 
@@ -83,6 +84,13 @@ impl ServingPlan {
             ServingKind::AsOf => None,
             ServingKind::Aggregate(aggs) => aggs.iter().filter_map(|a| a.window_us).max(),
         }
+    }
+
+    /// Rows at or before this, materialized up to `until`, can never be read again:
+    /// the largest window's floor at `until` (serving time only moves forward).
+    pub(crate) fn horizon(&self, until: i64) -> i64 {
+        self.max_window_us()
+            .map_or(i64::MAX, |w| window_floor(until, w))
     }
 
     fn windowless(&self) -> impl Iterator<Item = &ServedAgg> {
@@ -376,9 +384,7 @@ impl Record {
     /// Add rows and finish: the one-shot form of [`add_row`](Self::add_row).
     #[cfg(test)]
     pub(crate) fn merge(&mut self, plan: &ServingPlan, new_rows: Vec<Row>, until: i64) {
-        let horizon = plan
-            .max_window_us()
-            .map_or(i64::MAX, |w| until.saturating_sub(w));
+        let horizon = plan.horizon(until);
         for r in new_rows {
             self.add_row(plan, r, horizon);
         }
@@ -465,10 +471,7 @@ impl Record {
             ServingKind::AsOf => plan.inputs.len(),
             ServingKind::Aggregate(a) => a.len(),
         };
-        if plan
-            .ttl_us
-            .is_some_and(|ttl| newest < now.saturating_sub(ttl))
-        {
+        if status_at(Some(newest), now, plan.ttl_us) == Status::Expired {
             return Ok((Status::Expired, Some(newest), vec![Value::Null; n_features]));
         }
         let values = match (self, &plan.kind) {
@@ -486,7 +489,7 @@ impl Record {
                             })?,
                         )?,
                         Some(w) => {
-                            let lo = rows.partition_point(|r| r.ts <= now.saturating_sub(w));
+                            let lo = rows.partition_point(|r| r.ts <= window_floor(now, w));
                             let hi = rows.partition_point(|r| r.ts <= now);
                             over_window(a, &rows[lo..hi])?
                         }
@@ -771,32 +774,6 @@ fn over_window(a: &ServedAgg, rows: &[Row]) -> Result<Value> {
                 .unwrap_or(Value::Null)
         }
     })
-}
-
-/// Status of a served value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Status {
-    /// A value computed from the entity's rows.
-    Present,
-    /// The store has no rows for the key.
-    NotFound,
-    /// The newest row is older than the view's ttl at request time.
-    Expired,
-    /// The key is unknown and the view's fallback value was served.
-    Fallback,
-}
-
-impl Status {
-    /// The name clients see.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Present => "PRESENT",
-            Status::NotFound => "NOT_FOUND",
-            Status::Expired => "EXPIRED",
-            Status::Fallback => "FALLBACK",
-        }
-    }
 }
 
 #[cfg(test)]

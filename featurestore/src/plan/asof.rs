@@ -21,6 +21,7 @@ use arrow::datatypes::DataType;
 use datafusion::common::Result;
 
 use super::kernel::{Answer, KeyIndex, NO_GROUP, Queries, SourceLayout, Status, finish, micros};
+use crate::agg::status_at;
 
 const NONE: u32 = u32::MAX;
 
@@ -185,13 +186,7 @@ pub(crate) fn answer(
                 carry = best[j];
             }
             let t = queries.t[j];
-            let st = if carry.batch == NONE {
-                Status::NotFound
-            } else if ttl_us.is_some_and(|ttl| carry.ts < t.saturating_sub(ttl)) {
-                Status::Expired
-            } else {
-                Status::Present
-            };
+            let st = status_at((carry.batch != NONE).then_some(carry.ts), t, ttl_us);
             status.push(st as u8);
             event_ts.push((carry.batch != NONE).then_some(carry.ts));
             picks.push(if st == Status::Present { carry } else { EMPTY });

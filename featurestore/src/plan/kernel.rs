@@ -40,33 +40,13 @@ use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::{Result, exec_err};
 use hashbrown::HashMap;
 
-use crate::agg::{DdSum, Moments};
+pub(crate) use crate::agg::Status;
+use crate::agg::{DdSum, Moments, status_at, window_floor};
 use crate::spec::AggFunction;
 
 /// Group id of rows that match no entity key.
 pub(crate) const NO_GROUP: u32 = u32::MAX;
 const NONE: u32 = u32::MAX;
-
-/// Status of a value: stored as a byte while computing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Status {
-    Present = 0,
-    NotFound = 1,
-    Expired = 2,
-    Fallback = 3,
-}
-
-impl Status {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Status::Present => "PRESENT",
-            Status::NotFound => "NOT_FOUND",
-            Status::Expired => "EXPIRED",
-            Status::Fallback => "FALLBACK",
-        }
-    }
-}
 
 fn strict_cast(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
     let opts = CastOptions {
@@ -848,12 +828,12 @@ pub(crate) fn finish(
         inverse[row as usize] = pos as u32;
     }
     let inverse = UInt32Array::from(inverse);
-    let status =
-        StringArray::from_iter_values(inverse.values().iter().map(|&p| match status[p as usize] {
-            0 => Status::Present.as_str(),
-            1 => Status::NotFound.as_str(),
-            _ => Status::Expired.as_str(),
-        }));
+    let status = StringArray::from_iter_values(
+        inverse
+            .values()
+            .iter()
+            .map(|&p| Status::from_u8(status[p as usize]).as_str()),
+    );
     let event_ts = take(&TimestampMicrosecondArray::from(event_ts), &inverse, None)?;
     let event_ts = event_ts
         .as_primitive::<TimestampMicrosecondType>()
@@ -998,13 +978,7 @@ fn sweep(
             while hi < ge && entries[hi - gs].ts <= t {
                 hi += 1;
             }
-            let status = if hi == gs {
-                Status::NotFound
-            } else if ttl_us.is_some_and(|ttl| entries[hi - 1 - gs].ts < t.saturating_sub(ttl)) {
-                Status::Expired
-            } else {
-                Status::Present
-            };
+            let status = status_at((hi > gs).then(|| entries[hi - 1 - gs].ts), t, ttl_us);
             chunk.status.push(status as u8);
             chunk
                 .event_ts
@@ -1017,7 +991,7 @@ fn sweep(
                 }
                 added[k] = hi.max(added[k]);
                 if let Some(w) = agg.window_us {
-                    let bound = t.saturating_sub(w);
+                    let bound = window_floor(t, w);
                     while lo[k] < hi && entries[lo[k] - gs].ts <= bound {
                         state.remove(lo[k]);
                         lo[k] += 1;
