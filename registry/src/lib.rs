@@ -60,7 +60,7 @@ pub use models::{
 #[cfg(feature = "onnx")]
 pub use onnx::{EXACT_SHAPLEY_MAX_FEATURES, OnnxModel, SHAPLEY_PERMUTATIONS};
 pub use serving::{
-    CHALLENGER, CHAMPION, Deployment, LATENCY_BUCKETS_US, MetricsSnapshot, ModelServer, Rollback,
+    CHALLENGER, CHAMPION, Deployment, LatencyHistogram, MetricsSnapshot, ModelServer, Rollback,
     RolloutPolicy, Scored, Served, VersionMetrics, WatchHandle, entity_hash, histogram_psi,
 };
 pub use signing::{SigningKey, verify_signature};

@@ -164,25 +164,92 @@ impl RolloutPolicy {
     }
 }
 
-/// Latency buckets (upper bounds, microseconds) of the per-version histograms.
-pub const LATENCY_BUCKETS_US: [u64; 16] = [
-    5,
-    10,
-    20,
-    50,
-    100,
-    200,
-    500,
-    1_000,
-    2_000,
-    5_000,
-    10_000,
-    20_000,
-    50_000,
-    100_000,
-    500_000,
-    u64::MAX,
-];
+/// Sub-buckets per power of two of the latency histogram: quantiles are upper bounds
+/// at most 1/32 (3.1%) above the true value.
+const LATENCY_SUB: u64 = 32;
+/// Powers of two covered above the first 32 µs (up to about 2^40 µs, 12 days).
+const LATENCY_OCTAVES: usize = 36;
+const LATENCY_SLOTS: usize = (LATENCY_OCTAVES + 1) * LATENCY_SUB as usize;
+
+/// A lock-free log-linear latency histogram (microseconds): 32 exact slots below
+/// 32 µs, then 32 linear sub-buckets per power of two, like HdrHistogram with two
+/// significant binary digits of five. Recording is one atomic add.
+///
+/// ```
+/// use quiver_registry::LatencyHistogram;
+/// let h = LatencyHistogram::default();
+/// for _ in 0..1000 { h.record(12_000); }
+/// let p99 = h.quantile(0.99);
+/// assert!((12_000..=12_375).contains(&p99)); // a 16-bucket histogram said 20,000
+/// ```
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            counts: (0..LATENCY_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn slot(us: u64) -> usize {
+        if us < LATENCY_SUB {
+            return us as usize;
+        }
+        let e = 63 - us.leading_zeros() as u64; // >= 5
+        let sub = (us >> (e - 5)) & (LATENCY_SUB - 1);
+        (((e - 4) * LATENCY_SUB + sub) as usize).min(LATENCY_SLOTS - 1)
+    }
+
+    /// The largest value that falls in `slot`.
+    fn upper(slot: usize) -> u64 {
+        let slot = slot as u64;
+        if slot < LATENCY_SUB {
+            return slot;
+        }
+        let e = slot / LATENCY_SUB + 4;
+        let sub = slot % LATENCY_SUB;
+        ((LATENCY_SUB + sub + 1) << (e - 5)) - 1
+    }
+
+    /// Count one latency of `us` microseconds.
+    pub fn record(&self, us: u64) {
+        self.counts[Self::slot(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The `q` quantile (0..=1) as an upper bound in µs (0 when empty): the true value
+    /// is at most 3.1% lower.
+    pub fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let target = ((total as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Self::upper(i);
+            }
+        }
+        u64::MAX
+    }
+}
+
 const SCORE_BINS: usize = 20;
 
 /// Counters of one served version.
@@ -192,8 +259,8 @@ pub struct VersionMetrics {
     pub requests: AtomicU64,
     /// Requests that failed (bad input, scoring error).
     pub errors: AtomicU64,
-    /// Latency histogram, counts per [`LATENCY_BUCKETS_US`] bucket.
-    pub latency: [AtomicU64; 16],
+    /// Scoring latency.
+    pub latency: LatencyHistogram,
     /// Score histogram over 20 equal bins of [0, 1].
     pub scores: [AtomicU64; SCORE_BINS],
 }
@@ -201,12 +268,8 @@ pub struct VersionMetrics {
 impl VersionMetrics {
     fn observe(&self, latency: Duration, score: Option<f64>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let us = latency.as_micros() as u64;
-        let b = LATENCY_BUCKETS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(15);
-        self.latency[b].fetch_add(1, Ordering::Relaxed);
+        self.latency
+            .record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         match score {
             Some(s) => {
                 let bin = ((s.clamp(0.0, 1.0) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1);
@@ -218,26 +281,9 @@ impl VersionMetrics {
         }
     }
 
-    /// Upper bound of the bucket holding the 99th percentile latency (µs).
+    /// The 99th percentile latency (µs), an upper bound within 3.1%.
     pub fn p99_us(&self) -> u64 {
-        let counts: Vec<u64> = self
-            .latency
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let target = (total as f64 * 0.99).ceil() as u64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                return LATENCY_BUCKETS_US[i];
-            }
-        }
-        u64::MAX
+        self.latency.quantile(0.99)
     }
 
     fn score_counts(&self) -> Vec<u64> {
@@ -252,12 +298,8 @@ impl VersionMetrics {
         MetricsSnapshot {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            p50_us: self.latency.quantile(0.5),
             p99_us: self.p99_us(),
-            latency_counts: self
-                .latency
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect(),
             score_counts: self.score_counts(),
         }
     }
@@ -270,10 +312,10 @@ pub struct MetricsSnapshot {
     pub requests: u64,
     /// Failed requests.
     pub errors: u64,
-    /// p99 latency bucket bound, µs.
+    /// Median latency, µs (an upper bound within 3.1%).
+    pub p50_us: u64,
+    /// 99th percentile latency, µs (an upper bound within 3.1%).
     pub p99_us: u64,
-    /// Counts per latency bucket.
-    pub latency_counts: Vec<u64>,
     /// Counts per score bin (20 bins over [0, 1]).
     pub score_counts: Vec<u64>,
 }
@@ -621,7 +663,7 @@ impl ModelServer {
             ))
         } else if m.p99_us > self.policy.max_p99.as_micros() as u64 {
             Some(format!(
-                "p99 latency <= {} us bucket > {} us",
+                "p99 latency {} us > {} us",
                 m.p99_us,
                 self.policy.max_p99.as_micros()
             ))
@@ -728,5 +770,43 @@ impl Drop for WatchHandle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_are_within_three_percent_above() {
+        // The rollback check compares p99 with `max_p99_ms`: with the old 16 buckets a
+        // p99 of 12 ms read as 20 ms, so a limit of 15 ms acted like 10 ms.
+        let h = LatencyHistogram::default();
+        for us in 1..=100_000u64 {
+            h.record(us * 7 % 100_000 + 1);
+        }
+        for (q, want) in [(0.5, 50_000u64), (0.99, 99_000), (0.999, 99_900)] {
+            let got = h.quantile(q);
+            assert!(
+                got >= want && (got as f64) <= want as f64 * 1.032,
+                "q{q}: {got} vs {want}"
+            );
+        }
+        let twelve = LatencyHistogram::default();
+        for _ in 0..1000 {
+            twelve.record(12_000);
+        }
+        let p99 = twelve.quantile(0.99);
+        assert!((12_000..=12_375).contains(&p99), "{p99}");
+        assert!(p99 < 15_000);
+        // Exact below 32 µs, and every slot's bound is the largest value it holds.
+        for us in [0u64, 1, 31, 32, 33, 63, 64, 1000, 1 << 30] {
+            let s = LatencyHistogram::slot(us);
+            assert!(LatencyHistogram::upper(s) >= us, "{us}");
+            if s > 0 {
+                assert!(LatencyHistogram::upper(s - 1) < us, "{us}");
+            }
+        }
+        assert_eq!(LatencyHistogram::default().quantile(0.99), 0);
     }
 }
