@@ -385,6 +385,7 @@ impl<'a> HistoricalFeatures<'a> {
         })
     }
 
+    #[tracing::instrument(name = "training_set", skip_all)]
     async fn run(self) -> Result<TrainingSet> {
         self.prepare().await?.execute().await
     }

@@ -128,6 +128,7 @@ impl<'a> Materialize<'a> {
         self
     }
 
+    #[tracing::instrument(name = "materialize", skip_all)]
     async fn run(self) -> Result<MaterializeReport> {
         let now = chrono::Utc::now().timestamp_micros();
         // A watermark in the future would serve rows dated after the moment of the
@@ -158,6 +159,7 @@ impl<'a> Materialize<'a> {
         Ok(report)
     }
 
+    #[tracing::instrument(name = "materialize_view", skip_all, fields(view = %applied.definition.name(), version = applied.version, until))]
     async fn view(&self, applied: &AppliedView, until: i64) -> Result<ViewMaterialization> {
         let started = Instant::now();
         let def = &applied.definition;

@@ -1220,6 +1220,7 @@ impl FlightService for FeatureService {
     type DoActionStream = FlightStream<arrow_flight::Result>;
     type ListActionsStream = FlightStream<ActionType>;
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "Handshake"))]
     async fn handshake(
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
@@ -1229,6 +1230,7 @@ impl FlightService for FeatureService {
         ))
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "ListFlights"))]
     async fn list_flights(
         &self,
         request: Request<Criteria>,
@@ -1257,6 +1259,7 @@ impl FlightService for FeatureService {
         self.timed("ListFlights", started, r)
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "GetFlightInfo"))]
     async fn get_flight_info(
         &self,
         request: Request<FlightDescriptor>,
@@ -1272,6 +1275,7 @@ impl FlightService for FeatureService {
         self.timed("GetFlightInfo", started, r)
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "PollFlightInfo"))]
     async fn poll_flight_info(
         &self,
         _request: Request<FlightDescriptor>,
@@ -1281,6 +1285,7 @@ impl FlightService for FeatureService {
         ))
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "GetSchema"))]
     async fn get_schema(
         &self,
         request: Request<FlightDescriptor>,
@@ -1297,6 +1302,7 @@ impl FlightService for FeatureService {
         self.timed("GetSchema", started, r)
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "DoGet"))]
     async fn do_get(
         &self,
         request: Request<Ticket>,
@@ -1312,6 +1318,7 @@ impl FlightService for FeatureService {
         self.timed("DoGet", started, r)
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "DoPut"))]
     async fn do_put(
         &self,
         request: Request<Streaming<FlightData>>,
@@ -1327,6 +1334,7 @@ impl FlightService for FeatureService {
         self.timed("DoPut", started, r)
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "DoExchange"))]
     async fn do_exchange(
         &self,
         request: Request<Streaming<FlightData>>,
@@ -1342,6 +1350,7 @@ impl FlightService for FeatureService {
         self.timed("DoExchange", started, r)
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "DoAction"))]
     async fn do_action(
         &self,
         request: Request<Action>,
@@ -1358,6 +1367,7 @@ impl FlightService for FeatureService {
         self.timed("DoAction", started, r)
     }
 
+    #[tracing::instrument(name = "flight", skip_all, fields(rpc = "ListActions"))]
     async fn list_actions(
         &self,
         request: Request<Empty>,

@@ -900,6 +900,7 @@ fn encode_map<T: Wire>(m: BTreeMap<u32, T>) -> BTreeMap<u32, Vec<u8>> {
 }
 
 /// One secure aggregation; returns the sum, contributors and dropped.
+#[tracing::instrument(name = "federation_round", skip_all, fields(round, kind = ?plan.kind))]
 async fn aggregate(
     s: &Shared,
     round: u64,

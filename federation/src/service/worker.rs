@@ -293,6 +293,14 @@ impl Worker {
                     return Err(ServiceError::Failed(format!("unknown task kind {k}")));
                 }
             }
+            // The bank's side of one protocol stage (synchronous: training and crypto).
+            let stage_span = tracing::info_span!(
+                "federation_stage",
+                bank = %cfg.name,
+                round = task.round,
+                stage = task.stage
+            );
+            let entered = stage_span.enter();
             let answer: Result<(Vec<u8>, String), ServiceError> = (|| match task.stage {
                 0 => {
                     let mut plan: RoundPlan = serde_json::from_str(&task.plan_json)
@@ -525,6 +533,7 @@ impl Worker {
                     Ok((out, String::new()))
                 }
             })();
+            drop(entered);
             match answer {
                 Ok((payload, report_json)) => {
                     let ack = client
