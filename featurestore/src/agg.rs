@@ -317,13 +317,22 @@ impl Moments {
     /// online records of an earlier release stored it): `Σx = n·mean`,
     /// `Σx² = m2 + n·mean²`. Close, not bit-exact; a full rebuild replaces them.
     pub(crate) fn from_welford(n: i64, mean: f64, m2: f64) -> Self {
-        let mut s1 = DdSum::default();
-        s1.0.put(false, [n as f64 * mean, 0.0], 1);
-        s1.0.n_small = n;
-        let mut s2 = Buckets::default();
-        s2.put(false, [m2, n as f64 * mean * mean], 1);
-        s2.n_small = n;
-        Self { n, s1, s2 }
+        let mut s1 = Buckets {
+            n_small: n,
+            ..Buckets::default()
+        };
+        s1.small.add(n as f64 * mean);
+        let mut s2 = Buckets {
+            n_small: n,
+            ..Buckets::default()
+        };
+        s2.small.add(m2);
+        s2.small.add(n as f64 * mean * mean);
+        Self {
+            n,
+            s1: DdSum(s1),
+            s2,
+        }
     }
 
     /// Sample standard deviation: null below two values, NaN when a NaN or an

@@ -121,6 +121,18 @@ pub async fn open(url: &Url, version: Option<i64>) -> Result<OpenTable> {
     })
 }
 
+/// How a table's data files changed between two versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileChanges {
+    /// This many files were removed or rewritten (delete, update, optimize, or a new
+    /// deletion vector on the same path): earlier rows may have changed.
+    Rewritten(usize),
+    /// Same files, another schema (a column added, dropped or retyped).
+    SchemaChanged,
+    /// Only these files (paths) were added.
+    Added(Vec<String>),
+}
+
 impl OpenTable {
     /// The Arrow schema as text, to tell whether two versions' schemas differ (a
     /// column added, dropped or retyped).
@@ -153,15 +165,30 @@ impl OpenTable {
             .collect())
     }
 
-    /// Paths (relative to the table root, as the log writes them) of the data files of
-    /// this version.
-    pub fn file_paths(&self) -> Result<Vec<String>> {
-        let snapshot = self.table.snapshot().map_err(|e| delta_err(&self.url, e))?;
-        Ok(snapshot
-            .log_data()
+    /// What changed in the data files from `old` (an earlier version of this table) to
+    /// this version, as incremental materialization needs to know it.
+    pub fn changes_since(&self, old: &OpenTable) -> Result<FileChanges> {
+        let old_ids: std::collections::HashSet<String> =
+            old.file_ids()?.into_iter().map(|(id, _)| id).collect();
+        let new = self.file_ids()?;
+        let new_ids: std::collections::HashSet<&str> =
+            new.iter().map(|(id, _)| id.as_str()).collect();
+        let removed = old_ids
             .iter()
-            .map(|f| f.path().into_owned())
-            .collect())
+            .filter(|f| !new_ids.contains(f.as_str()))
+            .count();
+        Ok(if removed > 0 {
+            FileChanges::Rewritten(removed)
+        } else if old.schema_fingerprint() != self.schema_fingerprint() {
+            FileChanges::SchemaChanged
+        } else {
+            FileChanges::Added(
+                new.into_iter()
+                    .filter(|(id, _)| !old_ids.contains(id))
+                    .map(|(_, path)| path)
+                    .collect(),
+            )
+        })
     }
 
     /// Register only the data files `paths` of this version in `ctx` under `name`.

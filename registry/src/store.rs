@@ -266,8 +266,8 @@ impl MetadataStore {
             latest: tree("latest")?,
             applies: tree("applies")?,
             meta: tree("meta")?,
-            db: db.clone(),
-            path: path.clone(),
+            db,
+            path,
         })
     }
 

@@ -243,33 +243,16 @@ impl<'a> Materialize<'a> {
                         "Delta version {} is no longer readable ({e}); full rebuild",
                         old_mark.version
                     ),
-                    Ok(old) => {
-                        let old_files: std::collections::HashSet<String> =
-                            old.file_ids()?.into_iter().map(|(id, _)| id).collect();
-                        let new_files = table.file_ids()?;
-                        let new_ids: std::collections::HashSet<&str> =
-                            new_files.iter().map(|(id, _)| id.as_str()).collect();
-                        let removed = old_files
-                            .iter()
-                            .filter(|f| !new_ids.contains(f.as_str()))
-                            .count();
-                        let old_schema = old.schema_fingerprint();
-                        if removed > 0 {
-                            format!(
-                                "{removed} file(s) removed or rewritten since Delta version {} (delete, update, optimize, or a deletion vector)",
-                                old_mark.version
-                            )
-                        } else if old_schema != table.schema_fingerprint() {
-                            format!(
-                                "the table's schema changed since Delta version {}",
-                                old_mark.version
-                            )
-                        } else {
-                            let added: Vec<String> = new_files
-                                .into_iter()
-                                .filter(|(id, _)| !old_files.contains(id))
-                                .map(|(_, path)| path)
-                                .collect();
+                    Ok(old) => match table.changes_since(&old)? {
+                        delta::FileChanges::Rewritten(n) => format!(
+                            "{n} file(s) removed or rewritten since Delta version {} (delete, update, optimize, or a deletion vector)",
+                            old_mark.version
+                        ),
+                        delta::FileChanges::SchemaChanged => format!(
+                            "the table's schema changed since Delta version {}",
+                            old_mark.version
+                        ),
+                        delta::FileChanges::Added(added) => {
                             let reason = format!(
                                 "{} new file(s) since Delta version {}",
                                 added.len(),
@@ -278,7 +261,7 @@ impl<'a> Materialize<'a> {
                             incremental = Some((w.clone(), added));
                             reason
                         }
-                    }
+                    },
                 }
             }
         };

@@ -107,25 +107,23 @@ pub(crate) fn guarded(
     input: BoxStream<'static, Result<FlightData, FlightError>>,
     max_rows: usize,
 ) -> BoxStream<'static, Result<FlightData, FlightError>> {
-    let mut failed = false;
     input
         .enumerate()
         .filter_map(move |(n, m)| {
-            let out = if failed {
-                None
-            } else {
-                match m {
+            futures::future::ready(
+                match m.and_then(|m| check(n, &m, max_rows).map(|keep| (m, keep))) {
+                    Ok((m, true)) => Some(Ok(m)),
+                    Ok((_, false)) => None,
                     Err(e) => Some(Err(e)),
-                    Ok(m) => match check(n, &m, max_rows) {
-                        Ok(true) => Some(Ok(m)),
-                        Ok(false) => None,
-                        Err(e) => {
-                            failed = true;
-                            Some(Err(e))
-                        }
-                    },
-                }
-            };
+                },
+            )
+        })
+        // Nothing after the first error is read.
+        .scan(false, |failed, item| {
+            let out = (!*failed).then_some(item);
+            if let Some(Err(_)) = &out {
+                *failed = true;
+            }
             futures::future::ready(out)
         })
         .boxed()

@@ -16,8 +16,7 @@ use proptest::prelude::*;
 use quiver_featurestore::FeatureStore;
 
 use crate::common::{
-    DAY, HOUR, Repo, T0, assert_online_equals_training, column_strings, entities, training_at,
-    ts_type,
+    DAY, HOUR, Repo, T0, assert_online_equals_training, column_strings, training_at, ts_type,
 };
 
 /// Numeric inputs take every numeric aggregate; strings and timestamps the others.
@@ -161,21 +160,12 @@ fn events(seed: u64, n: usize, until: i64) -> Vec<Event> {
 async fn check(store: &FeatureStore, ids: &[i64], t: i64) {
     for view in ["aggs", "latest"] {
         assert_online_equals_training(store, view, ids, t).await;
-        let rows: Vec<(i64, i64)> = ids.iter().map(|&k| (k, t)).collect();
         let want = training_at(store, view, ids, t).await;
         // One feature asked for alone is the same value as in the whole view (tied
         // rows are ordered by all of the view's columns).
         if view == "latest" {
             for col in ["i", "s"] {
-                let alone = store
-                    .historical_features()
-                    .with_entities(vec![entities(&rows)])
-                    .with_features(&format!("latest:{col}"))
-                    .unwrap()
-                    .await
-                    .unwrap()
-                    .concat()
-                    .unwrap();
+                let alone = training_at(store, &format!("latest:{col}"), ids, t).await;
                 assert_eq!(
                     column_strings(&alone, col),
                     column_strings(&want, col),

@@ -417,6 +417,21 @@ fn join_once(source: RecordBatch, entity: RecordBatch, spec: PitSpec) -> RecordB
     })
 }
 
+/// Entity rows (user_id, event_timestamp in µs).
+fn entity_rows(keys: Vec<i64>, ts: Vec<i64>) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, true),
+            Field::new("event_timestamp", ts_type(), false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(keys)),
+            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+        ],
+    )
+    .unwrap()
+}
+
 fn base_spec(mode: PitMode) -> PitSpec {
     PitSpec {
         view: "v".into(),
@@ -502,17 +517,7 @@ fn tied_rows_resolve_by_every_column_whatever_is_requested() {
         ],
     )
     .unwrap();
-    let entity = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("user_id", DataType::Int64, true),
-            Field::new("event_timestamp", ts_type(), false),
-        ])),
-        vec![
-            Arc::new(Int64Array::from(vec![1])),
-            Arc::new(TimestampMicrosecondArray::from(vec![2 * HOUR]).with_timezone("UTC")),
-        ],
-    )
-    .unwrap();
+    let entity = entity_rows(vec![1], vec![2 * HOUR]);
     let pick = |mode: PitMode| {
         let mut spec = base_spec(mode);
         spec.tie_columns = vec!["a".into(), "b".into()];
@@ -554,17 +559,7 @@ fn a_windowed_sum_that_overflowed_recovers_and_stddev_slides() {
         ],
     )
     .unwrap();
-    let entity = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("user_id", DataType::Int64, true),
-            Field::new("event_timestamp", ts_type(), false),
-        ])),
-        vec![
-            Arc::new(Int64Array::from(vec![1; v.len()])),
-            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
-        ],
-    )
-    .unwrap();
+    let entity = entity_rows(vec![1; v.len()], ts);
     let agg = |output: &str, function| AggSpec {
         output: output.into(),
         function,

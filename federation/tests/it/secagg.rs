@@ -716,16 +716,18 @@ fn a_plan_below_the_banks_own_policy_is_refused_before_any_key_exists() {
     // withstood, two are not.
     let plan = Params::secagg(5, 3, 8);
     assert_eq!(plan.colluders_tolerated(), 1);
-    let strict = ClientPolicy::against(5, 2);
-    let e = Client::new(
-        0,
-        b.ids[0].clone(),
-        b.roster.clone(),
-        plan.clone(),
-        strict,
-        r,
-    )
-    .unwrap_err();
+    // Bank 0 joining the plan under `policy`.
+    let join = |policy: ClientPolicy| {
+        Client::new(
+            0,
+            b.ids[0].clone(),
+            b.roster.clone(),
+            plan.clone(),
+            policy,
+            r,
+        )
+    };
+    let e = join(ClientPolicy::against(5, 2)).unwrap_err();
     assert!(
         matches!(e, ProtocolError::Refused { stage: "plan", .. }),
         "{e}"
@@ -734,42 +736,12 @@ fn a_plan_below_the_banks_own_policy_is_refused_before_any_key_exists() {
     // A bank's explicit minimums hold as well.
     let mut floor = ClientPolicy::against(5, 1);
     floor.min_threshold = 4;
-    assert!(
-        Client::new(
-            0,
-            b.ids[0].clone(),
-            b.roster.clone(),
-            plan.clone(),
-            floor,
-            r
-        )
-        .is_err()
-    );
+    assert!(join(floor).is_err());
     let mut floor = ClientPolicy::against(5, 1);
     floor.min_neighbours = 5;
-    assert!(
-        Client::new(
-            0,
-            b.ids[0].clone(),
-            b.roster.clone(),
-            plan.clone(),
-            floor,
-            r
-        )
-        .is_err()
-    );
+    assert!(join(floor).is_err());
     // The default policy for five banks accepts the plan.
-    assert!(
-        Client::new(
-            0,
-            b.ids[0].clone(),
-            b.roster.clone(),
-            plan,
-            ClientPolicy::for_roster(5),
-            r
-        )
-        .is_ok()
-    );
+    assert!(join(ClientPolicy::for_roster(5)).is_ok());
 }
 
 #[test]
