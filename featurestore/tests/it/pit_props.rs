@@ -167,58 +167,38 @@ fn spec(c: &Case, mode: PitMode) -> PitSpec {
 
 /// Run the operator through DataFusion on in-memory tables.
 fn run(c: &Case, mode: PitMode) -> RecordBatch {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ctx = plan::session();
-        let ent_schema = Arc::new(Schema::new(vec![
+    let entity = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
             Field::new("user_id", DataType::Int64, true),
             Field::new("event_timestamp", ts_type(), false),
-        ]));
-        let entity = RecordBatch::try_new(
-            ent_schema,
+        ])),
+        vec![
+            Arc::new(Int64Array::from_iter(c.queries.iter().map(|q| q.0))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(c.queries.iter().map(|q| q.1))
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap();
+    let parts: Vec<Vec<RecordBatch>> = (0..c.parts)
+        .map(|p| {
+            let rows: Vec<&Row> = c
+                .rows
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % c.parts == p)
+                .map(|(_, r)| r)
+                .collect();
+            // Two batches per partition when there is enough data.
+            let mid = rows.len() / 2;
             vec![
-                Arc::new(Int64Array::from_iter(c.queries.iter().map(|q| q.0))),
-                Arc::new(
-                    TimestampMicrosecondArray::from_iter_values(c.queries.iter().map(|q| q.1))
-                        .with_timezone("UTC"),
-                ),
-            ],
-        )
-        .unwrap();
-        let parts: Vec<Vec<RecordBatch>> = (0..c.parts)
-            .map(|p| {
-                let rows: Vec<&Row> = c
-                    .rows
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| i % c.parts == p)
-                    .map(|(_, r)| r)
-                    .collect();
-                // Two batches per partition when there is enough data.
-                let mid = rows.len() / 2;
-                vec![
-                    src_batch(&rows[..mid], c.with_created),
-                    src_batch(&rows[mid..], c.with_created),
-                ]
-            })
-            .collect();
-        let schema = parts[0][0].schema();
-        let source = ctx
-            .read_table(Arc::new(MemTable::try_new(schema, parts).unwrap()))
-            .unwrap()
-            .into_unoptimized_plan();
-        let entity = ctx.read_batch(entity).unwrap().into_unoptimized_plan();
-        let node = PointInTimeNode::try_new(entity, source, spec(c, mode))
-            .unwrap()
-            .into_plan();
-        let df = ctx.execute_logical_plan(node).await.unwrap();
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.unwrap();
-        concat_batches(&schema, &batches).unwrap()
-    })
+                src_batch(&rows[..mid], c.with_created),
+                src_batch(&rows[mid..], c.with_created),
+            ]
+        })
+        .collect();
+    join(parts, entity, spec(c, mode))
 }
 
 fn values(batch: &RecordBatch, name: &str) -> Vec<Val> {
@@ -393,17 +373,21 @@ proptest! {
 
 /// Run a point-in-time join of `spec` over one in-memory source batch and entity batch.
 fn join_once(source: RecordBatch, entity: RecordBatch, spec: PitSpec) -> RecordBatch {
+    join(vec![vec![source]], entity, spec)
+}
+
+/// Run a point-in-time join of `spec` through DataFusion over in-memory source
+/// partitions and an entity batch.
+fn join(parts: Vec<Vec<RecordBatch>>, entity: RecordBatch, spec: PitSpec) -> RecordBatch {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
         .unwrap();
     rt.block_on(async {
         let ctx = plan::session();
-        let schema = source.schema();
+        let schema = parts[0][0].schema();
         let source = ctx
-            .read_table(Arc::new(
-                MemTable::try_new(schema, vec![vec![source]]).unwrap(),
-            ))
+            .read_table(Arc::new(MemTable::try_new(schema, parts).unwrap()))
             .unwrap()
             .into_unoptimized_plan();
         let entity = ctx.read_batch(entity).unwrap().into_unoptimized_plan();
