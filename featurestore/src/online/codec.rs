@@ -359,6 +359,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn done(&self) -> bool {
         self.pos == self.buf.len()
     }
+    /// Bytes left to read (a bound for capacities taken from counts in the input).
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
 }
 
 /// Entity key bytes: per key column a tag and the value; integers big-endian so keys

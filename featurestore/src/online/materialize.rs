@@ -421,7 +421,7 @@ impl<'a> Materialize<'a> {
                     let rec = match old {
                         Some(bytes) => {
                             let mut r = Record::decode(&bytes, &old_wm.plan)?;
-                            r.absorb(&plan, delta_rec, horizon);
+                            r.absorb(delta_rec, horizon);
                             r
                         }
                         None => {

@@ -11,13 +11,14 @@
 //! falls as rows leave the window even if materialization has not run since.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::{Reader, Value, Writer};
 pub use crate::agg::Status;
-use crate::agg::{DdSum, Moments, status_at, window_floor};
+use crate::agg::{
+    Acc, DdSum, Item, Moments, Num, Out, decimal_to_f64, pick_order, status_at, window_floor,
+};
 use crate::spec::AggFunction;
 use crate::{Error, Result};
 
@@ -42,20 +43,42 @@ pub(crate) struct ServedAgg {
 }
 
 impl ServedAgg {
-    /// A non-null input value as f64, as the training-set kernel sees it.
-    fn number(&self, v: &Value) -> Option<f64> {
-        match (v, self.decimal_scale) {
-            (Value::Decimal(d), Some(s)) => Some(crate::agg::decimal_to_f64(*d, s)),
-            _ => v.as_f64(),
+    /// A stored value as this aggregate's input, read the way the training-set kernel
+    /// reads its column; `None` for null (nulls never enter an aggregate).
+    fn item(&self, v: &Value) -> Option<Item<Vec<u8>>> {
+        use AggFunction as F;
+        if v.is_null() {
+            return None;
+        }
+        Some(match self.function {
+            F::Count | F::Last => Item::Present,
+            F::CountDistinct => Item::Key(distinct_bytes(v)),
+            _ => Item::Num(self.number(v)?),
+        })
+    }
+
+    /// The input of `count` (`None`: count rows), or the value of column `input`.
+    fn row_item(&self, row: &Row) -> Option<Item<Vec<u8>>> {
+        match self.input {
+            None => Some(Item::Present),
+            Some(i) => self.item(&row.values[i]),
         }
     }
 
-    /// The served value of `min`/`max`: decimals as Float64, like the training set.
-    fn extremum(&self, v: Value) -> Value {
-        match (&v, self.decimal_scale) {
-            (Value::Decimal(_), Some(_)) => self.number(&v).map_or(Value::Null, Value::Float),
-            _ => v,
+    fn number(&self, v: &Value) -> Option<Num> {
+        match (v, self.decimal_scale) {
+            (Value::Decimal(d), Some(s)) => Some(Num::Float(decimal_to_f64(*d, s))),
+            (Value::Int(x), _) if self.integer => Some(Num::Int(*x)),
+            (Value::UInt(x), _) if self.integer => {
+                Some(i64::try_from(*x).map_or(Num::Float(*x as f64), Num::Int))
+            }
+            _ => v.as_f64().map(Num::Float),
         }
+    }
+
+    /// An empty state for all history (nothing ever leaves it).
+    fn acc(&self) -> Acc<Vec<u8>> {
+        Acc::new(self.function, self.integer, false)
     }
 }
 
@@ -117,11 +140,9 @@ impl Row {
 
     /// Newer, or as new with larger values: the row a point-in-time lookup picks.
     fn beats(&self, other: &Row) -> bool {
-        match self.key().cmp(&other.key()) {
-            Ordering::Greater => true,
-            Ordering::Less => false,
-            Ordering::Equal => cmp_values(&self.values, &other.values) == Ordering::Greater,
-        }
+        pick_order(self.key(), other.key(), || {
+            cmp_values(&self.values, &other.values)
+        }) == Ordering::Greater
     }
 }
 
@@ -138,80 +159,35 @@ fn cmp_values(a: &[Value], b: &[Value]) -> Ordering {
 /// Running state of one window-less aggregate.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Partial {
-    Count(i64),
-    SumInt {
-        sum: i128,
-        n: i64,
-    },
-    SumFloat {
-        sum: DdSum,
-        n: i64,
-    },
-    Extremum(Value),
-    /// Count, Σx and Σx² (stddev over all history), as the kernel keeps them.
-    Moments(Moments),
-    Distinct(BTreeSet<Vec<u8>>),
+    /// Every aggregate but `last`: the accumulator training sets use too.
+    Acc(Acc<Vec<u8>>),
+    /// `last`: the row it picks so far, with only the feature's value.
     Last(Option<Row>),
 }
 
 impl Partial {
     fn new(a: &ServedAgg) -> Self {
-        use AggFunction as F;
         match a.function {
-            F::Count => Partial::Count(0),
-            F::Sum | F::Avg if a.integer => Partial::SumInt { sum: 0, n: 0 },
-            F::Sum | F::Avg => Partial::SumFloat {
-                sum: DdSum::default(),
-                n: 0,
-            },
-            F::Min | F::Max => Partial::Extremum(Value::Null),
-            F::Stddev => Partial::Moments(Moments::default()),
-            F::CountDistinct => Partial::Distinct(BTreeSet::new()),
-            F::Last => Partial::Last(None),
+            AggFunction::Last => Partial::Last(None),
+            _ => Partial::Acc(a.acc()),
         }
     }
 
     fn add(&mut self, a: &ServedAgg, row: &Row) {
-        let v = a.input.map(|i| &row.values[i]);
-        if v.is_some_and(Value::is_null) {
-            return;
-        }
         match self {
-            Partial::Count(n) => *n += 1,
-            Partial::SumInt { sum, n } => {
-                if let Some(Value::Int(x)) = v {
-                    *sum += *x as i128;
-                } else if let Some(Value::UInt(x)) = v {
-                    *sum += *x as i128;
+            Partial::Acc(acc) => {
+                if let Some(item) = a.row_item(row) {
+                    acc.add(item);
                 }
-                *n += 1;
-            }
-            Partial::SumFloat { sum, n } => {
-                sum.add(v.and_then(|v| a.number(v)).unwrap_or(0.0));
-                *n += 1;
-            }
-            Partial::Extremum(cur) => {
-                let v = v.expect("min/max read a column");
-                let better = cur.is_null()
-                    || match a.function {
-                        AggFunction::Max => v.cmp_same_type(cur) == Ordering::Greater,
-                        _ => v.cmp_same_type(cur) == Ordering::Less,
-                    };
-                if better {
-                    *cur = v.clone();
-                }
-            }
-            Partial::Moments(m) => {
-                m.add(v.and_then(|v| a.number(v)).unwrap_or(0.0));
-            }
-            Partial::Distinct(set) => {
-                set.insert(distinct_bytes(v.expect("count_distinct reads a column")));
             }
             Partial::Last(cur) => {
+                let Some(v) = a.input.map(|i| &row.values[i]).filter(|v| !v.is_null()) else {
+                    return;
+                };
                 let candidate = Row {
                     ts: row.ts,
                     created: row.created,
-                    values: vec![v.expect("last reads a column").clone()],
+                    values: vec![v.clone()],
                 };
                 if cur.as_ref().is_none_or(|c| candidate.beats(c)) {
                     *cur = Some(candidate);
@@ -219,40 +195,32 @@ impl Partial {
             }
         }
     }
-}
 
-impl Partial {
     /// Fold in the partial state of other rows.
-    fn combine(&mut self, a: &ServedAgg, other: Partial) {
+    fn combine(&mut self, other: Partial) {
         match (self, other) {
-            (Partial::Count(n), Partial::Count(m)) => *n += m,
-            (Partial::SumInt { sum, n }, Partial::SumInt { sum: s2, n: n2 }) => {
-                *sum += s2;
-                *n += n2;
-            }
-            (Partial::SumFloat { sum, n }, Partial::SumFloat { sum: s2, n: n2 }) => {
-                sum.combine(&s2);
-                *n += n2;
-            }
-            (Partial::Extremum(cur), Partial::Extremum(v)) => {
-                let better = !v.is_null()
-                    && (cur.is_null()
-                        || match a.function {
-                            AggFunction::Max => v.cmp_same_type(cur) == Ordering::Greater,
-                            _ => v.cmp_same_type(cur) == Ordering::Less,
-                        });
-                if better {
-                    *cur = v;
-                }
-            }
-            (Partial::Moments(m), Partial::Moments(other)) => m.combine(&other),
-            (Partial::Distinct(set), Partial::Distinct(other)) => set.extend(other),
+            (Partial::Acc(acc), Partial::Acc(other)) => acc.combine(other),
             (Partial::Last(cur), Partial::Last(Some(row))) => {
                 if cur.as_ref().is_none_or(|c| row.beats(c)) {
                     *cur = Some(row);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Whether this state is the kind `a` keeps (a record read back from disk).
+    fn fits(&self, a: &ServedAgg) -> bool {
+        match (self, Partial::new(a)) {
+            (Partial::Acc(x), Partial::Acc(y)) => {
+                std::mem::discriminant(x) == std::mem::discriminant(&y)
+                    && match (x, &y) {
+                        (Acc::Extreme { max: p, .. }, Acc::Extreme { max: q, .. }) => p == q,
+                        _ => true,
+                    }
+            }
+            (Partial::Last(_), Partial::Last(_)) => true,
+            _ => false,
         }
     }
 }
@@ -351,7 +319,7 @@ impl Record {
     }
 
     /// Combine with `other` (built from rows this record has not seen).
-    pub(crate) fn absorb(&mut self, plan: &ServingPlan, other: Record, horizon: i64) {
+    pub(crate) fn absorb(&mut self, other: Record, horizon: i64) {
         match (&mut *self, other) {
             (Record::AsOf(best), Record::AsOf(row)) => {
                 if !row.values.is_empty() && (best.values.is_empty() || row.beats(best)) {
@@ -372,8 +340,8 @@ impl Record {
             ) => {
                 *newest = (*newest).max(n2);
                 rows.extend(r2);
-                for ((p, q), a) in partials.iter_mut().zip(p2).zip(plan.windowless()) {
-                    p.combine(a, q);
+                for (p, q) in partials.iter_mut().zip(p2) {
+                    p.combine(q);
                 }
             }
             _ => {}
@@ -431,9 +399,19 @@ impl Record {
                     rows.push(read_row(&mut r, n_inputs)?);
                 }
                 let n = r.u32()? as usize;
-                let mut partials = Vec::with_capacity(n.min(bytes.len()));
-                for _ in 0..n {
-                    partials.push(read_partial(&mut r)?);
+                let windowless: Vec<&ServedAgg> = plan.windowless().collect();
+                if n != windowless.len() {
+                    return Err(Error::Corrupt {
+                        what: "online record".into(),
+                        message: format!(
+                            "{n} partial states for {} features without a window",
+                            windowless.len()
+                        ),
+                    });
+                }
+                let mut partials = Vec::with_capacity(n);
+                for a in windowless {
+                    partials.push(read_partial(&mut r, a)?);
                 }
                 Record::Aggregate {
                     newest,
@@ -529,35 +507,48 @@ fn read_row(r: &mut Reader<'_>, n: usize) -> Result<Row> {
 
 fn write_partial(w: &mut Writer, p: &Partial) {
     match p {
-        Partial::Count(n) => {
+        Partial::Acc(Acc::Count(n)) => {
             w.u8(1);
             w.i64(*n);
         }
-        Partial::SumInt { sum, n } => {
+        Partial::Acc(Acc::SumInt { sum, n }) => {
             w.u8(2);
             w.buf.extend_from_slice(&sum.to_le_bytes());
             w.i64(*n);
         }
-        Partial::SumFloat { sum, n } => {
+        Partial::Acc(Acc::SumFloat { sum, n }) => {
             w.u8(8);
             write_dd(w, sum);
             w.i64(*n);
         }
-        Partial::Extremum(v) => {
-            w.u8(4);
-            w.value(v);
+        Partial::Acc(Acc::Extreme { queue, .. }) => {
+            w.u8(10);
+            match queue.front() {
+                None => w.u8(0),
+                Some((_, Num::Int(x))) => {
+                    w.u8(1);
+                    w.i64(*x);
+                }
+                Some((_, Num::Float(x))) => {
+                    w.u8(2);
+                    w.f64(*x);
+                }
+            }
         }
-        Partial::Moments(m) => {
+        Partial::Acc(Acc::Moments(m)) => {
             w.u8(9);
             let (n, s1, s2) = m.to_parts();
             w.i64(n);
             write_dd(w, &s1);
             write_dd(w, &s2);
         }
-        Partial::Distinct(set) => {
+        Partial::Acc(Acc::Distinct(counts)) => {
             w.u8(6);
-            w.u32(set.len() as u32);
-            for b in set {
+            // Sorted, so one state always encodes to the same bytes.
+            let mut keys: Vec<&Vec<u8>> = counts.keys().collect();
+            keys.sort_unstable();
+            w.u32(keys.len() as u32);
+            for b in keys {
                 w.bytes(b);
             }
         }
@@ -574,51 +565,68 @@ fn write_partial(w: &mut Writer, p: &Partial) {
     }
 }
 
-fn read_partial(r: &mut Reader<'_>) -> Result<Partial> {
-    Ok(match r.u8()? {
-        1 => Partial::Count(r.i64()?),
+/// One window-less state of `a`, checked to be the kind `a` keeps.
+fn read_partial(r: &mut Reader<'_>, a: &ServedAgg) -> Result<Partial> {
+    let from_items = |items: &mut dyn Iterator<Item = Item<Vec<u8>>>| {
+        let mut acc = a.acc();
+        for item in items {
+            acc.add(item);
+        }
+        Partial::Acc(acc)
+    };
+    let p = match r.u8()? {
+        1 => Partial::Acc(Acc::Count(r.i64()?)),
         2 => {
             let lo = r.i64()? as u64 as u128;
             let hi = r.i64()? as u64 as u128;
-            Partial::SumInt {
+            Partial::Acc(Acc::SumInt {
                 sum: ((hi << 64) | lo) as i128,
                 n: r.i64()?,
-            }
+            })
         }
         // An earlier release's double-double sum: the same value, no large part.
         3 => {
             let (hi, lo) = (r.f64()?, r.f64()?);
             let (nan, pos_inf, neg_inf) = (r.u32()?, r.u32()?, r.u32()?);
             let n = r.i64()?;
-            Partial::SumFloat {
+            Partial::Acc(Acc::SumFloat {
                 sum: DdSum::from_parts([hi, lo, 0.0, 0.0], [n, 0], [nan, pos_inf, neg_inf]),
                 n,
-            }
+            })
         }
-        8 => Partial::SumFloat {
+        8 => Partial::Acc(Acc::SumFloat {
             sum: read_dd(r)?,
             n: r.i64()?,
+        }),
+        // An earlier release's extreme, kept as a stored value.
+        4 => {
+            let v = r.value()?;
+            from_items(&mut a.item(&v).into_iter())
+        }
+        10 => match r.u8()? {
+            0 => from_items(&mut std::iter::empty()),
+            1 => from_items(&mut std::iter::once(Item::Num(Num::Int(r.i64()?)))),
+            _ => from_items(&mut std::iter::once(Item::Num(Num::Float(r.f64()?)))),
         },
-        4 => Partial::Extremum(r.value()?),
         // An earlier release's Welford state (until the next full rebuild).
         5 => {
             let n = r.i64()?;
             let (mean, m2) = (r.f64()?, r.f64()?);
-            Partial::Moments(Moments::from_welford(n, mean, m2))
+            Partial::Acc(Acc::Moments(Moments::from_welford(n, mean, m2)))
         }
         9 => {
             let n = r.i64()?;
             let s1 = read_dd(r)?;
             let s2 = read_dd(r)?;
-            Partial::Moments(Moments::from_parts(n, s1, s2))
+            Partial::Acc(Acc::Moments(Moments::from_parts(n, s1, s2)))
         }
         6 => {
             let n = r.u32()? as usize;
-            let mut set = BTreeSet::new();
+            let mut keys = Vec::with_capacity(n.min(r.remaining()));
             for _ in 0..n {
-                set.insert(r.bytes()?.to_vec());
+                keys.push(Item::Key(r.bytes()?.to_vec()));
             }
-            Partial::Distinct(set)
+            from_items(&mut keys.into_iter())
         }
         7 => match r.u8()? {
             0 => Partial::Last(None),
@@ -630,7 +638,14 @@ fn read_partial(r: &mut Reader<'_>) -> Result<Partial> {
                 message: format!("unknown partial tag {t}"),
             });
         }
-    })
+    };
+    if !p.fits(a) {
+        return Err(Error::Corrupt {
+            what: "online record".into(),
+            message: format!("partial state does not fit `{}`", a.function),
+        });
+    }
+    Ok(p)
 }
 
 fn write_dd(w: &mut Writer, s: &DdSum) {
@@ -653,127 +668,43 @@ fn read_dd(r: &mut Reader<'_>) -> Result<DdSum> {
     Ok(DdSum::from_parts(f, n, c))
 }
 
-fn int_sum(sum: i128) -> Result<Value> {
-    i64::try_from(sum)
-        .map(Value::Int)
-        .map_err(|_| Error::InvalidRequest("an integer sum does not fit in Int64; cast the column to a floating type (in a SQL view) to aggregate it".into()))
+fn value(out: std::result::Result<Out, &'static str>) -> Result<Value> {
+    Ok(match out.map_err(|m| Error::InvalidRequest(m.into()))? {
+        Out::Null => Value::Null,
+        Out::Int(x) => Value::Int(x),
+        Out::Float(x) => Value::Float(x),
+    })
 }
 
 fn from_partial(a: &ServedAgg, p: &Partial) -> Result<Value> {
-    use AggFunction as F;
-    Ok(match (a.function, p) {
-        (F::Count, Partial::Count(n)) => Value::Int(*n),
-        (F::Sum, Partial::SumInt { sum, .. }) => int_sum(*sum)?,
-        (F::Avg, Partial::SumInt { sum, n }) => {
-            if *n == 0 {
-                Value::Null
-            } else {
-                Value::Float(*sum as f64 / *n as f64)
-            }
-        }
-        (F::Sum, Partial::SumFloat { sum, n }) => {
-            Value::Float(if *n == 0 { 0.0 } else { sum.value() })
-        }
-        (F::Avg, Partial::SumFloat { sum, n }) => {
-            if *n == 0 {
-                Value::Null
-            } else {
-                Value::Float(sum.value() / *n as f64)
-            }
-        }
-        (F::Min | F::Max, Partial::Extremum(v)) => a.extremum(v.clone()),
-        (F::Stddev, Partial::Moments(m)) => m.stddev().map_or(Value::Null, Value::Float),
-        (F::CountDistinct, Partial::Distinct(s)) => Value::Int(s.len() as i64),
-        (F::Last, Partial::Last(r)) => r
+    match p {
+        Partial::Acc(acc) => value(acc.finish(a.function)),
+        Partial::Last(r) => Ok(r
             .as_ref()
             .map(|r| r.values[0].clone())
-            .unwrap_or(Value::Null),
-        _ => {
-            return Err(Error::Corrupt {
-                what: "online record".into(),
-                message: format!("partial state does not fit `{}`", a.function),
-            });
-        }
-    })
+            .unwrap_or(Value::Null)),
+    }
 }
 
-/// One aggregate over the rows of its window (sorted by time), with the kernel's rules.
+/// One aggregate over the rows of its window: the accumulator of training sets, filled
+/// with the window's rows.
 fn over_window(a: &ServedAgg, rows: &[Row]) -> Result<Value> {
-    use AggFunction as F;
-    let vals = || {
-        rows.iter()
-            .filter_map(move |r| a.input.map(|i| &r.values[i]))
-            .filter(|v| !v.is_null())
-    };
-    Ok(match a.function {
-        F::Count => Value::Int(match a.input {
-            None => rows.len() as i64,
-            Some(_) => vals().count() as i64,
-        }),
-        F::Sum | F::Avg if a.integer => {
-            let (mut sum, mut n) = (0i128, 0i64);
-            for v in vals() {
-                sum += match v {
-                    Value::Int(x) => *x as i128,
-                    Value::UInt(x) => *x as i128,
-                    _ => 0,
-                };
-                n += 1;
-            }
-            match a.function {
-                F::Sum => int_sum(sum)?,
-                _ if n == 0 => Value::Null,
-                _ => Value::Float(sum as f64 / n as f64),
-            }
-        }
-        F::Sum | F::Avg => {
-            let (mut sum, mut n) = (DdSum::default(), 0i64);
-            for v in vals() {
-                sum.add(a.number(v).unwrap_or(0.0));
-                n += 1;
-            }
-            match a.function {
-                F::Sum => Value::Float(if n == 0 { 0.0 } else { sum.value() }),
-                _ if n == 0 => Value::Null,
-                _ => Value::Float(sum.value() / n as f64),
-            }
-        }
-        F::Min => a.extremum(
-            vals()
-                .min_by(|x, y| x.cmp_same_type(y))
-                .cloned()
-                .unwrap_or(Value::Null),
-        ),
-        F::Max => a.extremum(
-            vals()
-                .max_by(|x, y| x.cmp_same_type(y))
-                .cloned()
-                .unwrap_or(Value::Null),
-        ),
-        F::Stddev => {
-            let mut m = Moments::default();
-            for x in vals().filter_map(|v| a.number(v)) {
-                m.add(x);
-            }
-            m.stddev().map_or(Value::Null, Value::Float)
-        }
-        F::CountDistinct => {
-            let set: BTreeSet<Vec<u8>> = vals().map(distinct_bytes).collect();
-            Value::Int(set.len() as i64)
-        }
-        F::Last => {
-            let i = a.input.expect("last reads a column");
-            rows.iter()
-                .filter(|r| !r.values[i].is_null())
-                .max_by(|x, y| {
-                    x.key()
-                        .cmp(&y.key())
-                        .then(x.values[i].cmp_same_type(&y.values[i]))
-                })
-                .map(|r| r.values[i].clone())
-                .unwrap_or(Value::Null)
-        }
-    })
+    if a.function == AggFunction::Last {
+        let i = a.input.expect("last reads a column");
+        return Ok(rows
+            .iter()
+            .filter(|r| !r.values[i].is_null())
+            .max_by(|x, y| {
+                pick_order(x.key(), y.key(), || x.values[i].cmp_same_type(&y.values[i]))
+            })
+            .map(|r| r.values[i].clone())
+            .unwrap_or(Value::Null));
+    }
+    let mut acc = a.acc();
+    for item in rows.iter().filter_map(|r| a.row_item(r)) {
+        acc.add(item);
+    }
+    value(acc.finish(a.function))
 }
 
 #[cfg(test)]

@@ -16,12 +16,14 @@
 use std::cmp::Ordering;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
-use arrow::compute::{SortOptions, interleave};
+use arrow::compute::interleave;
 use arrow::datatypes::DataType;
 use datafusion::common::Result;
 
-use super::kernel::{Answer, KeyIndex, NO_GROUP, Queries, SourceLayout, Status, finish, micros};
-use crate::agg::status_at;
+use super::kernel::{
+    Answer, KeyIndex, NO_GROUP, Queries, SourceLayout, Status, cmp_rows, finish, micros,
+};
+use crate::agg::{pick_order, status_at};
 
 const NONE: u32 = u32::MAX;
 
@@ -57,40 +59,20 @@ impl Part {
     }
 }
 
-/// Compare two rows by `cols` (nulls smallest).
-fn cmp_values(cols: &[usize], a: (&RecordBatch, u32), b: (&RecordBatch, u32)) -> Ordering {
-    for &c in cols {
-        let ord = match arrow::array::make_comparator(
-            a.0.column(c).as_ref(),
-            b.0.column(c).as_ref(),
-            SortOptions::default(),
-        ) {
-            Ok(cmp) => cmp(a.1 as usize, b.1 as usize),
-            Err(_) => Ordering::Equal,
-        };
-        if ord != Ordering::Equal {
-            return ord;
-        }
-    }
-    Ordering::Equal
-}
-
-/// `candidate` beats `current`: newer, or as new with larger values.
+/// `candidate` beats `current` in the order of [`pick_order`].
 fn beats(candidate: &Best, current: &Best, cols: &[usize], batches: &[RecordBatch]) -> bool {
-    if current.batch == NONE {
-        return true;
-    }
-    match (candidate.ts, candidate.created).cmp(&(current.ts, current.created)) {
-        Ordering::Greater => true,
-        Ordering::Less => false,
-        Ordering::Equal => {
-            cmp_values(
-                cols,
-                (&batches[candidate.batch as usize], candidate.row),
-                (&batches[current.batch as usize], current.row),
-            ) == Ordering::Greater
-        }
-    }
+    current.batch == NONE
+        || pick_order(
+            (candidate.ts, candidate.created),
+            (current.ts, current.created),
+            || {
+                cmp_rows(
+                    cols,
+                    (&batches[candidate.batch as usize], candidate.row),
+                    (&batches[current.batch as usize], current.row),
+                )
+            },
+        ) == Ordering::Greater
 }
 
 /// Put the rows of one source batch into `part`'s buckets; returns how many rows

@@ -28,7 +28,6 @@
 //! (`crate::agg`).
 
 use std::cmp::Ordering;
-use std::collections::VecDeque;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
@@ -41,7 +40,9 @@ use datafusion::common::{Result, exec_err};
 use hashbrown::HashMap;
 
 pub(crate) use crate::agg::Status;
-use crate::agg::{DdSum, Moments, status_at, window_floor};
+use crate::agg::{
+    Acc, INT_SUM_OVERFLOW, Item, Num, Out as AggOut, pick_order, status_at, window_floor,
+};
 use crate::spec::AggFunction;
 
 /// Group id of rows that match no entity key.
@@ -502,262 +503,52 @@ fn gather_column<'a>(
 }
 
 /// Per-query output of one aggregate, in sorted query order.
-enum Out {
+enum Outs {
     Int(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
     /// Entry index (into sorted entries) of the chosen row, or NONE.
     Pick(Vec<u32>),
 }
 
-/// Incremental state of one aggregate over the window `[lo, hi)` of a group.
-enum State<'a> {
-    Count {
-        valid: Option<&'a [bool]>,
-        n: i64,
-    },
-    SumInt {
-        vals: &'a [i64],
-        valid: &'a [bool],
-        sum: i128,
-        n: i64,
-    },
-    SumFloat {
-        vals: &'a [f64],
-        valid: &'a [bool],
-        sum: DdSum,
-        n: i64,
-    },
-    ExtInt {
-        vals: &'a [i64],
-        valid: &'a [bool],
-        max: bool,
-        deque: VecDeque<usize>,
-    },
-    ExtFloat {
-        vals: &'a [f64],
-        valid: &'a [bool],
-        max: bool,
-        deque: VecDeque<usize>,
-    },
-    /// Σx and Σx² in double-double, updated as rows enter and leave the window.
-    Stddev {
-        vals: Vec<f64>,
-        valid: &'a [bool],
-        moments: Moments,
-    },
-    Distinct {
-        keys: &'a [Option<&'a [u8]>],
-        counts: HashMap<&'a [u8], u32>,
-    },
-    Last {
-        valid: &'a [bool],
-    },
-}
-
-fn better_f(a: f64, b: f64, max: bool) -> bool {
-    let o = a.total_cmp(&b);
-    if max {
-        o != Ordering::Less
-    } else {
-        o != Ordering::Greater
-    }
+/// One aggregate's accumulator ([`Acc`], shared with online serving) and the
+/// sorted-order column it reads; `last` has no accumulator (it picks a row).
+struct State<'a> {
+    col: &'a Column<'a>,
+    acc: Option<Acc<&'a [u8]>>,
 }
 
 impl<'a> State<'a> {
     fn new(function: AggFunction, col: &'a Column<'a>) -> Self {
-        use AggFunction as F;
-        match (function, col) {
-            (F::Count, Column::None) => State::Count { valid: None, n: 0 },
-            (F::Count, Column::Valid(v)) => State::Count {
-                valid: Some(v),
-                n: 0,
-            },
-            (F::Sum | F::Avg, Column::Int(vals, valid)) => State::SumInt {
-                vals,
-                valid,
-                sum: 0,
-                n: 0,
-            },
-            (F::Sum | F::Avg, Column::Float(vals, valid)) => State::SumFloat {
-                vals,
-                valid,
-                sum: DdSum::default(),
-                n: 0,
-            },
-            (F::Min | F::Max, Column::Int(vals, valid)) => State::ExtInt {
-                vals,
-                valid,
-                max: function == F::Max,
-                deque: VecDeque::new(),
-            },
-            (F::Min | F::Max, Column::Float(vals, valid)) => State::ExtFloat {
-                vals,
-                valid,
-                max: function == F::Max,
-                deque: VecDeque::new(),
-            },
-            (F::Stddev, Column::Int(vals, valid)) => State::Stddev {
-                vals: vals.iter().map(|v| *v as f64).collect(),
-                valid,
-                moments: Moments::default(),
-            },
-            (F::Stddev, Column::Float(vals, valid)) => State::Stddev {
-                vals: vals.clone(),
-                valid,
-                moments: Moments::default(),
-            },
-            (F::CountDistinct, Column::Distinct(keys)) => State::Distinct {
-                keys,
-                counts: HashMap::new(),
-            },
-            (F::Last, Column::Valid(valid)) => State::Last { valid },
-            _ => unreachable!("aggregate and prepared input agree by construction"),
-        }
+        let integer = matches!(col, Column::Int(..));
+        let acc = (function != AggFunction::Last).then(|| Acc::new(function, integer, true));
+        State { col, acc }
     }
 
-    /// Forget everything: a new group starts.
-    fn reset(&mut self) {
-        match self {
-            State::Count { n, .. } => *n = 0,
-            State::SumInt { sum, n, .. } => (*sum, *n) = (0, 0),
-            State::SumFloat { sum, n, .. } => (*sum, *n) = (DdSum::default(), 0),
-            State::ExtInt { deque, .. } | State::ExtFloat { deque, .. } => deque.clear(),
-            State::Distinct { counts, .. } => counts.clear(),
-            State::Stddev { moments, .. } => *moments = Moments::default(),
-            State::Last { .. } => {}
+    /// Entry `i`'s input, or `None` when it is null (nulls never enter).
+    #[inline]
+    fn item(&self, i: usize) -> Option<Item<&'a [u8]>> {
+        match self.col {
+            Column::None => Some(Item::Present),
+            Column::Valid(v) => v[i].then_some(Item::Present),
+            Column::Int(vals, valid) => valid[i].then(|| Item::Num(Num::Int(vals[i]))),
+            Column::Float(vals, valid) => valid[i].then(|| Item::Num(Num::Float(vals[i]))),
+            Column::Distinct(keys) => keys[i].map(Item::Key),
         }
     }
 
     fn add(&mut self, i: usize) {
-        match self {
-            State::Count { valid, n } => *n += valid.is_none_or(|v| v[i]) as i64,
-            State::SumInt {
-                vals,
-                valid,
-                sum,
-                n,
-            } => {
-                if valid[i] {
-                    *sum += vals[i] as i128;
-                    *n += 1;
-                }
-            }
-            State::SumFloat {
-                vals,
-                valid,
-                sum,
-                n,
-            } => {
-                if valid[i] {
-                    sum.add(vals[i]);
-                    *n += 1;
-                }
-            }
-            State::ExtInt {
-                vals,
-                valid,
-                max,
-                deque,
-            } => {
-                if valid[i] {
-                    while let Some(&b) = deque.back() {
-                        let replace = if *max {
-                            vals[i] >= vals[b]
-                        } else {
-                            vals[i] <= vals[b]
-                        };
-                        if !replace {
-                            break;
-                        }
-                        deque.pop_back();
-                    }
-                    deque.push_back(i);
-                }
-            }
-            State::ExtFloat {
-                vals,
-                valid,
-                max,
-                deque,
-            } => {
-                if valid[i] {
-                    while let Some(&b) = deque.back() {
-                        if !better_f(vals[i], vals[b], *max) {
-                            break;
-                        }
-                        deque.pop_back();
-                    }
-                    deque.push_back(i);
-                }
-            }
-            State::Distinct { keys, counts } => {
-                if let Some(k) = keys[i] {
-                    *counts.entry(k).or_insert(0) += 1;
-                }
-            }
-            State::Stddev {
-                vals,
-                valid,
-                moments,
-            } => {
-                if valid[i] {
-                    moments.add(vals[i]);
-                }
-            }
-            State::Last { .. } => {}
+        if self.acc.is_some()
+            && let Some(item) = self.item(i)
+        {
+            self.acc.as_mut().expect("checked").add(item);
         }
     }
 
     fn remove(&mut self, i: usize) {
-        match self {
-            State::Count { valid, n } => *n -= valid.is_none_or(|v| v[i]) as i64,
-            State::SumInt {
-                vals,
-                valid,
-                sum,
-                n,
-            } => {
-                if valid[i] {
-                    *sum -= vals[i] as i128;
-                    *n -= 1;
-                }
-            }
-            State::SumFloat {
-                vals,
-                valid,
-                sum,
-                n,
-            } => {
-                if valid[i] {
-                    sum.remove(vals[i]);
-                    *n -= 1;
-                }
-            }
-            State::ExtInt { deque, .. } | State::ExtFloat { deque, .. } => {
-                if deque.front() == Some(&i) {
-                    deque.pop_front();
-                }
-            }
-            State::Distinct { keys, counts } => {
-                if let Some(k) = keys[i] {
-                    if let Some(c) = counts.get_mut(k) {
-                        *c -= 1;
-                        if *c == 0 {
-                            counts.remove(k);
-                        }
-                    }
-                }
-            }
-            State::Stddev {
-                vals,
-                valid,
-                moments,
-            } => {
-                if valid[i] {
-                    moments.remove(vals[i]);
-                }
-            }
-            State::Last { .. } => {}
+        if self.acc.is_some()
+            && let Some(item) = self.item(i)
+        {
+            self.acc.as_mut().expect("checked").remove(item);
         }
     }
 }
@@ -805,7 +596,7 @@ struct Chunk {
     overflow: bool,
     status: Vec<u8>,
     event_ts: Vec<Option<i64>>,
-    outs: Vec<Out>,
+    outs: Vec<Outs>,
 }
 
 /// The answer for every entity row, in entity order.
@@ -899,24 +690,29 @@ fn break_tie(
         if (e.ts, e.created) != key {
             break;
         }
-        if ok(k) && cmp_rows(sorted.batches, cols, e, &sorted.entries[best]) == Ordering::Greater {
+        let b = &sorted.entries[best];
+        if ok(k)
+            && pick_order((e.ts, e.created), (b.ts, b.created), || {
+                let batch = |e: &Entry| (&sorted.batches[e.batch as usize].batch, e.row);
+                cmp_rows(cols, batch(e), batch(b))
+            }) == Ordering::Greater
+        {
             best = k;
         }
     }
     best
 }
 
-/// Compare two source rows by the given columns (nulls smallest).
-fn cmp_rows(batches: &[SourceBatch], cols: &[usize], a: &Entry, b: &Entry) -> Ordering {
+/// Compare two rows by the given columns (nulls smallest): the value part of
+/// [`pick_order`].
+pub(crate) fn cmp_rows(cols: &[usize], a: (&RecordBatch, u32), b: (&RecordBatch, u32)) -> Ordering {
     for &c in cols {
-        let left = batches[a.batch as usize].batch.column(c);
-        let right = batches[b.batch as usize].batch.column(c);
         let ord = match arrow::array::make_comparator(
-            left.as_ref(),
-            right.as_ref(),
+            a.0.column(c).as_ref(),
+            b.0.column(c).as_ref(),
             SortOptions::default(),
         ) {
-            Ok(cmp) => cmp(a.row as usize, b.row as usize),
+            Ok(cmp) => cmp(a.1 as usize, b.1 as usize),
             Err(_) => Ordering::Equal,
         };
         if ord != Ordering::Equal {
@@ -945,14 +741,14 @@ fn sweep(
             .iter()
             .zip(columns)
             .map(|(a, c)| match (a.function, c) {
-                (AggFunction::Last, _) => Out::Pick(Vec::with_capacity(nq)),
+                (AggFunction::Last, _) => Outs::Pick(Vec::with_capacity(nq)),
                 (AggFunction::Count | AggFunction::CountDistinct, _) => {
-                    Out::Int(Vec::with_capacity(nq))
+                    Outs::Int(Vec::with_capacity(nq))
                 }
                 (AggFunction::Sum | AggFunction::Min | AggFunction::Max, Column::Int(..)) => {
-                    Out::Int(Vec::with_capacity(nq))
+                    Outs::Int(Vec::with_capacity(nq))
                 }
-                _ => Out::Float(Vec::with_capacity(nq)),
+                _ => Outs::Float(Vec::with_capacity(nq)),
             })
             .collect(),
     };
@@ -968,7 +764,9 @@ fn sweep(
         let (gs, ge) = (sorted.offsets[g] - base, sorted.offsets[g + 1] - base);
         let entries = &sorted.entries[sorted.offsets[g]..sorted.offsets[g + 1]];
         for s in states.iter_mut() {
-            s.reset();
+            if let Some(acc) = &mut s.acc {
+                acc.reset();
+            }
         }
         lo.iter_mut().for_each(|l| *l = gs);
         added.iter_mut().for_each(|a| *a = gs);
@@ -998,58 +796,40 @@ fn sweep(
                     }
                 }
                 let (l, h) = (lo[k], hi);
-                match (&mut chunk.outs[k], &*state) {
-                    (Out::Int(v), State::Count { n, .. }) => v.push(present.then_some(*n)),
-                    (Out::Int(v), State::Distinct { counts, .. }) => {
-                        v.push(present.then_some(counts.len() as i64))
-                    }
-                    (Out::Int(v), State::SumInt { sum, .. }) => {
-                        let fits = if present {
-                            i64::try_from(*sum).ok()
-                        } else {
-                            None
+                match (&mut chunk.outs[k], &state.acc) {
+                    (Outs::Pick(v), _) => {
+                        let Column::Valid(valid) = state.col else {
+                            unreachable!("last reads validity")
                         };
-                        chunk.overflow |= present && fits.is_none();
-                        v.push(fits)
-                    }
-                    (Out::Float(v), State::SumInt { sum, n, .. }) => {
-                        v.push((present && *n > 0).then(|| *sum as f64 / *n as f64))
-                    }
-                    (Out::Float(v), State::SumFloat { sum, n, .. }) => v.push(match agg.function {
-                        AggFunction::Sum => {
-                            present.then(|| if *n == 0 { 0.0 } else { sum.value() })
-                        }
-                        _ => (present && *n > 0).then(|| sum.value() / *n as f64),
-                    }),
-                    (Out::Int(v), State::ExtInt { vals, deque, .. }) => v.push(if present {
-                        deque.front().map(|&i| vals[i])
-                    } else {
-                        None
-                    }),
-                    (Out::Float(v), State::ExtFloat { vals, deque, .. }) => v.push(if present {
-                        deque.front().map(|&i| vals[i])
-                    } else {
-                        None
-                    }),
-                    (Out::Float(v), State::Stddev { moments, .. }) => {
-                        v.push(if present { moments.stddev() } else { None })
-                    }
-                    (Out::Pick(v), State::Last { valid }) => {
                         let mut pick = NONE;
-                        if present {
-                            if let Some(i) = (l..h).rev().find(|&i| valid[i]) {
-                                let col = match agg.input {
-                                    Input::Validity(c) => c,
-                                    _ => unreachable!(),
-                                };
-                                pick = break_tie(sorted, &[col], base + l, base + i, |k| {
-                                    valid[k - base]
-                                }) as u32;
-                            }
+                        if present && let Some(i) = (l..h).rev().find(|&i| valid[i]) {
+                            let Input::Validity(col) = agg.input else {
+                                unreachable!("last reads validity")
+                            };
+                            pick = break_tie(sorted, &[col], base + l, base + i, |k| {
+                                valid[k - base]
+                            }) as u32;
                         }
                         v.push(pick);
                     }
-                    _ => unreachable!("state and output agree by construction"),
+                    (out, Some(acc)) => {
+                        let value = match present.then(|| acc.finish(agg.function)) {
+                            None => AggOut::Null,
+                            Some(Ok(v)) => v,
+                            Some(Err(_)) => {
+                                chunk.overflow = true;
+                                AggOut::Null
+                            }
+                        };
+                        match (out, value) {
+                            (Outs::Int(v), AggOut::Int(x)) => v.push(Some(x)),
+                            (Outs::Float(v), AggOut::Float(x)) => v.push(Some(x)),
+                            (Outs::Int(v), _) => v.push(None),
+                            (Outs::Float(v), _) => v.push(None),
+                            (Outs::Pick(_), _) => unreachable!("matched above"),
+                        }
+                    }
+                    (_, None) => unreachable!("only last has no accumulator"),
                 }
             }
         }
@@ -1128,9 +908,7 @@ pub(crate) fn answer(
             .collect()
     });
     if chunks.iter().any(|c| c.overflow) {
-        return exec_err!(
-            "an integer sum does not fit in Int64; cast the column to a floating type (in a SQL view) to aggregate it"
-        );
+        return exec_err!("{INT_SUM_OVERFLOW}");
     }
 
     // Sorted order: the chunks, then the null-key group (NOT_FOUND).
@@ -1148,16 +926,16 @@ pub(crate) fn answer(
     let mut chunks = chunks;
     let mut values = Vec::with_capacity(aggs.len());
     for (k, agg) in aggs.iter().enumerate() {
-        let parts: Vec<Out> = chunks
+        let parts: Vec<Outs> = chunks
             .iter_mut()
-            .map(|c| std::mem::replace(&mut c.outs[k], Out::Pick(Vec::new())))
+            .map(|c| std::mem::replace(&mut c.outs[k], Outs::Pick(Vec::new())))
             .collect();
         let column: ArrayRef = match (agg.function, &value_types[k]) {
             (AggFunction::Last, dt) => {
                 let mut picks: Vec<u32> = parts
                     .into_iter()
                     .flat_map(|p| match p {
-                        Out::Pick(v) => v,
+                        Outs::Pick(v) => v,
                         _ => Vec::new(),
                     })
                     .collect();
@@ -1171,7 +949,7 @@ pub(crate) fn answer(
                 let mut v: Vec<Option<i64>> = parts
                     .into_iter()
                     .flat_map(|p| match p {
-                        Out::Int(v) => v,
+                        Outs::Int(v) => v,
                         _ => Vec::new(),
                     })
                     .collect();
@@ -1182,7 +960,7 @@ pub(crate) fn answer(
                 let mut v: Vec<Option<f64>> = parts
                     .into_iter()
                     .flat_map(|p| match p {
-                        Out::Float(v) => v,
+                        Outs::Float(v) => v,
                         _ => Vec::new(),
                     })
                     .collect();

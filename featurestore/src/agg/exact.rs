@@ -1,78 +1,13 @@
-//! The semantics of a feature value that the training-set kernel (`plan::kernel`,
-//! `plan::asof`) and online serving (`online::record`) share, so no training/serving
-//! skew can come from two implementations of one rule (docs/point-in-time.md):
+//! Exact-as-possible floating accumulators with removal, for sliding windows.
 //!
-//! - [`Status`] and [`status_at`]: `NOT_FOUND` without a row, `EXPIRED` past the TTL
-//!   (`newest < t - ttl`), else `PRESENT`; `FALLBACK` for `fallback: zero`.
-//! - [`window_floor`]: a window `w` at `t` holds the rows with `t - w < ts <= t`.
-//! - The numeric accumulators below: both paths compute sums, means and standard
-//!   deviations with the same arithmetic, and convert decimals the same way.
-//!
-//! - [`DdSum`]: a double-double sum with add *and* remove (sliding windows), counting
-//!   NaN and infinities apart. Finite values of magnitude `>= 2^500` are kept in a
-//!   second, counted sum scaled by `2^-600` and reset to exactly zero when its last
-//!   value leaves, so a window whose running sum once overflowed returns to what a
-//!   fresh sum of its values gives (a plain running sum stays at ±inf forever).
+//! - [`DdSum`]: a double-double sum with add *and* remove, counting NaN and
+//!   infinities apart. Finite values of magnitude `>= 2^500` are kept in a second,
+//!   counted sum scaled by `2^-600` and reset to exactly zero when its last value
+//!   leaves, so a window whose running sum once overflowed returns to what a fresh sum
+//!   of its values gives (a plain running sum stays at ±inf forever).
 //! - [`Moments`]: count, Σx and Σx² as [`DdSum`]s (squares taken exactly with FMA), so
 //!   the sample standard deviation is O(1) per added or removed row, and the result is
 //!   the same whether rows were added in one pass or slid through a window.
-//! - [`decimal_to_f64`]: Arrow's own decimal-to-float conversion, which the kernel
-//!   gets through `cast` and serving calls directly.
-
-use arrow::datatypes::Decimal128Type;
-use serde::{Deserialize, Serialize};
-
-/// Status of a feature value for one key at one time: the same in training sets and
-/// online. Every feature of a view shares it (it derives from the key's newest row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[repr(u8)]
-pub enum Status {
-    /// A value computed from the entity's rows.
-    Present = 0,
-    /// No row of the key at or before the time.
-    NotFound = 1,
-    /// The newest row is older than the view's ttl at that time.
-    Expired = 2,
-    /// No row, and the view's `fallback: zero` value is given.
-    Fallback = 3,
-}
-
-impl Status {
-    /// The name clients and training sets see.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Present => "PRESENT",
-            Status::NotFound => "NOT_FOUND",
-            Status::Expired => "EXPIRED",
-            Status::Fallback => "FALLBACK",
-        }
-    }
-
-    /// The status stored as `self as u8`.
-    pub(crate) fn from_u8(b: u8) -> Self {
-        match b {
-            0 => Status::Present,
-            1 => Status::NotFound,
-            2 => Status::Expired,
-            _ => Status::Fallback,
-        }
-    }
-}
-
-/// The status at `t` of a key whose newest row at or before `t` is `newest`.
-pub(crate) fn status_at(newest: Option<i64>, t: i64, ttl_us: Option<i64>) -> Status {
-    match newest {
-        None => Status::NotFound,
-        Some(n) if ttl_us.is_some_and(|ttl| n < t.saturating_sub(ttl)) => Status::Expired,
-        Some(_) => Status::Present,
-    }
-}
-
-/// Rows with event time `<= window_floor(t, w)` are outside the window `w` at `t`.
-pub(crate) fn window_floor(t: i64, window_us: i64) -> i64 {
-    t.saturating_sub(window_us)
-}
 
 /// `2^k` as f64 (for `|k| < 1023`).
 fn pow2(k: i32) -> f64 {
@@ -391,15 +326,6 @@ fn dd_sub(a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
     two_sum(s, e)
 }
 
-/// A Decimal128 value with `scale` as f64, exactly as Arrow's `cast` computes it.
-pub(crate) fn decimal_to_f64(value: i128, scale: i8) -> f64 {
-    arrow::compute::kernels::cast::single_decimal_to_float_lossy::<Decimal128Type, _>(
-        &|x: i128| x as f64,
-        value,
-        i32::from(scale),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,21 +391,5 @@ mod tests {
         big.add(3e200);
         let got = big.stddev().unwrap();
         assert!((got / (2f64.sqrt() * 1e200) - 1.0).abs() < 1e-12, "{got}");
-    }
-
-    #[test]
-    fn decimals_convert_like_arrow_cast() {
-        use arrow::array::{AsArray, Decimal128Array};
-        use arrow::datatypes::{DataType, Float64Type};
-        let raw = [12345i128, -1, 0, 99_999_999_999];
-        let arr = Decimal128Array::from(raw.to_vec())
-            .with_precision_and_scale(12, 2)
-            .unwrap();
-        let cast = arrow::compute::cast(&arr, &DataType::Float64).unwrap();
-        let cast = cast.as_primitive::<Float64Type>();
-        for (i, r) in raw.iter().enumerate() {
-            assert_eq!(decimal_to_f64(*r, 2).to_bits(), cast.value(i).to_bits());
-        }
-        assert_eq!(cast.len(), 4);
     }
 }
