@@ -44,6 +44,8 @@ pub mod delta;
 pub mod diff;
 mod error;
 mod limits;
+#[cfg_attr(not(feature = "flight"), allow(dead_code))]
+mod scoring;
 pub mod models;
 pub mod offline;
 pub mod online;

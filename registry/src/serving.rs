@@ -263,6 +263,9 @@ pub struct VersionMetrics {
     pub latency: LatencyHistogram,
     /// Score histogram over 20 equal bins of [0, 1].
     pub scores: [AtomicU64; SCORE_BINS],
+    /// Sum of the scores (clamped to [0, 1]) in millionths, exact to 1e-6 per score:
+    /// the `_sum` of the score histogram.
+    pub score_sum_micros: AtomicU64,
 }
 
 impl VersionMetrics {
@@ -272,8 +275,11 @@ impl VersionMetrics {
             .record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         match score {
             Some(s) => {
-                let bin = ((s.clamp(0.0, 1.0) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1);
+                let s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
+                let bin = ((s * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1);
                 self.scores[bin].fetch_add(1, Ordering::Relaxed);
+                self.score_sum_micros
+                    .fetch_add((s * 1e6).round() as u64, Ordering::Relaxed);
             }
             None => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -301,6 +307,7 @@ impl VersionMetrics {
             p50_us: self.latency.quantile(0.5),
             p99_us: self.p99_us(),
             score_counts: self.score_counts(),
+            score_sum: self.score_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         }
     }
 }
@@ -318,6 +325,9 @@ pub struct MetricsSnapshot {
     pub p99_us: u64,
     /// Counts per score bin (20 bins over [0, 1]).
     pub score_counts: Vec<u64>,
+    /// Sum of the scores (to 1e-6 each).
+    #[serde(default)]
+    pub score_sum: f64,
 }
 
 /// PSI between two histograms over the same bins (shares floored at 1e-4).
@@ -640,6 +650,73 @@ impl ModelServer {
         if served.alias == CHALLENGER {
             let n = served.metrics.requests.load(Ordering::Relaxed);
             if n >= self.policy.min_requests && n % self.policy.check_every == 0 {
+                self.judge(d);
+            }
+        }
+        result
+    }
+
+    /// Score `n` rows (row-major in `x`) with `served`, a version of deployment `d`
+    /// that [`ModelServer::route`] picked for each of them, in one call of the model.
+    /// Each row counts as one request in the version's metrics, with the batch's time
+    /// shared evenly among its rows; the rollout policy is judged once per batch when
+    /// the batch crosses a multiple of `check_every`.
+    pub fn score_rows_on(
+        &self,
+        d: &Deployment,
+        served: &Served,
+        x: &[f64],
+        n: usize,
+        explain: bool,
+    ) -> Result<Vec<Scored>> {
+        let started = Instant::now();
+        let model = &served.loaded.model;
+        let width = model.features().len();
+        let result = if x.len() != n * width {
+            Err(Error::SchemaMismatch(format!(
+                "{} inputs given for {n} rows, {}@{} takes {width} per row ({})",
+                x.len(),
+                self.model,
+                served.version(),
+                model.features().join(", ")
+            )))
+        } else {
+            let mut scores = Vec::with_capacity(n);
+            model.score_into(x, &mut scores).and_then(|()| {
+                scores
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &score)| {
+                        let row = &x[i * width..(i + 1) * width];
+                        Ok(Scored {
+                            score,
+                            version: served.version(),
+                            alias: served.alias,
+                            contributions: if explain {
+                                Some(model.contributions(row)?)
+                            } else {
+                                None
+                            },
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+        };
+        let per_row = started.elapsed() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        let before = served.metrics.requests.load(Ordering::Relaxed);
+        match &result {
+            Ok(scored) => {
+                for (i, s) in scored.iter().enumerate() {
+                    served.metrics.observe(per_row, Some(s.score));
+                    served.drift.observe(&x[i * width..(i + 1) * width]);
+                }
+            }
+            Err(_) => (0..n).for_each(|_| served.metrics.observe(per_row, None)),
+        }
+        if served.alias == CHALLENGER {
+            let after = served.metrics.requests.load(Ordering::Relaxed);
+            let every = self.policy.check_every.max(1);
+            if after >= self.policy.min_requests && after / every > before / every {
                 self.judge(d);
             }
         }

@@ -127,6 +127,14 @@ impl Metrics {
             .set(seconds);
     }
 
+    /// Add a collector of families read at each scrape (the models' metrics).
+    pub(crate) fn register_collector(&self, c: impl prometheus_client::collector::Collector) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register_collector(Box::new(c));
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

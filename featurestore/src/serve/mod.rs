@@ -14,11 +14,17 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
+mod admin;
 mod auth;
 mod command;
 mod ipc_guard;
+mod layers;
 mod metrics;
+mod model_metrics;
 mod service;
+mod status;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -195,7 +201,6 @@ impl ServeConfig {
         };
         let shared = Arc::new(service::Shared::new(
             store,
-            self.tokens,
             self.limits.clone(),
             metrics.clone(),
             audit,
@@ -219,15 +224,20 @@ impl ServeConfig {
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
                 .map_err(|e| Error::InvalidRequest(format!("TLS configuration: {e}")))?;
         }
-        let flight = FlightServiceServer::new(svc)
-            .max_decoding_message_size(self.limits.max_message_bytes)
-            .max_encoding_message_size(self.limits.max_message_bytes);
+        metrics.register_collector(model_metrics::ModelMetrics(shared.models.clone()));
+        let flight = tonic::service::interceptor::InterceptedService::new(
+            FlightServiceServer::new(svc)
+                .max_decoding_message_size(self.limits.max_message_bytes)
+                .max_encoding_message_size(self.limits.max_message_bytes),
+            layers::Authenticate(Arc::new(self.tokens)),
+        );
         let mut rx = stop_rx.clone();
         // Small responses must not wait for Nagle's algorithm and delayed ACKs (40 ms).
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server =
             builder
+                .layer(layers::RpcLayer(metrics.clone()))
                 .add_service(flight)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|stop| *stop).await;
@@ -278,13 +288,7 @@ impl ServeConfig {
                                     m.lag(&view, (now - wm.until_us) as f64 / 1e6);
                                 }
                             }
-                            // Model metrics go before the closing `# EOF`.
-                            let mut text = m.encode();
-                            let models = shared.model_metrics_text();
-                            match text.strip_suffix("# EOF\n") {
-                                Some(head) => text = format!("{head}{models}# EOF\n"),
-                                None => text.push_str(&models),
-                            }
+                            let text = m.encode();
                             Ok((
                                 [(
                                     "content-type",

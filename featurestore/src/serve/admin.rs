@@ -1,0 +1,158 @@
+//! `DoAction`: health, the views a tenant may read, a model's serving status, and the
+//! admin actions (`plan`, `apply`, `materialize`, one at a time).
+
+use bytes::Bytes;
+use serde::Deserialize;
+use tonic::Status;
+
+use arrow_flight::Action;
+
+use super::auth::Tenant;
+use super::service::FeatureService;
+
+impl FeatureService {
+    pub(super) async fn action(&self, tenant: &Tenant, action: Action) -> Result<Bytes, Status> {
+        let store = &self.shared.store;
+        let admin = || {
+            if tenant.admin {
+                Ok(())
+            } else {
+                Err(Status::permission_denied(format!(
+                    "tenant `{}` may not run `{}`; it needs an admin token",
+                    tenant.name, action.r#type
+                )))
+            }
+        };
+        let json = |v: serde_json::Value| Bytes::from(v.to_string());
+        Ok(match action.r#type.as_str() {
+            "health" => Bytes::from_static(b"{\"status\":\"ok\"}"),
+            "list" => {
+                let views: Vec<serde_json::Value> = store
+                    .views()?
+                    .into_iter()
+                    .filter(|v| tenant.admin || v.definition.view.readable_by(&tenant.name))
+                    .map(|v| {
+                        let d = &v.definition;
+                        serde_json::json!({
+                            "view": d.name(), "version": v.version, "hash": v.hash, "entity": d.entity.name.value,
+                            "keys": d.keys(), "features": d.features, "owner": d.view.owner, "form": d.view.form(),
+                            "ttl": d.view.ttl.as_ref().map(|t| t.value.to_string()),
+                        })
+                    })
+                    .collect();
+                json(serde_json::json!({ "views": views }))
+            }
+            "model-status" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    model: String,
+                }
+                if action.body.len() > self.shared.limits.max_command_bytes {
+                    return Err(Status::resource_exhausted("the action body is too large"));
+                }
+                let body: Body = serde_json::from_slice(&action.body).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "model-status body: {e}; send {{\"model\": \"NAME\"}}"
+                    ))
+                })?;
+                let (server, d) = self.score_deployment(tenant, &body.model)?;
+                let policy = server.policy();
+                let versions: Vec<serde_json::Value> = [&d.champion, &d.challenger]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        let m = s.metrics.snapshot();
+                        serde_json::json!({
+                            "alias": s.alias,
+                            "version": s.version(),
+                            "format": s.loaded.version.manifest.format,
+                            "serving_seconds": s.since.elapsed().as_secs_f64(),
+                            "requests": m.requests,
+                            "errors": m.errors,
+                            "p99_us": m.p99_us,
+                            "drift": s.drift.report(policy.max_feature_psi, policy.min_requests),
+                        })
+                    })
+                    .collect();
+                json(serde_json::json!({
+                    "model": server.model(),
+                    "challenger_percent": d.challenger_percent,
+                    "policy": policy,
+                    "versions": versions,
+                    "rollbacks": server.rollbacks(),
+                }))
+            }
+            "plan" => {
+                admin()?;
+                json(serde_json::to_value(store.plan().await?).unwrap_or_default())
+            }
+            "apply" => {
+                admin()?;
+                let _guard = self.shared.admin.lock().await;
+                json(serde_json::to_value(store.apply().await?).unwrap_or_default())
+            }
+            "materialize" => {
+                admin()?;
+                #[derive(Deserialize, Default)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    #[serde(default)]
+                    views: Option<Vec<String>>,
+                    #[serde(default)]
+                    until: Option<String>,
+                    #[serde(default)]
+                    full: bool,
+                }
+                if action.body.len() > self.shared.limits.max_command_bytes {
+                    return Err(Status::resource_exhausted("the action body is too large"));
+                }
+                let body: Body = if action.body.is_empty() {
+                    Body::default()
+                } else {
+                    serde_json::from_slice(&action.body).map_err(|e| Status::invalid_argument(format!("materialize body: {e}; send {{\"views\": [...], \"until\": \"RFC 3339\", \"full\": false}}")))?
+                };
+                let mut m = store.materialize().with_full(body.full);
+                if let Some(v) = body.views {
+                    m = m.with_views(v);
+                }
+                if let Some(u) = body.until {
+                    let t = chrono::DateTime::parse_from_rfc3339(&u)
+                        .map_err(|e| Status::invalid_argument(format!("`until` {u:?}: {e}")))?;
+                    m = m.with_until(t.timestamp_micros());
+                }
+                let _guard = self.shared.admin.lock().await;
+                let report = m.await?;
+                for v in &report.views {
+                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&v.until) {
+                        self.shared.metrics.lag(
+                            &v.view,
+                            (super::service::now_us() - t.timestamp_micros()) as f64 / 1e6,
+                        );
+                    }
+                }
+                json(serde_json::to_value(report).unwrap_or_default())
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action `{other}`; actions: health, list, plan, apply, materialize"
+                )));
+            }
+        })
+    }
+}
+
+pub(super) const ACTIONS: [(&str, &str); 6] = [
+    ("health", "Is the server up: {\"status\": \"ok\"}"),
+    (
+        "model-status",
+        "A model's served versions, rollout policy, metrics, live feature drift and rollbacks; body {\"model\": NAME}",
+    ),
+    ("list", "Feature views the caller may read, as JSON"),
+    ("plan", "What apply would change, as JSON (admin)"),
+    ("apply", "Apply the feature repo, all or nothing (admin)"),
+    (
+        "materialize",
+        "Materialize views into the online store; body {\"views\", \"until\", \"full\"} (admin)",
+    ),
+];
