@@ -44,12 +44,12 @@ pub mod delta;
 pub mod diff;
 mod error;
 mod limits;
-#[cfg_attr(not(feature = "flight"), allow(dead_code))]
-mod scoring;
 pub mod models;
 pub mod offline;
 pub mod online;
 pub mod plan;
+#[cfg_attr(not(feature = "flight"), allow(dead_code))]
+mod scoring;
 #[cfg(feature = "flight")]
 pub mod serve;
 pub mod spec;

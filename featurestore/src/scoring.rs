@@ -85,10 +85,7 @@ pub(crate) fn score_batch(
     opts: &ScoreOptions<'_>,
 ) -> Result<ScoredBatch> {
     let model = server.model();
-    let served: Vec<_> = [&d.champion, &d.challenger]
-        .into_iter()
-        .flatten()
-        .collect();
+    let served: Vec<_> = [&d.champion, &d.challenger].into_iter().flatten().collect();
     let mut lookups = Vec::new();
     let mut fetched: HashMap<String, RecordBatch> = HashMap::new();
     for view in deployment_views(d) {
@@ -175,7 +172,12 @@ pub(crate) fn score_batch(
     }
 
     let prefix = crate::audit::new_request_prefix(opts.now_us);
-    let key_names: Vec<&String> = keys.schema_ref().fields().iter().map(|f| f.name()).collect();
+    let key_names: Vec<&String> = keys
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .collect();
     let key_numeric: Vec<bool> = keys
         .schema_ref()
         .fields()

@@ -285,9 +285,7 @@ impl<K: Hash + Eq> Acc<K> {
             Acc::Distinct(counts) => Out::Int(counts.len() as i64),
             Acc::SumInt { n: 0, .. } if avg => Out::Null,
             Acc::SumInt { sum, n } if avg => Out::Float(*sum as f64 / *n as f64),
-            Acc::SumInt { sum, .. } => {
-                Out::Int(i64::try_from(*sum).map_err(|_| INT_SUM_OVERFLOW)?)
-            }
+            Acc::SumInt { sum, .. } => Out::Int(i64::try_from(*sum).map_err(|_| INT_SUM_OVERFLOW)?),
             Acc::SumFloat { n: 0, .. } if avg => Out::Null,
             Acc::SumFloat { sum, n } if avg => Out::Float(sum.value() / *n as f64),
             Acc::SumFloat { n: 0, .. } => Out::Float(0.0),

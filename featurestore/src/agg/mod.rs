@@ -23,8 +23,8 @@ mod exact;
 use std::cmp::Ordering;
 
 pub(crate) use acc::{Acc, INT_SUM_OVERFLOW, Item, Num, Out};
-pub(crate) use exact::{DdSum, Moments};
 use arrow::datatypes::Decimal128Type;
+pub(crate) use exact::{DdSum, Moments};
 use serde::{Deserialize, Serialize};
 
 /// Status of a feature value for one key at one time: the same in training sets and

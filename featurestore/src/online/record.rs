@@ -694,9 +694,7 @@ fn over_window(a: &ServedAgg, rows: &[Row]) -> Result<Value> {
         return Ok(rows
             .iter()
             .filter(|r| !r.values[i].is_null())
-            .max_by(|x, y| {
-                pick_order(x.key(), y.key(), || x.values[i].cmp_same_type(&y.values[i]))
-            })
+            .max_by(|x, y| pick_order(x.key(), y.key(), || x.values[i].cmp_same_type(&y.values[i])))
             .map(|r| r.values[i].clone())
             .unwrap_or(Value::Null));
     }

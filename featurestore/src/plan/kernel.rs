@@ -806,9 +806,9 @@ fn sweep(
                             let Input::Validity(col) = agg.input else {
                                 unreachable!("last reads validity")
                             };
-                            pick = break_tie(sorted, &[col], base + l, base + i, |k| {
-                                valid[k - base]
-                            }) as u32;
+                            pick =
+                                break_tie(sorted, &[col], base + l, base + i, |k| valid[k - base])
+                                    as u32;
                         }
                         v.push(pick);
                     }

@@ -88,5 +88,4 @@ impl FeatureService {
             )))
         }
     }
-
 }

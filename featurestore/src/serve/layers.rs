@@ -168,8 +168,14 @@ mod tests {
 
     #[test]
     fn methods_are_labels_of_bounded_cardinality() {
-        assert_eq!(method("/arrow.flight.protocol.FlightService/DoGet"), "DoGet");
-        assert_eq!(method("/arrow.flight.protocol.FlightService/Nope"), "unknown");
+        assert_eq!(
+            method("/arrow.flight.protocol.FlightService/DoGet"),
+            "DoGet"
+        );
+        assert_eq!(
+            method("/arrow.flight.protocol.FlightService/Nope"),
+            "unknown"
+        );
         assert_eq!(method(""), "unknown");
     }
 

@@ -235,13 +235,12 @@ impl ServeConfig {
         // Small responses must not wait for Nagle's algorithm and delayed ACKs (40 ms).
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server =
-            builder
-                .layer(layers::RpcLayer(metrics.clone()))
-                .add_service(flight)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                });
+        let server = builder
+            .layer(layers::RpcLayer(metrics.clone()))
+            .add_service(flight)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            });
         let mut tasks = vec![tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "flight server stopped");

@@ -545,7 +545,6 @@ impl FeatureService {
         });
         Ok(encode(schema, out.boxed()))
     }
-
 }
 
 #[tonic::async_trait]
@@ -578,7 +577,10 @@ impl FlightService for FeatureService {
                 continue;
             }
             let schema = self.view_schema(&v).await?;
-            let scan = Command::Scan { view: v.definition.name().to_owned(), delta_version: None };
+            let scan = Command::Scan {
+                view: v.definition.name().to_owned(),
+                delta_version: None,
+            };
             let meta = serde_json::json!({"view": v.definition.name(), "version": v.version, "hash": v.hash, "form": v.definition.view.form(), "owner": v.definition.view.owner});
             out.push(Ok(FlightInfo::new()
                 .try_with_schema(&schema)
@@ -587,7 +589,9 @@ impl FlightService for FeatureService {
                 .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(scan.encode())))
                 .with_app_metadata(meta.to_string())));
         }
-        Ok::<_, Status>(Response::new(Box::pin(stream::iter(out)) as Self::ListFlightsStream))
+        Ok::<_, Status>(Response::new(
+            Box::pin(stream::iter(out)) as Self::ListFlightsStream
+        ))
     }
 
     async fn get_flight_info(

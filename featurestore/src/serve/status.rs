@@ -44,4 +44,3 @@ pub(crate) fn flight_err(e: FlightError) -> Status {
         other => Status::invalid_argument(other.to_string()),
     }
 }
-

@@ -1,0 +1,455 @@
+//! The round driver: each round's stages under deadlines, the global model updated
+//! from the securely aggregated sums, one record per round, and the final model
+//! registered with its lineage.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ring::rand::SecureRandom;
+
+use super::config::RegisterConfig;
+use super::state::{Phase, Shared, lock};
+use super::summary::{RoundRecord, RunSummary};
+use crate::aggregate::{BankDpEncoding, FeatureMoments, ServerOptimizer, UpdateEncoding};
+use crate::dp::RdpAccountant;
+use crate::protocol::ProtocolError;
+use crate::protocol::secagg::{RoundId, Server};
+use crate::service::{BankReport, RoundKind, RoundPlan, ServiceError};
+use crate::wire::Wire;
+
+/// Open a stage: hand out `inputs` and wait until every bank answered or the
+/// deadline passed.
+pub(super) async fn run_stage(
+    s: &Shared,
+    stage: u32,
+    inputs: BTreeMap<u32, Vec<u8>>,
+    deadline: Duration,
+) {
+    {
+        let mut st = lock(s);
+        st.stage = stage;
+        st.tasks = inputs;
+    }
+    s.tasks_out.notify_waiters();
+    let started = Instant::now();
+    let end = started + deadline;
+    loop {
+        let answered = s.answered.notified();
+        {
+            // Done when every open task belongs to a bank that never connected.
+            let st = lock(s);
+            if st.tasks.keys().all(|i| !st.last_seen.contains_key(i)) {
+                break;
+            }
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let late: Vec<String> = lock(s)
+                .tasks
+                .keys()
+                .map(|i| s.names[*i as usize].clone())
+                .collect();
+            tracing::warn!(
+                stage,
+                ?late,
+                "stage deadline passed; late banks drop out of this round"
+            );
+            break;
+        }
+        let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), answered).await;
+    }
+    let mut st = lock(s);
+    st.tasks.clear();
+    st.stage_seconds.push(started.elapsed().as_secs_f64());
+}
+
+fn encode_map<T: Wire>(m: BTreeMap<u32, T>) -> BTreeMap<u32, Vec<u8>> {
+    m.into_iter().map(|(k, v)| (k, v.encode())).collect()
+}
+
+/// One secure aggregation; returns the sum, contributors and dropped.
+#[tracing::instrument(name = "federation_round", skip_all, fields(round, kind = ?plan.kind))]
+async fn aggregate(
+    s: &Shared,
+    round: u64,
+    session: [u8; 16],
+    plan: &RoundPlan,
+) -> Result<crate::protocol::secagg::Aggregate, ServiceError> {
+    let params = s.cfg.params(plan.len)?;
+    let rid = RoundId { session, round };
+    let server = Server::new(params, rid, s.roster.clone())?;
+    let d = s.cfg.deadlines;
+    {
+        let mut st = lock(s);
+        st.round = round;
+        st.server = Some(server);
+        st.stage_seconds.clear();
+        st.plan_json = serde_json::to_string(plan).expect("plans serialise");
+    }
+    // Stage 0 hands every bank the plan (JSON) and the global parameters (binary).
+    let params = crate::wire::encode_params(&plan.global);
+    let all: BTreeMap<u32, Vec<u8>> = (0..s.names.len() as u32)
+        .map(|i| (i, params.clone()))
+        .collect();
+    run_stage(s, 0, all, Duration::from_secs_f64(d.train_s)).await;
+    let stage_d = Duration::from_secs_f64(d.stage_s);
+    let keys = with_server(s, |sv| sv.close_keys())?;
+    run_stage(s, 1, encode_map(keys), stage_d).await;
+    let shares = with_server(s, |sv| sv.close_shares())?;
+    run_stage(s, 2, encode_map(shares), stage_d).await;
+    let list = with_server(s, |sv| sv.close_masked())?;
+    let to: BTreeMap<u32, Vec<u8>> = list.survivors.iter().map(|i| (*i, list.encode())).collect();
+    run_stage(s, 3, to, stage_d).await;
+    let req = with_server(s, |sv| sv.close_consistency())?;
+    let to: BTreeMap<u32, Vec<u8>> = req.survivors.iter().map(|i| (*i, req.encode())).collect();
+    run_stage(s, 4, to, stage_d).await;
+    let agg = with_server(s, |sv| sv.finish())?;
+    lock(s).server = None;
+    Ok(agg)
+}
+
+fn with_server<T>(
+    s: &Shared,
+    f: impl FnOnce(&mut Server) -> Result<T, ProtocolError>,
+) -> Result<T, ServiceError> {
+    let mut st = lock(s);
+    let sv = st
+        .server
+        .as_mut()
+        .ok_or_else(|| ServiceError::Failed("no open round".into()))?;
+    Ok(f(sv)?)
+}
+
+pub(super) async fn drive(s: Arc<Shared>) -> Result<RunSummary, ServiceError> {
+    let out = drive_inner(&s).await;
+    let mut st = lock(&s);
+    match &out {
+        Ok(sum) => st.phase = Phase::Done(Box::new(sum.clone())),
+        Err(e) => st.phase = Phase::Failed(e.to_string()),
+    }
+    // Every bank gets the final task.
+    st.tasks = (0..s.names.len() as u32).map(|i| (i, Vec::new())).collect();
+    drop(st);
+    s.tasks_out.notify_waiters();
+    out
+}
+
+async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
+    let cfg = &s.cfg;
+    let mut session = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut session)
+        .map_err(|_| ServiceError::Failed("random source failed".into()))?;
+    let session_hex = hex::encode(session);
+    let n = s.names.len();
+    // Wait (bounded) for the banks to show up before round 0.
+    let join_end = Instant::now() + Duration::from_secs_f64(cfg.deadlines.join_s);
+    let need = cfg.params(1)?.threshold;
+    while Instant::now() < join_end && lock(s).last_seen.len() < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if lock(s).last_seen.len() < need {
+        return Err(ServiceError::Failed(format!(
+            "{} of {n} banks connected within {} s; the threshold is {need}",
+            lock(s).last_seen.len(),
+            cfg.deadlines.join_s
+        )));
+    }
+    let dim = cfg.features.len();
+    let mut plan = RoundPlan {
+        session: session_hex.clone(),
+        round: 0,
+        kind: RoundKind::Moments,
+        roster: cfg.roster.clone(),
+        threshold: cfg.params(1)?.threshold,
+        neighbours: cfg.params(1)?.neighbours,
+        len: 0,
+        features: cfg.features.clone(),
+        label: cfg.label.clone(),
+        architecture: cfg.architecture,
+        max_rows: cfg.max_rows,
+        update_clip: cfg.update_clip,
+        local: cfg.local.clone(),
+        standardizer: None,
+        global: Vec::new(),
+        strategy: cfg.strategy,
+        bank_dp: cfg.bank_dp,
+    };
+    // Round 0: feature statistics.
+    let moments = FeatureMoments::new(dim, cfg.max_rows, n)?;
+    plan.len = moments.layout().len();
+    let t = Instant::now();
+    let agg = aggregate(s, 0, session, &plan).await?;
+    let (standardizer, rows) = moments.decode(&agg.sum, agg.contributors.len());
+    record(s, 0, &agg, rows, None, 0, 0, None, t);
+    tracing::info!(
+        rows,
+        banks = agg.contributors.len(),
+        "global feature statistics aggregated"
+    );
+
+    let np = cfg.architecture.num_params(dim);
+    let enc = UpdateEncoding::new(np, cfg.update_clip, cfg.max_rows, n)?;
+    // Bank-level DP: the coordinator accounts it itself from public parameters (the
+    // banks do too, and refuse rounds past their own budgets).
+    let mut bank_dp = cfg
+        .bank_dp
+        .map(|dp| BankDpEncoding::new(np, dp, plan.threshold, n))
+        .transpose()?
+        .map(|enc| (enc, RdpAccountant::for_skellam()));
+    let mut global = cfg.architecture.init(dim, cfg.seed);
+    let mut opt = ServerOptimizer::new(cfg.strategy);
+    plan.kind = RoundKind::Train;
+    plan.len = match &bank_dp {
+        Some((b, _)) => b.len(),
+        None => enc.layout().len(),
+    };
+    plan.standardizer = Some(standardizer.clone());
+    let mut stopped = "rounds".to_string();
+    let mut done = 0;
+    for round in 1..=cfg.rounds {
+        if let Some((b, acc)) = &bank_dp {
+            let (l1, l2, mu) = b.accounting();
+            let next = acc.epsilon_after_skellam(l1, l2, mu, 1, cfg.budget.delta)?;
+            if next > cfg.budget.epsilon {
+                stopped = format!(
+                    "budget: one more round would spend bank-level ε = {next:.3} > {}",
+                    cfg.budget.epsilon
+                );
+                break;
+            }
+        }
+        plan.round = round;
+        plan.global = global.clone();
+        let t = Instant::now();
+        let agg = match aggregate(s, round, session, &plan).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Banks that refused for their budget end the run with the model so far.
+                let refused: Vec<String> = lock(s)
+                    .reports
+                    .iter()
+                    .filter_map(|(i, r)| {
+                        r.refused
+                            .as_ref()
+                            .map(|why| format!("{}: {why}", s.names[*i as usize]))
+                    })
+                    .collect();
+                if refused.is_empty() {
+                    return Err(e);
+                }
+                stopped = format!("budget: {}", refused.join("; "));
+                break;
+            }
+        };
+        let (sum, bank_eps) = match &mut bank_dp {
+            Some((b, acc)) => {
+                let (l1, l2, mu) = b.accounting();
+                acc.compose_skellam(l1, l2, mu, 1)?;
+                let eps = acc.epsilon(cfg.budget.delta)?.0;
+                // Only the noised mean update is released: no rows, loss or counts.
+                let delta = b.decode(&agg.sum, agg.contributors.len());
+                (
+                    crate::aggregate::RoundSum {
+                        delta,
+                        rows: 0,
+                        loss_before: f64::NAN,
+                        examples: 0,
+                        clipped_examples: 0,
+                        clipped_values: 0,
+                    },
+                    Some(eps),
+                )
+            }
+            None => (enc.decode(&agg.sum, agg.contributors.len()), None),
+        };
+        opt.step(&mut global, &sum.delta);
+        if global.iter().any(|v| !v.is_finite()) {
+            return Err(ServiceError::Failed(format!(
+                "the global model diverged at round {round}; lower local.learning_rate"
+            )));
+        }
+        record(
+            s,
+            round,
+            &agg,
+            sum.rows,
+            (!sum.loss_before.is_nan()).then_some(sum.loss_before),
+            sum.clipped_values,
+            sum.clipped_examples,
+            bank_eps,
+            t,
+        );
+        done = round;
+        let st = lock(s);
+        let next = st
+            .reports
+            .values()
+            .map(|r| r.epsilon_next)
+            .fold(0.0, f64::max);
+        let eps = st.history.last().map_or(0.0, |h| h.epsilon);
+        drop(st);
+        tracing::info!(
+            round,
+            loss_before = sum.loss_before,
+            epsilon = eps,
+            bank_epsilon = bank_eps,
+            "round done"
+        );
+        if round < cfg.rounds && next > cfg.budget.epsilon {
+            stopped = format!(
+                "budget: one more round would spend ε = {next:.3} > {}",
+                cfg.budget.epsilon
+            );
+            break;
+        }
+    }
+    let model = cfg
+        .architecture
+        .export(&global, &cfg.features, &standardizer);
+    let st = lock(s);
+    let history = st.history.clone();
+    let lineage: BTreeMap<String, BankReport> = st
+        .reports
+        .iter()
+        .map(|(i, r)| (s.names[*i as usize].clone(), r.clone()))
+        .collect();
+    drop(st);
+    let mut summary = RunSummary {
+        session: session_hex,
+        rounds: done,
+        stopped,
+        epsilon: history.iter().map(|h| h.epsilon).fold(0.0, f64::max),
+        delta: cfg.budget.delta,
+        bank_epsilon: bank_dp
+            .as_ref()
+            .map(|(_, acc)| acc.epsilon(cfg.budget.delta).map(|e| e.0))
+            .transpose()?,
+        history,
+        model: serde_json::from_slice(&model.to_json()).expect("model JSON"),
+        architecture: cfg.architecture,
+        features: cfg.features.clone(),
+        params: global,
+        standardizer: Some(standardizer),
+        registered: None,
+        lineage,
+    };
+    if let Some(reg) = &cfg.register {
+        summary.registered = Some(register(reg, &summary, &model)?);
+    }
+    if let Some(dir) = &cfg.output {
+        std::fs::create_dir_all(dir).map_err(|e| crate::service::io_err(dir, e))?;
+        let p = dir.join("model.json");
+        std::fs::write(&p, model.to_json()).map_err(|e| crate::service::io_err(&p, e))?;
+        let p = dir.join("summary.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(&summary).expect("summary"))
+            .map_err(|e| crate::service::io_err(&p, e))?;
+    }
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    s: &Shared,
+    round: u64,
+    agg: &crate::protocol::secagg::Aggregate,
+    rows: u64,
+    loss_before: Option<f64>,
+    clipped_values: u64,
+    clipped_examples: u64,
+    bank_epsilon: Option<f64>,
+    t: Instant,
+) {
+    let mut st = lock(s);
+    let epsilon = st.reports.values().map(|r| r.epsilon).fold(0.0, f64::max);
+    let name = |i: &u32| s.names[*i as usize].clone();
+    let rec = RoundRecord {
+        round,
+        contributors: agg.contributors.iter().map(name).collect(),
+        // Every bank of the roster not in the sum: dropped mid-round, late, or
+        // sitting the round out (its budget).
+        dropped: s
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !agg.contributors.contains(&(*i as u32)))
+            .map(|(_, n)| n.clone())
+            .collect(),
+        rows,
+        loss_before,
+        epsilon,
+        bank_epsilon,
+        clipped_values,
+        clipped_examples,
+        seconds: t.elapsed().as_secs_f64(),
+        stage_seconds: st.stage_seconds.clone(),
+    };
+    st.history.push(rec);
+}
+
+/// Register the final model with lineage: a `federation_run` node with the banks,
+/// rounds and ε, fed by the banks' training sets.
+fn register(
+    reg: &RegisterConfig,
+    sum: &RunSummary,
+    model: &quiver_registry::NativeModel,
+) -> Result<String, ServiceError> {
+    use quiver_registry::{Edge, Node, NodeKind, Registration, SigningKey};
+    let store = quiver_featurestore::FeatureStore::open(&reg.repo)?;
+    let refs = quiver_featurestore::offline::parse_feature_refs(&reg.features.join(","))?;
+    let input = store.input_schema(&refs, false)?;
+    let key = SigningKey::load(&reg.key)?;
+    let run_id = format!("federation_run:{}", sum.session);
+    let banks: Vec<&String> = sum.lineage.keys().collect();
+    let node = Node::new(NodeKind::FederationRun, &sum.session, None)
+        .with_attr("banks", serde_json::json!(banks))
+        .with_attr("rounds", sum.rounds)
+        .with_attr("epsilon", sum.epsilon)
+        .with_attr("delta", sum.delta)
+        .with_attr("stopped", sum.stopped.clone());
+    let node = match sum.bank_epsilon {
+        Some(e) => node.with_attr("bank_epsilon", e),
+        None => node,
+    };
+    let mut nodes = vec![node];
+    let mut edges = Vec::new();
+    for (bank, r) in &sum.lineage {
+        if let Some(ts) = &r.training_set {
+            nodes.push(
+                Node::new(
+                    NodeKind::TrainingSet,
+                    ts.trim_start_matches("training_set:"),
+                    None,
+                )
+                .with_attr("bank", bank.clone()),
+            );
+            edges.push(Edge {
+                from: ts.clone(),
+                to: run_id.clone(),
+                relation: "trained_on".into(),
+            });
+        }
+    }
+    store.models()?.lineage().record(&nodes, &edges)?;
+    let mut r = Registration::new(&reg.model, model.to_json(), input)
+        .description(&format!(
+            "federated over {} banks, {} rounds, ε = {:.3} (δ = {:e})",
+            banks.len(),
+            sum.rounds,
+            sum.epsilon,
+            sum.delta
+        ))
+        .metric("epsilon", sum.epsilon)
+        .metric("rounds", sum.rounds as f64)
+        .tag("federation_run", &sum.session)
+        .upstream(&run_id);
+    if let Some(loss) = sum.history.last().and_then(|h| h.loss_before) {
+        r = r.metric("federated_loss", loss);
+    }
+    if let Some(e) = sum.bank_epsilon {
+        r = r.metric("bank_epsilon", e);
+    }
+    let mv = store.models()?.register(r, &reg.signer, &key)?;
+    Ok(format!("{}@{}", mv.manifest.model, mv.manifest.version))
+}

@@ -1,0 +1,414 @@
+//! [`BankSession`]: a bank's side of a federated run, one method per protocol stage,
+//! mirroring `secagg::Client`. It owns the bank's data, its trainer, its privacy
+//! ledger and the open round's secure-aggregation client; the worker's loop only polls,
+//! calls the stage's method and submits the answer.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+
+use super::{BankData, WorkerConfig, WorkerOutcome};
+use crate::aggregate::{BankDpEncoding, FeatureMoments, UpdateEncoding};
+use crate::ledger::PrivacyLedger;
+use crate::protocol::secagg::{
+    AdvertiseKeys, Client, ClientPolicy, EncryptedShare, Params, Roster, RoundId, SurvivorList,
+    UnmaskRequest,
+};
+use crate::service::coordinator::RunSummary;
+use crate::service::pki::read_identity;
+use crate::service::{BankReport, RoundKind, RoundPlan, ServiceError};
+use crate::train::{Dataset, LocalTrainer, Standardizer, split_rows};
+use crate::wire::Wire;
+
+/// The secure-aggregation client of the round this bank is in.
+struct RoundState {
+    round: u64,
+    client: Client,
+    input: Vec<u32>,
+}
+
+/// Loads the bank's data once, given the plan's features and label.
+pub(crate) type Loader = Box<dyn FnOnce(&[String], &str) -> Result<BankData, ServiceError> + Send>;
+
+/// A bank's side of one run.
+pub(crate) struct BankSession {
+    cfg: WorkerConfig,
+    id: u32,
+    roster: Arc<Roster>,
+    policy: ClientPolicy,
+    identity: Arc<ring::signature::Ed25519KeyPair>,
+    /// Locked for the session's life; what earlier runs spent counts.
+    ledger: PrivacyLedger,
+    dataset: String,
+    /// Record-level and bank-level ε spent so far on `dataset` (every run).
+    epsilon: f64,
+    bank_epsilon: f64,
+    rng: rand::rngs::StdRng,
+    load: Option<Loader>,
+    /// (train, holdout) rows, once loaded.
+    data: Option<(BankData, BankData)>,
+    /// The training rows on the device, for the run's statistics and model family.
+    prepared: Option<(Standardizer, LocalTrainer)>,
+    round: Option<RoundState>,
+    /// Rounds this bank completed.
+    pub(crate) joined: u64,
+}
+
+fn wire(e: crate::wire::WireError) -> ServiceError {
+    ServiceError::Failed(e.to_string())
+}
+
+impl BankSession {
+    /// Check `cfg`, open the bank's identity and privacy ledger. Relative paths resolve
+    /// against `base`.
+    pub(crate) fn open(cfg: WorkerConfig, base: &Path, load: Loader) -> Result<Self, ServiceError> {
+        cfg.privacy.budget.validate()?;
+        cfg.device.probe()?;
+        if !(0.0..0.9).contains(&cfg.holdout) {
+            return Err(ServiceError::Config(format!(
+                "holdout {}; 0 to 0.9",
+                cfg.holdout
+            )));
+        }
+        let id = cfg
+            .roster
+            .iter()
+            .position(|b| b.name == cfg.name)
+            .ok_or_else(|| {
+                ServiceError::Config(format!("`{}` is not in its own roster", cfg.name))
+            })? as u32;
+        let roster = Arc::new(Roster::new(
+            cfg.roster
+                .iter()
+                .map(|b| {
+                    hex::decode(&b.public_key).map_err(|_| {
+                        ServiceError::Config(format!("roster: bad public_key of `{}`", b.name))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        )?);
+        let policy = cfg
+            .secagg
+            .unwrap_or_else(|| ClientPolicy::for_roster(cfg.roster.len()));
+        let identity = Arc::new(read_identity(&base.join(&cfg.identity))?);
+        let ledger_path = base.join(
+            cfg.ledger
+                .clone()
+                .unwrap_or_else(|| format!("{}.privacy-ledger.json", cfg.name).into()),
+        );
+        let dataset = cfg.dataset.clone().unwrap_or_else(|| "default".into());
+        let ledger = PrivacyLedger::open(&ledger_path)?;
+        let delta = cfg.privacy.budget.delta;
+        let spent = ledger.dataset(&dataset);
+        let epsilon = spent.record_epsilon(delta)?;
+        let bank_epsilon = spent.bank_epsilon(delta)?;
+        tracing::info!(ledger = %ledger_path.display(), dataset, epsilon, bank_epsilon, "privacy ledger opened");
+        let rng = match cfg.seed {
+            Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
+        Ok(Self {
+            cfg,
+            id,
+            roster,
+            policy,
+            identity,
+            ledger,
+            dataset,
+            epsilon,
+            bank_epsilon,
+            rng,
+            load: Some(load),
+            data: None,
+            prepared: None,
+            round: None,
+            joined: 0,
+        })
+    }
+
+    /// Stage 0: check the plan against this bank's roster and policy, spend (durably)
+    /// and train within its own budget, and advertise the round's keys. Returns the
+    /// advert and the bank's report (JSON).
+    pub(crate) fn plan(
+        &mut self,
+        plan_json: &str,
+        payload: &[u8],
+    ) -> Result<(Vec<u8>, String), ServiceError> {
+        let mut plan: RoundPlan = serde_json::from_str(&plan_json)
+            .map_err(|e| ServiceError::Failed(format!("plan: {e}")))?;
+        if plan.kind == RoundKind::Train {
+            plan.architecture.validate(plan.features.len())?;
+            let np = plan.architecture.num_params(plan.features.len());
+            plan.global = crate::wire::decode_params(&payload, np).map_err(wire)?;
+        }
+        if plan.roster != self.cfg.roster {
+            return Err(ServiceError::Failed(
+                "the plan's roster is not this bank's roster; refusing".into(),
+            ));
+        }
+        let params = Params {
+            clients: plan.roster.len(),
+            threshold: plan.threshold,
+            neighbours: plan.neighbours,
+            len: plan.len,
+        };
+        // Before anything is trained or spent: a plan below this bank's own
+        // secure-aggregation policy is refused.
+        params.validate()?;
+        self.policy.check(&params)?;
+        if self.data.is_none() {
+            let loader = self.load.take().expect("loaded once");
+            let all = loader(&plan.features, &plan.label)?;
+            let (train, test) = split_rows(all.labels.len(), self.cfg.holdout, 0x5eed);
+            self.data = Some((all.subset(&train), all.subset(&test)));
+        }
+        let (train, _) = self.data.as_ref().expect("loaded");
+        let n = plan.roster.len();
+        let mut report = BankReport {
+            epsilon: self.epsilon,
+            epsilon_next: self.epsilon,
+            delta: self.cfg.privacy.budget.delta,
+            training_set: train.training_set.clone(),
+            views: train.views.clone(),
+            bank_epsilon: plan.bank_dp.map(|_| self.bank_epsilon),
+            refused: None,
+        };
+        let input = match plan.kind {
+            RoundKind::Moments => FeatureMoments::new(plan.features.len(), plan.max_rows, n)?
+                .encode(&train.columns)?,
+            RoundKind::Train => {
+                let st = plan
+                    .standardizer
+                    .clone()
+                    .ok_or_else(|| ServiceError::Failed("train plan without statistics".into()))?;
+                if self.prepared.as_ref().map(|p| (&p.0, p.1.architecture()))
+                    != Some((&st, plan.architecture))
+                {
+                    let ds = Dataset::prepare(
+                        plan.features.clone(),
+                        &train.columns,
+                        &train.labels,
+                        &st,
+                    )?;
+                    let trainer = LocalTrainer::new(self.cfg.device, plan.architecture, ds)?;
+                    self.prepared = Some((st, trainer));
+                }
+                let trainer = &self.prepared.as_ref().expect("prepared").1;
+                let rows = trainer.data().rows();
+                // Everything this dataset has spent, in every run so far.
+                let mut spend = self.ledger.dataset(&self.dataset);
+                let q = plan.local.sample_rate(rows);
+                let steps = plan.local.local_steps;
+                // Every guarantee this round spends on is checked against
+                // this bank's own budget before any of it is spent.
+                let b = self.cfg.privacy.budget;
+                let exhausted = |unit, spent, next| crate::dp::DpError::BudgetExhausted {
+                    unit,
+                    spent,
+                    next,
+                    budget: b.epsilon,
+                    delta: b.delta,
+                };
+                let bank_dp = match plan.bank_dp {
+                    Some(dp) => {
+                        let enc = BankDpEncoding::new(plan.global.len(), dp, plan.threshold, n)?;
+                        let (l1, l2, mu) = enc.accounting();
+                        let after = spend.bank.epsilon_after_skellam(l1, l2, mu, 1, b.delta)?;
+                        if after > b.epsilon {
+                            return Err(exhausted("bank-level", self.bank_epsilon, after).into());
+                        }
+                        Some((enc, after))
+                    }
+                    None => None,
+                };
+                let record = match &plan.local.dp {
+                    None if self.cfg.privacy.require_dp => {
+                        return Err(ServiceError::Failed(
+                                "the plan trains without DP-SGD and this bank requires it; refusing the round".into(),
+                            ));
+                    }
+                    None => None,
+                    Some(dp) => {
+                        let after =
+                            spend
+                                .record
+                                .epsilon_after(q, dp.noise_multiplier, steps, b.delta)?;
+                        if after > b.epsilon {
+                            return Err(exhausted("record-level", self.epsilon, after).into());
+                        }
+                        Some((dp.noise_multiplier, after))
+                    }
+                };
+                if let Some((sigma, after)) = record {
+                    spend.record.compose_subsampled_gaussian(q, sigma, steps)?;
+                    report.epsilon = after;
+                    report.epsilon_next = spend.record.epsilon_after(q, sigma, steps, b.delta)?;
+                }
+                if let Some((enc, after)) = &bank_dp {
+                    let (l1, l2, mu) = enc.accounting();
+                    spend.bank.compose_skellam(l1, l2, mu, 1)?;
+                    report.bank_epsilon = Some(*after);
+                }
+                // Spent before anything leaves the bank, and durable: a
+                // crash from here on overstates the spend, never forgets it.
+                if record.is_some() || bank_dp.is_some() {
+                    self.ledger
+                        .commit(&self.dataset, spend, &plan.session, plan.round)?;
+                    if let Some((_, after)) = record {
+                        self.epsilon = after;
+                    }
+                    if let Some((_, after)) = &bank_dp {
+                        self.bank_epsilon = *after;
+                    }
+                }
+                let u = trainer.train(&plan.global, &plan.local, &mut self.rng)?;
+                match bank_dp {
+                    Some((enc, _)) => {
+                        let (w, clipped) = enc.encode(&u.delta, &mut self.rng)?;
+                        if clipped {
+                            // Under bank-level DP no count leaves the bank:
+                            // this log line is where clipping is reported.
+                            tracing::info!(
+                                round = plan.round,
+                                clip_norm = plan.bank_dp.map(|d| d.clip_norm),
+                                "update clipped to bank_dp.clip_norm"
+                            );
+                        }
+                        w
+                    }
+                    None => {
+                        let enc = UpdateEncoding::new(
+                            plan.global.len(),
+                            plan.update_clip,
+                            plan.max_rows,
+                            n,
+                        )?;
+                        let (w, clipped) = enc.encode(&u, rows as u64)?;
+                        if clipped > 0 {
+                            tracing::info!(
+                                clipped,
+                                "update values clipped to ±update_clip (counted in the aggregate)"
+                            );
+                        }
+                        w
+                    }
+                }
+            }
+        };
+        let session: [u8; 16] = hex::decode(&plan.session)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| ServiceError::Failed("bad session id".into()))?;
+        let rid = RoundId {
+            session,
+            round: plan.round,
+        };
+        let (c, msg) = Client::new(
+            self.id,
+            self.identity.clone(),
+            self.roster.clone(),
+            params,
+            self.policy,
+            rid,
+        )?;
+        self.round = Some(RoundState {
+            round: plan.round,
+            client: c,
+            input,
+        });
+        Ok((
+            msg.encode(),
+            serde_json::to_string(&report).expect("report"),
+        ))
+    }
+
+    /// The round's client, if this bank started round `round`.
+    fn client(&mut self, round: u64, stage: u32) -> Result<&mut RoundState, ServiceError> {
+        self.round
+            .as_mut()
+            .filter(|st| st.round == round)
+            .ok_or_else(|| {
+                ServiceError::Failed(format!("stage {stage} of a round this bank did not start"))
+            })
+    }
+
+    /// Stage 1: the key adverts in, this bank's encrypted shares out.
+    pub(crate) fn share_keys(
+        &mut self,
+        round: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ServiceError> {
+        let adverts = Vec::<AdvertiseKeys>::decode(payload).map_err(wire)?;
+        Ok(self.client(round, 1)?.client.share_keys(&adverts)?.encode())
+    }
+
+    /// Stage 2: the shares for this bank in, its masked input out.
+    pub(crate) fn masked_input(
+        &mut self,
+        round: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ServiceError> {
+        let shares = Vec::<EncryptedShare>::decode(payload).map_err(wire)?;
+        let st = self.client(round, 2)?;
+        Ok(st.client.masked_input(&shares, &st.input)?.encode())
+    }
+
+    /// Stage 3: the survivor list in, this bank's signature of it out.
+    pub(crate) fn consistency(
+        &mut self,
+        round: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ServiceError> {
+        let list = SurvivorList::decode(payload).map_err(wire)?;
+        Ok(self.client(round, 3)?.client.consistency(&list)?.encode())
+    }
+
+    /// Stage 4: the unmask request in, the shares the protocol allows out.
+    pub(crate) fn unmask(&mut self, round: u64, payload: &[u8]) -> Result<Vec<u8>, ServiceError> {
+        let req = UnmaskRequest::decode(payload).map_err(wire)?;
+        let out = self.client(round, 4)?.client.unmask(&req)?.encode();
+        Ok(out)
+    }
+
+    /// Leave the open round (the protocol treats a silent bank as dropped).
+    pub(crate) fn leave_round(&mut self) {
+        self.round = None;
+    }
+
+    /// The report of a bank sitting a round out because of its budget: public facts
+    /// only, and the lineage stays whole (the training set still fed earlier rounds).
+    pub(crate) fn refusal(&mut self, why: &crate::dp::DpError) -> String {
+        self.round = None;
+        let train = self.data.as_ref().map(|(t, _)| t);
+        let report = BankReport {
+            epsilon: self.epsilon,
+            epsilon_next: self.epsilon,
+            delta: self.cfg.privacy.budget.delta,
+            training_set: train.and_then(|t| t.training_set.clone()),
+            views: train.map(|t| t.views.clone()).unwrap_or_default(),
+            bank_epsilon: (self.bank_epsilon > 0.0).then_some(self.bank_epsilon),
+            refused: Some(why.to_string()),
+        };
+        serde_json::to_string(&report).expect("report")
+    }
+
+    /// The run is over: the final model's AUC on this bank's holdout rows.
+    pub(crate) fn outcome(&self, summary: RunSummary) -> Result<WorkerOutcome, ServiceError> {
+        let holdout_auc = match (&self.data, &summary.standardizer) {
+            (Some((_, test)), Some(st)) if !test.labels.is_empty() => {
+                let ds =
+                    Dataset::prepare(summary.features.clone(), &test.columns, &test.labels, st)?;
+                summary.architecture.auc(&summary.params, &ds)
+            }
+            _ => f64::NAN,
+        };
+        Ok(WorkerOutcome {
+            summary,
+            epsilon: self.epsilon,
+            bank_epsilon: (self.bank_epsilon > 0.0).then_some(self.bank_epsilon),
+            holdout_auc,
+            rounds_joined: self.joined,
+        })
+    }
+}
