@@ -10,7 +10,10 @@ use std::path::Path;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
-use quiver_registry::{ArtifactStore, FeatureStats, InputFeature, InputSchema, ModelRegistry};
+use quiver_registry::{
+    ArtifactStore, FeatureStats, InputFeature, InputSchema, ModelRegistry, NodeKind, Subgraph,
+};
+use serde::Serialize;
 
 use crate::offline::{FeatureRef, TrainingSet};
 use crate::{Error, FeatureStore, Result};
@@ -18,7 +21,107 @@ use crate::{Error, FeatureStore, Result};
 /// Name of the Parquet key-value metadata entry holding a training set's lineage.
 pub const LINEAGE_METADATA_KEY: &str = "quiver.lineage";
 
+/// A model version that reads a view, and what retraining it on the view's current
+/// version means (`quiver registry impact`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetrainTask {
+    /// The model.
+    pub model: String,
+    /// Its version that reads the view.
+    pub version: u64,
+    /// Aliases serving that version.
+    pub aliases: Vec<String>,
+    /// The view versions (`view:NAME@N`) it was trained on.
+    pub reads: Vec<String>,
+    /// The view's applied version now, if it is applied.
+    pub current_view_version: Option<u64>,
+    /// Why the version's inputs are no longer served, if they are not.
+    pub schema_problem: Option<String>,
+    /// What to do, in words.
+    pub task: String,
+}
+
+/// Parse `VIEW` or `VIEW@N`.
+fn view_selector(view: &str) -> Result<(&str, Option<u64>)> {
+    match view.split_once('@') {
+        Some((n, v)) => {
+            Ok((
+                n,
+                Some(v.parse::<u64>().map_err(|_| {
+                    Error::InvalidRequest(format!("`{view}`: write VIEW or VIEW@N"))
+                })?),
+            ))
+        }
+        None => Ok((view, None)),
+    }
+}
+
 impl FeatureStore {
+    /// The model versions downstream of `view` (`VIEW` for every version of it, or
+    /// `VIEW@N`) in the lineage graph: what to retrain when the view changes, with the
+    /// aliases serving each and whether its inputs are still served.
+    pub fn impact(&self, view: &str) -> Result<Vec<RetrainTask>> {
+        let reg = self.models()?;
+        let lineage = reg.lineage();
+        let (name, version) = view_selector(view)?;
+        let roots: Vec<String> = match version {
+            Some(v) => vec![format!("view:{name}@{v}")],
+            None => lineage
+                .nodes_with_prefix(&format!("view:{name}@"))?
+                .into_iter()
+                .map(|n| n.id)
+                .collect(),
+        };
+        let current = self.view(name, None).ok().map(|v| v.version);
+        let mut g = Subgraph::default();
+        for r in &roots {
+            g.merge(lineage.downstream(r)?);
+        }
+        let mut tasks = Vec::new();
+        for n in g
+            .nodes
+            .values()
+            .filter(|n| n.kind == NodeKind::ModelVersion)
+        {
+            let rest = n.id.trim_start_matches("model:");
+            let Some((model, ver)) = rest.rsplit_once('@') else {
+                continue;
+            };
+            let Ok(ver) = ver.parse::<u64>() else {
+                continue;
+            };
+            let aliases: Vec<String> = reg
+                .aliases(model)?
+                .into_iter()
+                .filter(|(_, s)| s.version == ver)
+                .map(|(a, _)| a)
+                .collect();
+            let reads: Vec<String> = g
+                .edges
+                .iter()
+                .filter(|e| e.to == n.id && e.from.starts_with(&format!("view:{name}@")))
+                .map(|e| e.from.clone())
+                .collect();
+            let schema_problem = reg
+                .version(model, ver)?
+                .and_then(|mv| self.check_inputs_served(&mv.manifest.input).err())
+                .map(|e| e.to_string());
+            tasks.push(RetrainTask {
+                model: model.to_owned(),
+                version: ver,
+                aliases,
+                reads,
+                current_view_version: current,
+                schema_problem,
+                task: format!(
+                    "retrain {model} (version {ver}) on {name}@{}",
+                    current.map_or("?".into(), |c| c.to_string())
+                ),
+            });
+        }
+        Ok(tasks)
+    }
+
     /// The model registry of this repo: same database as the definitions, artifacts in
     /// `<repo>/.quiver/artifacts`.
     pub fn models(&self) -> Result<ModelRegistry> {

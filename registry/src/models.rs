@@ -822,6 +822,38 @@ impl ModelRegistry {
         Ok(mv)
     }
 
+    /// Check the signature and artifact digest of `model`'s versions (one version for
+    /// `Some(selector)`, a version number or alias; all for `None`): one result per
+    /// version, `Err` with the reason where it fails.
+    pub fn verify(
+        &self,
+        model: &str,
+        selector: Option<&str>,
+    ) -> Result<Vec<(u64, std::result::Result<(), String>)>> {
+        let versions: Vec<u64> = match selector {
+            Some(s) => vec![self.resolve(model, s)?],
+            None => self
+                .versions(model)?
+                .iter()
+                .map(|v| v.manifest.version)
+                .collect(),
+        };
+        if versions.is_empty() {
+            return Err(Error::NotFound {
+                what: format!("model `{model}`"),
+            });
+        }
+        Ok(versions
+            .into_iter()
+            .map(|v| {
+                (
+                    v,
+                    self.load(model, v).map(|_| ()).map_err(|e| e.to_string()),
+                )
+            })
+            .collect())
+    }
+
     /// Check a stored version: trusted signer, matching signature, intact artifact that
     /// parses and matches the input schema. Returns the verified, parsed model.
     pub fn load(&self, model: &str, version: u64) -> Result<LoadedVersion> {

@@ -15,6 +15,7 @@
 mod asof;
 mod exec;
 pub(crate) mod kernel;
+mod keys;
 mod node;
 mod spec;
 

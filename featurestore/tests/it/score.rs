@@ -201,6 +201,7 @@ async fn score_fetches_features_and_scores_with_the_champion() {
     assert!(unknown.is_none());
 }
 
+#[cfg(feature = "onnx")]
 /// An ONNX model exported by skl2onnx (registry/tests/data/onnx) served by `score`:
 /// the same answer over Flight as the registry's own load, with Shapley contributions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,13 @@ use clap::{Subcommand, ValueEnum};
 use quiver_featurestore::models::{read_training_data, training_stats};
 use quiver_featurestore::offline::parse_feature_refs;
 use quiver_featurestore::{Error, FeatureStore};
-use quiver_registry::{ModelRegistry, NodeKind, Registration, SigningKey, Subgraph};
+use quiver_registry::{ModelRegistry, Registration, SigningKey};
 use serde_json::json;
 
 use crate::{Cli, Output, print_json};
+use report::{impact, print_graph, print_status, show};
+
+mod report;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RegistryCommand {
@@ -219,64 +222,6 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("`{s}`: write KEY=VALUE, e.g. team=risk"))?;
     Ok((k.to_owned(), v.to_owned()))
-}
-
-/// `MODEL` or `MODEL@SELECTOR`.
-/// The `model-status` answer as text: one block per served version.
-fn print_status(s: &serde_json::Value) {
-    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
-    println!(
-        "model {}  (challenger share {}%)",
-        s["model"].as_str().unwrap_or("?"),
-        f(&s["challenger_percent"])
-    );
-    let p = &s["policy"];
-    println!(
-        "policy: rollback past {}% errors, p99 {} ms, score PSI {}; inputs drifted past PSI {}",
-        f(&p["max_error_rate"]) * 100.0,
-        f(&p["max_p99_ms"]),
-        f(&p["max_score_psi"]),
-        f(&p["max_feature_psi"])
-    );
-    for v in s["versions"].as_array().into_iter().flatten() {
-        println!(
-            "\n{} = version {} ({}), {} requests, {} errors, p99 <= {} us",
-            v["alias"].as_str().unwrap_or("?"),
-            v["version"],
-            v["format"].as_str().unwrap_or("?"),
-            v["requests"],
-            v["errors"],
-            v["p99_us"]
-        );
-        let drift = v["drift"].as_array().cloned().unwrap_or_default();
-        if drift.is_empty() {
-            println!("  no training statistics: no live drift (register with --training-data)");
-            continue;
-        }
-        println!("  {:<28} {:>8} {:>8} {:>8}", "feature", "rows", "psi", "ks");
-        for d in drift {
-            println!(
-                "  {:<28} {:>8} {:>8.4} {:>8.4}{}",
-                d["feature"].as_str().unwrap_or("?"),
-                d["live_count"],
-                f(&d["psi"]),
-                f(&d["ks"]),
-                if d["drifted"].as_bool() == Some(true) {
-                    "  DRIFTED"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    let rollbacks = s["rollbacks"].as_array().cloned().unwrap_or_default();
-    for r in &rollbacks {
-        println!(
-            "\nrolled back version {}: {}",
-            r["version"],
-            r["reason"].as_str().unwrap_or("?")
-        );
-    }
 }
 
 fn split_model(s: &str) -> (&str, Option<&str>) {
@@ -587,36 +532,21 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
         }
         RegistryCommand::Verify { model } => {
             let (name, sel) = split_model(model);
-            let versions: Vec<u64> = match sel {
-                Some(s) => vec![reg.resolve(name, s).map_err(Error::from)?],
-                None => reg
-                    .versions(name)
-                    .map_err(Error::from)?
-                    .iter()
-                    .map(|v| v.manifest.version)
-                    .collect(),
-            };
-            if versions.is_empty() {
-                anyhow::bail!(Error::NotFound {
-                    what: format!("model `{name}`")
-                });
-            }
-            let mut results = Vec::new();
-            for v in versions {
-                let r = reg.load(name, v);
-                results.push(json!({"model": name, "version": v, "ok": r.is_ok(), "error": r.err().map(|e| e.to_string())}));
-            }
-            let bad = results.iter().filter(|r| r["ok"] == false).count();
+            let results = reg.verify(name, sel).map_err(Error::from)?;
+            let bad = results.iter().filter(|(_, r)| r.is_err()).count();
             if json_out {
-                print_json(&results)?;
+                let docs: Vec<_> = results
+                    .iter()
+                    .map(|(v, r)| json!({"model": name, "version": v, "ok": r.is_ok(), "error": r.as_ref().err()}))
+                    .collect();
+                print_json(&docs)?;
             } else {
-                for r in &results {
-                    match r["error"].as_str() {
-                        None => println!(
-                            "{}@{}  OK (signature and artifact digest verified)",
-                            name, r["version"]
-                        ),
-                        Some(e) => println!("{}@{}  FAILED: {e}", name, r["version"]),
+                for (v, r) in &results {
+                    match r {
+                        Ok(()) => {
+                            println!("{name}@{v}  OK (signature and artifact digest verified)")
+                        }
+                        Err(e) => println!("{name}@{v}  FAILED: {e}"),
                     }
                 }
             }
@@ -642,7 +572,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             .map_err(Error::from)?;
             print_graph(&g, *format, &id, *down, json_out)?;
         }
-        RegistryCommand::Impact { view } => impact(&store, &reg, view, json_out)?,
+        RegistryCommand::Impact { view } => impact(&store, view, json_out)?,
         RegistryCommand::Audit { .. } | RegistryCommand::Status { .. } => {
             unreachable!("answered before the registry opens")
         }
@@ -693,255 +623,6 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
                 }
             }
         }
-    }
-    Ok(())
-}
-
-fn show(reg: &ModelRegistry, model: &str, json_out: bool) -> anyhow::Result<()> {
-    let (name, sel) = split_model(model);
-    if let Some(sel) = sel {
-        let v = reg.resolve(name, sel).map_err(Error::from)?;
-        let mv = reg
-            .version(name, v)
-            .map_err(Error::from)?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("{name}@{v}"),
-            })?;
-        if json_out {
-            return print_json(
-                &json!({"manifest": mv.manifest, "signature": mv.signature, "tags": mv.tags}),
-            );
-        }
-        let m = &mv.manifest;
-        println!("model     {}@{} ({})", m.model, m.version, m.format);
-        println!(
-            "artifact  sha256 {} ({} bytes)",
-            m.artifact_sha256, m.artifact_bytes
-        );
-        println!(
-            "signed by {} ({})",
-            m.signer,
-            quiver_featurestore::cli::short(&m.public_key, 16)
-        );
-        if !m.description.is_empty() {
-            println!("about     {}", m.description);
-        }
-        println!("inputs:");
-        for f in &m.input.features {
-            println!(
-                "  {:<28} {}@{}:{} ({})",
-                f.column, f.view, f.view_version, f.feature, f.dtype
-            );
-        }
-        if !m.metrics.is_empty() {
-            println!(
-                "metrics   {}",
-                m.metrics
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-        }
-        if !mv.tags.is_empty() {
-            println!(
-                "tags      {}",
-                mv.tags
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-        }
-        println!("training stats for {} features", m.training_stats.len());
-        println!("lineage   {}", m.upstream.join(", "));
-        return Ok(());
-    }
-    let versions = reg.versions(name).map_err(Error::from)?;
-    if versions.is_empty() {
-        anyhow::bail!(Error::NotFound {
-            what: format!("model `{name}`")
-        });
-    }
-    let aliases = reg.aliases(name).map_err(Error::from)?;
-    let mut history = BTreeMap::new();
-    for a in aliases.keys() {
-        history.insert(a.clone(), reg.alias_history(name, a).map_err(Error::from)?);
-    }
-    if json_out {
-        return print_json(&json!({
-            "model": name,
-            "versions": versions.iter().map(|v| json!({"version": v.manifest.version, "format": v.manifest.format,
-                "artifact_sha256": v.manifest.artifact_sha256, "signer": v.manifest.signer,
-                "registered_at_ms": v.manifest.registered_at_ms, "metrics": v.manifest.metrics, "tags": v.tags})).collect::<Vec<_>>(),
-            "aliases": aliases, "alias_history": history,
-        }));
-    }
-    println!(
-        "{:<8} {:<20} {:<12} {:<18} metrics",
-        "version", "format", "signer", "sha256"
-    );
-    for v in &versions {
-        let m = &v.manifest;
-        println!(
-            "{:<8} {:<20} {:<12} {:<18} {}",
-            m.version,
-            m.format,
-            m.signer,
-            quiver_featurestore::cli::short(&m.artifact_sha256, 16),
-            m.metrics
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
-    for (a, events) in &history {
-        println!("\nalias {a}:");
-        for e in events {
-            let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-            println!(
-                "  #{:<4} {} -> {}  by {}  {}",
-                e.seq,
-                show(e.from),
-                show(e.to),
-                e.by,
-                e.reason
-            );
-        }
-    }
-    Ok(())
-}
-
-fn print_graph(
-    g: &Subgraph,
-    format: LineageFormat,
-    root: &str,
-    down: bool,
-    json_out: bool,
-) -> anyhow::Result<()> {
-    match (format, json_out) {
-        (LineageFormat::Json, _) | (LineageFormat::Text, true) => print_json(g)?,
-        (LineageFormat::Dot, _) => print!("{}", g.to_dot()),
-        (LineageFormat::Openlineage, _) => {
-            for e in g.to_openlineage("quiver") {
-                println!("{e}");
-            }
-        }
-        (LineageFormat::Text, false) => {
-            println!(
-                "{} of {root}:",
-                if down { "downstream" } else { "upstream" }
-            );
-            for e in &g.edges {
-                println!("  {} -[{}]-> {}", e.from, e.relation, e.to);
-            }
-            if g.edges.is_empty() {
-                println!("  (nothing recorded)");
-            }
-        }
-    }
-    Ok(())
-}
-
-fn impact(
-    store: &FeatureStore,
-    reg: &ModelRegistry,
-    view: &str,
-    json_out: bool,
-) -> anyhow::Result<()> {
-    let lineage = reg.lineage();
-    let (name, version) =
-        match view.split_once('@') {
-            Some((n, v)) => (
-                n,
-                Some(v.parse::<u64>().map_err(|_| {
-                    Error::InvalidRequest(format!("`{view}`: write VIEW or VIEW@N"))
-                })?),
-            ),
-            None => (view, None),
-        };
-    let roots: Vec<String> = match version {
-        Some(v) => vec![format!("view:{name}@{v}")],
-        None => lineage
-            .nodes_with_prefix(&format!("view:{name}@"))
-            .map_err(Error::from)?
-            .into_iter()
-            .map(|n| n.id)
-            .collect(),
-    };
-    let current = store.view(name, None).ok().map(|v| v.version);
-    let mut g = Subgraph::default();
-    for r in &roots {
-        g.merge(lineage.downstream(r).map_err(Error::from)?);
-    }
-    let mut tasks = Vec::new();
-    for n in g
-        .nodes
-        .values()
-        .filter(|n| n.kind == NodeKind::ModelVersion)
-    {
-        let rest = n.id.trim_start_matches("model:");
-        let Some((model, ver)) = rest.rsplit_once('@') else {
-            continue;
-        };
-        let Ok(ver) = ver.parse::<u64>() else {
-            continue;
-        };
-        let aliases: Vec<String> = reg
-            .aliases(model)
-            .map_err(Error::from)?
-            .into_iter()
-            .filter(|(_, s)| s.version == ver)
-            .map(|(a, _)| a)
-            .collect();
-        let reads: Vec<String> = g
-            .edges
-            .iter()
-            .filter(|e| e.to == n.id && e.from.starts_with(&format!("view:{name}@")))
-            .map(|e| e.from.clone())
-            .collect();
-        let check = reg.version(model, ver).map_err(Error::from)?.map(|mv| {
-            store
-                .check_inputs_served(&mv.manifest.input)
-                .err()
-                .map(|e| e.to_string())
-        });
-        tasks.push(json!({"model": model, "version": ver, "aliases": aliases, "reads": reads,
-            "current_view_version": current, "schema_problem": check.flatten(),
-            "task": format!("retrain {model} (version {ver}) on {name}@{}", current.map_or("?".into(), |c| c.to_string()))}));
-    }
-    if json_out {
-        return print_json(&json!({"view": view, "tasks": tasks}));
-    }
-    if tasks.is_empty() {
-        println!("No registered model reads {view}.");
-        return Ok(());
-    }
-    println!("Models that read {view} (retrain when its schema changes):");
-    for t in &tasks {
-        let aliases = t["aliases"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
-        println!(
-            "  - {}{}{}",
-            t["task"].as_str().unwrap_or(""),
-            if aliases.is_empty() {
-                String::new()
-            } else {
-                format!(" [serving as {aliases}]")
-            },
-            t["schema_problem"]
-                .as_str()
-                .map(|p| format!("  !! {p}"))
-                .unwrap_or_default()
-        );
     }
     Ok(())
 }
