@@ -15,6 +15,10 @@
 //!
 //! Output: a table and one JSON line. Peak memory is the process's peak RSS during the
 //! measured runs (reset before them through /proc/self/clear_refs).
+//!
+//! `--prepare-only` generates the data, writes the entity rows to `entities.parquet` in
+//! the data folder, prints the folder and stops: `scripts/bench-vs-duckdb.sh` runs the
+//! `quiver history` command and DuckDB on those files.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use common::{DAY, peak_rss_bytes, reset_peak_rss, ts_type};
 const T0: i64 = 1_704_067_200_000_000;
 
 struct Args {
+    prepare_only: bool,
     users: usize,
     transactions: usize,
     entity_rows: usize,
@@ -42,6 +47,7 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        prepare_only: false,
         users: 100_000,
         transactions: 1_000_000,
         entity_rows: 100_000,
@@ -58,6 +64,11 @@ fn args() -> Args {
             "--entity-rows" => a.entity_rows = val(i).expect("--entity-rows N"),
             "--runs" => a.runs = val(i).expect("--runs N").max(1),
             "--bench" => {
+                i += 1;
+                continue;
+            }
+            "--prepare-only" => {
+                a.prepare_only = true;
                 i += 1;
                 continue;
             }
@@ -265,8 +276,18 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let root = prepare(&a).await;
-        let store = FeatureStore::open(&root).unwrap();
         let entities = entity_rows(&a);
+        if a.prepare_only {
+            let path = root.join("entities.parquet");
+            let file = std::fs::File::create(&path).unwrap();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(file, entities.schema(), None).unwrap();
+            w.write(&entities).unwrap();
+            w.close().unwrap();
+            println!("{}", root.canonicalize().unwrap().display());
+            return;
+        }
+        let store = FeatureStore::open(&root).unwrap();
         let rows_of = |view: &str| {
             let v = store.view(view, None).unwrap();
             let root = root.clone();

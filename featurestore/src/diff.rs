@@ -55,6 +55,10 @@ pub struct PlannedChange {
     /// Output schema differences (views only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schema: Vec<SchemaChange>,
+    /// Registered model versions that read a view this changes or removes, and what
+    /// retraining each means (the lineage graph's answer, `quiver registry impact`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub affected_models: Vec<crate::models::RetrainTask>,
 }
 
 /// Everything `apply` would do. `plan` computes it and changes nothing.
@@ -124,6 +128,18 @@ impl PlanReport {
                         s.new_type.as_deref().unwrap_or("")
                     ),
                 };
+            }
+            for m in &c.affected_models {
+                let serving = if m.aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(", serving as {}", m.aliases.join(","))
+                };
+                let _ = writeln!(
+                    out,
+                    "    model {}@{} reads it{serving}: retrain after apply",
+                    m.model, m.version
+                );
             }
         }
         let _ = writeln!(

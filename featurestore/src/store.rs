@@ -252,6 +252,7 @@ impl FeatureStore {
                         from_version: None,
                         fields: Vec::new(),
                         schema: Vec::new(),
+                        affected_models: Vec::new(),
                     }),
                     Some(cur) if cur.hash == content_hash(def) => unchanged += 1,
                     Some(cur) => {
@@ -274,6 +275,7 @@ impl FeatureStore {
                             from_version: Some(cur.version),
                             fields: diff::diff_values(&cur.definition, def),
                             schema,
+                            affected_models: Vec::new(),
                         });
                     }
                 }
@@ -294,9 +296,17 @@ impl FeatureStore {
                         from_version: Some(a.version),
                         fields: Vec::new(),
                         schema,
+                        affected_models: Vec::new(),
                     });
                 }
             }
+        }
+        // What a view change means for the models trained on it.
+        for c in changes
+            .iter_mut()
+            .filter(|c| c.kind == KIND_VIEW && c.change != ChangeKind::Added)
+        {
+            c.affected_models = self.impact(&c.name)?;
         }
         Ok(PlanReport {
             based_on_apply: based_on,

@@ -35,6 +35,7 @@
 //! ```
 
 mod artifact;
+mod config;
 mod drift;
 mod lineage;
 mod model;
@@ -46,6 +47,7 @@ mod signing;
 mod store;
 
 pub use artifact::{ArtifactStore, MAX_ARTIFACT_BYTES, sha256_hex};
+pub use config::{parse_json_config, read_json_config};
 pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, LiveDrift, drift_report};
 pub use lineage::{Edge, Lineage, MAX_TRAVERSAL, Node, NodeKind, Subgraph};
 pub use model::{

@@ -95,19 +95,12 @@ impl Tokens {
 
     /// Read `{"tokens": [{"token": "...", "tenant": "bank_a", "admin": false}]}`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        if text.len() > 1024 * 1024 {
-            return Err(Error::InvalidRequest(format!(
-                "{}: a token file over 1 MiB is not plausible",
-                path.display()
-            )));
-        }
-        let file: TokenFile = serde_json::from_str(&text).map_err(|e| {
-            Error::InvalidRequest(format!(
-                "{}: {e}; write {{\"tokens\": [{{\"token\": \"...\", \"tenant\": \"bank_a\"}}]}}",
-                path.display()
-            ))
-        })?;
+        let file: TokenFile =
+            quiver_registry::read_json_config(path, 1024 * 1024).map_err(|e| {
+                Error::InvalidRequest(format!(
+                    "{e}; write {{\"tokens\": [{{\"token\": \"...\", \"tenant\": \"bank_a\"}}]}}"
+                ))
+            })?;
         file.tokens
             .iter()
             .try_fold(Tokens::new(), |t, e| t.with(&e.token, &e.tenant, e.admin))

@@ -94,26 +94,18 @@ pub struct ServeConfig {
 pub fn load_policies(
     path: &std::path::Path,
 ) -> Result<std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>> {
-    const MAX_BYTES: u64 = 1 << 20;
     let bad = |m: String| Error::InvalidRequest(format!("{}: {m}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-    if meta.len() > MAX_BYTES {
-        return Err(bad(format!(
-            "{} bytes; a policies file is at most {MAX_BYTES}",
-            meta.len()
-        )));
-    }
-    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let map: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_slice(&text)
-        .map_err(|e| {
-            bad(format!(
+    let map: std::collections::BTreeMap<String, serde_json::Value> =
+        quiver_registry::read_json_config(path, 1 << 20).map_err(|e| {
+            Error::InvalidRequest(format!(
                 "{e}; expected {{\"MODEL\": {{\"challenger_percent\": 10, ...}}}}"
             ))
         })?;
     map.into_iter()
         .map(|(model, v)| {
             let p: quiver_registry::RolloutPolicy =
-                serde_json::from_value(v).map_err(|e| bad(format!("model `{model}`: {e}")))?;
+                quiver_registry::parse_json_config(v.to_string().as_bytes())
+                    .map_err(|e| bad(format!("model `{model}`: {e}")))?;
             p.validate()
                 .map_err(|e| bad(format!("model `{model}`: {e}")))?;
             Ok((model, p))

@@ -363,25 +363,7 @@ mod tests {
         load_repo(dir.path(), &Limits::default())
     }
 
-    const GOOD: &str = "kind: Entity
-name: user
-join_keys: [user_id]
----
-kind: Source
-name: transactions
-delta: data/transactions
-timestamp: ts
----
-kind: FeatureView
-name: user_txn_stats
-entity: user
-source: transactions
-ttl: 45d
-features:
-  - { name: txn_count_7d, agg: count, window: 7d }
-  - { name: amount_sum_7d, agg: sum(amount), window: 7d }
-  - { name: distinct_devices_30d, agg: count_distinct(device_id), window: 30d }
-";
+    const GOOD: &str = include_str!("../../tests/data/example-repo.yaml");
 
     #[test]
     fn loads_the_design_example() {
@@ -445,7 +427,7 @@ features:
     #[test]
     fn mixing_forms_is_an_error() {
         let text = GOOD.replace(
-            "  - { name: txn_count_7d, agg: count, window: 7d }",
+            "  - { name: txn_count_7d,         agg: count,                     window: 7d }",
             "  - { name: credit_score }",
         );
         let e = first_error(&[("a.yaml", &text)]);

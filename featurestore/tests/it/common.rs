@@ -198,26 +198,9 @@ pub(crate) fn entities(rows: &[(i64, i64)]) -> RecordBatch {
     .unwrap()
 }
 
-/// The design's example repo over `data/transactions`.
-pub(crate) const REPO_YAML: &str = "kind: Entity
-name: user
-join_keys: [user_id]
----
-kind: Source
-name: transactions
-delta: data/transactions
-timestamp: ts
----
-kind: FeatureView
-name: user_txn_stats
-entity: user
-source: transactions
-ttl: 45d
-features:
-  - { name: txn_count_7d,         agg: count,                     window: 7d }
-  - { name: amount_sum_7d,        agg: sum(amount),               window: 7d }
-  - { name: distinct_devices_30d, agg: count_distinct(device_id), window: 30d }
-";
+/// The design's example repo over `data/transactions`: the one copy, shared with the
+/// unit tests of `spec::load` (`tests/data/example-repo.yaml`).
+pub(crate) const REPO_YAML: &str = include_str!("../data/example-repo.yaml");
 
 /// A repo with [`REPO_YAML`] and a small transactions table.
 pub(crate) async fn example_repo() -> Repo {

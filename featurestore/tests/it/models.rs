@@ -163,6 +163,25 @@ fn register_promote_trace_verify_and_refuse_tampering() {
     ));
     assert_eq!(impact["tasks"][0]["model"], "fraud");
     assert_eq!(impact["tasks"][0]["aliases"][0], "champion");
+
+    // Changing the view: `plan` names the model that reads it, with its alias.
+    let yaml_path = repo.join("features.yaml");
+    let yaml = std::fs::read_to_string(&yaml_path).unwrap();
+    std::fs::write(&yaml_path, yaml.replace("ttl: 45d", "ttl: 40d")).unwrap();
+    let plan = json(&quiver(&repo, &["plan", "--output", "json"]));
+    let change = &plan["changes"][0];
+    assert_eq!(change["name"], "user_txn_stats", "{plan}");
+    assert_eq!(change["affected_models"][0]["model"], "fraud", "{plan}");
+    assert_eq!(
+        change["affected_models"][0]["aliases"][0], "champion",
+        "{plan}"
+    );
+    let text = ok(&quiver(&repo, &["plan"]));
+    assert!(
+        text.contains("model fraud@1 reads it, serving as champion"),
+        "{text}"
+    );
+    std::fs::write(&yaml_path, yaml).unwrap();
     let drift = json(&quiver(
         &repo,
         &[

@@ -97,19 +97,9 @@ pub fn check_bank_name(name: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// Read a JSON config, naming the file and the field on error.
+/// Read a JSON config (at most 1 MiB), naming the file and the field on error.
 pub fn read_json_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ServiceError> {
-    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
-    if meta.len() > 1 << 20 {
-        return Err(ServiceError::Config(format!(
-            "{} is {} bytes; configs are at most 1 MiB",
-            path.display(),
-            meta.len()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ServiceError::Config(format!("{}: {e}", path.display())))
+    quiver_registry::read_json_config(path, 1 << 20).map_err(ServiceError::Config)
 }
 
 /// What a round computes.
