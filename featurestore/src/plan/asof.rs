@@ -15,13 +15,13 @@
 
 use std::cmp::Ordering;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::array::{Array, RecordBatch, new_null_array};
 use arrow::compute::interleave;
 use arrow::datatypes::DataType;
 use datafusion::common::Result;
 
 use super::kernel::{
-    Answer, KeyIndex, NO_GROUP, Queries, SourceLayout, Status, cmp_rows, finish, micros,
+    Answer, KeyIndex, NO_GROUP, Queries, SourceLayout, Status, cmp_rows, finish, route,
 };
 use crate::agg::{pick_order, status_at};
 
@@ -86,17 +86,7 @@ pub(crate) fn scan_batch(
     groups: &mut Vec<u32>,
     part: &mut Part,
 ) -> Result<usize> {
-    let keys: Vec<ArrayRef> = layout
-        .keys
-        .iter()
-        .map(|&i| batch.column(i).clone())
-        .collect();
-    index.lookup(&keys, groups)?;
-    let ts = micros(batch.column(layout.ts), "the event-time column")?;
-    let created = match layout.created {
-        Some(c) => Some(micros(batch.column(c), "the created-time column")?),
-        None => None,
-    };
+    let (ts, created) = route(index, layout, &batch, groups)?;
     let batch_no = part.batches.len() as u32;
     part.batches.push(batch);
     let (mut matched, mut kept) = (0, false);

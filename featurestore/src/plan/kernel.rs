@@ -45,7 +45,8 @@ use crate::agg::{
 use crate::spec::AggFunction;
 
 pub(crate) use super::keys::{
-    KeyIndex, NO_GROUP, is_integer, is_numeric, micros, query_micros, strict_cast,
+    KeyIndex, NO_GROUP, SourceLayout, is_integer, is_numeric, micros, query_micros, route,
+    strict_cast,
 };
 
 const NONE: u32 = u32::MAX;
@@ -93,14 +94,6 @@ pub(crate) enum Mode {
     Aggregate(Vec<AggPlan>),
 }
 
-/// Where the key, time and value columns are in source batches.
-#[derive(Debug, Clone)]
-pub(crate) struct SourceLayout {
-    pub(crate) keys: Vec<usize>,
-    pub(crate) ts: usize,
-    pub(crate) created: Option<usize>,
-}
-
 /// Per-batch prepared inputs of the aggregates.
 #[derive(Debug)]
 pub(crate) enum Prepared {
@@ -129,17 +122,7 @@ pub(crate) fn scan_batch(
     entries: &mut Vec<Entry>,
     retained: &mut Vec<SourceBatch>,
 ) -> Result<usize> {
-    let keys: Vec<ArrayRef> = layout
-        .keys
-        .iter()
-        .map(|&i| batch.column(i).clone())
-        .collect();
-    index.lookup(&keys, groups)?;
-    let ts = micros(batch.column(layout.ts), "the event-time column")?;
-    let created = match layout.created {
-        Some(c) => Some(micros(batch.column(c), "the created-time column")?),
-        None => None,
-    };
+    let (ts, created) = route(index, layout, &batch, groups)?;
     let before = entries.len();
     let ts_values = ts.values();
     for (row, &group) in groups.iter().enumerate() {

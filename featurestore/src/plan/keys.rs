@@ -3,7 +3,7 @@
 //! that keeps a row from being seen before it happened, and which types aggregate as
 //! numbers.
 
-use arrow::array::{Array, ArrayRef, AsArray, TimestampMicrosecondArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
@@ -12,6 +12,37 @@ use hashbrown::HashMap;
 
 /// Group id of rows that match no entity key.
 pub(crate) const NO_GROUP: u32 = u32::MAX;
+
+/// Where the key, time and value columns are in source batches.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceLayout {
+    pub(crate) keys: Vec<usize>,
+    pub(crate) ts: usize,
+    pub(crate) created: Option<usize>,
+}
+
+/// The first step of both point-in-time paths for one source batch: the entity group
+/// of each row into `groups` ([`NO_GROUP`] for keys not asked for), and the rows' event
+/// and created times in µs, rounded up ([`micros`]).
+pub(crate) fn route(
+    index: &KeyIndex,
+    layout: &SourceLayout,
+    batch: &RecordBatch,
+    groups: &mut Vec<u32>,
+) -> Result<(TimestampMicrosecondArray, Option<TimestampMicrosecondArray>)> {
+    let keys: Vec<ArrayRef> = layout
+        .keys
+        .iter()
+        .map(|&i| batch.column(i).clone())
+        .collect();
+    index.lookup(&keys, groups)?;
+    let ts = micros(batch.column(layout.ts), "the event-time column")?;
+    let created = match layout.created {
+        Some(c) => Some(micros(batch.column(c), "the created-time column")?),
+        None => None,
+    };
+    Ok((ts, created))
+}
 
 /// `array` cast to `to`, an error (not a null) where a value does not fit.
 pub(crate) fn strict_cast(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
