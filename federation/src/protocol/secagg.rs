@@ -1561,3 +1561,116 @@ impl Server {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_bound_the_threshold_by_the_share_holders() {
+        assert!(Params::secagg(3, 2, 10).validate().is_ok());
+        // Not more than half of the holders: two disjoint groups could both rebuild.
+        assert!(Params::secagg(5, 2, 10).validate().is_err());
+        // More than the holders: a client holds none of its own shares.
+        assert!(Params::secagg(3, 3, 10).validate().is_err());
+        // SecAgg+ needs an even neighbour count below clients - 1.
+        let odd = Params {
+            clients: 10,
+            threshold: 2,
+            neighbours: 3,
+            len: 1,
+        };
+        assert!(odd.validate().is_err());
+        assert!(Params::secagg(1, 1, 1).validate().is_err());
+        assert!(Params::secagg(3, 2, 0).validate().is_err());
+        assert_eq!(Params::secagg(3, 2, 1).min_clients(), 3);
+    }
+
+    #[test]
+    fn the_default_threshold_is_the_smallest_that_the_policy_accepts() {
+        for clients in 2..40 {
+            let c = default_colluders(clients);
+            for k in (2..clients).step_by(2).chain([clients - 1]) {
+                let t = default_threshold(k, c);
+                let p = Params {
+                    clients,
+                    threshold: t,
+                    neighbours: k,
+                    len: 1,
+                };
+                if 2 * t <= k + c {
+                    // Only where no threshold can hold (t is capped at k).
+                    assert_eq!(t, k, "{clients} clients, {k} neighbours");
+                    continue;
+                }
+                assert!(p.colluders_tolerated() >= c, "{p:?}");
+                let policy = ClientPolicy {
+                    colluders: c,
+                    min_threshold: 0,
+                    min_neighbours: 0,
+                    min_peers: 0,
+                };
+                assert!(policy.check(&p).is_ok(), "{p:?}");
+                let lower = Params {
+                    threshold: t - 1,
+                    ..p.clone()
+                };
+                assert!(policy.check(&lower).is_err(), "{lower:?} should be refused");
+            }
+        }
+        assert_eq!(default_colluders(2), 0);
+        assert_eq!(default_colluders(3), 1);
+        assert_eq!(default_colluders(10), 3);
+    }
+
+    #[test]
+    fn neighbour_graphs_are_symmetric_and_seeded() {
+        let p = Params {
+            clients: 20,
+            threshold: 4,
+            neighbours: 6,
+            len: 1,
+        };
+        let seed = [7u8; 32];
+        for id in 0..20u32 {
+            let mine = neighbours(&p, &seed, id);
+            assert_eq!(mine.len(), 6, "{id}");
+            assert!(!mine.contains(&id));
+            for v in &mine {
+                assert!(neighbours(&p, &seed, *v).contains(&id), "{id} ~ {v}");
+            }
+        }
+        assert_ne!(neighbours(&p, &seed, 0), neighbours(&p, &[8u8; 32], 0));
+        let full = Params::secagg(5, 3, 1);
+        assert_eq!(neighbours(&full, &seed, 2), vec![0, 1, 3, 4]);
+    }
+
+    #[test]
+    fn combinations_are_enumerated_once_in_order() {
+        let mut pick = vec![0, 1];
+        let mut seen = vec![pick.clone()];
+        while next_combination(&mut pick, 4) {
+            seen.push(pick.clone());
+        }
+        assert_eq!(
+            seen,
+            vec![
+                vec![0, 1],
+                vec![0, 2],
+                vec![0, 3],
+                vec![1, 2],
+                vec![1, 3],
+                vec![2, 3]
+            ]
+        );
+    }
+
+    #[test]
+    fn share_nonces_differ_per_direction() {
+        assert_ne!(
+            share_nonce(1, 2).as_ref(),
+            share_nonce(2, 1).as_ref(),
+            "a key shared by a pair must never reuse a nonce"
+        );
+    }
+}
