@@ -37,9 +37,10 @@
 mod artifact;
 mod config;
 mod drift;
+mod format;
 mod lineage;
-mod model;
 mod models;
+mod native;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod serving;
@@ -49,15 +50,16 @@ mod store;
 pub use artifact::{ArtifactStore, MAX_ARTIFACT_BYTES, sha256_hex};
 pub use config::{parse_json_config, read_json_config};
 pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, LiveDrift, drift_report};
+pub use format::Model;
 pub use lineage::{Edge, Lineage, MAX_TRAVERSAL, Node, NodeKind, Subgraph};
-pub use model::{
-    Activation, Contributions, DenseLayer, IG_STEPS, InputTransform, MAX_FEATURES, MAX_LAYERS,
-    MAX_WIDTH, Model, NativeModel,
-};
 pub use models::{
     AliasEvent, AliasState, InputFeature, InputSchema, LoadedVersion, MAX_METRICS, MAX_TAGS,
     MAX_TEXT, MAX_UPSTREAM, Manifest, ModelRecord, ModelRegistry, ModelVersion, Registration,
     check_model_inputs,
+};
+pub use native::{
+    Activation, Contributions, DenseLayer, IG_STEPS, InputTransform, MAX_FEATURES, MAX_LAYERS,
+    MAX_WIDTH, NativeModel,
 };
 #[cfg(feature = "onnx")]
 pub use onnx::{EXACT_SHAPLEY_MAX_FEATURES, OnnxModel, SHAPLEY_PERMUTATIONS};

@@ -27,8 +27,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::drift::FeatureStats;
+use crate::format::Model;
 use crate::lineage::{Edge, Lineage, Node, NodeKind, check_id, record_tx};
-use crate::model::Model;
 use crate::signing::{SigningKey, verify_signature};
 use crate::store::{canonical_json, now_ms};
 use crate::{ArtifactStore, Error, Result};
@@ -292,11 +292,11 @@ impl Registration {
         if self.upstream.len() > MAX_UPSTREAM {
             return too_many("upstream lineage ids", self.upstream.len(), MAX_UPSTREAM);
         }
-        if self.stats.len() > crate::model::MAX_FEATURES + 1 {
+        if self.stats.len() > crate::native::MAX_FEATURES + 1 {
             return too_many(
                 "training statistics",
                 self.stats.len(),
-                crate::model::MAX_FEATURES + 1,
+                crate::native::MAX_FEATURES + 1,
             );
         }
         if self.description.len() > MAX_TEXT {

@@ -33,7 +33,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
-use crate::model::Contributions;
+use crate::native::Contributions;
 use crate::{Error, Result};
 
 /// Up to this many features, contributions are exact (`2^n` model rows per explanation).
@@ -109,10 +109,10 @@ impl OnnxModel {
     /// `[batch, features.len()]` float tensor, or have no readable probability output.
     pub fn load(bytes: &[u8], features: Vec<String>, baseline: Vec<f64>) -> Result<Self> {
         let n = features.len();
-        if n == 0 || n > crate::model::MAX_FEATURES {
+        if n == 0 || n > crate::native::MAX_FEATURES {
             return Err(invalid(format!(
                 "a model takes 1 to {} features, this input schema lists {n}",
-                crate::model::MAX_FEATURES
+                crate::native::MAX_FEATURES
             )));
         }
         if baseline.len() != n {

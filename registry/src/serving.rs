@@ -29,8 +29,8 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::drift::{DriftReport, FeatureStats, LiveDrift};
-use crate::model::Contributions;
 use crate::models::{LoadedVersion, ModelRegistry};
+use crate::native::Contributions;
 use crate::{Error, Result};
 
 /// Alias served to most traffic.

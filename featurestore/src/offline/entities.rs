@@ -1,13 +1,21 @@
 //! Reading entity tables (keys + time) from files, Delta tables or memory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 
-use super::retrieve::EntityInput;
 use crate::{Error, Result, delta};
+
+/// Where the entity rows come from.
+#[derive(Debug, Clone)]
+pub enum EntityInput {
+    /// A CSV or Parquet file, or a Delta table folder.
+    Path(PathBuf),
+    /// Rows already in memory.
+    Batches(Vec<RecordBatch>),
+}
 
 async fn frame(ctx: &SessionContext, path: &Path) -> Result<DataFrame> {
     let shown = path.display().to_string();

@@ -4,8 +4,9 @@ mod entities;
 mod retrieve;
 mod write;
 
+pub use entities::EntityInput;
 pub use retrieve::{
-    EntityInput, FeatureRef, HistoricalFeatures, Lineage, PreparedTrainingSet, TrainingSet,
-    ViewUse, parse_feature_refs,
+    FeatureRef, HistoricalFeatures, Lineage, PreparedTrainingSet, TrainingSet, ViewUse,
+    parse_feature_refs,
 };
 pub use write::OutputFormat;

@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::prelude::SessionConfig;
 use serde::Serialize;
 
-use super::entities;
+use super::entities::{self, EntityInput};
 use crate::plan::{self, Compiler, ScanProgress, TableRead};
 use crate::spec::suggest;
 use crate::store::{AppliedView, FeatureStore};
@@ -82,15 +82,6 @@ pub fn parse_feature_refs(list: &str) -> Result<Vec<FeatureRef>> {
         .filter(|p| !p.trim().is_empty())
         .map(str::parse)
         .collect()
-}
-
-/// Where the entity rows come from.
-#[derive(Debug, Clone)]
-pub enum EntityInput {
-    /// A CSV or Parquet file, or a Delta table folder.
-    Path(PathBuf),
-    /// Rows already in memory.
-    Batches(Vec<RecordBatch>),
 }
 
 /// One view version a training set used.

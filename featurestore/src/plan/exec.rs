@@ -99,7 +99,7 @@ impl DisplayAs for PointInTimeExec {
             self.spec.view,
             self.spec.keys.join(", ")
         )?;
-        super::node::fmt_mode(&self.spec, f)
+        self.spec.fmt_mode(f)
     }
 }
 

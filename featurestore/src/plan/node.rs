@@ -116,7 +116,7 @@ impl UserDefinedLogicalNodeCore for PointInTimeNode {
                     .unwrap_or_default()
             )?;
         }
-        fmt_mode(&self.spec, f)
+        self.spec.fmt_mode(f)
     }
 
     fn with_exprs_and_inputs(
@@ -130,43 +130,6 @@ impl UserDefinedLogicalNodeCore for PointInTimeNode {
         let source = inputs.pop().expect("two inputs");
         let entity = inputs.pop().expect("two inputs");
         Self::try_new(entity, source, self.spec.clone())
-    }
-}
-
-pub(crate) fn fmt_mode(spec: &PitSpec, f: &mut fmt::Formatter) -> fmt::Result {
-    use super::spec::PitMode;
-    match &spec.mode {
-        PitMode::AsOf(cols) => write!(
-            f,
-            " as_of=[{}]",
-            cols.iter()
-                .map(|(o, c)| if o == c {
-                    o.clone()
-                } else {
-                    format!("{o}:={c}")
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        PitMode::Aggregate(aggs) => {
-            let parts: Vec<String> = aggs
-                .iter()
-                .map(|a| {
-                    let w = a
-                        .window_us
-                        .and_then(crate::spec::Duration::from_micros)
-                        .map(|d| format!(" over {d}"))
-                        .unwrap_or_default();
-                    format!(
-                        "{}:={}({}){w}",
-                        a.output,
-                        a.function,
-                        a.column.as_deref().unwrap_or("*")
-                    )
-                })
-                .collect();
-            write!(f, " aggregates=[{}]", parts.join(", "))
-        }
     }
 }
 

@@ -197,3 +197,42 @@ impl PitSpec {
         Ok((mode, layout))
     }
 }
+
+impl PitSpec {
+    /// The mode as the plan printers show it (`as_of=[...]` or `aggs=[...]`).
+    pub(crate) fn fmt_mode(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match &self.mode {
+            PitMode::AsOf(cols) => write!(
+                f,
+                " as_of=[{}]",
+                cols.iter()
+                    .map(|(o, c)| if o == c {
+                        o.clone()
+                    } else {
+                        format!("{o}:={c}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            PitMode::Aggregate(aggs) => {
+                let parts: Vec<String> = aggs
+                    .iter()
+                    .map(|a| {
+                        let w = a
+                            .window_us
+                            .and_then(crate::spec::Duration::from_micros)
+                            .map(|d| format!(" over {d}"))
+                            .unwrap_or_default();
+                        format!(
+                            "{}:={}({}){w}",
+                            a.output,
+                            a.function,
+                            a.column.as_deref().unwrap_or("*")
+                        )
+                    })
+                    .collect();
+                write!(f, " aggregates=[{}]", parts.join(", "))
+            }
+        }
+    }
+}

@@ -16,7 +16,6 @@
 //! round; the round completes while at least `threshold` banks remain.
 
 pub mod coordinator;
-mod metrics;
 pub mod pki;
 pub mod rpc;
 pub mod simulate;

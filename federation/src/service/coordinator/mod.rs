@@ -8,10 +8,12 @@
 //! | `handlers` | the gRPC handlers (decode, check the caller, hand out tasks, take submissions) |
 //! | `round` | the round driver and model registration |
 //! | `summary` | [`RoundRecord`], [`RunSummary`] |
+//! | `metrics` | the Prometheus text of a state snapshot |
 //! | this file | [`Coordinator`]: start, wait, finish; the gRPC and metrics servers |
 
 mod config;
 mod handlers;
+mod metrics;
 mod round;
 mod state;
 mod summary;

@@ -58,7 +58,7 @@ pub(super) fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
 pub(super) fn metrics_text(s: &Shared) -> String {
     let st = lock(s);
     let now = s.started.elapsed().as_secs_f64();
-    let snapshot = crate::service::metrics::Snapshot {
+    let snapshot = super::metrics::Snapshot {
         state: match st.phase {
             Phase::Running => "running",
             Phase::Done(_) => "done",
@@ -83,7 +83,7 @@ pub(super) fn metrics_text(s: &Shared) -> String {
         received: st.received,
         sent: st.sent,
     };
-    crate::service::metrics::render(&snapshot)
+    super::metrics::render(&snapshot)
 }
 
 pub(super) fn status_json(s: &Shared) -> serde_json::Value {

@@ -27,7 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::coordinator::RoundRecord;
+use super::summary::RoundRecord;
 
 /// Protocol stages, for the `stage` label.
 pub(crate) const STAGES: [&str; 5] = ["keys", "shares", "masked", "consistency", "unmask"];
