@@ -11,7 +11,7 @@ use std::path::Path;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use quiver_registry::{
-    ArtifactStore, FeatureStats, InputFeature, InputSchema, ModelRegistry, NodeKind, Subgraph,
+    ArtifactStore, FeatureStats, InputFeature, InputSchema, ModelRegistry, Node, NodeKind, Subgraph,
 };
 use serde::Serialize;
 
@@ -65,9 +65,9 @@ impl FeatureStore {
         let lineage = reg.lineage();
         let (name, version) = view_selector(view)?;
         let roots: Vec<String> = match version {
-            Some(v) => vec![format!("view:{name}@{v}")],
+            Some(v) => vec![NodeKind::FeatureView.id(name, Some(&v))],
             None => lineage
-                .nodes_with_prefix(&format!("view:{name}@"))?
+                .nodes_with_prefix(&NodeKind::FeatureView.versions_prefix(name))?
                 .into_iter()
                 .map(|n| n.id)
                 .collect(),
@@ -77,14 +77,14 @@ impl FeatureStore {
         for r in &roots {
             g.merge(lineage.downstream(r)?);
         }
+        let view_prefix = NodeKind::FeatureView.versions_prefix(name);
         let mut tasks = Vec::new();
         for n in g
             .nodes
             .values()
             .filter(|n| n.kind == NodeKind::ModelVersion)
         {
-            let rest = n.id.trim_start_matches("model:");
-            let Some((model, ver)) = rest.rsplit_once('@') else {
+            let Some((_, model, Some(ver))) = Node::split_id(&n.id) else {
                 continue;
             };
             let Ok(ver) = ver.parse::<u64>() else {
@@ -99,7 +99,7 @@ impl FeatureStore {
             let reads: Vec<String> = g
                 .edges
                 .iter()
-                .filter(|e| e.to == n.id && e.from.starts_with(&format!("view:{name}@")))
+                .filter(|e| e.to == n.id && e.from.starts_with(&view_prefix))
                 .map(|e| e.from.clone())
                 .collect();
             let schema_problem = reg
@@ -213,7 +213,7 @@ impl FeatureStore {
     pub fn record_training_set(&self, set: &TrainingSet) -> Result<String> {
         let (nodes, edges) = set.lineage.graph();
         self.registry().lineage()?.record(&nodes, &edges)?;
-        Ok(format!("training_set:{}", set.lineage.id))
+        Ok(NodeKind::TrainingSet.id(&set.lineage.id, None))
     }
 }
 
@@ -246,9 +246,11 @@ pub fn read_training_data(path: &Path, columns: &[String]) -> Result<TrainingDat
         .and_then(|kv| kv.iter().find(|k| k.key == LINEAGE_METADATA_KEY))
         .and_then(|k| k.value.as_deref())
         .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
-    let lineage_id = lineage
-        .as_ref()
-        .and_then(|v| v["id"].as_str().map(|id| format!("training_set:{id}")));
+    let lineage_id = lineage.as_ref().and_then(|v| {
+        v["id"]
+            .as_str()
+            .map(|id| NodeKind::TrainingSet.id(id, None))
+    });
     let views = lineage
         .as_ref()
         .and_then(|v| v["views"].as_array())

@@ -59,6 +59,27 @@ impl NodeKind {
         }
     }
 
+    /// The lineage id of the node of this kind named `name` at `version`:
+    /// `<prefix>:<name>[@<version>]`. Every id in the graph is built here.
+    ///
+    /// ```
+    /// use quiver_registry::NodeKind;
+    /// assert_eq!(NodeKind::FeatureView.id("user_txn_stats", Some(&3)), "view:user_txn_stats@3");
+    /// assert_eq!(NodeKind::TrainingSet.id("ab12", None), "training_set:ab12");
+    /// ```
+    pub fn id(self, name: &str, version: Option<&dyn std::fmt::Display>) -> String {
+        match version {
+            Some(v) => format!("{}:{name}@{v}", self.prefix()),
+            None => format!("{}:{name}", self.prefix()),
+        }
+    }
+
+    /// The prefix shared by every version of `name`'s id (`view:NAME@`), for
+    /// [`Lineage::nodes_with_prefix`].
+    pub fn versions_prefix(self, name: &str) -> String {
+        format!("{}:{name}@", self.prefix())
+    }
+
     fn from_prefix(p: &str) -> Option<Self> {
         Some(match p {
             "delta" => Self::DeltaTable,
@@ -89,12 +110,8 @@ pub struct Node {
 impl Node {
     /// A node of `kind` named `name`, optionally at `version`.
     pub fn new(kind: NodeKind, name: &str, version: Option<&dyn std::fmt::Display>) -> Self {
-        let id = match version {
-            Some(v) => format!("{}:{name}@{v}", kind.prefix()),
-            None => format!("{}:{name}", kind.prefix()),
-        };
         Self {
-            id,
+            id: kind.id(name, version),
             kind,
             attrs: BTreeMap::new(),
             recorded_at_ms: crate::store::now_ms(),
@@ -115,12 +132,21 @@ impl Node {
 
     /// Name part of the id (between the prefix and the last `@`).
     pub fn name(&self) -> &str {
-        let rest = self.id.split_once(':').map_or(self.id.as_str(), |(_, r)| r);
-        match (self.kind, rest.rsplit_once('@')) {
-            (NodeKind::TrainingSet | NodeKind::FederationRun | NodeKind::Endpoint, _) => rest,
-            (_, Some((name, _))) => name,
-            (_, None) => rest,
-        }
+        Self::split_id(&self.id).map_or(self.id.as_str(), |(_, name, _)| name)
+    }
+
+    /// The parts of a lineage id built by [`NodeKind::id`]: kind, name, version. Ids
+    /// of training sets, federation runs and endpoints have no version part.
+    pub fn split_id(id: &str) -> Option<(NodeKind, &str, Option<&str>)> {
+        let (prefix, rest) = id.split_once(':')?;
+        let kind = NodeKind::from_prefix(prefix)?;
+        Some(match (kind, rest.rsplit_once('@')) {
+            (NodeKind::TrainingSet | NodeKind::FederationRun | NodeKind::Endpoint, _) => {
+                (kind, rest, None)
+            }
+            (_, Some((name, version))) => (kind, name, Some(version)),
+            (_, None) => (kind, rest, None),
+        })
     }
 }
 

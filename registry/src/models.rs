@@ -125,7 +125,7 @@ impl Manifest {
 
     /// Lineage id of this version.
     pub fn lineage_id(&self) -> String {
-        format!("model:{}@{}", self.model, self.version)
+        crate::NodeKind::ModelVersion.id(&self.model, Some(&self.version))
     }
 }
 
@@ -507,7 +507,7 @@ impl ModelRegistry {
             .input
             .features
             .iter()
-            .map(|f| format!("view:{}@{}", f.view, f.view_version))
+            .map(|f| crate::NodeKind::FeatureView.id(&f.view, Some(&f.view_version)))
             .chain(reg.upstream.iter().cloned())
             .collect();
         upstream.sort();

@@ -143,10 +143,10 @@ impl Lineage {
             .with_attr("created_at", self.created_at.clone());
         let mut edges = Vec::new();
         for v in &self.views {
-            let view_id = format!("view:{}@{}", v.view, v.version);
+            let view_id = NodeKind::FeatureView.id(&v.view, Some(&v.version));
             for t in self.tables.iter().filter(|t| v.sources.contains(&t.source)) {
                 edges.push(Edge {
-                    from: format!("delta:{}@{}", t.location, t.version),
+                    from: NodeKind::DeltaTable.id(&t.location, Some(&t.version)),
                     to: view_id.clone(),
                     relation: format!("source {}", t.source),
                 });

@@ -400,7 +400,7 @@ fn register(
     let refs = quiver_featurestore::offline::parse_feature_refs(&reg.features.join(","))?;
     let input = store.input_schema(&refs, false)?;
     let key = SigningKey::load(&reg.key)?;
-    let run_id = format!("federation_run:{}", sum.session);
+    let run_id = NodeKind::FederationRun.id(&sum.session, None);
     let banks: Vec<&String> = sum.lineage.keys().collect();
     let node = Node::new(NodeKind::FederationRun, &sum.session, None)
         .with_attr("banks", serde_json::json!(banks))
@@ -419,7 +419,7 @@ fn register(
             nodes.push(
                 Node::new(
                     NodeKind::TrainingSet,
-                    ts.trim_start_matches("training_set:"),
+                    Node::split_id(ts).map_or(ts.as_str(), |(_, name, _)| name),
                     None,
                 )
                 .with_attr("bank", bank.clone()),

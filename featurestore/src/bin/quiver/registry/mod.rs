@@ -562,7 +562,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
                 node.clone()
             } else {
                 let (m, v) = resolve(&reg, node)?;
-                format!("model:{m}@{v}")
+                quiver_registry::NodeKind::ModelVersion.id(&m, Some(&v))
             };
             let g = if *down {
                 lineage.downstream(&id)
