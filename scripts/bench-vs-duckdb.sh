@@ -61,7 +61,7 @@ con.execute(f"SET threads = {os.cpu_count()}")
 
 def run_duckdb():
     t = time.perf_counter()
-    n = con.execute(sql).fetch_arrow_table().num_rows
+    n = con.execute(sql).to_arrow_table().num_rows
     dt = time.perf_counter() - t
     assert n == 100_000 or n > 0
     return dt
