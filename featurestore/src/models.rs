@@ -61,7 +61,12 @@ impl FeatureStore {
     /// `VIEW@N`) in the lineage graph: what to retrain when the view changes, with the
     /// aliases serving each and whether its inputs are still served.
     pub fn impact(&self, view: &str) -> Result<Vec<RetrainTask>> {
-        let reg = self.models()?;
+        self.impact_in(&self.models()?, view)
+    }
+
+    /// [`impact`](Self::impact) with a registry already open (`plan` asks for every
+    /// changed view).
+    pub(crate) fn impact_in(&self, reg: &ModelRegistry, view: &str) -> Result<Vec<RetrainTask>> {
         let lineage = reg.lineage();
         let (name, version) = view_selector(view)?;
         let roots: Vec<String> = match version {

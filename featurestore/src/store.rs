@@ -302,11 +302,15 @@ impl FeatureStore {
             }
         }
         // What a view change means for the models trained on it.
-        for c in changes
+        let mut views = changes
             .iter_mut()
             .filter(|c| c.kind == KIND_VIEW && c.change != ChangeKind::Added)
-        {
-            c.affected_models = self.impact(&c.name)?;
+            .peekable();
+        if views.peek().is_some() {
+            let reg = self.models()?;
+            for c in views {
+                c.affected_models = self.impact_in(&reg, &c.name)?;
+            }
         }
         Ok(PlanReport {
             based_on_apply: based_on,

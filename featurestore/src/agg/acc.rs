@@ -160,19 +160,6 @@ impl<K: Hash + Eq> Acc<K> {
     /// A value enters.
     pub(crate) fn add(&mut self, item: Item<K>) {
         match (self, item) {
-            (Acc::Count(n), _) => *n += 1,
-            (Acc::SumInt { sum, n }, Item::Num(x)) => {
-                *sum += match x {
-                    Num::Int(x) => x as i128,
-                    Num::Float(x) => x as i128,
-                };
-                *n += 1;
-            }
-            (Acc::SumFloat { sum, n }, Item::Num(x)) => {
-                sum.add(x.f64());
-                *n += 1;
-            }
-            (Acc::Moments(m), Item::Num(x)) => m.add(x.f64()),
             (
                 Acc::Extreme {
                     max,
@@ -201,42 +188,53 @@ impl<K: Hash + Eq> Acc<K> {
                 }
                 *added += 1;
             }
-            (Acc::Distinct(counts), Item::Key(k)) => *counts.entry(k).or_insert(0) += 1,
-            _ => debug_assert!(false, "an input that does not fit the aggregate"),
+            (acc, item) => acc.count(item, 1),
         }
     }
 
     /// The oldest value still in leaves (only for `sliding` states of `min`/`max`).
     pub(crate) fn remove(&mut self, item: Item<K>) {
-        match (self, item) {
-            (Acc::Count(n), _) => *n -= 1,
-            (Acc::SumInt { sum, n }, Item::Num(x)) => {
-                *sum -= match x {
-                    Num::Int(x) => x as i128,
-                    Num::Float(x) => x as i128,
-                };
-                *n -= 1;
-            }
-            (Acc::SumFloat { sum, n }, Item::Num(x)) => {
-                sum.remove(x.f64());
-                *n -= 1;
-            }
-            (Acc::Moments(m), Item::Num(x)) => m.remove(x.f64()),
-            (
-                Acc::Extreme {
-                    sliding,
-                    removed,
-                    queue,
-                    ..
-                },
-                Item::Num(_),
-            ) => {
+        match self {
+            Acc::Extreme {
+                sliding,
+                removed,
+                queue,
+                ..
+            } => {
                 debug_assert!(*sliding, "a value left a state built for all history");
                 if queue.front().is_some_and(|&(seq, _)| seq == *removed) {
                     queue.pop_front();
                 }
                 *removed += 1;
             }
+            acc => acc.count(item, -1),
+        }
+    }
+
+    /// A value enters (`sign` 1) or leaves (`sign` -1) every state but `Extreme`.
+    fn count(&mut self, item: Item<K>, sign: i32) {
+        match (self, item) {
+            (Acc::Count(n), _) => *n += i64::from(sign),
+            (Acc::SumInt { sum, n }, Item::Num(x)) => {
+                let x = match x {
+                    Num::Int(x) => i128::from(x),
+                    // A u64 beyond Int64 (the training set refuses the column).
+                    Num::Float(x) => x as i128,
+                };
+                *sum += i128::from(sign) * x;
+                *n += i64::from(sign);
+            }
+            (Acc::SumFloat { sum, n }, Item::Num(x)) => {
+                if sign > 0 {
+                    sum.add(x.f64());
+                } else {
+                    sum.remove(x.f64());
+                }
+                *n += i64::from(sign);
+            }
+            (Acc::Moments(m), Item::Num(x)) if sign > 0 => m.add(x.f64()),
+            (Acc::Moments(m), Item::Num(x)) => m.remove(x.f64()),
+            (Acc::Distinct(counts), Item::Key(k)) if sign > 0 => *counts.entry(k).or_insert(0) += 1,
             (Acc::Distinct(counts), Item::Key(k)) => {
                 if let Some(c) = counts.get_mut(&k) {
                     *c -= 1;

@@ -322,32 +322,28 @@ impl<'a> State<'a> {
         State { col, acc }
     }
 
-    /// Entry `i`'s input, or `None` when it is null (nulls never enter).
-    #[inline]
-    fn item(&self, i: usize) -> Option<Item<&'a [u8]>> {
-        match self.col {
-            Column::None => Some(Item::Present),
-            Column::Valid(v) => v[i].then_some(Item::Present),
-            Column::Int(vals, valid) => valid[i].then(|| Item::Num(Num::Int(vals[i]))),
-            Column::Float(vals, valid) => valid[i].then(|| Item::Num(Num::Float(vals[i]))),
-            Column::Distinct(keys) => keys[i].map(Item::Key),
-        }
-    }
-
     fn add(&mut self, i: usize) {
-        if self.acc.is_some()
-            && let Some(item) = self.item(i)
-        {
-            self.acc.as_mut().expect("checked").add(item);
+        if let (Some(acc), Some(item)) = (&mut self.acc, item(self.col, i)) {
+            acc.add(item);
         }
     }
 
     fn remove(&mut self, i: usize) {
-        if self.acc.is_some()
-            && let Some(item) = self.item(i)
-        {
-            self.acc.as_mut().expect("checked").remove(item);
+        if let (Some(acc), Some(item)) = (&mut self.acc, item(self.col, i)) {
+            acc.remove(item);
         }
+    }
+}
+
+/// Entry `i`'s input in `col`, or `None` when it is null (nulls never enter).
+#[inline]
+fn item<'a>(col: &Column<'a>, i: usize) -> Option<Item<&'a [u8]>> {
+    match col {
+        Column::None => Some(Item::Present),
+        Column::Valid(v) => v[i].then_some(Item::Present),
+        Column::Int(vals, valid) => valid[i].then(|| Item::Num(Num::Int(vals[i]))),
+        Column::Float(vals, valid) => valid[i].then(|| Item::Num(Num::Float(vals[i]))),
+        Column::Distinct(keys) => keys[i].map(Item::Key),
     }
 }
 

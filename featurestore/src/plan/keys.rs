@@ -92,22 +92,14 @@ fn micros_rounded(array: &ArrayRef, what: &str, up: bool) -> Result<TimestampMic
         .clone())
 }
 
+/// Integer types that widen to Int64 without loss (every one but UInt64).
 fn is_small_int(dt: &DataType) -> bool {
-    matches!(
-        dt,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-    )
+    dt.is_integer() && *dt != DataType::UInt64
 }
 
 /// True for the integer types whose sums and extrema stay integers.
 pub(crate) fn is_integer(dt: &DataType) -> bool {
-    is_small_int(dt) || matches!(dt, DataType::UInt64)
+    dt.is_integer()
 }
 
 /// True for the types `sum`, `avg`, `min`, `max` and `stddev` accept.
