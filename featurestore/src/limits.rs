@@ -1,10 +1,14 @@
-//! Explicit bounds on everything the feature store reads from outside.
+//! Explicit bounds on everything the feature store reads from outside: one place for
+//! every bound a user may change. A [`crate::FeatureStore`] carries one `Limits`; the
+//! repo loader, training sets and the Flight server all read it from there.
 
-/// Bounds on feature repos and requests. Over a bound is a clear, located error.
+/// Bounds on feature repos, training sets and Flight requests. Over a bound is a clear,
+/// located error.
 ///
 /// ```
 /// let mut limits = quiver_featurestore::Limits::default();
 /// limits.max_features_per_view = 50;
+/// limits.max_keys = 1_000;
 /// assert_eq!(limits.max_depth, 32);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,26 @@ pub struct Limits {
     pub max_tags: usize,
     /// Most rows in one entity table for a training set.
     pub max_entity_rows: usize,
+    /// Most values (rows × features) of one training set read back for a model check.
+    pub max_training_values: usize,
+
+    // The Flight server's requests.
+    /// Largest ticket or command, in bytes.
+    pub max_command_bytes: usize,
+    /// Most entity keys in one online lookup (JSON or exchanged batch).
+    pub max_keys: usize,
+    /// Most rows of one uploaded entity table.
+    pub max_upload_rows: usize,
+    /// Most bytes of one uploaded entity table.
+    pub max_upload_bytes: usize,
+    /// Most uploads one tenant holds at once (its own oldest go first; one tenant's
+    /// uploads never evict another's).
+    pub max_uploads: usize,
+    /// Most bytes of one tenant's uploads held at once (its own oldest go first). The
+    /// server holds at most this times the number of tenants.
+    pub max_upload_total_bytes: usize,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +75,14 @@ impl Default for Limits {
             max_name_len: 128,
             max_tags: 64,
             max_entity_rows: 50_000_000,
+            max_training_values: 50_000_000,
+            max_command_bytes: 1024 * 1024,
+            max_keys: 100_000,
+            max_upload_rows: 5_000_000,
+            max_upload_bytes: 512 * 1024 * 1024,
+            max_uploads: 64,
+            max_upload_total_bytes: 2 * 1024 * 1024 * 1024,
+            max_message_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -235,12 +235,15 @@ pub struct TrainingData {
     pub rows: usize,
 }
 
-/// Most values (rows × columns) read from a training set file for statistics: 50 M
-/// values are 400 MB of f64; sample larger sets first.
-pub const MAX_TRAINING_VALUES: usize = 50_000_000;
-
-/// Read `columns` (numeric) from a Parquet training set written by `quiver history`.
-pub fn read_training_data(path: &Path, columns: &[String]) -> Result<TrainingData> {
+/// Read `columns` (numeric) from a Parquet training set written by `quiver history`,
+/// at most `limits.max_training_values` values (rows × columns: the default 50 M are
+/// 400 MB of f64; sample larger sets first).
+pub fn read_training_data(
+    path: &Path,
+    columns: &[String],
+    limits: &crate::Limits,
+) -> Result<TrainingData> {
+    let max_values = limits.max_training_values;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
@@ -308,9 +311,9 @@ pub fn read_training_data(path: &Path, columns: &[String]) -> Result<TrainingDat
     {
         let batch = batch?;
         rows += batch.num_rows();
-        if rows.saturating_mul(out.len().max(1)) > MAX_TRAINING_VALUES {
+        if rows.saturating_mul(out.len().max(1)) > max_values {
             return Err(Error::InvalidRequest(format!(
-                "{} holds more than {MAX_TRAINING_VALUES} values in the {} columns read; sample it for statistics",
+                "{} holds more than {max_values} values in the {} columns read; sample it for statistics",
                 path.display(),
                 out.len()
             )));

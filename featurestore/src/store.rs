@@ -205,6 +205,13 @@ impl FeatureStore {
         &self.limits
     }
 
+    /// The same store under other input bounds (a server started from it reads its
+    /// request bounds from here).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The registry of applied definitions.
     pub fn registry(&self) -> &MetadataStore {
         &self.registry

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use quiver_federation::aggregate::Strategy;
 use quiver_federation::dp::Budget;
-use quiver_federation::service::rpc::{CoordinatorClient, Submission};
+use quiver_federation::service::rpc::{self, Stage, Submission, pb};
 use quiver_federation::service::simulate::{BankSource, SimBank, simulate};
 use quiver_federation::service::worker::BankData;
 use quiver_federation::service::{Coordinator, CoordinatorConfig, Deadlines, PrivacyPolicy, pki};
@@ -119,9 +119,9 @@ async fn plain_upload(dir: &std::path::Path, n: usize, words: usize, hidden: usi
             .connect()
             .await
             .expect("connect");
-        clients.push((name.clone(), CoordinatorClient::new(ch)));
+        clients.push((name.clone(), rpc::client(ch)));
     }
-    let payload = vec![0xA5u8; words * 4];
+    let masked = vec![0xA5A5_A5A5u32; words];
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let t = Instant::now();
@@ -130,14 +130,15 @@ async fn plain_upload(dir: &std::path::Path, n: usize, words: usize, hidden: usi
             let sub = Submission {
                 bank: name.clone(),
                 round: 999,
-                stage: 2,
-                payload: payload.clone(),
-                report_json: String::new(),
+                stage: Some(Stage::Masked(pb::MaskedInput {
+                    masked: masked.clone(),
+                    ..Default::default()
+                })),
             };
             async move { c.submit(sub).await }
         });
         for ack in futures_join(calls).await {
-            assert!(!ack.expect("submit").accepted);
+            assert!(!ack.expect("submit").into_inner().accepted);
         }
         best = best.min(t.elapsed().as_secs_f64());
     }

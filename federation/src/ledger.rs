@@ -32,10 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dp::{DpError, RdpAccountant};
 
-/// Largest ledger file read (bytes).
-const MAX_LEDGER_BYTES: u64 = 16 << 20;
-/// Round lines kept per dataset (the curves carry the whole history).
-const MAX_ROUNDS_KEPT: usize = 10_000;
+use crate::limits::MAX_LEDGER_BYTES;
+use crate::limits::MAX_ROUNDS_KEPT;
 
 /// Why the ledger cannot be used.
 #[derive(Debug, thiserror::Error)]

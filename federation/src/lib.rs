@@ -12,16 +12,16 @@
 //! - [`train`]: logistic regression and MLP trainers with DP-SGD, on the CPU one
 //!   example at a time, or batched on the CPU's cores or an NVIDIA GPU (the `gpu`
 //!   feature);
-//! - [`wire`]: the bounded binary encoding of protocol messages;
-//! - [`service`]: the gRPC coordinator and worker over mutual TLS, and in-process
-//!   simulation; the `quiver-fed` binary drives them.
+//! - [`service`]: the gRPC coordinator and worker over mutual TLS (the service and
+//!   its messages are `federation/proto`, generated into [`service::rpc`]), and
+//!   in-process simulation; the `quiver-fed` binary drives them.
 //!
 //! Not built yet (see docs/federation.md): DP for round 0's feature statistics.
 
 pub mod aggregate;
 pub mod dp;
 pub mod ledger;
+pub mod limits;
 pub mod protocol;
 pub mod service;
 pub mod train;
-pub mod wire;

@@ -13,9 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
-/// Largest artifact accepted (1 GiB): bigger models belong in an object store, and a
-/// bound keeps a bad path from filling memory.
-pub const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+use crate::limits::MAX_ARTIFACT_BYTES;
 
 /// A folder of artifacts addressed by SHA-256.
 ///

@@ -38,6 +38,7 @@ mod artifact;
 mod config;
 mod drift;
 mod format;
+pub mod limits;
 mod lineage;
 mod models;
 mod native;
@@ -47,20 +48,20 @@ mod serving;
 mod signing;
 mod store;
 
-pub use artifact::{ArtifactStore, MAX_ARTIFACT_BYTES, sha256_hex};
+pub use artifact::{ArtifactStore, sha256_hex};
 pub use config::{parse_json_config, read_json_config};
 pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, LiveDrift, drift_report};
 pub use format::Model;
-pub use lineage::{Edge, Lineage, MAX_TRAVERSAL, Node, NodeKind, Subgraph};
+pub use limits::{
+    MAX_ARTIFACT_BYTES, MAX_FEATURES, MAX_LAYERS, MAX_METRICS, MAX_TAGS, MAX_TEXT, MAX_TRAVERSAL,
+    MAX_UPSTREAM, MAX_WIDTH,
+};
+pub use lineage::{Edge, Lineage, Node, NodeKind, Subgraph};
 pub use models::{
-    AliasEvent, AliasState, InputFeature, InputSchema, LoadedVersion, MAX_METRICS, MAX_TAGS,
-    MAX_TEXT, MAX_UPSTREAM, Manifest, ModelRecord, ModelRegistry, ModelVersion, Registration,
-    check_model_inputs,
+    AliasEvent, AliasState, InputFeature, InputSchema, LoadedVersion, Manifest, ModelRecord,
+    ModelRegistry, ModelVersion, Registration, check_model_inputs,
 };
-pub use native::{
-    Activation, Contributions, DenseLayer, IG_STEPS, InputTransform, MAX_FEATURES, MAX_LAYERS,
-    MAX_WIDTH, NativeModel,
-};
+pub use native::{Activation, Contributions, DenseLayer, IG_STEPS, InputTransform, NativeModel};
 #[cfg(feature = "onnx")]
 pub use onnx::{EXACT_SHAPLEY_MAX_FEATURES, OnnxModel, SHAPLEY_PERMUTATIONS};
 pub use serving::{

@@ -25,8 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
-/// Most nodes one traversal visits, so a huge graph cannot exhaust memory.
-pub const MAX_TRAVERSAL: usize = 100_000;
+use crate::limits::MAX_TRAVERSAL;
 
 /// Kind of a lineage node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -33,7 +33,7 @@ use crate::signing::{SigningKey, verify_signature};
 use crate::store::{canonical_json, now_ms};
 use crate::{ArtifactStore, Error, Result};
 
-const MAX_NAME: usize = 128;
+use crate::limits::{MAX_METRICS, MAX_NAME, MAX_TAGS, MAX_TEXT, MAX_UPSTREAM};
 
 fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -292,11 +292,11 @@ impl Registration {
         if self.upstream.len() > MAX_UPSTREAM {
             return too_many("upstream lineage ids", self.upstream.len(), MAX_UPSTREAM);
         }
-        if self.stats.len() > crate::native::MAX_FEATURES + 1 {
+        if self.stats.len() > crate::limits::MAX_FEATURES + 1 {
             return too_many(
                 "training statistics",
                 self.stats.len(),
-                crate::native::MAX_FEATURES + 1,
+                crate::limits::MAX_FEATURES + 1,
             );
         }
         if self.description.len() > MAX_TEXT {
@@ -339,15 +339,6 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
     }
     Ok(())
 }
-
-/// Most metrics per version.
-pub const MAX_METRICS: usize = 256;
-/// Most tags per version.
-pub const MAX_TAGS: usize = 64;
-/// Most extra upstream lineage ids per version.
-pub const MAX_UPSTREAM: usize = 1024;
-/// Longest description or tag value, in bytes.
-pub const MAX_TEXT: usize = 4096;
 
 /// A version that passed verification, with its parsed model.
 #[derive(Debug, Clone)]

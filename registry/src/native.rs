@@ -25,12 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Most input features a model may take.
-pub const MAX_FEATURES: usize = 4096;
-/// Most layers of an MLP.
-pub const MAX_LAYERS: usize = 16;
-/// Widest MLP layer.
-pub const MAX_WIDTH: usize = 4096;
+use crate::limits::{MAX_FEATURES, MAX_LAYERS, MAX_WIDTH};
 /// Steps of the integrated-gradients path for MLP contributions.
 pub const IG_STEPS: usize = 32;
 

@@ -40,8 +40,7 @@ use crate::{Error, Result};
 pub const EXACT_SHAPLEY_MAX_FEATURES: usize = 10;
 /// Permutations sampled for contributions of models with more features.
 pub const SHAPLEY_PERMUTATIONS: usize = 32;
-/// Most rows one run of an ONNX model is given (explanations are split to fit).
-const MAX_RUN_ROWS: usize = 4096;
+use crate::limits::MAX_RUN_ROWS;
 
 fn invalid(reason: impl Into<String>) -> Error {
     Error::InvalidModel(reason.into())
@@ -109,10 +108,10 @@ impl OnnxModel {
     /// `[batch, features.len()]` float tensor, or have no readable probability output.
     pub fn load(bytes: &[u8], features: Vec<String>, baseline: Vec<f64>) -> Result<Self> {
         let n = features.len();
-        if n == 0 || n > crate::native::MAX_FEATURES {
+        if n == 0 || n > crate::limits::MAX_FEATURES {
             return Err(invalid(format!(
                 "a model takes 1 to {} features, this input schema lists {n}",
-                crate::native::MAX_FEATURES
+                crate::limits::MAX_FEATURES
             )));
         }
         if baseline.len() != n {

@@ -31,7 +31,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::{Error, Result};
 
-const MAX_KEY_LEN: usize = 512;
+use crate::limits::MAX_KEY_LEN;
 
 /// One stored version of one definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,41 +9,7 @@ use arrow::datatypes::{Field, Schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-/// Bounds on what one request may ask for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServeLimits {
-    /// Largest ticket or command, in bytes.
-    pub max_command_bytes: usize,
-    /// Most entity keys in one online lookup (JSON or exchanged batch).
-    pub max_keys: usize,
-    /// Most rows of one uploaded entity table.
-    pub max_upload_rows: usize,
-    /// Most bytes of one uploaded entity table.
-    pub max_upload_bytes: usize,
-    /// Most uploads one tenant holds at once (its own oldest go first; one tenant's
-    /// uploads never evict another's).
-    pub max_uploads: usize,
-    /// Most bytes of one tenant's uploads held at once (its own oldest go first). The
-    /// server holds at most this times the number of tenants.
-    pub max_upload_total_bytes: usize,
-    /// Largest gRPC message accepted, in bytes.
-    pub max_message_bytes: usize,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        Self {
-            max_command_bytes: 1024 * 1024,
-            max_keys: 100_000,
-            max_upload_rows: 5_000_000,
-            max_upload_bytes: 512 * 1024 * 1024,
-            max_uploads: 64,
-            max_upload_total_bytes: 2 * 1024 * 1024 * 1024,
-            max_message_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
+use crate::Limits;
 
 /// A request to the feature server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +86,7 @@ pub(crate) enum CommandError {
 
 impl Command {
     /// Parse a command, checking size and shape.
-    pub(crate) fn decode(bytes: &[u8], limits: &ServeLimits) -> Result<Command, CommandError> {
+    pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<Command, CommandError> {
         if bytes.len() > limits.max_command_bytes {
             return Err(CommandError::TooLarge(format!(
                 "the command is {} bytes, over the limit of {}",
@@ -142,7 +108,7 @@ impl Command {
         serde_json::to_vec(self).expect("commands serialize")
     }
 
-    fn check(&self, limits: &ServeLimits) -> Result<(), CommandError> {
+    fn check(&self, limits: &Limits) -> Result<(), CommandError> {
         let name_ok = |n: &str| !n.is_empty() && n.len() <= 256;
         match self {
             Command::Online {
@@ -289,7 +255,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let l = ServeLimits::default();
+        let l = Limits::default();
         let c = Command::decode(
             br#"{"type":"online","view":"v","keys":{"user_id":[1,2]}}"#,
             &l,
@@ -351,7 +317,7 @@ mod tests {
         /// Decoding never panics and never accepts something over the limits.
         #[test]
         fn decoding_arbitrary_bytes_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let l = ServeLimits { max_command_bytes: 256, max_keys: 4, ..ServeLimits::default() };
+            let l = Limits { max_command_bytes: 256, max_keys: 4, ..Limits::default() };
             match Command::decode(&bytes, &l) {
                 Ok(c) => prop_assert!(bytes.len() <= 256 && c.check(&l).is_ok()),
                 Err(_) => {}
@@ -360,7 +326,7 @@ mod tests {
 
         #[test]
         fn decoding_json_shaped_input_is_total(view in "[a-z]{0,300}", n in 0usize..8, extra in any::<bool>()) {
-            let l = ServeLimits { max_keys: 4, ..ServeLimits::default() };
+            let l = Limits { max_keys: 4, ..Limits::default() };
             let keys: Vec<String> = (0..n).map(|i| i.to_string()).collect();
             let json = format!(r#"{{"type":"online","view":"{view}","keys":{{"k":[{}]}}{}}}"#, keys.join(","), if extra { r#","x":1"# } else { "" });
             let r = Command::decode(json.as_bytes(), &l);

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{Tenant, Tokens};
-pub use command::{Command, ServeLimits};
+pub use command::Command;
 pub use metrics::Metrics;
 pub use service::FeatureService;
 
@@ -75,8 +75,6 @@ pub struct ServeConfig {
     pub tokens: Tokens,
     /// TLS; plain HTTP/2 when `None`.
     pub tls: Option<TlsConfig>,
-    /// Request bounds.
-    pub limits: ServeLimits,
     /// Audit log of scored requests (a Delta table) and how it batches; `None`: off.
     pub audit: Option<(std::path::PathBuf, crate::audit::AuditConfig)>,
     /// Rollout policy per model (canary share, rollback thresholds, drift threshold);
@@ -123,7 +121,6 @@ impl ServeConfig {
             metrics_token: None,
             tokens,
             tls: None,
-            limits: ServeLimits::default(),
             audit: None,
             policies: Default::default(),
         }
@@ -166,12 +163,6 @@ impl ServeConfig {
         self
     }
 
-    /// Use other request bounds.
-    pub fn with_limits(mut self, limits: ServeLimits) -> Self {
-        self.limits = limits;
-        self
-    }
-
     /// Bind, start serving in the background, and return a handle.
     pub async fn spawn(self, store: FeatureStore) -> Result<RunningServer> {
         for (model, p) in &self.policies {
@@ -191,9 +182,11 @@ impl ServeConfig {
             }
             None => (None, None),
         };
+        // Request bounds are the store's: one `Limits` for everything read from outside.
+        let limits = store.limits().clone();
         let shared = Arc::new(service::Shared::new(
             store,
-            self.limits.clone(),
+            limits.clone(),
             metrics.clone(),
             audit,
             self.policies.clone(),
@@ -219,8 +212,8 @@ impl ServeConfig {
         metrics.register_collector(model_metrics::ModelMetrics(shared.models.clone()));
         let flight = tonic::service::interceptor::InterceptedService::new(
             FlightServiceServer::new(svc)
-                .max_decoding_message_size(self.limits.max_message_bytes)
-                .max_encoding_message_size(self.limits.max_message_bytes),
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes),
             layers::Authenticate(Arc::new(self.tokens)),
         );
         let mut rx = stop_rx.clone();

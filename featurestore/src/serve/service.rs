@@ -34,12 +34,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::ACTIONS;
 use super::auth::Tenant;
-use super::command::{Command, ServeLimits, json_batch};
+use super::command::{Command, json_batch};
 use super::layers::tenant;
 use super::metrics::Metrics;
 use super::model_metrics::ModelServers;
 use super::status::flight_err;
 use super::uploads::Uploads;
+use crate::Limits;
 use crate::offline::parse_feature_refs;
 use crate::scoring::{ScoreOptions, ScoredBatch, deployment_views, score_batch, scored_schema};
 use crate::store::{AppliedView, FeatureStore};
@@ -52,7 +53,7 @@ pub(crate) struct Shared {
     pub(crate) store: FeatureStore,
     /// The store's online side, opened once.
     pub(crate) online: Arc<crate::online::OnlineFeatures>,
-    pub(crate) limits: ServeLimits,
+    pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
     uploads: Uploads,
     /// `apply` and `materialize` run one at a time.
@@ -70,7 +71,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         store: FeatureStore,
-        limits: ServeLimits,
+        limits: Limits,
         metrics: Arc<Metrics>,
         audit: Option<crate::audit::AuditLog>,
         policies: std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>,
@@ -119,7 +120,7 @@ fn encode(
     )
 }
 
-fn too_many_keys(n: usize, limits: &ServeLimits) -> Result<(), Status> {
+fn too_many_keys(n: usize, limits: &Limits) -> Result<(), Status> {
     if n > limits.max_keys {
         return Err(Status::resource_exhausted(format!(
             "{n} keys in one request, over the limit of {}",

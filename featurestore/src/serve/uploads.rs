@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use arrow::array::RecordBatch;
 
-use super::command::ServeLimits;
+use crate::Limits;
 
 struct Upload {
     tenant: String,
@@ -28,7 +28,7 @@ impl Uploads {
         tenant: &str,
         batches: Vec<RecordBatch>,
         bytes: usize,
-        limits: &ServeLimits,
+        limits: &Limits,
     ) -> String {
         let id = format!("{:032x}", rand::random::<u128>());
         let mut uploads = self.0.lock().unwrap_or_else(|e| e.into_inner());

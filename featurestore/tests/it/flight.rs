@@ -10,8 +10,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow_flight::{FlightDescriptor, Ticket};
 use futures::TryStreamExt;
 use quiver_featurestore::FeatureStore;
+use quiver_featurestore::Limits;
 use quiver_featurestore::client::Client;
-use quiver_featurestore::serve::{RunningServer, ServeConfig, ServeLimits, TlsConfig, Tokens};
+use quiver_featurestore::serve::{RunningServer, ServeConfig, TlsConfig, Tokens};
 
 use crate::common::{DAY, HOUR, Repo, column_strings, keys, transactions, ts_type};
 
@@ -65,7 +66,7 @@ pub(crate) struct Fixture {
 
 impl Fixture {
     pub(crate) async fn start(tls: Option<TlsConfig>) -> Self {
-        Self::start_with(tls, ServeLimits::default()).await
+        Self::start_with(tls, Limits::default()).await
     }
 
     /// The repo with data relative to now, applied and materialized, not served yet.
@@ -98,10 +99,10 @@ impl Fixture {
             .unwrap()
     }
 
-    pub(crate) async fn start_with(tls: Option<TlsConfig>, limits: ServeLimits) -> Self {
+    pub(crate) async fn start_with(tls: Option<TlsConfig>, limits: Limits) -> Self {
         let (repo, store, base) = Self::store().await;
-        let mut config =
-            ServeConfig::new("127.0.0.1:0".parse().unwrap(), Self::tokens()).with_limits(limits);
+        let store = store.with_limits(limits);
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Self::tokens());
         if let Some(t) = tls {
             config = config.with_tls(t);
         }
@@ -571,7 +572,7 @@ fn the_binary_stops_gracefully_on_sigterm() {
 
 #[tokio::test]
 async fn uploads_are_bounded_per_tenant_in_total_bytes() {
-    let mut limits = ServeLimits::default();
+    let mut limits = Limits::default();
     limits.max_upload_total_bytes = 64 * 1024;
     let fx = Fixture::start_with(None, limits).await;
     let mut a = fx.client(TOKEN_A).await;

@@ -715,9 +715,10 @@ async fn status(url: &str, dir: &Path, bank: &str) -> Result<serde_json::Value> 
         .connect()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
-    let reply = quiver_federation::service::rpc::CoordinatorClient::new(ch)
-        .status()
-        .await?;
+    let reply = quiver_federation::service::rpc::client(ch)
+        .status(quiver_federation::service::rpc::StatusRequest {})
+        .await?
+        .into_inner();
     Ok(serde_json::from_str(&reply.json)?)
 }
 

@@ -11,10 +11,8 @@ pub mod quantize;
 pub mod secagg;
 pub mod shamir;
 
-/// Most clients in one round (Shamir shares are indexed by one byte).
-pub const MAX_CLIENTS: usize = 254;
-/// Longest vector one round aggregates (words).
-pub const MAX_VECTOR_LEN: usize = 64 << 20;
+pub use crate::limits::MAX_CLIENTS;
+pub use crate::limits::MAX_VECTOR_LEN;
 
 /// Why a protocol step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

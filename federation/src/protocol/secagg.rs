@@ -1037,10 +1037,7 @@ impl Client {
     }
 }
 
-/// Most subsets of revealed shares the coordinator tries when rebuilding one secret.
-/// With `m` shares, threshold `t` and `b` bad shares, a good subset comes within the
-/// first `C(m, t)` tries; this bound keeps a hostile round's cost near a second of CPU.
-pub const MAX_REBUILD_TRIES: usize = 4096;
+pub use crate::limits::MAX_REBUILD_TRIES;
 
 /// Step `pick` (sorted indices below `n`) to the next combination; false after the last.
 fn next_combination(pick: &mut [usize], n: usize) -> bool {

@@ -144,8 +144,8 @@ pub struct RoundPlan {
     /// Global standardization (train rounds).
     #[serde(default)]
     pub standardizer: Option<Standardizer>,
-    /// Global parameters (train rounds). Not in the JSON: they travel as the stage-0
-    /// payload ([`crate::wire::encode_params`]).
+    /// Global parameters (train rounds). Not in the JSON: they travel beside it as
+    /// the packed floats of the stage-0 task (`RoundStart.global`).
     #[serde(skip)]
     pub global: Vec<f32>,
     /// Server strategy (informational for banks; FedProx's μ is in `local`).

@@ -61,10 +61,8 @@ pub(crate) fn invalid(m: impl Into<String>) -> TrainError {
     TrainError::Invalid(m.into())
 }
 
-/// Most features a federated model takes.
-pub const MAX_FEATURES: usize = 256;
-/// Widest hidden layer of the MLP.
-pub const MAX_HIDDEN: usize = 1024;
+pub use crate::limits::MAX_FEATURES;
+pub use crate::limits::MAX_HIDDEN;
 
 /// The input transform every federated model applies before standardization.
 pub const TRANSFORM: InputTransform = InputTransform::SignedLog1p;

@@ -96,7 +96,7 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
     else {
         unreachable!("dispatched on serve")
     };
-    use quiver_featurestore::serve::{ServeConfig, ServeLimits, TlsConfig, Tokens};
+    use quiver_featurestore::serve::{ServeConfig, TlsConfig, Tokens};
     let tokens = match (tokens, std::env::var("QUIVER_TOKENS").ok(), insecure_no_auth) {
         (_, _, true) => {
             eprintln!("warning: --insecure-no-auth: every request is accepted as an admin");
@@ -113,13 +113,7 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
                 .map_err(|e| Error::InvalidRequest(format!("--metrics-addr `{a}`: {e}")))?,
         ),
     };
-    let mut limits = ServeLimits::default();
-    if let Some(k) = max_keys {
-        limits.max_keys = *k;
-    }
-    let mut config = ServeConfig::new(*addr, tokens)
-        .with_metrics_addr(metrics)
-        .with_limits(limits);
+    let mut config = ServeConfig::new(*addr, tokens).with_metrics_addr(metrics);
     let metrics_token = match metrics_token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -147,7 +141,12 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
     if let Some(path) = policies {
         config.policies = quiver_featurestore::serve::load_policies(path)?;
     }
-    let store = open(cli)?;
+    let mut store = open(cli)?;
+    if let Some(k) = max_keys {
+        let mut limits = store.limits().clone();
+        limits.max_keys = *k;
+        store = store.with_limits(limits);
+    }
     // Handlers first: a supervisor may signal as soon as it reads the address.
     let stop = quiver_featurestore::serve::shutdown_signal()?;
     let server = config.spawn(store).await?;

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::state::{Phase, Shared, State, lock, status_json};
-use crate::protocol::ProtocolError;
-use crate::protocol::secagg::{
-    AdvertiseKeys, ConsistencySig, MaskedInput, ShareKeys, UnmaskResponse,
-};
+use prost::Message;
+
+use crate::protocol::secagg::Server;
 use crate::service::BankReport;
 use crate::service::rpc::{
-    self, Ack, PollRequest, StatusReply, StatusRequest, Submission, Task, task_kind,
+    Ack, MessageError, PollRequest, Stage, StatusReply, StatusRequest, Submission, Task, Work, pb,
+    submission_stage, task_stage,
 };
-use crate::wire::Wire;
+
+use crate::limits::MAX_REPORT_BYTES;
 
 pub(super) struct Rpc(pub(super) Arc<Shared>);
 
@@ -42,7 +43,7 @@ impl Rpc {
 }
 
 #[tonic::async_trait]
-impl rpc::CoordinatorRpc for Rpc {
+impl pb::coordinator_server::Coordinator for Rpc {
     async fn poll(
         &self,
         req: tonic::Request<PollRequest>,
@@ -59,38 +60,29 @@ impl rpc::CoordinatorRpc for Rpc {
                 match &st.phase {
                     Phase::Failed(m) => {
                         return Ok(tonic::Response::new(Task {
-                            kind: task_kind::FAILED,
-                            message: m.clone(),
-                            ..Default::default()
+                            round: st.round,
+                            work: Some(Work::Failed(pb::Failed { message: m.clone() })),
                         }));
                     }
                     Phase::Done(sum) => {
                         let task = Task {
-                            kind: task_kind::DONE,
                             round: sum.rounds,
-                            plan_json: serde_json::to_string(&**sum).unwrap_or_default(),
-                            ..Default::default()
+                            work: Some(Work::Done(pb::Done {
+                                summary_json: serde_json::to_string(&**sum).unwrap_or_default(),
+                            })),
                         };
                         st.tasks.remove(&id);
                         return Ok(tonic::Response::new(task));
                     }
                     Phase::Running => {
-                        if let Some(p) = st.tasks.get(&id).cloned() {
-                            let (stage, n) = (st.stage as usize, p.len() as u64);
+                        if let Some(work) = st.tasks.get(&id).cloned() {
+                            let stage = task_stage(&work).unwrap_or_default() as usize;
                             if let Some(b) = st.sent.get_mut(stage) {
-                                *b += n;
+                                *b += work.encoded_len() as u64;
                             }
                             return Ok(tonic::Response::new(Task {
-                                kind: task_kind::STAGE,
                                 round: st.round,
-                                stage: st.stage,
-                                payload: p,
-                                plan_json: if st.stage == 0 {
-                                    st.plan_json.clone()
-                                } else {
-                                    String::new()
-                                },
-                                message: String::new(),
+                                work: Some(work),
                             }));
                         }
                     }
@@ -99,8 +91,8 @@ impl rpc::CoordinatorRpc for Rpc {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                 return Ok(tonic::Response::new(Task {
-                    kind: task_kind::WAIT,
-                    ..Default::default()
+                    round: 0,
+                    work: Some(Work::Wait(pb::Wait {})),
                 }));
             }
         }
@@ -112,28 +104,33 @@ impl rpc::CoordinatorRpc for Rpc {
     ) -> Result<tonic::Response<Ack>, tonic::Status> {
         let id = self.caller(&req, &req.get_ref().bank)?;
         let sub = req.into_inner();
+        let stage = sub.stage.as_ref().map(submission_stage);
         let mut st = lock(&self.0);
-        if let Some(b) = st.received.get_mut(sub.stage as usize) {
-            *b += sub.payload.len() as u64;
+        if let Some(b) = stage.and_then(|s| st.received.get_mut(s as usize)) {
+            *b += sub.encoded_len() as u64;
         }
+        let (bank, round) = (sub.bank, sub.round);
         let refuse = |st: &mut State, reason: String| {
-            tracing::warn!(bank = %sub.bank, round = sub.round, stage = sub.stage, %reason, "submission rejected");
+            let stage = stage.map_or_else(|| "none".to_string(), |s| s.to_string());
+            tracing::warn!(%bank, round, %stage, %reason, "submission rejected");
             st.rejected_total += 1;
             if st.rejected.len() < 1000 {
-                st.rejected.push(format!(
-                    "{} round {} stage {}: {reason}",
-                    sub.bank, sub.round, sub.stage
-                ));
+                st.rejected
+                    .push(format!("{bank} round {round} stage {stage}: {reason}"));
             }
             Ok(tonic::Response::new(Ack {
                 accepted: false,
                 reason,
             }))
         };
-        if st.phase != Phase::Running || sub.round != st.round || sub.stage != st.stage {
+        let Some(msg) = sub.stage else {
+            return refuse(&mut st, "the submission carries no stage message".into());
+        };
+        let stage = submission_stage(&msg);
+        if st.phase != Phase::Running || round != st.round || stage != st.stage {
             let r = format!(
-                "the coordinator is at round {} stage {}, not round {} stage {}",
-                st.round, st.stage, sub.round, sub.stage
+                "the coordinator is at round {} stage {}, not round {round} stage {stage}",
+                st.round, st.stage
             );
             return refuse(&mut st, r);
         }
@@ -143,11 +140,20 @@ impl rpc::CoordinatorRpc for Rpc {
                 "no task of this stage is open for this bank".into(),
             );
         }
-        if sub.stage == 0 && sub.payload.is_empty() {
+        let report = match &msg {
+            Stage::Join(j) if !j.report_json.is_empty() => Some(j.report_json.as_str()),
+            Stage::SitOut(s) => Some(s.report_json.as_str()),
+            _ => None,
+        };
+        let report = match report.map(parse_report).transpose() {
+            Ok(r) => r,
+            Err(reason) => return refuse(&mut st, reason),
+        };
+        if let Stage::SitOut(_) = msg {
             // A bank sitting the round out, saying why (its budget): public facts only.
-            return match serde_json::from_str::<BankReport>(&sub.report_json) {
-                Ok(r) if r.refused.is_some() && sub.report_json.len() <= 64 << 10 => {
-                    tracing::warn!(bank = %sub.bank, reason = ?r.refused, "bank sits this round out");
+            return match report {
+                Some(r) if r.refused.is_some() => {
+                    tracing::warn!(%bank, reason = ?r.refused, "bank sits this round out");
                     st.reports.insert(id, r);
                     st.tasks.remove(&id);
                     self.0.answered.notify_one();
@@ -158,49 +164,22 @@ impl rpc::CoordinatorRpc for Rpc {
                 }
                 _ => refuse(
                     &mut st,
-                    "an empty stage-0 message must carry a refusal report".into(),
+                    "a bank sitting a round out must say why in its report".into(),
                 ),
             };
         }
-        let result: Result<(), String> = (|| {
-            let server = st.server.as_mut().ok_or("no round is open")?;
-            let e = |e: crate::wire::WireError| e.to_string();
-            let p = |e: ProtocolError| e.to_string();
-            match sub.stage {
-                0 => server
-                    .receive_keys(AdvertiseKeys::decode(&sub.payload).map_err(e)?)
-                    .map_err(p),
-                1 => server
-                    .receive_shares(ShareKeys::decode(&sub.payload).map_err(e)?)
-                    .map_err(p),
-                2 => server
-                    .receive_masked(MaskedInput::decode(&sub.payload).map_err(e)?)
-                    .map_err(p),
-                3 => server
-                    .receive_consistency(ConsistencySig::decode(&sub.payload).map_err(e)?)
-                    .map_err(p),
-                4 => server
-                    .receive_unmask(UnmaskResponse::decode(&sub.payload).map_err(e)?)
-                    .map_err(p),
-                s => Err(format!("stage {s} does not exist")),
-            }
-        })();
+        let result = match st.server.as_mut() {
+            Some(server) => receive(server, msg),
+            None => Err("no round is open".into()),
+        };
         if let Err(reason) = result {
             // The sender is treated as dropped for this round.
             st.tasks.remove(&id);
             self.0.answered.notify_one();
             return refuse(&mut st, reason);
         }
-        if sub.stage == 0 && !sub.report_json.is_empty() {
-            if sub.report_json.len() > 64 << 10 {
-                return refuse(&mut st, "report over 64 KiB".into());
-            }
-            match serde_json::from_str::<BankReport>(&sub.report_json) {
-                Ok(r) => {
-                    st.reports.insert(id, r);
-                }
-                Err(e) => return refuse(&mut st, format!("report: {e}")),
-            }
+        if let Some(r) = report {
+            st.reports.insert(id, r);
         }
         st.tasks.remove(&id);
         self.0.answered.notify_one();
@@ -217,5 +196,32 @@ impl rpc::CoordinatorRpc for Rpc {
         Ok(tonic::Response::new(StatusReply {
             json: status_json(&self.0).to_string(),
         }))
+    }
+}
+
+/// A bank's report: public facts, bounded.
+fn parse_report(json: &str) -> Result<BankReport, String> {
+    if json.len() > MAX_REPORT_BYTES {
+        return Err(format!("report over {} KiB", MAX_REPORT_BYTES >> 10));
+    }
+    serde_json::from_str(json).map_err(|e| format!("report: {e}"))
+}
+
+/// Hand one stage's message, checked, to the protocol's server.
+fn receive(server: &mut Server, msg: Stage) -> Result<(), String> {
+    fn conv<P, T: TryFrom<P, Error = MessageError>>(m: P) -> Result<T, String> {
+        T::try_from(m).map_err(|e| e.to_string())
+    }
+    let p = |e: crate::protocol::ProtocolError| e.to_string();
+    match msg {
+        Stage::Join(j) => {
+            let keys = j.keys.ok_or("the join message carries no keys")?;
+            server.receive_keys(conv(keys)?).map_err(p)
+        }
+        Stage::SitOut(_) => Err("a sit-out carries no protocol message".into()),
+        Stage::ShareKeys(m) => server.receive_shares(conv(m)?).map_err(p),
+        Stage::Masked(m) => server.receive_masked(conv(m)?).map_err(p),
+        Stage::Consistency(m) => server.receive_consistency(conv(m)?).map_err(p),
+        Stage::Unmask(m) => server.receive_unmask(conv(m)?).map_err(p),
     }
 }

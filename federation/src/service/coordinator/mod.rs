@@ -77,7 +77,6 @@ impl Coordinator {
                 phase: Phase::Running,
                 round: 0,
                 stage: 0,
-                plan_json: String::new(),
                 tasks: BTreeMap::new(),
                 server: None,
                 last_seen: BTreeMap::new(),
@@ -192,7 +191,7 @@ async fn serve(
         .map_err(|e| ServiceError::Config(format!("TLS: {e}")))?;
     let (stop, mut rx) = watch::channel(false);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let svc = rpc::CoordinatorServer::new(Arc::new(Rpc(shared)));
+    let svc = rpc::server(Rpc(shared));
     let fut = builder
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, async move {

@@ -15,15 +15,15 @@ use crate::aggregate::{BankDpEncoding, FeatureMoments, ServerOptimizer, UpdateEn
 use crate::dp::RdpAccountant;
 use crate::protocol::ProtocolError;
 use crate::protocol::secagg::{RoundId, Server};
+use crate::service::rpc::{Work, pb};
 use crate::service::{BankReport, RoundKind, RoundPlan, ServiceError};
-use crate::wire::Wire;
 
 /// Open a stage: hand out `inputs` and wait until every bank answered or the
 /// deadline passed.
 pub(super) async fn run_stage(
     s: &Shared,
     stage: u32,
-    inputs: BTreeMap<u32, Vec<u8>>,
+    inputs: BTreeMap<u32, Work>,
     deadline: Duration,
 ) {
     {
@@ -64,8 +64,14 @@ pub(super) async fn run_stage(
     st.stage_seconds.push(started.elapsed().as_secs_f64());
 }
 
-fn encode_map<T: Wire>(m: BTreeMap<u32, T>) -> BTreeMap<u32, Vec<u8>> {
-    m.into_iter().map(|(k, v)| (k, v.encode())).collect()
+/// One input per bank, built from the protocol's output for it.
+fn per_bank<T>(m: BTreeMap<u32, T>, work: impl Fn(T) -> Work) -> BTreeMap<u32, Work> {
+    m.into_iter().map(|(k, v)| (k, work(v))).collect()
+}
+
+/// The same input for every bank in `to`.
+fn to_all(to: &[u32], work: Work) -> BTreeMap<u32, Work> {
+    to.iter().map(|i| (*i, work.clone())).collect()
 }
 
 /// One secure aggregation; returns the sum, contributors and dropped.
@@ -85,24 +91,40 @@ async fn aggregate(
         st.round = round;
         st.server = Some(server);
         st.stage_seconds.clear();
-        st.plan_json = serde_json::to_string(plan).expect("plans serialise");
     }
-    // Stage 0 hands every bank the plan (JSON) and the global parameters (binary).
-    let params = crate::wire::encode_params(&plan.global);
-    let all: BTreeMap<u32, Vec<u8>> = (0..s.names.len() as u32)
-        .map(|i| (i, params.clone()))
-        .collect();
-    run_stage(s, 0, all, Duration::from_secs_f64(d.train_s)).await;
+    // Stage 0 hands every bank the plan (JSON) and the global parameters.
+    let start = Work::Start(pb::RoundStart {
+        plan_json: serde_json::to_string(plan).expect("plans serialise"),
+        global: plan.global.clone(),
+    });
+    let all: Vec<u32> = (0..s.names.len() as u32).collect();
+    run_stage(
+        s,
+        0,
+        to_all(&all, start),
+        Duration::from_secs_f64(d.train_s),
+    )
+    .await;
     let stage_d = Duration::from_secs_f64(d.stage_s);
     let keys = with_server(s, |sv| sv.close_keys())?;
-    run_stage(s, 1, encode_map(keys), stage_d).await;
+    let keys = per_bank(keys, |v| {
+        Work::Keys(pb::AdvertisedKeys {
+            adverts: v.into_iter().map(Into::into).collect(),
+        })
+    });
+    run_stage(s, 1, keys, stage_d).await;
     let shares = with_server(s, |sv| sv.close_shares())?;
-    run_stage(s, 2, encode_map(shares), stage_d).await;
+    let shares = per_bank(shares, |v| {
+        Work::Shares(pb::EncryptedShares {
+            shares: v.into_iter().map(Into::into).collect(),
+        })
+    });
+    run_stage(s, 2, shares, stage_d).await;
     let list = with_server(s, |sv| sv.close_masked())?;
-    let to: BTreeMap<u32, Vec<u8>> = list.survivors.iter().map(|i| (*i, list.encode())).collect();
+    let to = to_all(&list.survivors, Work::Survivors(list.clone().into()));
     run_stage(s, 3, to, stage_d).await;
     let req = with_server(s, |sv| sv.close_consistency())?;
-    let to: BTreeMap<u32, Vec<u8>> = req.survivors.iter().map(|i| (*i, req.encode())).collect();
+    let to = to_all(&req.survivors, Work::Unmask(req.clone().into()));
     run_stage(s, 4, to, stage_d).await;
     let agg = with_server(s, |sv| sv.finish())?;
     lock(s).server = None;
@@ -128,8 +150,11 @@ pub(super) async fn drive(s: Arc<Shared>) -> Result<RunSummary, ServiceError> {
         Ok(sum) => st.phase = Phase::Done(Box::new(sum.clone())),
         Err(e) => st.phase = Phase::Failed(e.to_string()),
     }
-    // Every bank gets the final task.
-    st.tasks = (0..s.names.len() as u32).map(|i| (i, Vec::new())).collect();
+    // Every bank gets the final task (`poll` builds it from the phase; the entry only
+    // marks who has not been told yet).
+    st.tasks = (0..s.names.len() as u32)
+        .map(|i| (i, Work::Wait(pb::Wait {})))
+        .collect();
     drop(st);
     s.tasks_out.notify_waiters();
     out

@@ -12,6 +12,7 @@ use super::config::CoordinatorConfig;
 use super::summary::{RoundRecord, RunSummary};
 use crate::protocol::secagg::{Roster, Server};
 use crate::service::BankReport;
+use crate::service::rpc::{STAGES, Work};
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Phase {
@@ -24,9 +25,8 @@ pub(super) struct State {
     pub(super) phase: Phase,
     pub(super) round: u64,
     pub(super) stage: u32,
-    pub(super) plan_json: String,
     /// Per client: the current stage's input; removed once it answered.
-    pub(super) tasks: BTreeMap<u32, Vec<u8>>,
+    pub(super) tasks: BTreeMap<u32, Work>,
     pub(super) server: Option<Server>,
     pub(super) last_seen: BTreeMap<u32, f64>,
     pub(super) reports: BTreeMap<u32, BankReport>,
@@ -35,9 +35,9 @@ pub(super) struct State {
     pub(super) rejected_total: u64,
     /// The current round's stage wall times so far.
     pub(super) stage_seconds: Vec<f64>,
-    /// Protocol payload bytes per stage, received and sent.
-    pub(super) received: [u64; 5],
-    pub(super) sent: [u64; 5],
+    /// Protocol message bytes per stage, received and sent.
+    pub(super) received: [u64; STAGES],
+    pub(super) sent: [u64; STAGES],
 }
 
 pub(super) struct Shared {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::coordinator::RunSummary;
 use super::pki::{RosterEntry, TlsFiles, coordinator_endpoint};
-use super::rpc::{CoordinatorClient, PollRequest, Submission, task_kind};
+use super::rpc::{self, CoordinatorClient, PollRequest, Stage, Submission, Work, pb};
 use super::{PrivacyPolicy, ServiceError};
 use crate::protocol::secagg::ClientPolicy;
 use crate::train::Device;
@@ -108,7 +108,11 @@ impl BankData {
     pub fn load(path: &Path, features: &[String], label: &str) -> Result<Self, ServiceError> {
         let mut cols: Vec<String> = features.to_vec();
         cols.push(label.to_string());
-        let mut data = quiver_featurestore::models::read_training_data(path, &cols)?;
+        let mut data = quiver_featurestore::models::read_training_data(
+            path,
+            &cols,
+            &quiver_featurestore::Limits::default(),
+        )?;
         let labels = data.columns.remove(label).expect("requested");
         let columns = features
             .iter()
@@ -177,7 +181,7 @@ impl Worker {
             {
                 Ok(t) => {
                     last_ok = Instant::now();
-                    t
+                    t.into_inner()
                 }
                 Err(e) => {
                     if last_ok.elapsed() > patience {
@@ -193,90 +197,107 @@ impl Worker {
                     continue;
                 }
             };
-            match task.kind {
-                task_kind::WAIT => continue,
-                task_kind::FAILED => return Err(ServiceError::Failed(task.message)),
-                task_kind::DONE => {
-                    let summary: RunSummary = serde_json::from_str(&task.plan_json)
+            let round = task.round;
+            let work = match task.work {
+                None => {
+                    return Err(ServiceError::Failed(
+                        "the coordinator sent a task this worker does not know (a newer protocol?)"
+                            .into(),
+                    ));
+                }
+                Some(Work::Wait(_)) => continue,
+                Some(Work::Failed(f)) => return Err(ServiceError::Failed(f.message)),
+                Some(Work::Done(d)) => {
+                    let summary: RunSummary = serde_json::from_str(&d.summary_json)
                         .map_err(|e| ServiceError::Failed(format!("final summary: {e}")))?;
                     return session.outcome(summary);
                 }
-                task_kind::STAGE if left == Some(task.round) => {
+                Some(_) if left == Some(round) => {
                     // Wait for the next round instead of busy-polling this one. The
                     // coordinator hands the task out again on every poll until the
                     // stage ends, so poll seldom.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                task_kind::STAGE => {}
-                k => {
-                    return Err(ServiceError::Failed(format!("unknown task kind {k}")));
-                }
-            }
+                Some(w) => w,
+            };
+            let stage = rpc::task_stage(&work).unwrap_or_default();
             // The bank's side of one protocol stage (synchronous: training and crypto).
-            let answer = tracing::info_span!(
-                "federation_stage",
-                bank = %cfg.name,
-                round = task.round,
-                stage = task.stage
-            )
-            .in_scope(|| match task.stage {
-                0 => session.plan(&task.plan_json, &task.payload),
-                1 => session
-                    .share_keys(task.round, &task.payload)
-                    .map(|m| (m, String::new())),
-                2 => session
-                    .masked_input(task.round, &task.payload)
-                    .map(|m| (m, String::new())),
-                3 => session
-                    .consistency(task.round, &task.payload)
-                    .map(|m| (m, String::new())),
-                4 => session
-                    .unmask(task.round, &task.payload)
-                    .map(|m| (m, String::new())),
-                s => Err(ServiceError::Failed(format!("stage {s} does not exist"))),
-            });
+            let answer = tracing::info_span!("federation_stage", bank = %cfg.name, round, stage)
+                .in_scope(|| answer(&mut session, round, work));
             match answer {
-                Ok((payload, report_json)) => {
+                Ok(stage_msg) => {
                     let ack = client
                         .submit(Submission {
                             bank: cfg.name.clone(),
-                            round: task.round,
-                            stage: task.stage,
-                            payload,
-                            report_json,
+                            round,
+                            stage: Some(stage_msg),
                         })
                         .await
-                        .map_err(|e| ServiceError::Transport(e.to_string()))?;
+                        .map_err(|e| ServiceError::Transport(e.to_string()))?
+                        .into_inner();
                     if !ack.accepted {
-                        tracing::warn!(round = task.round, stage = task.stage, reason = %ack.reason, "the coordinator rejected this bank's message");
-                    } else if task.stage == 4 {
+                        tracing::warn!(round, stage, reason = %ack.reason, "the coordinator rejected this bank's message");
+                    } else if stage == 4 {
                         session.joined += 1;
                     }
                 }
-                Err(ServiceError::Dp(e)) if task.stage == 0 => {
+                Err(ServiceError::Dp(e)) if stage == 0 => {
                     // Say why, in the clear (public facts only), and sit the round out.
-                    tracing::warn!(round = task.round, error = %e, "privacy budget: sitting this round out");
+                    tracing::warn!(round, error = %e, "privacy budget: sitting this round out");
                     let report_json = session.refusal(&e);
                     let _ = client
                         .submit(Submission {
                             bank: cfg.name.clone(),
-                            round: task.round,
-                            stage: 0,
-                            payload: Vec::new(),
-                            report_json,
+                            round,
+                            stage: Some(Stage::SitOut(pb::SitOut { report_json })),
                         })
                         .await;
                 }
                 Err(e) => {
                     // Sit this round out: the protocol treats a silent bank as dropped.
-                    tracing::warn!(round = task.round, stage = task.stage, error = %e, "leaving the round");
+                    tracing::warn!(round, stage, error = %e, "leaving the round");
                     session.leave_round();
-                    left = Some(task.round);
+                    left = Some(round);
                 }
             }
         }
     }
+}
+
+/// This bank's message for one stage: the task's input checked and converted, the
+/// session's stage method, its output converted back.
+fn answer(session: &mut BankSession, round: u64, work: Work) -> Result<Stage, ServiceError> {
+    use rpc::convert::list;
+    let bad = |e: rpc::MessageError| ServiceError::Failed(e.to_string());
+    Ok(match work {
+        Work::Start(s) => {
+            let (keys, report_json) = session.plan(&s.plan_json, s.global)?;
+            Stage::Join(pb::Join {
+                keys: Some(keys.into()),
+                report_json,
+            })
+        }
+        Work::Keys(k) => {
+            let adverts = list("advertised keys", k.adverts).map_err(bad)?;
+            Stage::ShareKeys(session.share_keys(round, &adverts)?.into())
+        }
+        Work::Shares(s) => {
+            let shares = list("encrypted shares", s.shares).map_err(bad)?;
+            Stage::Masked(session.masked_input(round, &shares)?.into())
+        }
+        Work::Survivors(l) => {
+            let list = l.try_into().map_err(bad)?;
+            Stage::Consistency(session.consistency(round, &list)?.into())
+        }
+        Work::Unmask(r) => {
+            let req = r.try_into().map_err(bad)?;
+            Stage::Unmask(session.unmask(round, &req)?.into())
+        }
+        Work::Wait(_) | Work::Done(_) | Work::Failed(_) => {
+            return Err(ServiceError::Failed("not a stage's task".into()));
+        }
+    })
 }
 
 async fn connect(cfg: &WorkerConfig, base: &Path) -> Result<CoordinatorClient, ServiceError> {
@@ -285,7 +306,7 @@ async fn connect(cfg: &WorkerConfig, base: &Path) -> Result<CoordinatorClient, S
         Instant::now() + Duration::from_secs_f64(cfg.connect_timeout_s.clamp(1.0, 86_400.0));
     loop {
         match endpoint.connect().await {
-            Ok(ch) => return Ok(CoordinatorClient::new(ch)),
+            Ok(ch) => return Ok(rpc::client(ch)),
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "coordinator not reachable yet");
                 tokio::time::sleep(Duration::from_millis(200)).await;

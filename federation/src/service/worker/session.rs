@@ -12,14 +12,13 @@ use super::{BankData, WorkerConfig, WorkerOutcome};
 use crate::aggregate::{BankDpEncoding, FeatureMoments, UpdateEncoding};
 use crate::ledger::PrivacyLedger;
 use crate::protocol::secagg::{
-    AdvertiseKeys, Client, ClientPolicy, EncryptedShare, Params, Roster, RoundId, SurvivorList,
-    UnmaskRequest,
+    AdvertiseKeys, Client, ClientPolicy, ConsistencySig, EncryptedShare, MaskedInput, Params,
+    Roster, RoundId, ShareKeys, SurvivorList, UnmaskRequest, UnmaskResponse,
 };
 use crate::service::coordinator::RunSummary;
 use crate::service::pki::read_identity;
 use crate::service::{BankReport, RoundKind, RoundPlan, ServiceError};
 use crate::train::{Dataset, LocalTrainer, Standardizer, split_rows};
-use crate::wire::Wire;
 
 /// The secure-aggregation client of the round this bank is in.
 struct RoundState {
@@ -53,10 +52,6 @@ pub(crate) struct BankSession {
     round: Option<RoundState>,
     /// Rounds this bank completed.
     pub(crate) joined: u64,
-}
-
-fn wire(e: crate::wire::WireError) -> ServiceError {
-    ServiceError::Failed(e.to_string())
 }
 
 impl BankSession {
@@ -133,14 +128,15 @@ impl BankSession {
     pub(crate) fn plan(
         &mut self,
         plan_json: &str,
-        payload: &[u8],
-    ) -> Result<(Vec<u8>, String), ServiceError> {
+        global: Vec<f32>,
+    ) -> Result<(AdvertiseKeys, String), ServiceError> {
         let mut plan: RoundPlan = serde_json::from_str(&plan_json)
             .map_err(|e| ServiceError::Failed(format!("plan: {e}")))?;
         if plan.kind == RoundKind::Train {
             plan.architecture.validate(plan.features.len())?;
             let np = plan.architecture.num_params(plan.features.len());
-            plan.global = crate::wire::decode_params(&payload, np).map_err(wire)?;
+            plan.global = crate::service::rpc::convert::global_params(global, np)
+                .map_err(|e| ServiceError::Failed(e.to_string()))?;
         }
         if plan.roster != self.cfg.roster {
             return Err(ServiceError::Failed(
@@ -317,10 +313,7 @@ impl BankSession {
             client: c,
             input,
         });
-        Ok((
-            msg.encode(),
-            serde_json::to_string(&report).expect("report"),
-        ))
+        Ok((msg, serde_json::to_string(&report).expect("report")))
     }
 
     /// The round's client, if this bank started round `round`.
@@ -337,38 +330,37 @@ impl BankSession {
     pub(crate) fn share_keys(
         &mut self,
         round: u64,
-        payload: &[u8],
-    ) -> Result<Vec<u8>, ServiceError> {
-        let adverts = Vec::<AdvertiseKeys>::decode(payload).map_err(wire)?;
-        Ok(self.client(round, 1)?.client.share_keys(&adverts)?.encode())
+        adverts: &[AdvertiseKeys],
+    ) -> Result<ShareKeys, ServiceError> {
+        Ok(self.client(round, 1)?.client.share_keys(adverts)?)
     }
 
     /// Stage 2: the shares for this bank in, its masked input out.
     pub(crate) fn masked_input(
         &mut self,
         round: u64,
-        payload: &[u8],
-    ) -> Result<Vec<u8>, ServiceError> {
-        let shares = Vec::<EncryptedShare>::decode(payload).map_err(wire)?;
+        shares: &[EncryptedShare],
+    ) -> Result<MaskedInput, ServiceError> {
         let st = self.client(round, 2)?;
-        Ok(st.client.masked_input(&shares, &st.input)?.encode())
+        Ok(st.client.masked_input(shares, &st.input)?)
     }
 
     /// Stage 3: the survivor list in, this bank's signature of it out.
     pub(crate) fn consistency(
         &mut self,
         round: u64,
-        payload: &[u8],
-    ) -> Result<Vec<u8>, ServiceError> {
-        let list = SurvivorList::decode(payload).map_err(wire)?;
-        Ok(self.client(round, 3)?.client.consistency(&list)?.encode())
+        list: &SurvivorList,
+    ) -> Result<ConsistencySig, ServiceError> {
+        Ok(self.client(round, 3)?.client.consistency(list)?)
     }
 
     /// Stage 4: the unmask request in, the shares the protocol allows out.
-    pub(crate) fn unmask(&mut self, round: u64, payload: &[u8]) -> Result<Vec<u8>, ServiceError> {
-        let req = UnmaskRequest::decode(payload).map_err(wire)?;
-        let out = self.client(round, 4)?.client.unmask(&req)?.encode();
-        Ok(out)
+    pub(crate) fn unmask(
+        &mut self,
+        round: u64,
+        req: &UnmaskRequest,
+    ) -> Result<UnmaskResponse, ServiceError> {
+        Ok(self.client(round, 4)?.client.unmask(req)?)
     }
 
     /// Leave the open round (the protocol treats a silent bank as dropped).

@@ -1,0 +1,39 @@
+//! Every bound federation puts on what it reads from outside (protocol messages,
+//! gRPC messages, bank reports, model sizes, the privacy ledger), in one place. They
+//! are part of the protocol and its files: coordinator and banks must agree on them,
+//! so they are constants, not settings.
+
+/// Most clients in one round (Shamir shares are indexed by one byte).
+pub const MAX_CLIENTS: usize = 254;
+
+/// Longest vector one round aggregates (words).
+pub const MAX_VECTOR_LEN: usize = 64 << 20;
+
+/// Most subsets of revealed shares the coordinator tries when rebuilding one secret.
+/// With `m` shares, threshold `t` and `b` bad shares, a good subset comes within the
+/// first `C(m, t)` tries; this bound keeps a hostile round's cost near a second of CPU.
+pub const MAX_REBUILD_TRIES: usize = 4096;
+
+/// Largest gRPC message either side accepts (a masked vector of 16 M words).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Largest ciphertext of one encrypted share pair.
+pub const MAX_CIPHERTEXT: usize = 1024;
+
+/// Largest signature.
+pub const MAX_SIGNATURE: usize = 128;
+
+/// Largest bank report (JSON).
+pub const MAX_REPORT_BYTES: usize = 64 << 10;
+
+/// Most features a federated model takes.
+pub const MAX_FEATURES: usize = 256;
+
+/// Widest hidden layer of the MLP.
+pub const MAX_HIDDEN: usize = 1024;
+
+/// Largest ledger file read (bytes).
+pub const MAX_LEDGER_BYTES: u64 = 16 << 20;
+
+/// Round lines kept per dataset (the curves carry the whole history).
+pub const MAX_ROUNDS_KEPT: usize = 10_000;
