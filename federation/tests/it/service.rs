@@ -409,6 +409,109 @@ async fn a_bank_presenting_another_banks_certificate_is_refused() {
     assert!(e.to_string().contains("connected"), "{e}");
 }
 
+/// A bank with a valid certificate sending malformed stage messages: each is refused
+/// with the message and field named, and the coordinator keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_submissions_are_refused_with_the_field_named() {
+    use quiver_federation::service::rpc::{self, PollRequest, Stage, Submission, Work, pb};
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["bank_a".to_string(), "bank_b".to_string()];
+    let fed = pki::init(dir.path(), &names).unwrap();
+    let mut cfg = config(1, Budget::default());
+    cfg.roster = fed.roster.clone();
+    cfg.tls = TlsFiles {
+        ca: "ca.pem".into(),
+        cert: "coordinator.pem".into(),
+        key: "coordinator.key".into(),
+    };
+    cfg.deadlines.join_s = 2.0;
+    let coord = Coordinator::start(cfg, dir.path()).await.unwrap();
+    let pem = TlsFiles {
+        ca: "ca.pem".into(),
+        cert: "bank_a.pem".into(),
+        key: "bank_a.key".into(),
+    }
+    .read(dir.path())
+    .unwrap();
+    let ch = pki::coordinator_endpoint(&format!("https://{}", coord.addr()), &pem)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = rpc::client(ch);
+    // Stage 0 opens once the join window closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let round = loop {
+        assert!(std::time::Instant::now() < deadline, "no stage-0 task");
+        let t = c
+            .poll(PollRequest {
+                bank: "bank_a".into(),
+                wait_ms: 1_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(Work::Start(s)) = &t.work {
+            assert!(s.plan_json.contains("\"features\""), "{}", s.plan_json);
+            break t.round;
+        }
+    };
+    let mut submit = |stage: Option<Stage>| {
+        let mut c = c.clone();
+        async move {
+            c.submit(Submission {
+                bank: "bank_a".into(),
+                round,
+                stage,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let ack = submit(None).await;
+    assert!(!ack.accepted);
+    assert!(ack.reason.contains("no stage message"), "{}", ack.reason);
+    // A stage this round is not at.
+    let ack = submit(Some(Stage::Masked(pb::MaskedInput::default()))).await;
+    assert!(ack.reason.contains("not round"), "{}", ack.reason);
+    let keys = pb::AdvertiseKeys {
+        from: 0,
+        round: Some(pb::RoundId {
+            session: vec![0; 16],
+            round,
+        }),
+        cipher_pk: vec![1; 32],
+        mask_pk: vec![2; 31],
+        seed_commitment: vec![3; 32],
+        signature: vec![4; 64],
+    };
+    let ack = submit(Some(Stage::Join(pb::Join {
+        keys: Some(keys),
+        report_json: String::new(),
+    })))
+    .await;
+    assert!(!ack.accepted);
+    assert!(
+        ack.reason
+            .contains("malformed advertised keys: `mask_pk` is 31 bytes, not 32"),
+        "{}",
+        ack.reason
+    );
+    let status = c.status(rpc::StatusRequest {}).await.unwrap().into_inner();
+    let status: serde_json::Value = serde_json::from_str(&status.json).unwrap();
+    let rejected = status["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 3, "{status}");
+    assert!(rejected[2].as_str().unwrap().contains("bank_a round"), "{status}");
+    drop(c);
+    // Nobody sent keys: the run ends with a clear error, within its deadlines.
+    let e = tokio::time::timeout(Duration::from_secs(60), coord.finish(Duration::from_secs(1)))
+        .await
+        .expect("the coordinator finishes")
+        .unwrap_err();
+    assert!(!e.to_string().is_empty());
+}
+
 #[test]
 fn configs_are_validated_with_the_field_named() {
     let mut cfg = config(0, Budget::default());
