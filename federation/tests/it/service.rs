@@ -456,7 +456,7 @@ async fn malformed_submissions_are_refused_with_the_field_named() {
             break t.round;
         }
     };
-    let mut submit = |stage: Option<Stage>| {
+    let submit = |stage: Option<Stage>| {
         let mut c = c.clone();
         async move {
             c.submit(Submission {
@@ -502,13 +502,19 @@ async fn malformed_submissions_are_refused_with_the_field_named() {
     let status: serde_json::Value = serde_json::from_str(&status.json).unwrap();
     let rejected = status["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 3, "{status}");
-    assert!(rejected[2].as_str().unwrap().contains("bank_a round"), "{status}");
+    assert!(
+        rejected[2].as_str().unwrap().contains("bank_a round"),
+        "{status}"
+    );
     drop(c);
     // Nobody sent keys: the run ends with a clear error, within its deadlines.
-    let e = tokio::time::timeout(Duration::from_secs(60), coord.finish(Duration::from_secs(1)))
-        .await
-        .expect("the coordinator finishes")
-        .unwrap_err();
+    let e = tokio::time::timeout(
+        Duration::from_secs(60),
+        coord.finish(Duration::from_secs(1)),
+    )
+    .await
+    .expect("the coordinator finishes")
+    .unwrap_err();
     assert!(!e.to_string().is_empty());
 }
 
