@@ -63,15 +63,17 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
         );
         banks.push((name, BankData::load(&path, &features, "is_fraud")?));
     }
-    let local = LocalConfig {
-        learning_rate: 0.5,
-        local_steps: 40,
-        batch_size: 256,
-        prox_mu: 0.0,
-        dp: Some(DpSgd {
+    let local = {
+        let mut c = LocalConfig::default();
+        c.learning_rate = 0.5;
+        c.local_steps = 40;
+        c.batch_size = 256;
+        c.prox_mu = 0.0;
+        c.dp = Some(DpSgd {
             noise_multiplier: a.noise_multiplier,
             clip_norm: 1.0,
-        }),
+        });
+        c
     };
     let budget = Budget {
         epsilon: a.epsilon,
@@ -92,37 +94,41 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
     FeatureStore::open(&repo)?
         .models()?
         .trust("federation", &key.public_key_hex())?;
-    let coordinator = CoordinatorConfig {
-        listen: "127.0.0.1:0".parse()?,
-        metrics_listen: None,
-        tls: TlsFiles {
+    let coordinator = {
+        let mut c = CoordinatorConfig::default();
+        c.listen = "127.0.0.1:0".parse()?;
+        c.metrics_listen = None;
+        c.tls = TlsFiles {
             ca: "".into(),
             cert: "".into(),
             key: "".into(),
-        },
-        roster: Vec::new(),
-        features: features.clone(),
-        label: "is_fraud".into(),
-        architecture: arch,
-        rounds: a.rounds,
-        threshold: None,
-        neighbours: None,
-        strategy: Strategy::FedAvg,
-        local: local.clone(),
-        update_clip: 1.0,
-        max_rows: 10_000_000,
-        budget,
-        bank_dp: None,
-        deadlines: Deadlines::default(),
-        seed: 1,
-        register: Some(RegisterConfig {
-            repo: repo.clone(),
-            model: "fraud_federated".into(),
-            features: FEATURES.iter().map(|(v, f)| format!("{v}:{f}")).collect(),
-            key: key_path.clone(),
-            signer: "federation".into(),
-        }),
-        output: Some(fed_dir.join("result")),
+        };
+        c.roster = Vec::new();
+        c.features = features.clone();
+        c.label = "is_fraud".into();
+        c.architecture = arch;
+        c.rounds = a.rounds;
+        c.threshold = None;
+        c.neighbours = None;
+        c.strategy = Strategy::FedAvg;
+        c.local = local.clone();
+        c.update_clip = 1.0;
+        c.max_rows = 10_000_000;
+        c.budget = budget;
+        c.bank_dp = None;
+        c.deadlines = Deadlines::default();
+        c.seed = 1;
+        c.register = Some({
+            let mut c = RegisterConfig::default();
+            c.repo = repo.clone();
+            c.model = "fraud_federated".into();
+            c.features = FEATURES.iter().map(|(v, f)| format!("{v}:{f}")).collect();
+            c.key = key_path.clone();
+            c.signer = "federation".into();
+            c
+        });
+        c.output = Some(fed_dir.join("result"));
+        c
     };
     println!(
         "\nFederated training: {} banks, logistic regression, DP-SGD (σ = {}, clip 1.0), budget ε = {} δ = 1e-5,",
@@ -140,9 +146,11 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
         .map(|(name, data)| SimBank {
             name: name.clone(),
             source: BankSource::Data(data.clone()),
-            privacy: PrivacyPolicy {
-                budget,
-                require_dp: true,
+            privacy: {
+                let mut c = PrivacyPolicy::default();
+                c.budget = budget;
+                c.require_dp = true;
+                c
             },
             offline: false,
             device: a.device,
@@ -169,9 +177,10 @@ pub(crate) async fn run(cfg: &generate::Config, out: &Path, a: &FederateArgs) ->
 
     // Baselines with the same trainer, DP settings and number of steps.
     let steps = local.local_steps * s.rounds.max(1);
-    let alone_cfg = LocalConfig {
-        local_steps: steps,
-        ..local.clone()
+    let alone_cfg = {
+        let mut c = LocalConfig::default();
+        c.local_steps = steps;
+        c
     };
     let splits: Vec<(BankData, BankData)> = banks
         .iter()

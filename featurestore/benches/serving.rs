@@ -267,14 +267,13 @@ async fn audit_bench(
     };
     let path = root.join(".quiver").join("audit-bench");
     let per = rows.div_ceil(commits.max(1));
-    let (log, writer) = AuditLog::start(
-        &path,
-        AuditConfig {
-            max_batch: per,
-            max_delay: Duration::from_secs(60),
-            queue_rows: per * 2,
-        },
-    )
+    let (log, writer) = AuditLog::start(&path, {
+        let mut c = AuditConfig::default();
+        c.max_batch = per;
+        c.max_delay = Duration::from_secs(60);
+        c.queue_rows = per * 2;
+        c
+    })
     .unwrap();
     let mut ids = Vec::new();
     let now = chrono::Utc::now().timestamp_micros();

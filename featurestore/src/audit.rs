@@ -66,6 +66,7 @@ pub struct AuditRecord {
 
 /// How the writer batches.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AuditConfig {
     /// Commit when this many rows are waiting (default 8192).
     pub max_batch: usize,

@@ -70,15 +70,17 @@ fn main() {
     for (arch, dim, batch) in cases {
         let data = data(batch * 8, dim, 1);
         let global = arch.init(dim, 3);
-        let mut cfg = LocalConfig {
-            learning_rate: 0.1,
-            local_steps: 1,
-            batch_size: batch,
-            prox_mu: 0.0,
-            dp: Some(DpSgd {
+        let mut cfg = {
+            let mut c = LocalConfig::default();
+            c.learning_rate = 0.1;
+            c.local_steps = 1;
+            c.batch_size = batch;
+            c.prox_mu = 0.0;
+            c.dp = Some(DpSgd {
                 noise_multiplier: 1.0,
                 clip_norm: 1.0,
-            }),
+            });
+            c
         };
         let mut reference = None;
         for &device in &devices {

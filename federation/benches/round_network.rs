@@ -30,8 +30,8 @@ use quiver_federation::dp::Budget;
 use quiver_federation::service::rpc::{self, Stage, Submission, pb};
 use quiver_federation::service::simulate::{BankSource, SimBank, simulate};
 use quiver_federation::service::worker::BankData;
-use quiver_federation::service::{Coordinator, CoordinatorConfig, Deadlines, PrivacyPolicy, pki};
-use quiver_federation::train::{Architecture, LocalConfig};
+use quiver_federation::service::{Coordinator, CoordinatorConfig, PrivacyPolicy, pki};
+use quiver_federation::train::Architecture;
 use rand::{Rng, SeedableRng};
 
 const FEATURES: usize = 96;
@@ -57,42 +57,33 @@ fn bank(rows: usize, seed: u64) -> BankData {
 }
 
 fn config(hidden: usize, rounds: u64, neighbours: Option<usize>) -> CoordinatorConfig {
-    CoordinatorConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        tls: pki::TlsFiles {
-            ca: "ca.pem".into(),
-            cert: "coordinator.pem".into(),
-            key: "coordinator.key".into(),
-        },
-        roster: Vec::new(),
-        features: (0..FEATURES).map(|i| format!("f{i}")).collect(),
-        label: "y".into(),
-        architecture: Architecture::Mlp { hidden },
-        rounds,
-        threshold: None,
-        neighbours,
-        strategy: Strategy::FedAvg,
-        local: LocalConfig {
-            learning_rate: 0.01,
-            local_steps: 1,
-            batch_size: 32,
-            prox_mu: 0.0,
-            dp: None,
-        },
-        update_clip: 1.0,
-        max_rows: 1_000_000,
-        budget: Budget::default(),
-        bank_dp: None,
-        deadlines: Deadlines {
-            train_s: 120.0,
-            stage_s: 120.0,
-            join_s: 60.0,
-        },
-        seed: 1,
-        register: None,
-        output: None,
-    }
+    let mut c = CoordinatorConfig::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    c.tls = pki::TlsFiles {
+        ca: "ca.pem".into(),
+        cert: "coordinator.pem".into(),
+        key: "coordinator.key".into(),
+    };
+    c.features = (0..FEATURES).map(|i| format!("f{i}")).collect();
+    c.label = "y".into();
+    c.architecture = Architecture::Mlp { hidden };
+    c.rounds = rounds;
+    c.neighbours = neighbours;
+    c.strategy = Strategy::FedAvg;
+    c.local.learning_rate = 0.01;
+    c.local.local_steps = 1;
+    c.local.batch_size = 32;
+    c.local.prox_mu = 0.0;
+    c.local.dp = None;
+    c.update_clip = 1.0;
+    c.max_rows = 1_000_000;
+    c.budget = Budget::default();
+    c.deadlines.train_s = 120.0;
+    c.deadlines.stage_s = 120.0;
+    c.deadlines.join_s = 60.0;
+    c.seed = 1;
+    c
 }
 
 /// Wall time of `n` banks uploading `words` words each, concurrently, over mTLS gRPC
@@ -202,9 +193,11 @@ async fn main() {
             .map(|i| SimBank {
                 name: format!("bank_{i}"),
                 source: BankSource::Data(bank(80, i as u64)),
-                privacy: PrivacyPolicy {
-                    budget: Budget::default(),
-                    require_dp: false,
+                privacy: {
+                    let mut c = PrivacyPolicy::default();
+                    c.budget = Budget::default();
+                    c.require_dp = false;
+                    c
                 },
                 offline: false,
                 device: Default::default(),

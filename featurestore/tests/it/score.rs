@@ -243,11 +243,12 @@ async fn score_serves_an_exported_onnx_model() {
         .unwrap();
     let local = registry.load("fraud", 1).unwrap().model;
 
-    let policy = RolloutPolicy {
-        max_feature_psi: 0.5,
-        drift_window: 100,
-        min_requests: 2,
-        ..RolloutPolicy::default()
+    let policy = {
+        let mut c = RolloutPolicy::default();
+        c.max_feature_psi = 0.5;
+        c.drift_window = 100;
+        c.min_requests = 2;
+        c
     };
     let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
         .with_policy("fraud", policy)

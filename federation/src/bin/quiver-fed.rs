@@ -13,10 +13,10 @@ use quiver_federation::service::pki::{self, TlsFiles};
 use quiver_federation::service::simulate::{BankSource, SimBank, simulate};
 use quiver_federation::service::worker::BankData;
 use quiver_federation::service::{
-    Coordinator, CoordinatorConfig, Deadlines, PrivacyPolicy, RunSummary, Worker, WorkerConfig,
+    Coordinator, CoordinatorConfig, PrivacyPolicy, RunSummary, Worker, WorkerConfig,
     read_json_config,
 };
-use quiver_federation::train::{Architecture, Device, DpSgd, LocalConfig};
+use quiver_federation::train::{Architecture, Device, DpSgd};
 
 /// Federated training across banks: each bank trains on its own training set, the
 /// coordinator only ever sees the securely aggregated sum of the banks' updates, and
@@ -515,44 +515,42 @@ async fn run(cli: Cli) -> Result<()> {
                 StrategyKind::Fedadam => Strategy::fed_adam(),
             };
             let budget = Budget { epsilon, delta };
-            let cfg = CoordinatorConfig {
-                listen: "127.0.0.1:0".parse()?,
-                metrics_listen: None,
-                tls: TlsFiles {
+            let cfg = {
+                let mut c = CoordinatorConfig::default();
+                c.listen = "127.0.0.1:0".parse()?;
+                c.metrics_listen = None;
+                c.tls = TlsFiles {
                     ca: PathBuf::new(),
                     cert: PathBuf::new(),
                     key: PathBuf::new(),
-                },
-                roster: Vec::new(),
-                features,
-                label,
-                architecture: match model {
+                };
+                c.roster = Vec::new();
+                c.features = features;
+                c.label = label;
+                c.architecture = match model {
                     ModelKind::Lr => Architecture::LogisticRegression,
                     ModelKind::Mlp => Architecture::Mlp { hidden },
-                },
-                rounds,
-                threshold: None,
-                neighbours: None,
-                strategy,
-                local: LocalConfig {
-                    learning_rate,
-                    local_steps,
-                    batch_size,
-                    prox_mu: strategy.prox_mu(),
-                    dp,
-                },
-                update_clip: 1.0,
-                max_rows: 10_000_000,
-                budget,
-                bank_dp,
-                deadlines: Deadlines {
-                    train_s: 120.0,
-                    stage_s: 30.0,
-                    join_s: 30.0,
-                },
-                seed: 1,
-                register: None,
-                output: Some(dir.join("result")),
+                };
+                c.rounds = rounds;
+                c.threshold = None;
+                c.neighbours = None;
+                c.strategy = strategy;
+                c.local.learning_rate = learning_rate;
+                c.local.local_steps = local_steps;
+                c.local.batch_size = batch_size;
+                c.local.prox_mu = strategy.prox_mu();
+                c.local.dp = dp;
+                c.update_clip = 1.0;
+                c.max_rows = 10_000_000;
+                c.budget = budget;
+                c.bank_dp = bank_dp;
+                c.deadlines.train_s = 120.0;
+                c.deadlines.stage_s = 30.0;
+                c.deadlines.join_s = 30.0;
+                c.seed = 1;
+                c.register = None;
+                c.output = Some(dir.join("result"));
+                c
             };
             let sims = sources
                 .into_iter()
@@ -565,9 +563,11 @@ async fn run(cli: Cli) -> Result<()> {
                             String::new()
                         },
                     source,
-                    privacy: PrivacyPolicy {
-                        budget,
-                        require_dp: record,
+                    privacy: {
+                        let mut c = PrivacyPolicy::default();
+                        c.budget = budget;
+                        c.require_dp = record;
+                        c
                     },
                     offline: false,
                     device,

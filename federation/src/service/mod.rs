@@ -182,6 +182,7 @@ pub struct BankReport {
 /// The budget a bank enforces on itself, and whether it insists on DP.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct PrivacyPolicy {
     /// The bank's (ε, δ) budget.
     pub budget: Budget,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{ServiceError, io_err};
 
 /// TLS files of one party (PEM paths).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// CA certificate that signed every party's certificate.

@@ -23,7 +23,8 @@
 //! let data = Dataset::new(vec!["x0".into(), "x1".into()], x, y).unwrap();
 //! let arch = Architecture::LogisticRegression;
 //! let global = arch.init(2, 7);
-//! let cfg = LocalConfig { learning_rate: 0.5, local_steps: 200, batch_size: 64, ..Default::default() };
+//! let mut cfg = LocalConfig::default();
+//! (cfg.learning_rate, cfg.local_steps, cfg.batch_size) = (0.5, 200, 64);
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(1);
 //! let out = train_local(arch, &global, &data, &cfg, &mut rng).unwrap();
 //! assert!(arch.auc(&out.params, &data) > 0.99);
@@ -80,6 +81,7 @@ pub struct DpSgd {
 /// How one bank trains in one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LocalConfig {
     /// SGD step size.
     pub learning_rate: f64,
@@ -183,7 +185,8 @@ pub struct LocalUpdate {
 /// let data = Dataset::new(vec!["x0".into(), "x1".into()], x, y).unwrap();
 /// let arch = Architecture::Mlp { hidden: 4 };
 /// let trainer = LocalTrainer::new(Device::CpuBatched, arch, data).unwrap();
-/// let cfg = LocalConfig { learning_rate: 0.5, local_steps: 200, batch_size: 64, ..Default::default() };
+/// let mut cfg = LocalConfig::default();
+/// (cfg.learning_rate, cfg.local_steps, cfg.batch_size) = (0.5, 200, 64);
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(1);
 /// let out = trainer.train(&arch.init(2, 7), &cfg, &mut rng).unwrap();
 /// assert!(arch.auc(&out.params, trainer.data()) > 0.99);

@@ -8,9 +8,9 @@ use quiver_federation::service::pki::TlsFiles;
 use quiver_federation::service::simulate::{BankSource, SimBank, SimulationResult, simulate};
 use quiver_federation::service::worker::BankData;
 use quiver_federation::service::{
-    Coordinator, CoordinatorConfig, Deadlines, PrivacyPolicy, Worker, WorkerConfig, pki,
+    Coordinator, CoordinatorConfig, PrivacyPolicy, Worker, WorkerConfig, pki,
 };
-use quiver_federation::train::{Architecture, Device, DpSgd, LocalConfig};
+use quiver_federation::train::{Architecture, Device, DpSgd};
 use rand::{Rng, SeedableRng};
 
 /// A bank whose fraud rate is `rate` (non-IID across banks); fraud raises `amount`.
@@ -36,45 +36,34 @@ fn bank(rows: usize, rate: f64, seed: u64) -> BankData {
 }
 
 fn config(rounds: u64, budget: Budget) -> CoordinatorConfig {
-    CoordinatorConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        tls: TlsFiles {
-            ca: "".into(),
-            cert: "".into(),
-            key: "".into(),
-        },
-        roster: Vec::new(),
-        features: vec!["amount".into(), "noise".into()],
-        label: "is_fraud".into(),
-        architecture: Architecture::LogisticRegression,
-        rounds,
-        threshold: None,
-        neighbours: None,
-        strategy: Strategy::FedAvg,
-        local: LocalConfig {
-            learning_rate: 0.5,
-            local_steps: 20,
-            batch_size: 128,
-            prox_mu: 0.0,
-            dp: Some(DpSgd {
-                noise_multiplier: 1.0,
-                clip_norm: 1.0,
-            }),
-        },
-        update_clip: 1.0,
-        max_rows: 100_000,
-        budget,
-        bank_dp: None,
-        deadlines: Deadlines {
-            train_s: 30.0,
-            stage_s: 10.0,
-            join_s: 20.0,
-        },
-        seed: 3,
-        register: None,
-        output: None,
-    }
+    let mut c = CoordinatorConfig::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.tls = TlsFiles {
+        ca: "".into(),
+        cert: "".into(),
+        key: "".into(),
+    };
+    c.features = vec!["amount".into(), "noise".into()];
+    c.label = "is_fraud".into();
+    c.architecture = Architecture::LogisticRegression;
+    c.rounds = rounds;
+    c.strategy = Strategy::FedAvg;
+    c.local.learning_rate = 0.5;
+    c.local.local_steps = 20;
+    c.local.batch_size = 128;
+    c.local.prox_mu = 0.0;
+    c.local.dp = Some(DpSgd {
+        noise_multiplier: 1.0,
+        clip_norm: 1.0,
+    });
+    c.update_clip = 1.0;
+    c.max_rows = 100_000;
+    c.budget = budget;
+    c.deadlines.train_s = 30.0;
+    c.deadlines.stage_s = 10.0;
+    c.deadlines.join_s = 20.0;
+    c.seed = 3;
+    c
 }
 
 fn sims(rates: &[f64], offline: Option<usize>) -> Vec<SimBank> {
@@ -367,26 +356,28 @@ async fn a_bank_presenting_another_banks_certificate_is_refused() {
     };
     cfg.deadlines.join_s = 1.0;
     let coord = Coordinator::start(cfg, dir.path()).await.unwrap();
-    let w = WorkerConfig {
-        name: "bank_b".into(),
-        coordinator: format!("https://{}", coord.addr()),
-        // bank_a's certificate, bank_b's name.
-        tls: TlsFiles {
+    let w = {
+        let mut c = WorkerConfig::default();
+        c.name = "bank_b".into();
+        c.coordinator = format!("https://{}", coord.addr());
+        // bank_a's certificate with bank_b's name.
+        c.tls = TlsFiles {
             ca: "ca.pem".into(),
             cert: "bank_a.pem".into(),
             key: "bank_a.key".into(),
-        },
-        identity: "bank_b.identity".into(),
-        roster: fed.roster.clone(),
-        training_set: "missing.parquet".into(),
-        holdout: 0.2,
-        privacy: PrivacyPolicy::default(),
-        connect_timeout_s: 5.0,
-        seed: Some(1),
-        ledger: None,
-        dataset: None,
-        secagg: None,
-        device: Device::Cpu,
+        };
+        c.identity = "bank_b.identity".into();
+        c.roster = fed.roster.clone();
+        c.training_set = "missing.parquet".into();
+        c.holdout = 0.2;
+        c.privacy = PrivacyPolicy::default();
+        c.connect_timeout_s = 5.0;
+        c.seed = Some(1);
+        c.ledger = None;
+        c.dataset = None;
+        c.secagg = None;
+        c.device = Device::Cpu;
+        c
     };
     let w2 = w.clone();
     let err = tokio::time::timeout(Duration::from_secs(30), Worker::run(w, dir.path()))

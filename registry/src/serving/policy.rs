@@ -17,6 +17,7 @@ use super::*;
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RolloutPolicy {
     /// Share of entities (0 to 100) routed to the challenger.
     pub challenger_percent: f64,

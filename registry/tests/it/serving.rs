@@ -130,10 +130,11 @@ fn promotions_swap_in_place_without_failed_requests() {
 #[test]
 fn canary_share_is_stable_by_entity() {
     let fx = fx();
-    let policy = RolloutPolicy {
-        challenger_percent: 10.0,
-        min_requests: u64::MAX,
-        ..Default::default()
+    let policy = {
+        let mut c = RolloutPolicy::default();
+        c.challenger_percent = 10.0;
+        c.min_requests = u64::MAX;
+        c
     };
     let (_, v2, server) = canary(&fx, -3.0, -3.0 + 1e-9, policy);
     let mut to_challenger = 0;
@@ -153,11 +154,12 @@ fn canary_share_is_stable_by_entity() {
 #[test]
 fn a_bad_challenger_is_rolled_back_with_its_reason() {
     let fx = fx();
-    let policy = RolloutPolicy {
-        challenger_percent: 50.0,
-        min_requests: 100,
-        check_every: 50,
-        ..Default::default()
+    let policy = {
+        let mut c = RolloutPolicy::default();
+        c.challenger_percent = 50.0;
+        c.min_requests = 100;
+        c.check_every = 50;
+        c
     };
     // The challenger scores near 1: a very different distribution.
     let (_, v2, server) = canary(&fx, -3.0, 6.0, policy);
@@ -190,11 +192,12 @@ fn a_bad_challenger_is_rolled_back_with_its_reason() {
 #[test]
 fn an_erroring_challenger_is_rolled_back() {
     let fx = fx();
-    let policy = RolloutPolicy {
-        challenger_percent: 100.0,
-        min_requests: 100,
-        check_every: 10,
-        ..Default::default()
+    let policy = {
+        let mut c = RolloutPolicy::default();
+        c.challenger_percent = 100.0;
+        c.min_requests = 100;
+        c.check_every = 10;
+        c
     };
     let (_, _, server) = canary(&fx, -3.0, -3.0, policy);
     for i in 0..100 {

@@ -17,6 +17,7 @@ use crate::train::{Architecture, LocalConfig};
 /// Stage deadlines, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct Deadlines {
     /// Stage 0 of each round, which includes local training.
     pub train_s: f64,
@@ -37,8 +38,9 @@ impl Default for Deadlines {
 }
 
 /// Where and how to register the final model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RegisterConfig {
     /// Feature repo whose registry takes the model (its views resolve the inputs).
     pub repo: PathBuf,
@@ -55,6 +57,7 @@ pub struct RegisterConfig {
 /// The coordinator's configuration (`quiver-fed coordinator --config FILE`, JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CoordinatorConfig {
     /// gRPC address (port 0 picks one).
     pub listen: SocketAddr,
@@ -114,6 +117,41 @@ pub struct CoordinatorConfig {
     /// Write the final model artifact and the run summary into this folder.
     #[serde(default)]
     pub output: Option<PathBuf>,
+}
+
+/// What `quiver-fed init` writes, less the roster and features: set those (and
+/// anything else) on it. An empty roster or feature list fails [`validate`].
+///
+/// [`validate`]: CoordinatorConfig::validate
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            metrics_listen: None,
+            tls: TlsFiles {
+                ca: "ca.pem".into(),
+                cert: "coordinator.pem".into(),
+                key: "coordinator.key".into(),
+            },
+            roster: Vec::new(),
+            features: Vec::new(),
+            label: "is_fraud".into(),
+            architecture: Architecture::LogisticRegression,
+            rounds: 10,
+            threshold: None,
+            neighbours: None,
+            strategy: Strategy::default(),
+            local: LocalConfig::default(),
+            update_clip: default_update_clip(),
+            max_rows: default_max_rows(),
+            budget: Budget::default(),
+            bank_dp: None,
+            deadlines: Deadlines::default(),
+            seed: 0,
+            register: None,
+            output: None,
+        }
+    }
 }
 
 fn default_update_clip() -> f64 {

@@ -20,6 +20,7 @@ use session::BankSession;
 /// A worker's configuration (`quiver-fed worker --config FILE`, JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// This bank's name (the common name of its certificate).
     pub name: String,
@@ -65,6 +66,29 @@ pub struct WorkerConfig {
     /// a build that has the `gpu` feature. The privacy guarantee is the same on each.
     #[serde(default)]
     pub device: Device,
+}
+
+/// An empty worker config: set at least the name, coordinator, TLS files, identity,
+/// roster and training set.
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            coordinator: String::new(),
+            tls: TlsFiles::default(),
+            identity: PathBuf::new(),
+            roster: Vec::new(),
+            training_set: PathBuf::new(),
+            holdout: default_holdout(),
+            privacy: PrivacyPolicy::default(),
+            ledger: None,
+            dataset: None,
+            secagg: None,
+            connect_timeout_s: default_connect_s(),
+            seed: None,
+            device: Device::default(),
+        }
+    }
 }
 
 fn default_holdout() -> f64 {
