@@ -7,104 +7,14 @@
 use std::collections::BTreeMap;
 
 use arrow::datatypes::{DataType, Schema};
-use datafusion::sql::sqlparser::ast::Statement;
-use serde::{Deserialize, Serialize};
 
+pub use crate::definition::{FeatureField, ViewDefinition};
 use crate::delta::{self, OpenTable};
 use crate::plan::{self, PitSpec};
 use crate::spec::{
     Diagnostic, Diagnostics, Entity, FeatureRepo, FeatureView, Loc, Origin, Source, ViewBody,
     suggest,
 };
-
-/// One output feature of a view and its Arrow type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeatureField {
-    /// Feature name.
-    pub name: String,
-    /// Arrow type, as Arrow prints it (`Int64`, `Float64`, `Utf8`, ...).
-    pub dtype: String,
-}
-
-/// A view with everything it depends on, as stored by `apply`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ViewDefinition {
-    /// The view.
-    pub view: FeatureView,
-    /// Its entity.
-    pub entity: Entity,
-    /// Its sources, in the order the view names them.
-    pub sources: Vec<Source>,
-    /// Its output features.
-    pub features: Vec<FeatureField>,
-}
-
-impl ViewDefinition {
-    /// The view's name.
-    pub fn name(&self) -> &str {
-        &self.view.name.value
-    }
-
-    /// Join key column names.
-    pub fn keys(&self) -> Vec<String> {
-        self.entity
-            .join_keys
-            .iter()
-            .map(|k| k.value.clone())
-            .collect()
-    }
-
-    /// The point-in-time join computing `subset` of the features (all when `None`).
-    pub fn pit_spec(
-        &self,
-        subset: Option<&[String]>,
-        full_names: bool,
-        entity_ts: &str,
-    ) -> PitSpec {
-        let all: Vec<String> = self.features.iter().map(|f| f.name.clone()).collect();
-        let features = subset
-            .map(<[String]>::to_vec)
-            .unwrap_or_else(|| all.clone());
-        let mut spec = plan::pit_spec(
-            &self.view,
-            &self.entity,
-            self.event_time_column(),
-            self.created_column(),
-            &features,
-            full_names,
-            entity_ts,
-        );
-        if matches!(self.view.body, ViewBody::Sql(_)) {
-            // A SQL view's features are its output columns: all of them order ties.
-            spec.tie_columns = all;
-        }
-        spec
-    }
-
-    /// Created-time column used to break ties (not for SQL views, whose output has
-    /// only the columns the query selects).
-    pub fn created_column(&self) -> Option<String> {
-        match self.view.body {
-            ViewBody::Sql(_) => None,
-            _ => self.sources[0]
-                .created_timestamp
-                .as_ref()
-                .map(|c| c.value.clone()),
-        }
-    }
-
-    /// Event-time column of the rows the point-in-time join reads.
-    pub fn event_time_column(&self) -> &str {
-        match &self.view.body {
-            ViewBody::Sql(s) => s
-                .timestamp
-                .as_ref()
-                .map(|t| t.value.as_str())
-                .unwrap_or(&self.sources[0].timestamp.value),
-            _ => &self.sources[0].timestamp.value,
-        }
-    }
-}
 
 /// A repo resolved against its Delta tables.
 #[derive(Debug, Clone)]
@@ -495,9 +405,4 @@ impl Entity {
     pub fn keys(&self) -> Vec<String> {
         self.join_keys.iter().map(|k| k.value.clone()).collect()
     }
-}
-
-/// True when `sql` is exactly one query statement.
-pub(crate) fn is_single_query(statements: &[Statement]) -> bool {
-    statements.len() == 1 && matches!(statements[0], Statement::Query(_))
 }

@@ -58,7 +58,7 @@ pub struct PlannedChange {
     /// Registered model versions that read a view this changes or removes, and what
     /// retraining each means (the lineage graph's answer, `quiver registry impact`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub affected_models: Vec<crate::models::RetrainTask>,
+    pub affected_models: Vec<crate::model_inputs::RetrainTask>,
 }
 
 /// Everything `apply` would do. `plan` computes it and changes nothing.

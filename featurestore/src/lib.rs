@@ -40,11 +40,12 @@ pub mod catalog;
 pub mod cli;
 #[cfg(feature = "flight")]
 pub mod client;
+pub mod definition;
 pub mod delta;
 pub mod diff;
 mod error;
 mod limits;
-pub mod models;
+pub mod model_inputs;
 pub mod offline;
 pub mod online;
 pub mod plan;
@@ -55,7 +56,7 @@ pub mod serve;
 pub mod spec;
 mod store;
 
-pub use catalog::{FeatureField, ViewDefinition};
+pub use definition::{FeatureField, ViewDefinition};
 pub use error::{Error, Result};
 pub use limits::Limits;
 pub use store::{

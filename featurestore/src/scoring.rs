@@ -114,7 +114,7 @@ pub(crate) fn score_batch(
                             f.view
                         )))
                     })?;
-                    columns.push(crate::models::to_f64(col.as_ref())?);
+                    columns.push(crate::model_inputs::to_f64(col.as_ref())?);
                     column_of.insert(key, columns.len() - 1);
                     columns.len() - 1
                 }

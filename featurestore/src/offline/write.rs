@@ -91,7 +91,7 @@ impl TrainingSet {
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
                     .set_key_value_metadata(Some(vec![KeyValue::new(
-                        crate::models::LINEAGE_METADATA_KEY.into(),
+                        crate::model_inputs::LINEAGE_METADATA_KEY.into(),
                         lineage,
                     )]))
                     .build();

@@ -33,7 +33,7 @@ pub use exec::{PointInTimeExec, ScanProgress};
 pub use node::{PointInTimeNode, session, session_with_config};
 pub use spec::{AggSpec, PitMode, PitSpec, aggregate_type};
 
-use crate::catalog::ViewDefinition;
+use crate::definition::ViewDefinition;
 use crate::delta::{self, OpenTable};
 use crate::spec::{Entity, FeatureView, ViewBody};
 use crate::{Error, Result};
@@ -126,7 +126,7 @@ pub(crate) async fn sql_frame(
     let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
     let statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)
         .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
-    if !crate::catalog::is_single_query(&statements) {
+    if !is_single_query(&statements) {
         return Err(datafusion::error::DataFusionError::Plan(
             "a view's SQL must be exactly one SELECT query".into(),
         ));
@@ -336,4 +336,40 @@ pub(crate) fn keys_as_of(
         )?
         .build()?;
     Ok(plan)
+}
+
+/// True when parsed SQL is exactly one query statement (a view's body may be nothing
+/// else).
+pub(crate) fn is_single_query(statements: &[datafusion::sql::sqlparser::ast::Statement]) -> bool {
+    use datafusion::sql::sqlparser::ast::Statement;
+    statements.len() == 1 && matches!(statements[0], Statement::Query(_))
+}
+
+impl ViewDefinition {
+    /// The point-in-time join computing `subset` of the features (all when `None`).
+    pub fn pit_spec(
+        &self,
+        subset: Option<&[String]>,
+        full_names: bool,
+        entity_ts: &str,
+    ) -> PitSpec {
+        let all: Vec<String> = self.features.iter().map(|f| f.name.clone()).collect();
+        let features = subset
+            .map(<[String]>::to_vec)
+            .unwrap_or_else(|| all.clone());
+        let mut spec = pit_spec(
+            &self.view,
+            &self.entity,
+            self.event_time_column(),
+            self.created_column(),
+            &features,
+            full_names,
+            entity_ts,
+        );
+        if matches!(self.view.body, ViewBody::Sql(_)) {
+            // A SQL view's features are its output columns: all of them order ties.
+            spec.tie_columns = all;
+        }
+        spec
+    }
 }

@@ -132,7 +132,7 @@ impl BankData {
     pub fn load(path: &Path, features: &[String], label: &str) -> Result<Self, ServiceError> {
         let mut cols: Vec<String> = features.to_vec();
         cols.push(label.to_string());
-        let mut data = quiver_featurestore::models::read_training_data(
+        let mut data = quiver_featurestore::model_inputs::read_training_data(
             path,
             &cols,
             &quiver_featurestore::Limits::default(),

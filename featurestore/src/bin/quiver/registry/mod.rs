@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
 use quiver_featurestore::Limits;
-use quiver_featurestore::models::{read_training_data, training_stats};
+use quiver_featurestore::model_inputs::{read_training_data, training_stats};
 use quiver_featurestore::offline::parse_feature_refs;
 use quiver_featurestore::{Error, FeatureStore};
 use quiver_registry::{ModelRegistry, Registration, SigningKey};
