@@ -18,8 +18,7 @@ use serde::Serialize;
 use crate::offline::{FeatureRef, TrainingSet};
 use crate::{Error, FeatureStore, Result};
 
-/// Name of the Parquet key-value metadata entry holding a training set's lineage.
-pub const LINEAGE_METADATA_KEY: &str = "quiver.lineage";
+pub use crate::offline::LINEAGE_METADATA_KEY;
 
 /// A model version that reads a view, and what retraining it on the view's current
 /// version means (`quiver registry impact`).

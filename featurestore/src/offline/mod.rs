@@ -9,4 +9,4 @@ pub use retrieve::{
     FeatureRef, HistoricalFeatures, Lineage, PreparedTrainingSet, TrainingSet, ViewUse,
     parse_feature_refs,
 };
-pub use write::OutputFormat;
+pub use write::{LINEAGE_METADATA_KEY, OutputFormat};

@@ -10,6 +10,9 @@ use parquet::file::properties::WriterProperties;
 use super::TrainingSet;
 use crate::{Error, Result, delta};
 
+/// Name of the Parquet key-value metadata entry holding a training set's lineage.
+pub const LINEAGE_METADATA_KEY: &str = "quiver.lineage";
+
 /// Output formats of a training set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -91,7 +94,7 @@ impl TrainingSet {
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
                     .set_key_value_metadata(Some(vec![KeyValue::new(
-                        crate::model_inputs::LINEAGE_METADATA_KEY.into(),
+                        LINEAGE_METADATA_KEY.into(),
                         lineage,
                     )]))
                     .build();

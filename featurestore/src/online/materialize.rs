@@ -36,7 +36,7 @@ use serde::Serialize;
 use super::codec::{self, Value, encode_key, value_at};
 use super::record::{Record, Row, ServedAgg, ServingKind, ServingPlan, Status};
 use super::store::{TableMark, Watermark};
-use crate::catalog::{FeatureField, ViewDefinition};
+use crate::definition::{FeatureField, ViewDefinition};
 use crate::delta;
 use crate::plan::{self, ScanProgress, ident, kernel};
 use crate::spec::{Fallback, ViewBody};

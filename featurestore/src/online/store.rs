@@ -36,7 +36,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::pages::{self, Page};
 use super::record::ServingPlan;
-use crate::catalog::FeatureField;
+use crate::definition::FeatureField;
 use crate::{Error, Result};
 
 /// A Delta table at the version materialization read.

@@ -15,7 +15,6 @@
 //! ```
 
 mod access;
-mod admin;
 mod auth;
 mod command;
 mod ipc_guard;

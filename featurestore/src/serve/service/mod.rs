@@ -32,19 +32,21 @@ use futures::{StreamExt, TryStreamExt};
 use quiver_registry::{Deployment, ModelServer};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::admin::ACTIONS;
-use super::auth::Tenant;
-use super::command::{Command, json_batch};
-use super::layers::tenant;
-use super::metrics::Metrics;
-use super::model_metrics::ModelServers;
-use super::status::flight_err;
-use super::uploads::Uploads;
 use crate::Limits;
 use crate::offline::parse_feature_refs;
 use crate::scoring::{ScoreOptions, ScoredBatch, deployment_views, score_batch, scored_schema};
+use crate::serve::auth::Tenant;
+use crate::serve::command::{Command, json_batch};
+use crate::serve::layers::tenant;
+use crate::serve::metrics::Metrics;
+use crate::serve::model_metrics::ModelServers;
+use crate::serve::status::flight_err;
+use crate::serve::uploads::Uploads;
 use crate::store::{AppliedView, FeatureStore};
 use crate::{Error, delta};
+use admin::ACTIONS;
+
+mod admin;
 
 type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 

@@ -7,11 +7,15 @@ use tonic::Status;
 
 use arrow_flight::Action;
 
-use super::auth::Tenant;
-use super::service::FeatureService;
+use super::FeatureService;
+use crate::serve::auth::Tenant;
 
 impl FeatureService {
-    pub(super) async fn action(&self, tenant: &Tenant, action: Action) -> Result<Bytes, Status> {
+    pub(in crate::serve) async fn action(
+        &self,
+        tenant: &Tenant,
+        action: Action,
+    ) -> Result<Bytes, Status> {
         let store = &self.shared.store;
         let admin = || {
             if tenant.admin {
@@ -127,7 +131,7 @@ impl FeatureService {
                     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&v.until) {
                         self.shared.metrics.lag(
                             &v.view,
-                            (super::service::now_us() - t.timestamp_micros()) as f64 / 1e6,
+                            (super::now_us() - t.timestamp_micros()) as f64 / 1e6,
                         );
                     }
                 }
@@ -142,7 +146,7 @@ impl FeatureService {
     }
 }
 
-pub(super) const ACTIONS: [(&str, &str); 6] = [
+pub(in crate::serve) const ACTIONS: [(&str, &str); 6] = [
     ("health", "Is the server up: {\"status\": \"ok\"}"),
     (
         "model-status",
