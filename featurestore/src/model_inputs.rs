@@ -280,12 +280,7 @@ pub fn read_training_data(
             Error::InvalidRequest(format!(
                 "{} has no column `{c}` (it has: {})",
                 path.display(),
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::plan::column_list(&schema)
             ))
         })?;
         if !field.data_type().is_numeric() && field.data_type() != &DataType::Boolean {

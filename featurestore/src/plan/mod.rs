@@ -31,6 +31,7 @@ use serde::Serialize;
 
 pub use exec::{PointInTimeExec, ScanProgress};
 pub use node::{PointInTimeNode, session, session_with_config};
+pub(crate) use spec::column_list;
 pub use spec::{AggSpec, PitMode, PitSpec, aggregate_type};
 
 use crate::definition::ViewDefinition;

@@ -60,12 +60,7 @@ fn index_of(schema: &Schema, name: &str, side: &str) -> Result<usize> {
         Ok(i) => Ok(i),
         Err(_) => plan_err!(
             "column `{name}` not found in the {side} (it has: {})",
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            column_list(schema)
         ),
     }
 }
@@ -235,4 +230,14 @@ impl PitSpec {
             }
         }
     }
+}
+
+/// A schema's column names, comma-separated, for errors that list what there is.
+pub(crate) fn column_list(schema: &arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -342,8 +342,9 @@ async fn bank_level_dp_noises_the_aggregate_and_stops_at_its_budget() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bank_presenting_another_banks_certificate_is_refused() {
+/// A coordinator over mTLS for `bank_a` and `bank_b` (one round), waiting `join_s`
+/// for them; its PKI is in the returned folder.
+async fn two_bank_coordinator(join_s: f64) -> (tempfile::TempDir, pki::Federation, Coordinator) {
     let dir = tempfile::tempdir().unwrap();
     let names = vec!["bank_a".to_string(), "bank_b".to_string()];
     let fed = pki::init(dir.path(), &names).unwrap();
@@ -354,8 +355,14 @@ async fn a_bank_presenting_another_banks_certificate_is_refused() {
         cert: "coordinator.pem".into(),
         key: "coordinator.key".into(),
     };
-    cfg.deadlines.join_s = 1.0;
+    cfg.deadlines.join_s = join_s;
     let coord = Coordinator::start(cfg, dir.path()).await.unwrap();
+    (dir, fed, coord)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_presenting_another_banks_certificate_is_refused() {
+    let (dir, fed, coord) = two_bank_coordinator(1.0).await;
     let w = {
         let mut c = WorkerConfig::default();
         c.name = "bank_b".into();
@@ -405,18 +412,7 @@ async fn a_bank_presenting_another_banks_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_submissions_are_refused_with_the_field_named() {
     use quiver_federation::service::rpc::{self, PollRequest, Stage, Submission, Work, pb};
-    let dir = tempfile::tempdir().unwrap();
-    let names = vec!["bank_a".to_string(), "bank_b".to_string()];
-    let fed = pki::init(dir.path(), &names).unwrap();
-    let mut cfg = config(1, Budget::default());
-    cfg.roster = fed.roster.clone();
-    cfg.tls = TlsFiles {
-        ca: "ca.pem".into(),
-        cert: "coordinator.pem".into(),
-        key: "coordinator.key".into(),
-    };
-    cfg.deadlines.join_s = 2.0;
-    let coord = Coordinator::start(cfg, dir.path()).await.unwrap();
+    let (dir, _fed, coord) = two_bank_coordinator(2.0).await;
     let pem = TlsFiles {
         ca: "ca.pem".into(),
         cert: "bank_a.pem".into(),
