@@ -21,6 +21,25 @@ pub fn exit_quietly_on_closed_stdout() {
     }));
 }
 
+/// Log to stderr: warnings by default, `info` (with `debug_target` at debug) at `-v`,
+/// everything at debug from `-vv`; `QUIVER_LOG` (an `EnvFilter`) overrides.
+#[cfg(feature = "cli")]
+pub fn init_logging(verbose: u8, debug_target: Option<&str>) {
+    let filter = match (verbose, debug_target) {
+        (0, _) => "warn".to_string(),
+        (1, Some(t)) => format!("info,{t}=debug"),
+        (1, None) => "info".to_string(),
+        _ => "debug".to_string(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// The first `n` characters of a hash (all of it when shorter, e.g. from a damaged
 /// record), for display.
 ///

@@ -244,18 +244,7 @@ enum CaCmd {
 fn main() -> std::process::ExitCode {
     quiver_featurestore::cli::exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
-    let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    quiver_featurestore::cli::init_logging(cli.verbose, None);
     let json = cli.output == Output::Json;
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

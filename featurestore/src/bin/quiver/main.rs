@@ -224,18 +224,7 @@ enum Format {
 fn main() -> ExitCode {
     quiver_featurestore::cli::exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
-    let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info,quiver=debug",
-        _ => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    quiver_featurestore::cli::init_logging(cli.verbose, Some("quiver"));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
