@@ -14,8 +14,15 @@ pub const MAX_VECTOR_LEN: usize = 64 << 20;
 /// first `C(m, t)` tries; this bound keeps a hostile round's cost near a second of CPU.
 pub const MAX_REBUILD_TRIES: usize = 4096;
 
-/// Largest gRPC message either side accepts (a masked vector of 16 M words).
+/// Largest gRPC message the coordinator accepts and a bank sends (a masked vector of
+/// 16 M words).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Largest task a bank accepts from the coordinator. The largest real one is a round's
+/// start with the biggest allowed model (about 1 MB of parameters); stage inputs are
+/// at most 254 adverts, shares or signatures. Decoding allocates at most a small
+/// multiple of this, whatever the coordinator sends.
+pub const MAX_TASK_BYTES: usize = 8 << 20;
 
 /// Largest ciphertext of one encrypted share pair.
 pub const MAX_CIPHERTEXT: usize = 1024;

@@ -28,7 +28,7 @@ pub use pb::submission::Stage;
 pub use pb::task::Work;
 pub use pb::{Ack, PollRequest, StatusReply, StatusRequest, Submission, Task};
 
-pub use crate::limits::MAX_MESSAGE_BYTES;
+pub use crate::limits::{MAX_MESSAGE_BYTES, MAX_TASK_BYTES};
 
 /// Number of secure-aggregation stages in a round.
 pub const STAGES: usize = 5;
@@ -36,20 +36,22 @@ pub const STAGES: usize = 5;
 /// The client of the coordinator, over a connected channel.
 pub type CoordinatorClient = pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>;
 
-/// A client whose messages are bounded as the server's are.
+/// A client that sends what the server accepts and takes tasks of at most
+/// [`MAX_TASK_BYTES`].
 pub fn client(channel: tonic::transport::Channel) -> CoordinatorClient {
     CoordinatorClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_TASK_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// The tonic service of an implementation of the coordinator.
+/// The tonic service of an implementation of the coordinator: takes submissions of at
+/// most [`MAX_MESSAGE_BYTES`], sends tasks of at most [`MAX_TASK_BYTES`].
 pub fn server<T: pb::coordinator_server::Coordinator>(
     rpc: T,
 ) -> pb::coordinator_server::CoordinatorServer<T> {
     pb::coordinator_server::CoordinatorServer::new(rpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_TASK_BYTES)
 }
 
 /// The protocol stage (0 to 4) a task's work belongs to; `None` for wait, done and
