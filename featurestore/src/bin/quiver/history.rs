@@ -45,7 +45,10 @@ pub(crate) async fn history(cli: &Cli) -> anyhow::Result<()> {
         .with_full_feature_names(*full_names)
         .with_timestamp_column(timestamp_column)
         .with_progress(progress.clone());
-    let total: u64 = {
+    // The bar's total opens every source table once more: only when a bar is drawn.
+    let total: u64 = if !crate::progress_visible(cli.output) {
+        0
+    } else {
         let views = builder.resolve_views()?;
         let mut t = 0;
         for (v, _) in &views {

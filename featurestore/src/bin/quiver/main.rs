@@ -325,8 +325,13 @@ fn progress_ticker(bar: &ProgressBar, progress: &Arc<ScanProgress>) -> tokio::ta
     })
 }
 
+/// Whether progress bars are drawn: text output to a terminal.
+fn progress_visible(output: Output) -> bool {
+    output == Output::Text && std::io::stderr().is_terminal()
+}
+
 fn progress_bar(output: Output, total: u64) -> ProgressBar {
-    let visible = output == Output::Text && std::io::stderr().is_terminal();
+    let visible = progress_visible(output);
     let bar = if total > 0 {
         ProgressBar::new(total)
     } else {
