@@ -12,25 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=${QUIVER_CUDA_VENV:-$HOME/.cache/quiver/cuda13}
-if [ ! -x "$venv/bin/pip" ]; then
-    python3 -m venv "$venv"
-fi
-# One CUDA release for every part: a newer nvvm emits PTX the 13.0 ptxas refuses.
-"$venv/bin/pip" install -q \
-    "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-nvvm==13.0.*" \
-    "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*" \
-    "nvidia-cublas==13.0.*" "nvidia-curand==10.4.*"
-cuda=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
-# The wheels ship versioned libraries only; the linker and cudarc look for lib*.so.
-for f in "$cuda"/lib/lib*.so.*; do
-    base=${f%%.so.*}.so
-    [ -e "$base" ] || ln -s "$(basename "$f")" "$base"
-done
-[ -e "$cuda/lib64" ] || ln -s lib "$cuda/lib64"
-
-export CUDA_HOME="$cuda" CUDA_PATH="$cuda" PATH="$cuda/bin:$PATH" LIBRARY_PATH="$cuda/lib"
-export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+. scripts/cuda-env.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/gpu-check}
 nvcc --version | tail -1
 cargo check -p quiver-federation --features gpu --all-targets

@@ -21,18 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${1:-}" = "build" ] || { sed -n '2,18p' "$0"; exit 2; }
 
-venv=${QUIVER_CUDA_VENV:-$HOME/.cache/quiver/cuda13}
-[ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q \
-    "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-nvvm==13.0.*" \
-    "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*" \
-    "nvidia-cublas==13.0.*" "nvidia-curand==10.4.*"
-cuda=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
-for f in "$cuda"/lib/lib*.so.*; do
-    base=${f%%.so.*}.so
-    [ -e "$base" ] || ln -s "$(basename "$f")" "$base"
-done
-[ -e "$cuda/lib64" ] || ln -s lib "$cuda/lib64"
+. scripts/cuda-env.sh
 
 # A stub libcuda.so.1 with every driver function cudarc declares, for the linker only.
 bindings=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path '*cudarc-*/src/driver/sys/mod.rs' | sort | tail -1)
@@ -42,8 +31,6 @@ grep -o 'fn cu[A-Za-z0-9_]*' "$bindings" | sort -u | sed 's/^fn \(.*\)/void \1(v
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda/lib/libcuda.so" "$stub/cuda.c"
 rm -rf "$stub"
 
-export CUDA_HOME="$cuda" CUDA_PATH="$cuda" PATH="$cuda/bin:$PATH" LIBRARY_PATH="$cuda/lib"
-export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export CARGO_TARGET_DIR=${QUIVER_GPU_TARGET_DIR:-$HOME/.cache/quiver-gpu/target}
 export CARGO_INCREMENTAL=0
 tests=$(cargo test --release -p quiver-federation --features gpu --lib --no-run --message-format json 2>/dev/null \
