@@ -113,20 +113,19 @@ pub async fn resolve(repo: &FeatureRepo) -> Result<ResolvedRepo, Diagnostics> {
             let Some(col) = col else { continue };
             if let Some(dt) =
                 check_column(&table.schema, &col.value, o, col.loc, &whose, &mut diags)
+                && !is_time(&dt)
             {
-                if !is_time(&dt) {
-                    diags.push(
-                        diag(
-                            o,
-                            col.loc,
-                            format!(
-                                "`{what}` column `{}` is {dt}, not a timestamp or date",
-                                col.value
-                            ),
-                        )
-                        .with_hint("store event times as Delta `timestamp` (or `date`) values"),
-                    );
-                }
+                diags.push(
+                    diag(
+                        o,
+                        col.loc,
+                        format!(
+                            "`{what}` column `{}` is {dt}, not a timestamp or date",
+                            col.value
+                        ),
+                    )
+                    .with_hint("store event times as Delta `timestamp` (or `date`) values"),
+                );
             }
         }
         tables.insert(source.name.value.clone(), table);
@@ -213,13 +212,13 @@ fn resolve_simple(
         ViewBody::Aggregates(aggs) => {
             for a in aggs {
                 let Some(c) = &a.column else { continue };
-                if let Some(dt) = check_column(schema, &c.value, o, c.loc, &whose, diags) {
-                    if let Err(e) = plan::aggregate_type(a.function, Some(&dt)) {
-                        diags.push(
+                if let Some(dt) = check_column(schema, &c.value, o, c.loc, &whose, diags)
+                    && let Err(e) = plan::aggregate_type(a.function, Some(&dt))
+                {
+                    diags.push(
                             diag(o, c.loc, format!("feature `{}`: {}", a.name, e.strip_backtrace()))
                                 .with_hint("aggregate a numeric column, or use `count`, `count_distinct` or `last`"),
                         );
-                    }
                 }
             }
         }
@@ -260,13 +259,13 @@ fn check_online(
     }
     let o = &view.origin;
     for k in &entity.join_keys {
-        if let Ok(f) = schema.field_with_name(&k.value) {
-            if !crate::online::key_type_ok(f.data_type()) {
-                diags.push(
+        if let Ok(f) = schema.field_with_name(&k.value)
+            && !crate::online::key_type_ok(f.data_type())
+        {
+            diags.push(
                     diag(o, view.name.loc, format!("view `{}` is served online but its join key `{}` is {}", view.name, k.value, f.data_type()))
                         .with_hint("online serving needs integer or string keys; cast the key in a SQL view, or set `online: false`"),
                 );
-            }
         }
     }
     for f in features {
@@ -356,14 +355,14 @@ async fn resolve_sql(
     for key in &entity.join_keys {
         check_column(&schema, &key.value, o, body.sql.loc, &whose, diags);
     }
-    if let Some(dt) = check_column(&schema, &ts_name, o, ts_loc, &whose, diags) {
-        if !is_time(&dt) {
-            diags.push(diag(
-                o,
-                ts_loc,
-                format!("event-time column `{ts_name}` of {whose} is {dt}, not a timestamp"),
-            ));
-        }
+    if let Some(dt) = check_column(&schema, &ts_name, o, ts_loc, &whose, diags)
+        && !is_time(&dt)
+    {
+        diags.push(diag(
+            o,
+            ts_loc,
+            format!("event-time column `{ts_name}` of {whose} is {dt}, not a timestamp"),
+        ));
     }
     if let Some(features) = &body.features {
         for f in features {

@@ -238,10 +238,10 @@ pub async fn write_partitioned(
     mode: SaveMode,
     partition_by: &[&str],
 ) -> Result<i64> {
-    if url.scheme() == "file" {
-        if let Ok(p) = url.to_file_path() {
-            std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        }
+    if url.scheme() == "file"
+        && let Ok(p) = url.to_file_path()
+    {
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
     let exists = url.scheme() != "file"
         || url

@@ -361,7 +361,7 @@ impl NativeModel {
     /// Scores (probabilities) of `rows` rows stored row-major in `x`, into `out`.
     pub fn score_into(&self, x: &[f64], out: &mut Vec<f64>) -> Result<()> {
         let n = self.features().len();
-        if x.len() % n != 0 {
+        if !x.len().is_multiple_of(n) {
             return Err(invalid(format!(
                 "{} input values is not a whole number of rows of {n} features",
                 x.len()

@@ -142,12 +142,12 @@ impl OnnxModel {
                 )));
             }
         };
-        if let Some(rank) = fact.shape.rank().concretize() {
-            if rank != 2 {
-                return Err(invalid(format!(
-                    "the ONNX input has {rank} dimensions; quiver feeds [batch, features]"
-                )));
-            }
+        if let Some(rank) = fact.shape.rank().concretize()
+            && rank != 2
+        {
+            return Err(invalid(format!(
+                "the ONNX input has {rank} dimensions; quiver feeds [batch, features]"
+            )));
         }
         let width = fact
             .shape
@@ -155,13 +155,13 @@ impl OnnxModel {
             .nth(1)
             .and_then(|d| d.concretize())
             .and_then(|d| d.to_usize().ok());
-        if let Some(w) = width {
-            if w != n {
-                return Err(Error::SchemaMismatch(format!(
-                    "the ONNX model takes {w} features per row, its input schema lists {n} ({})",
-                    features.join(", ")
-                )));
-            }
+        if let Some(w) = width
+            && w != n
+        {
+            return Err(Error::SchemaMismatch(format!(
+                "the ONNX model takes {w} features per row, its input schema lists {n} ({})",
+                features.join(", ")
+            )));
         }
         let names: Vec<String> = model
             .output_outlets()
@@ -249,7 +249,7 @@ impl OnnxModel {
     /// Scores (probabilities) of rows stored row-major in `x`, into `out`.
     pub fn score_into(&self, x: &[f64], out: &mut Vec<f64>) -> Result<()> {
         let n = self.features.len();
-        if x.len() % n != 0 {
+        if !x.len().is_multiple_of(n) {
             return Err(invalid(format!(
                 "{} input values is not a whole number of rows of {n} features",
                 x.len()

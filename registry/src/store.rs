@@ -441,13 +441,13 @@ impl MetadataStore {
                     Some(v) => read_u64("meta/last_apply", &v).map_err(abort)?,
                     None => 0,
                 };
-                if let Some(expected) = changes.based_on {
-                    if expected != last {
-                        return Err(abort(Error::Conflict {
-                            expected,
-                            found: last,
-                        }));
-                    }
+                if let Some(expected) = changes.based_on
+                    && expected != last
+                {
+                    return Err(abort(Error::Conflict {
+                        expected,
+                        found: last,
+                    }));
                 }
                 let id = last + 1;
                 let mut record = ApplyRecord {

@@ -523,10 +523,10 @@ fn input_columns(def: &ViewDefinition, schema: &Schema) -> Vec<String> {
         ViewBody::Aggregates(aggs) => {
             let mut out: Vec<String> = Vec::new();
             for a in aggs {
-                if let Some(c) = &a.column {
-                    if !out.contains(&c.value) {
-                        out.push(c.value.clone());
-                    }
+                if let Some(c) = &a.column
+                    && !out.contains(&c.value)
+                {
+                    out.push(c.value.clone());
                 }
             }
             out

@@ -200,10 +200,10 @@ impl Partial {
     fn combine(&mut self, other: Partial) {
         match (self, other) {
             (Partial::Acc(acc), Partial::Acc(other)) => acc.combine(other),
-            (Partial::Last(cur), Partial::Last(Some(row))) => {
-                if cur.as_ref().is_none_or(|c| row.beats(c)) {
-                    *cur = Some(row);
-                }
+            (Partial::Last(cur), Partial::Last(Some(row)))
+                if cur.as_ref().is_none_or(|c| row.beats(c)) =>
+            {
+                *cur = Some(row);
             }
             _ => {}
         }
@@ -321,10 +321,10 @@ impl Record {
     /// Combine with `other` (built from rows this record has not seen).
     pub(crate) fn absorb(&mut self, other: Record, horizon: i64) {
         match (&mut *self, other) {
-            (Record::AsOf(best), Record::AsOf(row)) => {
-                if !row.values.is_empty() && (best.values.is_empty() || row.beats(best)) {
-                    *best = row;
-                }
+            (Record::AsOf(best), Record::AsOf(row))
+                if !row.values.is_empty() && (best.values.is_empty() || row.beats(best)) =>
+            {
+                *best = row;
             }
             (
                 Record::Aggregate {

@@ -317,14 +317,14 @@ impl SledOnlineStore {
         let mut old = Vec::new();
         for name in self.db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
-            if let Some(g) = name.strip_prefix(&prefix) {
-                if g.parse::<u64>().is_ok_and(|g| g < keep) {
-                    self.generations
-                        .write()
-                        .expect("generation cache lock")
-                        .remove(&name);
-                    old.push(name);
-                }
+            if let Some(g) = name.strip_prefix(&prefix)
+                && g.parse::<u64>().is_ok_and(|g| g < keep)
+            {
+                self.generations
+                    .write()
+                    .expect("generation cache lock")
+                    .remove(&name);
+                old.push(name);
             }
         }
         if old.is_empty() {
@@ -467,17 +467,16 @@ impl OnlineStore for SledOnlineStore {
         let mut page: Option<(usize, sled::IVec)> = None;
         for i in order {
             let key = keys[i as usize].as_slice();
-            if overlay {
-                if let Some(v) = g
+            if overlay
+                && let Some(v) = g
                     .tree
                     .get(overlay_key(key))
                     .map_err(|e| storage(&self.path, e))?
-                {
-                    if !v.is_empty() {
-                        out[i as usize] = Some(RecordBytes(RecordBytesInner::Sled(v)));
-                    }
-                    continue;
+            {
+                if !v.is_empty() {
+                    out[i as usize] = Some(RecordBytes(RecordBytesInner::Sled(v)));
                 }
+                continue;
             }
             let Some(n) = g.index.page_of(key) else {
                 continue;

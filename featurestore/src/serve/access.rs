@@ -62,10 +62,10 @@ impl FeatureService {
             .map_err(Error::from)?;
         {
             let cache = self.shared.views.read().expect("view cache lock");
-            if cache.0 == apply_id {
-                if let Some(v) = cache.1.get(view) {
-                    return Ok(v.clone());
-                }
+            if cache.0 == apply_id
+                && let Some(v) = cache.1.get(view)
+            {
+                return Ok(v.clone());
             }
         }
         let v = Arc::new(self.shared.store.view(view, None)?);

@@ -75,7 +75,7 @@ impl ModelMetrics {
                     f.psi.push((l.clone(), r.psi));
                     f.ks.push((l.clone(), r.ks));
                     f.drifted.push((l.clone(), u64::from(r.drifted)));
-                    f.drift_rows.push((l, r.live_count as u64));
+                    f.drift_rows.push((l, r.live_count));
                 }
             }
             f.rollbacks.push((

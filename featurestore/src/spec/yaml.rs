@@ -277,16 +277,16 @@ pub(crate) fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<Node>, 
                             None,
                         ));
                     }
-                    if let Value::Scalar { text, .. } = &node.value {
-                        if let Some((prev, _)) = pairs.iter().find(
+                    if let Value::Scalar { text, .. } = &node.value
+                        && let Some((prev, _)) = pairs.iter().find(
                             |(k, _)| matches!(&k.value, Value::Scalar { text: t, .. } if t == text),
-                        ) {
-                            return Err(YamlError::new(
-                                node.loc,
-                                format!("duplicate key `{text}` (first at line {})", prev.loc.line),
-                                Some("each key may appear once in a mapping"),
-                            ));
-                        }
+                        )
+                    {
+                        return Err(YamlError::new(
+                            node.loc,
+                            format!("duplicate key `{text}` (first at line {})", prev.loc.line),
+                            Some("each key may appear once in a mapping"),
+                        ));
                     }
                     *key = Some(node);
                 }

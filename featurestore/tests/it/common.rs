@@ -169,7 +169,7 @@ pub(crate) async fn assert_online_equals_training(
 ) {
     let online = store.online().unwrap();
     let (got, _) = online.get(view, None, &keys(ids), t).unwrap();
-    let want = training_at(&store, view, &ids, t).await;
+    let want = training_at(store, view, ids, t).await;
     let status = format!("{view}__status");
     assert_eq!(
         column_strings(&got, &status),

@@ -138,7 +138,7 @@ fn events(seed: u64, n: usize, until: i64) -> Vec<Event> {
             let key = (next() % 5) as i64;
             // Whole hours over 12 days: ties on time are common.
             let ts = until - (next() % (12 * 24)) as i64 * HOUR;
-            let null = |x: u64| x % 5 == 0;
+            let null = |x: u64| x.is_multiple_of(5);
             let f = match next() % 40 {
                 0 => Some(1.5e308), // two of these overflow a running sum
                 1 => Some(-3.25e-200),

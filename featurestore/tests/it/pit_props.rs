@@ -230,7 +230,7 @@ fn values(batch: &RecordBatch, name: &str) -> Vec<Val> {
 
 // ---- the reference: plain loops ------------------------------------------------------
 
-fn visible<'a>(c: &'a Case, key: Option<i64>, t: i64) -> Vec<&'a Row> {
+fn visible(c: &Case, key: Option<i64>, t: i64) -> Vec<&Row> {
     let Some(key) = key else { return Vec::new() };
     c.rows
         .iter()

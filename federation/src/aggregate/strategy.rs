@@ -5,8 +5,10 @@ use super::*;
 /// How the coordinator turns the mean update into the next global model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "name", deny_unknown_fields)]
+#[derive(Default)]
 pub enum Strategy {
     /// `w += mean Δ` (McMahan et al. 2017), rows as weights.
+    #[default]
     FedAvg,
     /// FedAvg aggregation; banks add `μ/2·‖w − w_global‖²` locally (Li et al. 2020).
     FedProx {
@@ -25,12 +27,6 @@ pub enum Strategy {
         /// Adaptivity τ.
         tau: f64,
     },
-}
-
-impl Default for Strategy {
-    fn default() -> Self {
-        Self::FedAvg
-    }
 }
 
 impl Strategy {

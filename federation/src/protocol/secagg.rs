@@ -409,7 +409,7 @@ pub fn neighbours(params: &Params, seed: &[u8; 32], id: u32) -> Vec<u32> {
     let prg = MaskPrg::new(seed);
     let r = prg.words(n);
     for i in (1..n).rev() {
-        let j = (r[i] as u64 * (i as u64 + 1) >> 32) as usize;
+        let j = ((r[i] as u64 * (i as u64 + 1)) >> 32) as usize;
         order.swap(i, j);
     }
     let pos = order.iter().position(|v| *v == id).unwrap_or(0);
@@ -773,7 +773,7 @@ impl Client {
                 )));
             }
         }
-        if !keys.iter().any(|k| *k == self.advert) {
+        if !keys.contains(&self.advert) {
             self.stage = ClientStage::Done;
             return Err(refuse("this client's own keys are missing".into()));
         }

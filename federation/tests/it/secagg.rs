@@ -170,7 +170,7 @@ fn run(
             b.ids[i as usize].clone(),
             b.roster.clone(),
             params.clone(),
-            policy(&params),
+            policy(params),
             r,
         )?;
         clients.insert(i, c);

@@ -434,12 +434,12 @@ impl ModelRegistry {
                 reason: "an alias cannot be a number (numbers name versions)".into(),
             });
         }
-        if let Some(v) = to {
-            if self.version(model, v)?.is_none() {
-                return Err(Error::NotFound {
-                    what: format!("version {v} of model `{model}`"),
-                });
-            }
+        if let Some(v) = to
+            && self.version(model, v)?.is_none()
+        {
+            return Err(Error::NotFound {
+                what: format!("version {v} of model `{model}`"),
+            });
         }
         let key = key2(model, alias);
         let at = now_ms();
@@ -451,14 +451,14 @@ impl ModelRegistry {
                     None => None,
                 };
                 let cur_v = cur.as_ref().map(|c| c.version);
-                if let Some(expected) = expect {
-                    if expected != cur_v {
-                        return Err(abort(Error::AliasMoved {
-                            alias: format!("{model}/{alias}"),
-                            expected,
-                            found: cur_v,
-                        }));
-                    }
+                if let Some(expected) = expect
+                    && expected != cur_v
+                {
+                    return Err(abort(Error::AliasMoved {
+                        alias: format!("{model}/{alias}"),
+                        expected,
+                        found: cur_v,
+                    }));
                 }
                 // The log keeps a counter under the bare key (entries sit under key \0 seq),
                 // so numbering continues across removal and re-creation.

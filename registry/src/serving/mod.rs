@@ -271,10 +271,10 @@ impl ModelServer {
 
     /// Pick the version for `entity_key` from `d`.
     pub fn route<'a>(&self, d: &'a Deployment, entity_key: &[u8]) -> Option<&'a Arc<Served>> {
-        if let Some(c) = &d.challenger {
-            if ((entity_hash(entity_key) % 10_000) as f64) < d.challenger_percent * 100.0 {
-                return Some(c);
-            }
+        if let Some(c) = &d.challenger
+            && ((entity_hash(entity_key) % 10_000) as f64) < d.challenger_percent * 100.0
+        {
+            return Some(c);
         }
         d.champion.as_ref().or(d.challenger.as_ref())
     }
@@ -344,7 +344,7 @@ impl ModelServer {
         }
         if served.alias == CHALLENGER {
             let n = served.metrics.requests.load(Ordering::Relaxed);
-            if n >= self.policy.min_requests && n % self.policy.check_every == 0 {
+            if n >= self.policy.min_requests && n.is_multiple_of(self.policy.check_every) {
                 self.judge(d);
             }
         }

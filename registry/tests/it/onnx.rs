@@ -162,7 +162,7 @@ fn wide_models_get_sampled_shapley_values_that_still_add_up() {
         assert!(c.residual.abs() < 1e-9, "residual {}", c.residual);
         // Linear in the logit: every permutation gives the exact value, so the
         // sample mean is exact too. Compare against one-feature-at-a-time changes.
-        let base = model.contributions(&vec![0.0; 12]).unwrap().base;
+        let base = model.contributions(&[0.0; 12]).unwrap().base;
         for (j, v) in c.values.iter().enumerate() {
             let mut alone = vec![0.0; 12];
             alone[j] = row[j];

@@ -54,10 +54,9 @@ pub(crate) async fn history(cli: &Cli) -> anyhow::Result<()> {
         for (v, _) in &views {
             for s in &v.definition.sources {
                 if let Ok(url) = quiver_featurestore::delta::table_url(store.root(), &s.delta.value)
+                    && let Ok(table) = quiver_featurestore::delta::open(&url, None).await
                 {
-                    if let Ok(table) = quiver_featurestore::delta::open(&url, None).await {
-                        t += table.num_rows.unwrap_or(0);
-                    }
+                    t += table.num_rows.unwrap_or(0);
                 }
             }
         }

@@ -60,8 +60,8 @@ pub(crate) async fn materialize(cli: &Cli) -> anyhow::Result<()> {
         print_json(&report)?;
     } else {
         println!(
-            "{:<28} {:>8} {:<12} {:>10} {:>10} {:>10} {:>8}  {}",
-            "VIEW", "VERSION", "MODE", "ROWS", "KEYS", "STORED", "SECONDS", "WHY"
+            "{:<28} {:>8} {:<12} {:>10} {:>10} {:>10} {:>8}  WHY",
+            "VIEW", "VERSION", "MODE", "ROWS", "KEYS", "STORED", "SECONDS"
         );
         for v in report["views"].as_array().into_iter().flatten() {
             println!(

@@ -380,14 +380,14 @@ impl<'a> Decoder<'a> {
                 "description",
             ],
         );
-        if let (Some(ts), Some(created)) = (&timestamp, &created_timestamp) {
-            if ts.value == created.value {
-                self.err(
-                    created.loc,
-                    "`created_timestamp` must be a different column from `timestamp`",
-                    Some("leave `created_timestamp` out if the table has no such column".into()),
-                );
-            }
+        if let (Some(ts), Some(created)) = (&timestamp, &created_timestamp)
+            && ts.value == created.value
+        {
+            self.err(
+                created.loc,
+                "`created_timestamp` must be a different column from `timestamp`",
+                Some("leave `created_timestamp` out if the table has no such column".into()),
+            );
         }
         (self.diags.len() == before).then(|| Source {
             name: name.unwrap(),

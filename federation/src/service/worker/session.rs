@@ -130,7 +130,7 @@ impl BankSession {
         plan_json: &str,
         global: Vec<f32>,
     ) -> Result<(AdvertiseKeys, String), ServiceError> {
-        let mut plan: RoundPlan = serde_json::from_str(&plan_json)
+        let mut plan: RoundPlan = serde_json::from_str(plan_json)
             .map_err(|e| ServiceError::Failed(format!("plan: {e}")))?;
         if plan.kind == RoundKind::Train {
             plan.architecture.validate(plan.features.len())?;

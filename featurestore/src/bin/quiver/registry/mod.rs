@@ -270,10 +270,10 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
         if json_out {
             let mut v = serde_json::to_value(&rec)?;
             for k in ["entity", "inputs", "contributions"] {
-                if let Some(text) = v.get(k).and_then(|t| t.as_str()) {
-                    if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(text) {
-                        v[k] = parsed;
-                    }
+                if let Some(text) = v.get(k).and_then(|t| t.as_str())
+                    && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(text)
+                {
+                    v[k] = parsed;
                 }
             }
             print_json(&v)?;
