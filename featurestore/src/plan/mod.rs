@@ -27,6 +27,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, lit};
 use datafusion::prelude::{SQLOptions, SessionContext};
+use datafusion::sql::sqlparser::ast::Statement;
 use serde::Serialize;
 
 pub use exec::{PointInTimeExec, ScanProgress};
@@ -341,8 +342,7 @@ pub(crate) fn keys_as_of(
 
 /// True when parsed SQL is exactly one query statement (a view's body may be nothing
 /// else).
-pub(crate) fn is_single_query(statements: &[datafusion::sql::sqlparser::ast::Statement]) -> bool {
-    use datafusion::sql::sqlparser::ast::Statement;
+fn is_single_query(statements: &[Statement]) -> bool {
     statements.len() == 1 && matches!(statements[0], Statement::Query(_))
 }
 

@@ -182,10 +182,9 @@ impl ServeConfig {
             None => (None, None),
         };
         // Request bounds are the store's: one `Limits` for everything read from outside.
-        let limits = store.limits().clone();
+        let max_message_bytes = store.limits().max_message_bytes;
         let shared = Arc::new(service::Shared::new(
             store,
-            limits.clone(),
             metrics.clone(),
             audit,
             self.policies.clone(),
@@ -211,8 +210,8 @@ impl ServeConfig {
         metrics.register_collector(model_metrics::ModelMetrics(shared.models.clone()));
         let flight = tonic::service::interceptor::InterceptedService::new(
             FlightServiceServer::new(svc)
-                .max_decoding_message_size(limits.max_message_bytes)
-                .max_encoding_message_size(limits.max_message_bytes),
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
             layers::Authenticate(Arc::new(self.tokens)),
         );
         let mut rx = stop_rx.clone();

@@ -73,7 +73,6 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         store: FeatureStore,
-        limits: Limits,
         metrics: Arc<Metrics>,
         audit: Option<crate::audit::AuditLog>,
         policies: std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>,
@@ -82,8 +81,8 @@ impl Shared {
             audit,
             policies,
             online: store.online()?,
+            limits: store.limits().clone(),
             store,
-            limits,
             metrics,
             uploads: Uploads::default(),
             admin: tokio::sync::Mutex::new(()),

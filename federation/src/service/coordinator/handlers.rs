@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use super::state::{Phase, Shared, State, lock, status_json};
 use prost::Message;
 
-use crate::protocol::secagg::Server;
+use crate::protocol::secagg::{
+    AdvertiseKeys, ConsistencySig, MaskedInput, Server, ShareKeys, UnmaskResponse,
+};
 use crate::service::BankReport;
 use crate::service::rpc::{
     Ack, MessageError, PollRequest, Stage, StatusReply, StatusRequest, Submission, Task, Work, pb,
@@ -53,7 +55,7 @@ impl pb::coordinator_server::Coordinator for Rpc {
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.0.tasks_out.notified();
-            {
+            let open = {
                 let mut st = lock(&self.0);
                 st.last_seen
                     .insert(id, self.0.started.elapsed().as_secs_f64());
@@ -80,13 +82,19 @@ impl pb::coordinator_server::Coordinator for Rpc {
                             if let Some(b) = st.sent.get_mut(stage) {
                                 *b += work.encoded_len() as u64;
                             }
-                            return Ok(tonic::Response::new(Task {
-                                round: st.round,
-                                work: Some(work),
-                            }));
+                            Some((st.round, work))
+                        } else {
+                            None
                         }
                     }
                 }
+            };
+            if let Some((round, work)) = open {
+                // The copy the response needs is made after the state is unlocked.
+                return Ok(tonic::Response::new(Task {
+                    round,
+                    work: Some(Work::clone(&work)),
+                }));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
@@ -103,13 +111,19 @@ impl pb::coordinator_server::Coordinator for Rpc {
         req: tonic::Request<Submission>,
     ) -> Result<tonic::Response<Ack>, tonic::Status> {
         let id = self.caller(&req, &req.get_ref().bank)?;
-        let sub = req.into_inner();
-        let stage = sub.stage.as_ref().map(submission_stage);
+        let bytes = req.get_ref().encoded_len() as u64;
+        let Submission {
+            bank,
+            round,
+            stage: msg,
+        } = req.into_inner();
+        let stage = msg.as_ref().map(submission_stage);
+        // Checked and converted before the state is locked: only the protocol step needs it.
+        let checked = msg.map(Received::check);
         let mut st = lock(&self.0);
         if let Some(b) = stage.and_then(|s| st.received.get_mut(s as usize)) {
-            *b += sub.encoded_len() as u64;
+            *b += bytes;
         }
-        let (bank, round) = (sub.bank, sub.round);
         let refuse = |st: &mut State, reason: String| {
             let stage = stage.map_or_else(|| "none".to_string(), |s| s.to_string());
             tracing::warn!(%bank, round, %stage, %reason, "submission rejected");
@@ -123,10 +137,9 @@ impl pb::coordinator_server::Coordinator for Rpc {
                 reason,
             }))
         };
-        let Some(msg) = sub.stage else {
+        let (Some(stage), Some(checked)) = (stage, checked) else {
             return refuse(&mut st, "the submission carries no stage message".into());
         };
-        let stage = submission_stage(&msg);
         if st.phase != Phase::Running || round != st.round || stage != st.stage {
             let r = format!(
                 "the coordinator is at round {} stage {}, not round {round} stage {stage}",
@@ -140,53 +153,32 @@ impl pb::coordinator_server::Coordinator for Rpc {
                 "no task of this stage is open for this bank".into(),
             );
         }
-        let report = match &msg {
-            Stage::Join(j) if !j.report_json.is_empty() => Some(j.report_json.as_str()),
-            Stage::SitOut(s) => Some(s.report_json.as_str()),
-            _ => None,
-        };
-        let report = match report.map(parse_report).transpose() {
-            Ok(r) => r,
-            Err(reason) => return refuse(&mut st, reason),
-        };
-        if let Stage::SitOut(_) = msg {
-            // A bank sitting the round out, saying why (its budget): public facts only.
-            return match report {
-                Some(r) if r.refused.is_some() => {
-                    tracing::warn!(%bank, reason = ?r.refused, "bank sits this round out");
-                    st.reports.insert(id, r);
-                    st.tasks.remove(&id);
-                    self.0.answered.notify_one();
-                    Ok(tonic::Response::new(Ack {
-                        accepted: true,
-                        reason: String::new(),
-                    }))
-                }
-                _ => refuse(
-                    &mut st,
-                    "a bank sitting a round out must say why in its report".into(),
-                ),
-            };
-        }
-        let result = match st.server.as_mut() {
-            Some(server) => receive(server, msg),
-            None => Err("no round is open".into()),
-        };
-        if let Err(reason) = result {
-            // The sender is treated as dropped for this round.
-            st.tasks.remove(&id);
-            self.0.answered.notify_one();
-            return refuse(&mut st, reason);
-        }
-        if let Some(r) = report {
-            st.reports.insert(id, r);
-        }
+        let result = checked.and_then(|received| {
+            if let Received::SitOut(r) = &received {
+                // A bank sitting the round out, saying why (its budget): public facts only.
+                tracing::warn!(%bank, reason = ?r.refused, "bank sits this round out");
+            }
+            match st.server.as_mut() {
+                Some(server) => received.apply(server),
+                None => Err("no round is open".into()),
+            }
+        });
+        // Either way this bank is done with the stage: a malformed or refused message
+        // drops it from the round.
         st.tasks.remove(&id);
         self.0.answered.notify_one();
-        Ok(tonic::Response::new(Ack {
-            accepted: true,
-            reason: String::new(),
-        }))
+        match result {
+            Ok(report) => {
+                if let Some(r) = report {
+                    st.reports.insert(id, r);
+                }
+                Ok(tonic::Response::new(Ack {
+                    accepted: true,
+                    reason: String::new(),
+                }))
+            }
+            Err(reason) => refuse(&mut st, reason),
+        }
     }
 
     async fn status(
@@ -207,21 +199,53 @@ fn parse_report(json: &str) -> Result<BankReport, String> {
     serde_json::from_str(json).map_err(|e| format!("report: {e}"))
 }
 
-/// Hand one stage's message, checked, to the protocol's server.
-fn receive(server: &mut Server, msg: Stage) -> Result<(), String> {
-    fn conv<P, T: TryFrom<P, Error = MessageError>>(m: P) -> Result<T, String> {
-        T::try_from(m).map_err(|e| e.to_string())
-    }
-    let p = |e: crate::protocol::ProtocolError| e.to_string();
-    match msg {
-        Stage::Join(j) => {
-            let keys = j.keys.ok_or("the join message carries no keys")?;
-            server.receive_keys(conv(keys)?).map_err(p)
+/// A stage's message, checked and in the protocol's types.
+enum Received {
+    Join(AdvertiseKeys, Option<BankReport>),
+    SitOut(BankReport),
+    Shares(ShareKeys),
+    Masked(MaskedInput),
+    Consistency(ConsistencySig),
+    Unmask(UnmaskResponse),
+}
+
+impl Received {
+    fn check(msg: Stage) -> Result<Self, String> {
+        fn conv<P, T: TryFrom<P, Error = MessageError>>(m: P) -> Result<T, String> {
+            T::try_from(m).map_err(|e| e.to_string())
         }
-        Stage::SitOut(_) => Err("a sit-out carries no protocol message".into()),
-        Stage::ShareKeys(m) => server.receive_shares(conv(m)?).map_err(p),
-        Stage::Masked(m) => server.receive_masked(conv(m)?).map_err(p),
-        Stage::Consistency(m) => server.receive_consistency(conv(m)?).map_err(p),
-        Stage::Unmask(m) => server.receive_unmask(conv(m)?).map_err(p),
+        Ok(match msg {
+            Stage::Join(j) => {
+                let keys = j.keys.ok_or("the join message carries no keys")?;
+                let report = (!j.report_json.is_empty())
+                    .then(|| parse_report(&j.report_json))
+                    .transpose()?;
+                Self::Join(conv(keys)?, report)
+            }
+            Stage::SitOut(s) => {
+                let report = parse_report(&s.report_json)?;
+                if report.refused.is_none() {
+                    return Err("a bank sitting a round out must say why in its report".into());
+                }
+                Self::SitOut(report)
+            }
+            Stage::ShareKeys(m) => Self::Shares(conv(m)?),
+            Stage::Masked(m) => Self::Masked(conv(m)?),
+            Stage::Consistency(m) => Self::Consistency(conv(m)?),
+            Stage::Unmask(m) => Self::Unmask(conv(m)?),
+        })
+    }
+
+    /// Hand the message to the protocol's server; a join's report comes back.
+    fn apply(self, server: &mut Server) -> Result<Option<BankReport>, String> {
+        let p = |e: crate::protocol::ProtocolError| e.to_string();
+        match self {
+            Self::Join(keys, report) => server.receive_keys(keys).map(|()| report).map_err(p),
+            Self::SitOut(report) => Ok(Some(report)),
+            Self::Shares(m) => server.receive_shares(m).map(|()| None).map_err(p),
+            Self::Masked(m) => server.receive_masked(m).map(|()| None).map_err(p),
+            Self::Consistency(m) => server.receive_consistency(m).map(|()| None).map_err(p),
+            Self::Unmask(m) => server.receive_unmask(m).map(|()| None).map_err(p),
+        }
     }
 }

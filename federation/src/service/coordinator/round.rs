@@ -23,7 +23,7 @@ use crate::service::{BankReport, RoundKind, RoundPlan, ServiceError};
 pub(super) async fn run_stage(
     s: &Shared,
     stage: u32,
-    inputs: BTreeMap<u32, Work>,
+    inputs: BTreeMap<u32, Arc<Work>>,
     deadline: Duration,
 ) {
     {
@@ -65,12 +65,13 @@ pub(super) async fn run_stage(
 }
 
 /// One input per bank, built from the protocol's output for it.
-fn per_bank<T>(m: BTreeMap<u32, T>, work: impl Fn(T) -> Work) -> BTreeMap<u32, Work> {
-    m.into_iter().map(|(k, v)| (k, work(v))).collect()
+fn per_bank<T>(m: BTreeMap<u32, T>, work: impl Fn(T) -> Work) -> BTreeMap<u32, Arc<Work>> {
+    m.into_iter().map(|(k, v)| (k, Arc::new(work(v)))).collect()
 }
 
-/// The same input for every bank in `to`.
-fn to_all(to: &[u32], work: Work) -> BTreeMap<u32, Work> {
+/// The same input, one copy, for every bank in `to`.
+fn to_all(to: &[u32], work: Work) -> BTreeMap<u32, Arc<Work>> {
+    let work = Arc::new(work);
     to.iter().map(|i| (*i, work.clone())).collect()
 }
 
@@ -121,10 +122,11 @@ async fn aggregate(
     });
     run_stage(s, 2, shares, stage_d).await;
     let list = with_server(s, |sv| sv.close_masked())?;
-    let to = to_all(&list.survivors, Work::Survivors(list.clone().into()));
-    run_stage(s, 3, to, stage_d).await;
+    let to = list.survivors.clone();
+    run_stage(s, 3, to_all(&to, Work::Survivors(list.into())), stage_d).await;
     let req = with_server(s, |sv| sv.close_consistency())?;
-    let to = to_all(&req.survivors, Work::Unmask(req.clone().into()));
+    let to = req.survivors.clone();
+    let to = to_all(&to, Work::Unmask(req.into()));
     run_stage(s, 4, to, stage_d).await;
     let agg = with_server(s, |sv| sv.finish())?;
     lock(s).server = None;
@@ -152,9 +154,8 @@ pub(super) async fn drive(s: Arc<Shared>) -> Result<RunSummary, ServiceError> {
     }
     // Every bank gets the final task (`poll` builds it from the phase; the entry only
     // marks who has not been told yet).
-    st.tasks = (0..s.names.len() as u32)
-        .map(|i| (i, Work::Wait(pb::Wait {})))
-        .collect();
+    let all: Vec<u32> = (0..s.names.len() as u32).collect();
+    st.tasks = to_all(&all, Work::Wait(pb::Wait {}));
     drop(st);
     s.tasks_out.notify_waiters();
     out

@@ -25,8 +25,9 @@ pub(super) struct State {
     pub(super) phase: Phase,
     pub(super) round: u64,
     pub(super) stage: u32,
-    /// Per client: the current stage's input; removed once it answered.
-    pub(super) tasks: BTreeMap<u32, Work>,
+    /// Per client: the current stage's input (one shared copy when every bank gets the
+    /// same); removed once it answered.
+    pub(super) tasks: BTreeMap<u32, Arc<Work>>,
     pub(super) server: Option<Server>,
     pub(super) last_seen: BTreeMap<u32, f64>,
     pub(super) reports: BTreeMap<u32, BankReport>,

@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
-use quiver_featurestore::Limits;
 use quiver_featurestore::model_inputs::{read_training_data, training_stats};
 use quiver_featurestore::offline::parse_feature_refs;
 use quiver_featurestore::{Error, FeatureStore};
@@ -411,7 +410,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             let mut rows = None;
             if let Some(path) = training_data {
                 let cols: Vec<String> = input.features.iter().map(|f| f.column.clone()).collect();
-                let data = read_training_data(path, &cols, &Limits::default())?;
+                let data = read_training_data(path, &cols, store.limits())?;
                 rows = Some(data.rows);
                 r = r.training_stats(training_stats(&data, &cols));
                 if let Some(id) = &data.lineage_id {
@@ -596,7 +595,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
                 )));
             }
             let cols: Vec<String> = stats.iter().map(|s| s.name.clone()).collect();
-            let data = read_training_data(live, &cols, &Limits::default())?;
+            let data = read_training_data(live, &cols, store.limits())?;
             let live_cols: HashMap<String, Vec<f64>> = data.columns;
             let report = quiver_registry::drift_report(stats, &live_cols, *psi_threshold);
             if json_out {
