@@ -5,12 +5,14 @@
 //! value: if a source's path or time column changes, the view's version changes too.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema};
 
 pub use crate::definition::{FeatureField, ViewDefinition};
 use crate::delta::{self, OpenTable};
 use crate::plan::{self, PitSpec};
+use crate::udf::{LoadedModule, UdfHost, UdfRef, UdfRuntime};
 use crate::spec::{
     Diagnostic, Diagnostics, Entity, FeatureRepo, FeatureView, Loc, Origin, Source, ViewBody,
     suggest,
@@ -25,6 +27,8 @@ pub struct ResolvedRepo {
     pub views: BTreeMap<String, ViewDefinition>,
     /// Every source's table, as opened.
     pub tables: BTreeMap<String, OpenTable>,
+    /// Every UDF module the views call, validated and compiled, by hash.
+    pub udf_modules: BTreeMap<String, Arc<LoadedModule>>,
 }
 
 fn diag(origin: &Origin, loc: Loc, message: impl Into<String>) -> Diagnostic {
@@ -68,10 +72,78 @@ fn check_column(
     }
 }
 
-/// Resolve every source and view of `repo` against the data. All problems are
-/// reported together.
-pub async fn resolve(repo: &FeatureRepo) -> Result<ResolvedRepo, Diagnostics> {
+/// Load, validate and compile the UDF modules `view` lists; their refs, or `None` after
+/// reporting what is wrong.
+fn resolve_udfs(
+    view: &FeatureView,
+    root: &std::path::Path,
+    host: &UdfHost,
+    modules: &mut BTreeMap<String, Arc<LoadedModule>>,
+    diags: &mut Diagnostics,
+) -> Option<Vec<UdfRef>> {
+    let o = &view.origin;
+    let before = diags.0.len();
+    let mut refs: Vec<UdfRef> = Vec::new();
+    use datafusion::execution::FunctionRegistry;
+    let builtins = plan::session();
+    for path in &view.udfs {
+        let m = match crate::udf::load_file(host, root, &path.value) {
+            Ok(m) => m,
+            Err(e) => {
+                diags.push(
+                    diag(o, path.loc, format!("UDF module `{}`: {e}", path.value))
+                        .with_hint("see docs/udf-abi.md for what a module exports and declares"),
+                );
+                continue;
+            }
+        };
+        for f in &m.metadata.functions {
+            if !f.deterministic {
+                diags.push(diag(
+                    o,
+                    path.loc,
+                    format!(
+                        "UDF module `{}`: function `{}` is declared non-deterministic; a feature view calls only deterministic functions (the same value in training sets and online)",
+                        path.value, f.name
+                    ),
+                ));
+            }
+            if let Some(other) = refs.iter().find(|r| r.functions.iter().any(|g| g.name == f.name)) {
+                diags.push(diag(
+                    o,
+                    path.loc,
+                    format!(
+                        "UDF module `{}`: function `{}` is also declared by `{}`",
+                        path.value, f.name, other.path
+                    ),
+                ));
+            }
+            if builtins.udf(&f.name).is_ok() || builtins.udaf(&f.name).is_ok() || builtins.udwf(&f.name).is_ok() {
+                diags.push(diag(
+                    o,
+                    path.loc,
+                    format!(
+                        "UDF module `{}`: function `{}` has the name of a built-in SQL function",
+                        path.value, f.name
+                    ),
+                ).with_hint("rename it in the module's metadata and export"));
+            }
+        }
+        refs.push(UdfRef {
+            path: path.value.clone(),
+            sha256: m.sha256.clone(),
+            functions: m.metadata.functions.clone(),
+        });
+        modules.insert(m.sha256.clone(), m);
+    }
+    (diags.0.len() == before).then_some(refs)
+}
+
+/// Resolve every source and view of `repo` against the data, with `host` compiling the
+/// UDF modules views call. All problems are reported together.
+pub async fn resolve(repo: &FeatureRepo, host: &Arc<UdfHost>) -> Result<ResolvedRepo, Diagnostics> {
     let mut diags = Diagnostics::default();
+    let mut udf_modules = BTreeMap::new();
     let mut tables = BTreeMap::new();
     for source in repo.sources.values() {
         let o = &source.origin;
@@ -143,8 +215,14 @@ pub async fn resolve(repo: &FeatureRepo) -> Result<ResolvedRepo, Diagnostics> {
             continue; // already reported at the source
         }
         let before = diags.0.len();
+        let Some(udfs) = resolve_udfs(view, &repo.root, host, &mut udf_modules, &mut diags) else {
+            continue;
+        };
+        let runtime = UdfRuntime::new(host.clone(), None).with_pending(udf_modules.values().cloned());
         let features = match &view.body {
-            ViewBody::Sql(_) => resolve_sql(view, entity, &sources, &tables, &mut diags).await,
+            ViewBody::Sql(_) => {
+                resolve_sql(view, entity, &sources, &tables, (&runtime, &udfs), &mut diags).await
+            }
             _ => resolve_simple(
                 view,
                 entity,
@@ -161,6 +239,7 @@ pub async fn resolve(repo: &FeatureRepo) -> Result<ResolvedRepo, Diagnostics> {
                     entity: entity.clone(),
                     sources: sources.into_iter().cloned().collect(),
                     features,
+                    udfs,
                 },
             );
         }
@@ -170,6 +249,7 @@ pub async fn resolve(repo: &FeatureRepo) -> Result<ResolvedRepo, Diagnostics> {
             repo: repo.clone(),
             views,
             tables,
+            udf_modules,
         })
     } else {
         diags.sort();
@@ -308,6 +388,7 @@ async fn resolve_sql(
     entity: &Entity,
     sources: &[&Source],
     tables: &BTreeMap<String, OpenTable>,
+    (runtime, udfs): (&UdfRuntime, &[UdfRef]),
     diags: &mut Diagnostics,
 ) -> Option<Vec<FeatureField>> {
     let ViewBody::Sql(body) = &view.body else {
@@ -315,6 +396,10 @@ async fn resolve_sql(
     };
     let o = &view.origin;
     let ctx = plan::session();
+    if let Err(e) = runtime.register(&ctx, udfs) {
+        diags.push(diag(o, Loc::default(), e.to_string()));
+        return None;
+    }
     for s in sources {
         if let Err(e) = tables[&s.name.value].register(&ctx, &s.name.value).await {
             diags.push(diag(o, Loc::default(), e.to_string()));

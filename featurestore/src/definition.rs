@@ -27,6 +27,10 @@ pub struct ViewDefinition {
     pub sources: Vec<Source>,
     /// Its output features.
     pub features: Vec<FeatureField>,
+    /// The WebAssembly modules its SQL calls, pinned by hash: part of the definition,
+    /// so a changed module is a new version of the view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udfs: Vec<crate::udf::UdfRef>,
 }
 
 impl ViewDefinition {

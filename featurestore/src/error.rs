@@ -57,6 +57,17 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// A WebAssembly UDF module was refused or failed: invalid, over a bound, trapped,
+    /// or returned something the ABI does not allow.
+    #[error("UDF module `{module}`{}: {message}", function.as_ref().map(|f| format!(", function `{f}`")).unwrap_or_default())]
+    Udf {
+        /// The module's path in the repo.
+        module: String,
+        /// The function, when one call failed.
+        function: Option<String>,
+        /// What went wrong.
+        message: String,
+    },
     /// A stored definition could not be read back.
     #[error("stored definition {what} is unreadable: {message}")]
     Corrupt {
@@ -82,6 +93,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Corrupt { .. } => "corrupt",
             Error::Remote { .. } => "remote",
+            Error::Udf { .. } => "udf",
         }
     }
 
@@ -92,7 +104,8 @@ impl Error {
             Error::Spec(_)
             | Error::NotFound { .. }
             | Error::InvalidRequest(_)
-            | Error::Delta { .. } => true,
+            | Error::Delta { .. }
+            | Error::Udf { .. } => true,
             Error::DataFusion(e) => matches!(
                 e.find_root(),
                 datafusion::error::DataFusionError::Plan(_)

@@ -55,6 +55,7 @@ mod scoring;
 pub mod serve;
 pub mod spec;
 mod store;
+pub mod udf;
 
 pub use definition::{FeatureField, ViewDefinition};
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
+use crate::udf::{UdfHost, UdfRuntime};
 use quiver_registry::{ChangeKind, ChangeSet, DefinitionRecord, MetadataStore, content_hash};
 use serde::Serialize;
 use serde_json::Value;
@@ -74,9 +75,23 @@ pub struct FeatureStoreBuilder {
     limits: Limits,
     lock_wait: std::time::Duration,
     read_only: bool,
+    udf_host: Option<Arc<UdfHost>>,
+    udf_modules: Option<PathBuf>,
 }
 
 impl FeatureStoreBuilder {
+    /// Run WebAssembly UDFs on `host` instead of the process's shared one.
+    pub fn with_udf_host(mut self, host: Arc<UdfHost>) -> Self {
+        self.udf_host = Some(host);
+        self
+    }
+
+    /// Keep applied UDF modules (by hash) in `path` instead of `<repo>/.quiver/udfs`.
+    pub fn with_udf_modules(mut self, path: impl Into<PathBuf>) -> Self {
+        self.udf_modules = Some(path.into());
+        self
+    }
+
     /// For commands that only read: when the repo has no registry yet (never
     /// applied), use an empty temporary one instead of creating it, so reading a repo
     /// changes nothing on disk.
@@ -133,9 +148,18 @@ impl FeatureStoreBuilder {
         let online_path = self
             .online
             .unwrap_or_else(|| self.root.join(".quiver").join("online"));
+        let udf_modules = self
+            .udf_modules
+            .unwrap_or_else(|| self.root.join(".quiver").join("udfs"));
+        let udfs = UdfRuntime::new(
+            self.udf_host.unwrap_or_else(UdfHost::shared),
+            Some(udf_modules.clone()),
+        );
         Ok(FeatureStore {
             root: self.root,
             registry,
+            udfs,
+            udf_modules,
             limits: self.limits,
             online_path,
             online: Arc::new(Mutex::new(None)),
@@ -164,6 +188,8 @@ impl FeatureStoreBuilder {
 pub struct FeatureStore {
     root: PathBuf,
     registry: MetadataStore,
+    udfs: UdfRuntime,
+    udf_modules: PathBuf,
     limits: Limits,
     online_path: PathBuf,
     /// Opened on first use: sled holds an exclusive lock on its folder.
@@ -187,6 +213,8 @@ impl FeatureStore {
             limits: Limits::default(),
             lock_wait: std::time::Duration::ZERO,
             read_only: false,
+            udf_host: None,
+            udf_modules: None,
         }
     }
 
@@ -225,7 +253,12 @@ impl FeatureStore {
     /// Parse the repo and check it against its Delta tables: columns, types, SQL.
     pub async fn validate(&self) -> Result<ResolvedRepo> {
         let repo = self.load()?;
-        Ok(catalog::resolve(&repo).await?)
+        Ok(catalog::resolve(&repo, self.udfs.host()).await?)
+    }
+
+    /// How this store runs the UDF modules of applied views.
+    pub fn udf_runtime(&self) -> &UdfRuntime {
+        &self.udfs
     }
 
     /// Every definition the repo declares, as `(kind, name, canonical JSON)`.
@@ -343,6 +376,10 @@ impl FeatureStore {
         if plan.is_empty() {
             return Ok(ApplyReport { apply_id: 0, plan });
         }
+        // Modules first: a definition never names a module that is not stored.
+        for m in resolved.udf_modules.values() {
+            crate::udf::store_module(&self.udf_modules, m)?;
+        }
         let mut changes = ChangeSet::new();
         changes.based_on(based_on);
         for (kind, name, def) in Self::desired(&resolved)? {
@@ -447,7 +484,8 @@ impl FeatureStore {
     ) -> Result<(Compiler, datafusion::logical_expr::LogicalPlan)> {
         let applied = self.view(view, None)?;
         let def = &applied.definition;
-        let mut compiler = Compiler::new(plan::session(), &self.root);
+        let mut compiler =
+            Compiler::new(plan::session(), &self.root).with_udfs(self.udfs.clone());
         let spec = def.pit_spec(None, false, "event_timestamp");
         let source = compiler.source_plan(def, &spec, Some(t)).await?;
         let keys = plan::keys_as_of(source, &spec.keys, &spec.source_ts, t)?;

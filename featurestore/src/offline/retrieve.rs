@@ -340,7 +340,8 @@ impl<'a> HistoricalFeatures<'a> {
         let (batch, max_t) = prepare_entities(batches, &self.timestamp_column, &views)?;
         let entity_rows = batch.num_rows();
         let mut plan = ctx.read_batch(batch)?.into_unoptimized_plan();
-        let mut compiler = Compiler::new(ctx.clone(), self.store.root());
+        let mut compiler = Compiler::new(ctx.clone(), self.store.root())
+            .with_udfs(self.store.udf_runtime().clone());
         let mut uses = Vec::new();
         for (applied, feats) in &views {
             let spec =

@@ -273,6 +273,7 @@ impl<'a> Materialize<'a> {
                 for (s, t) in def.sources.iter().zip(&tables) {
                     t.register(&ctx, &s.name.value).await?;
                 }
+                self.store.udf_runtime().register(&ctx, &def.udfs)?;
                 let df = plan::sql_frame(&ctx, &body.sql.value).await?;
                 self.collect(df, def, until, None).await?
             }

@@ -158,6 +158,7 @@ pub struct Compiler {
     root: std::path::PathBuf,
     tables: HashMap<String, OpenTable>,
     reads: Vec<TableRead>,
+    udfs: Option<crate::udf::UdfRuntime>,
 }
 
 impl Compiler {
@@ -168,7 +169,15 @@ impl Compiler {
             root: root.into(),
             tables: HashMap::new(),
             reads: Vec::new(),
+            udfs: None,
         }
+    }
+
+    /// Run the UDF modules views call with `runtime` (without one, a view that calls
+    /// UDFs cannot be planned).
+    pub fn with_udfs(mut self, runtime: crate::udf::UdfRuntime) -> Self {
+        self.udfs = Some(runtime);
+        self
     }
 
     /// The session plans run in.
@@ -223,6 +232,15 @@ impl Compiler {
             // The scratch session shares the runtime, so the table's object store is
             // registered where the final plan runs too.
             table.register(&scratch, &s.name.value).await?;
+        }
+        if !def.udfs.is_empty() {
+            let runtime = self.udfs.as_ref().ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "view `{}` calls WebAssembly UDFs, and this plan has no UDF runtime",
+                    def.name()
+                ))
+            })?;
+            runtime.register(&scratch, &def.udfs)?;
         }
         let df = match &def.view.body {
             ViewBody::Sql(body) => sql_frame(&scratch, &body.sql.value).await?,

@@ -263,6 +263,9 @@ pub struct FeatureView {
     /// Tenants besides the owner that may read the view.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<String>,
+    /// WebAssembly UDF modules its SQL calls: paths relative to the repo root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udfs: Vec<Spanned<String>>,
     /// Where it was defined.
     #[serde(skip)]
     pub origin: Origin,

@@ -23,5 +23,7 @@ mod pyarrow;
 mod retrieval;
 /// `score`: online features scored by the registered champion in one round trip.
 mod score;
+/// WebAssembly UDFs: examples, online parity, pinning, hostile guests.
+mod udf;
 /// apply / plan / versions in the registry.
 mod versioning;

@@ -272,6 +272,10 @@ impl FeatureService {
                 .await
                 .map_err(Status::from)?;
         }
+        store
+            .udf_runtime()
+            .register(&ctx, &def.udfs)
+            .map_err(Status::from)?;
         let spec = def.pit_spec(None, false, "event_timestamp");
         let df = match &def.view.body {
             crate::spec::ViewBody::Sql(body) => crate::plan::sql_frame(&ctx, &body.sql.value)

@@ -479,13 +479,30 @@ impl<'a> Decoder<'a> {
                 .map(|t| t.value)
                 .collect(),
         };
-        if let Some(udfs) = r.get("udfs") {
-            self.err(
-                udfs.loc,
-                "WebAssembly UDFs (`udfs`) are not available in this version of quiver",
-                Some("compute the value in SQL for now, or in the source table".into()),
-            );
-        }
+        let udfs = match r.get("udfs") {
+            None => Vec::new(),
+            Some(n) => {
+                let list = self.string_list(n, "udfs").unwrap_or_default();
+                if r.get("sql").is_none() && !list.is_empty() {
+                    self.err(
+                        n.loc,
+                        "`udfs` are called from a view's SQL; this view has no `sql:`",
+                        Some("write the view as a `sql:` view that calls the functions".into()),
+                    );
+                }
+                let mut out: Vec<Spanned<String>> = Vec::new();
+                for m in list {
+                    if m.value.trim().is_empty() {
+                        self.err(m.loc, "a UDF module path is empty", None);
+                    } else if out.iter().any(|o| o.value == m.value) {
+                        self.err(m.loc, format!("module `{}` is listed twice", m.value), None);
+                    } else {
+                        out.push(m);
+                    }
+                }
+                out
+            }
+        };
         let sql = r.get("sql");
         let features = r.get("features");
         let ts_override = r.get("timestamp");
@@ -550,6 +567,7 @@ impl<'a> Decoder<'a> {
             online,
             fallback,
             shared_with,
+            udfs,
             origin,
         })
     }

@@ -1,0 +1,210 @@
+//! UDF functions as DataFusion scalar UDFs: one guest call per batch.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::{can_cast_types, cast};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::{Result, plan_err};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use super::host::{Budget, LoadedModule, UdfHost};
+use super::meta::UdfFunction;
+
+/// One recorded call, for the debugger.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// Module path as written in the repo.
+    pub module: String,
+    /// Module hash.
+    pub sha256: String,
+    /// Function name.
+    pub function: String,
+    /// The arguments (`arg0..`), as the guest received them.
+    pub input: RecordBatch,
+    /// The output column (`out`), or the error.
+    pub output: std::result::Result<RecordBatch, String>,
+    /// Fuel spent (replay only).
+    pub fuel_used: Option<u64>,
+    /// What the guest logged.
+    pub logs: Vec<String>,
+    /// Wall time in microseconds.
+    pub micros: u64,
+}
+
+/// Where recorded calls go.
+pub type Recorder = Arc<Mutex<Vec<CallRecord>>>;
+
+/// One function of one module as a DataFusion scalar UDF.
+pub(crate) struct WasmUdf {
+    host: Arc<UdfHost>,
+    module: Arc<LoadedModule>,
+    function: UdfFunction,
+    signature: Signature,
+    budget: Budget,
+    pool: Arc<dyn MemoryPool>,
+    recorder: Option<Recorder>,
+}
+
+impl std::fmt::Debug for WasmUdf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WasmUdf({} from {})", self.function.signature(), self.module.path)
+    }
+}
+
+impl PartialEq for WasmUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.module.sha256 == other.module.sha256
+            && self.function == other.function
+            && self.budget == other.budget
+    }
+}
+
+impl Eq for WasmUdf {}
+
+impl Hash for WasmUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.module.sha256.hash(state);
+        self.function.name.hash(state);
+        self.budget.hash(state);
+    }
+}
+
+impl WasmUdf {
+    pub(crate) fn udf(
+        host: Arc<UdfHost>,
+        module: Arc<LoadedModule>,
+        function: UdfFunction,
+        budget: Budget,
+        pool: Arc<dyn MemoryPool>,
+        recorder: Option<Recorder>,
+    ) -> ScalarUDF {
+        let volatility = if function.deterministic {
+            Volatility::Immutable
+        } else {
+            Volatility::Volatile
+        };
+        ScalarUDF::new_from_impl(Self {
+            host,
+            module,
+            signature: Signature::user_defined(volatility),
+            function,
+            budget,
+            pool,
+            recorder,
+        })
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> datafusion::error::DataFusionError {
+        datafusion::error::DataFusionError::Execution(format!(
+            "UDF `{}` of module `{}` (sha256 {}): {message}",
+            self.function.name,
+            self.module.path,
+            &self.module.sha256[..12]
+        ))
+    }
+}
+
+impl ScalarUDFImpl for WasmUdf {
+    fn name(&self) -> &str {
+        &self.function.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.function.return_type())
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let want = self.function.arg_types();
+        if arg_types.len() != want.len() {
+            return plan_err!(
+                "UDF `{}` takes {} arguments ({}), given {}",
+                self.function.name,
+                want.len(),
+                self.function.signature(),
+                arg_types.len()
+            );
+        }
+        for (i, (got, w)) in arg_types.iter().zip(&want).enumerate() {
+            if got != w && !can_cast_types(got, w) {
+                return plan_err!(
+                    "UDF `{}`: argument {} is {got}, which does not convert to {w} ({})",
+                    self.function.name,
+                    i + 1,
+                    self.function.signature()
+                );
+            }
+        }
+        Ok(want)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let want = self.function.arg_types();
+        let arrays: Vec<ArrayRef> = arrays
+            .iter()
+            .zip(&want)
+            .map(|(a, w)| if a.data_type() == w { Ok(a.clone()) } else { cast(a, w) })
+            .collect::<std::result::Result<_, _>>()?;
+        // The instance's memory cap is held from the query's budget while it runs.
+        let reservation = MemoryConsumer::new(format!("UDF {}", self.function.name))
+            .register(&self.pool);
+        if let Err(e) = reservation.try_grow(self.host.config().max_memory_bytes) {
+            return Err(self.fail(format!(
+                "the query's memory budget cannot hold an instance ({} bytes): {e}",
+                self.host.config().max_memory_bytes
+            )));
+        }
+        let result = self
+            .host
+            .call(&self.module, &self.function, &arrays, rows, self.budget);
+        drop(reservation);
+        if let Some(rec) = &self.recorder {
+            let fields: Vec<Field> = want
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("arg{i}"), t.clone(), true))
+                .collect();
+            let input = RecordBatch::try_new_with_options(
+                Arc::new(Schema::new(fields)),
+                arrays.clone(),
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+            )?;
+            let (output, fuel_used, logs, micros) = match &result {
+                Ok(o) => (
+                    RecordBatch::try_from_iter([("out", o.output.clone())]).map_err(|e| e.to_string()),
+                    o.fuel_used,
+                    o.logs.clone(),
+                    o.elapsed.as_micros() as u64,
+                ),
+                Err(e) => (Err(e.clone()), None, Vec::new(), 0),
+            };
+            if let Ok(mut r) = rec.lock() {
+                r.push(CallRecord {
+                    module: self.module.path.clone(),
+                    sha256: self.module.sha256.clone(),
+                    function: self.function.name.clone(),
+                    input,
+                    output,
+                    fuel_used,
+                    logs,
+                    micros,
+                });
+            }
+        }
+        match result {
+            Ok(o) => Ok(ColumnarValue::Array(o.output)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}
+
