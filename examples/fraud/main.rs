@@ -266,6 +266,7 @@ async fn serve(cfg: &generate::Config, out: &std::path::Path) -> Result<()> {
             "user_login_stats",
             vec!["login_ip_count_30d", "last_login_ip"],
         ),
+        ("user_device_novelty", vec!["device_jaccard"]),
     ] {
         let t = Instant::now();
         let batch = client
@@ -314,7 +315,7 @@ async fn train(cfg: &generate::Config, out: &std::path::Path) -> Result<()> {
         let set = store
             .historical_features()
             .with_entities_file(dir.join("labels.parquet"))
-            .with_features("user_txn_velocity,user_amount_stats,user_device_ip_stats,user_login_stats,user_last_txn")?
+            .with_features("user_txn_velocity,user_amount_stats,user_device_ip_stats,user_login_stats,user_last_txn,user_device_novelty")?
             .await?;
         let secs = t.elapsed().as_secs_f64();
         set.write(

@@ -24,6 +24,8 @@ use rand_distr::{Distribution, LogNormal, Zipf};
 
 /// The example's feature repo, copied into every bank's folder.
 pub const FEATURE_REPO: &str = include_str!("../fraud/repo/features.yaml");
+/// The WebAssembly UDF the repo's `user_device_novelty` view calls (`udfs/jaccard.wat`).
+pub const JACCARD_UDF: &str = include_str!("../../udfs/jaccard.wat");
 
 /// Fraud rates of the first banks; more banks cycle through them.
 const FRAUD_RATES: [f64; 3] = [0.004, 0.012, 0.03];
@@ -156,6 +158,8 @@ async fn generate_bank(cfg: &Config, b: usize, out: &Path) -> Result<BankData> {
         dir.join("features.yaml"),
         FEATURE_REPO.replace("owner: bank\n", &format!("owner: {name}\n")),
     )?;
+    std::fs::create_dir_all(dir.join("udfs"))?;
+    std::fs::write(dir.join("udfs").join("jaccard.wat"), JACCARD_UDF)?;
 
     let mut rng =
         StdRng::seed_from_u64(cfg.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(b as u64 + 1)));

@@ -50,3 +50,28 @@ pub fn init_logging(verbose: u8, debug_target: Option<&str>) {
 pub fn short(hash: &str, n: usize) -> &str {
     hash.get(..n).unwrap_or(hash)
 }
+
+/// A time given on a command line: RFC 3339 (`2024-03-01T12:00:00Z`), or a date
+/// meaning midnight UTC (`2024-03-01`); UTC microseconds.
+///
+/// ```
+/// use quiver_featurestore::cli::parse_time;
+/// assert_eq!(parse_time("1970-01-02").unwrap(), 86_400_000_000);
+/// assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1_000_000);
+/// assert!(parse_time("yesterday").is_err());
+/// ```
+pub fn parse_time(s: &str) -> crate::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_micros());
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_micros());
+    }
+    Err(crate::Error::InvalidRequest(format!(
+        "`{s}` is not a time; write 2024-03-01T00:00:00Z or 2024-03-01"
+    )))
+}

@@ -43,6 +43,7 @@ pub mod client;
 pub mod definition;
 pub mod delta;
 pub mod diff;
+pub mod explain;
 mod error;
 mod limits;
 pub mod model_inputs;

@@ -97,6 +97,9 @@ pub struct ViewUse {
     pub features: Vec<String>,
     /// Names of the sources it reads.
     pub sources: Vec<String>,
+    /// The UDF modules its SQL calls, as `path@sha256`: the code that computed it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udfs: Vec<String>,
 }
 
 /// Where a training set came from: the exact view versions and table versions.
@@ -194,6 +197,9 @@ pub struct HistoricalFeatures<'a> {
     full_names: bool,
     timestamp_column: String,
     progress: Option<Arc<ScanProgress>>,
+    udfs: Option<crate::udf::UdfRuntime>,
+    pins: BTreeMap<String, i64>,
+    only_key: Vec<(String, String)>,
 }
 
 impl<'a> HistoricalFeatures<'a> {
@@ -204,6 +210,9 @@ impl<'a> HistoricalFeatures<'a> {
             features: Vec::new(),
             full_names: false,
             timestamp_column: "event_timestamp".into(),
+            udfs: None,
+            pins: BTreeMap::new(),
+            only_key: Vec::new(),
             progress: None,
         }
     }
@@ -307,6 +316,25 @@ impl<'a> HistoricalFeatures<'a> {
         Ok(out)
     }
 
+    /// Run UDFs with `runtime` instead of the store's (the debugger replays with fuel
+    /// and a recorder).
+    pub fn with_udf_runtime(mut self, runtime: crate::udf::UdfRuntime) -> Self {
+        self.udfs = Some(runtime);
+        self
+    }
+
+    /// Read source `name` at Delta version `version` (default: the newest).
+    pub fn with_table_version(mut self, name: impl Into<String>, version: i64) -> Self {
+        self.pins.insert(name.into(), version);
+        self
+    }
+
+    /// Read only one entity's source rows (see [`Compiler::with_only_key`]).
+    pub fn with_only_key(mut self, key: Vec<(String, String)>) -> Self {
+        self.only_key = key;
+        self
+    }
+
     /// Plan the training set without computing it: its exact schema and lineage are
     /// known; [`PreparedTrainingSet::execute`] computes the rows.
     pub async fn prepare(self) -> Result<PreparedTrainingSet> {
@@ -341,7 +369,15 @@ impl<'a> HistoricalFeatures<'a> {
         let entity_rows = batch.num_rows();
         let mut plan = ctx.read_batch(batch)?.into_unoptimized_plan();
         let mut compiler = Compiler::new(ctx.clone(), self.store.root())
-            .with_udfs(self.store.udf_runtime().clone());
+            .with_udfs(
+                self.udfs
+                    .clone()
+                    .unwrap_or_else(|| self.store.udf_runtime().clone()),
+            )
+            .with_only_key(self.only_key.clone());
+        for (name, v) in &self.pins {
+            compiler = compiler.with_table_version(name.clone(), *v);
+        }
         let mut uses = Vec::new();
         for (applied, feats) in &views {
             let spec =
@@ -361,6 +397,12 @@ impl<'a> HistoricalFeatures<'a> {
                     .sources
                     .iter()
                     .map(|s| s.name.value.clone())
+                    .collect(),
+                udfs: applied
+                    .definition
+                    .udfs
+                    .iter()
+                    .map(|u| format!("{}@{}", u.path, u.sha256))
                     .collect(),
             });
         }
@@ -394,6 +436,18 @@ pub struct PreparedTrainingSet {
 }
 
 impl PreparedTrainingSet {
+    /// The physical plan and the task context to run it in (the debugger wraps each
+    /// node of it).
+    pub async fn physical_plan(
+        &self,
+    ) -> Result<(
+        Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        Arc<datafusion::execution::TaskContext>,
+    )> {
+        let plan = self.df.clone().create_physical_plan().await?;
+        Ok((plan, Arc::new(self.df.task_ctx())))
+    }
+
     /// Compute every row.
     pub async fn execute(self) -> Result<TrainingSet> {
         let batches = self.df.collect().await?;

@@ -141,7 +141,7 @@ pub(crate) async fn sql_frame(
 }
 
 /// A Delta table read by a plan, for lineage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TableRead {
     /// Source name.
     pub source: String,
@@ -159,6 +159,8 @@ pub struct Compiler {
     tables: HashMap<String, OpenTable>,
     reads: Vec<TableRead>,
     udfs: Option<crate::udf::UdfRuntime>,
+    pins: std::collections::BTreeMap<String, i64>,
+    only_key: Vec<(String, String)>,
 }
 
 impl Compiler {
@@ -170,7 +172,24 @@ impl Compiler {
             tables: HashMap::new(),
             reads: Vec::new(),
             udfs: None,
+            pins: Default::default(),
+            only_key: Vec::new(),
         }
+    }
+
+    /// Read source `name` at Delta version `version` instead of its newest.
+    pub fn with_table_version(mut self, name: impl Into<String>, version: i64) -> Self {
+        self.pins.insert(name.into(), version);
+        self
+    }
+
+    /// Read only the rows of one entity: each source that has the key columns is
+    /// filtered to `key = value` (values cast to the column's type) before a view's
+    /// SQL or join reads it. For replaying one entity (`explain`): a view's value for
+    /// an entity must depend only on that entity's rows.
+    pub fn with_only_key(mut self, key: Vec<(String, String)>) -> Self {
+        self.only_key = key;
+        self
     }
 
     /// Run the UDF modules views call with `runtime` (without one, a view that calls
@@ -208,7 +227,7 @@ impl Compiler {
         if let Some(t) = self.tables.get(url.as_str()) {
             return Ok(t.clone());
         }
-        let table = delta::open(&url, None).await?;
+        let table = delta::open(&url, self.pins.get(&source.name.value).copied()).await?;
         self.reads.push(TableRead {
             source: source.name.value.clone(),
             location: source.delta.value.clone(),
@@ -232,6 +251,18 @@ impl Compiler {
             // The scratch session shares the runtime, so the table's object store is
             // registered where the final plan runs too.
             table.register(&scratch, &s.name.value).await?;
+            if !self.only_key.is_empty()
+                && self.only_key.iter().all(|(k, _)| table.schema.field_with_name(k).is_ok())
+            {
+                let name = s.name.value.as_str();
+                let mut df = scratch.table(name).await?;
+                for (k, v) in &self.only_key {
+                    let dt = table.schema.field_with_name(k)?.data_type().clone();
+                    df = df.filter(ident(k).eq(cast(lit(v.clone()), dt)))?;
+                }
+                scratch.deregister_table(name)?;
+                scratch.register_table(name, df.into_view())?;
+            }
         }
         if !def.udfs.is_empty() {
             let runtime = self.udfs.as_ref().ok_or_else(|| {

@@ -92,7 +92,8 @@ pub struct CallOutcome {
     pub fuel_used: Option<u64>,
     /// What the guest logged.
     pub logs: Vec<String>,
-    /// Wall time of the call, instantiation included.
+    /// Wall time of the call: instantiation, the guest, checking its output (not the
+    /// input's encoding, nor compiling a module for fuel on its first replay).
     pub elapsed: Duration,
 }
 
@@ -303,6 +304,34 @@ impl UdfHost {
             .clone()
     }
 
+    /// Instantiate `module` from the pool (deadline engine) and drop the instance: what
+    /// every call pays before the guest runs. A check that a module starts, and the
+    /// benchmark's measure of instantiation.
+    pub fn instantiate(&self, module: &LoadedModule) -> Result<Duration, String> {
+        let started = Instant::now();
+        let mut store = Store::new(
+            module.deadline.module().engine(),
+            GuestState {
+                max_memory: self.config.max_memory_bytes,
+                memory_refused: None,
+                log_refused: None,
+                logs: Vec::new(),
+                log_bytes: 0,
+                max_log_messages: self.config.max_log_messages,
+                max_log_bytes: self.config.max_log_bytes,
+            },
+        );
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store.set_epoch_deadline((self.config.deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1);
+        store.epoch_deadline_trap();
+        let budget = Budget::Deadline(self.config.deadline);
+        module
+            .deadline
+            .instantiate(&mut store)
+            .map_err(|e| explain("instantiation", e, &store, budget, self.config.max_memory_bytes))?;
+        Ok(started.elapsed())
+    }
+
     /// Call `function` of `module` once on `args` (already of the declared types,
     /// `rows` long). Errors say what the guest did wrong; the module and function are
     /// added by the caller.
@@ -314,7 +343,6 @@ impl UdfHost {
         rows: usize,
         budget: Budget,
     ) -> Result<CallOutcome, String> {
-        let started = Instant::now();
         let input = encode_input(function, args, rows)?;
         if input.len() > self.config.max_memory_bytes {
             return Err(format!(
@@ -327,6 +355,7 @@ impl UdfHost {
             Budget::Deadline(_) => module.deadline.clone(),
             Budget::Fuel(_) => self.fuel_pre(module)?,
         };
+        let started = Instant::now();
         let mut store = Store::new(
             pre.module().engine(),
             GuestState {

@@ -299,19 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// RFC 3339, or a date meaning midnight UTC.
 fn parse_time(s: &str) -> anyhow::Result<i64> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp_micros());
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight")
-            .and_utc()
-            .timestamp_micros());
-    }
-    anyhow::bail!(Error::InvalidRequest(format!(
-        "`{s}` is not a time; write 2024-03-01T00:00:00Z or 2024-03-01"
-    )))
+    Ok(quiver_featurestore::cli::parse_time(s)?)
 }
 
 /// Move `bar` to the rows `progress` counted, every 100 ms, until the task is aborted.

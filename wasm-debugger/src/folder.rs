@@ -1,0 +1,127 @@
+//! The trace folder: `trace.json` (the [`Trace`] with each step's file names) and
+//! `steps/NNN.arrow` / `steps/NNN-out.arrow` (Arrow IPC files, the step's rows and, for
+//! UDF calls, the output). Format name and version are in `trace.json`
+//! (`"format": "quiver-trace", "version": 1`); `docs/debugger.md` describes every field.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use arrow::array::RecordBatch;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use quiver_featurestore::explain::{TRACE_FORMAT, TRACE_VERSION, Trace};
+
+/// Largest `trace.json` read back.
+pub const MAX_TRACE_JSON: u64 = 64 << 20;
+/// Largest step file read back.
+pub const MAX_STEP_FILE: u64 = 256 << 20;
+
+fn write_ipc(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
+    let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = FileWriter::try_new(f, &batch.schema())?;
+    w.write(batch)?;
+    w.finish()?;
+    Ok(())
+}
+
+/// Write `trace` into the folder `dir` (created; an existing trace there is replaced
+/// whole: the new one is written beside it and renamed over it). Sets each step's
+/// file names.
+pub fn write(dir: &Path, trace: &mut Trace) -> anyhow::Result<()> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = dir
+        .file_name()
+        .context("the trace folder needs a name")?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("steps"))?;
+    for step in &mut trace.steps {
+        if let Some(b) = &step.batch {
+            let rel = format!("steps/{:03}.arrow", step.index);
+            write_ipc(&tmp.join(&rel), b)?;
+            step.file = Some(rel);
+        }
+        if let Some(b) = &step.output {
+            let rel = format!("steps/{:03}-out.arrow", step.index);
+            write_ipc(&tmp.join(&rel), b)?;
+            step.output_file = Some(rel);
+        }
+    }
+    let json = serde_json::to_vec_pretty(trace)?;
+    std::fs::write(tmp.join("trace.json"), json)?;
+    if dir.exists() {
+        if !dir.join("trace.json").exists() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            bail!(
+                "{} exists and is not a trace folder; choose another --out",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("moving the trace to {}", dir.display()))?;
+    Ok(())
+}
+
+/// A trace folder read back.
+#[derive(Debug)]
+pub struct TraceDir {
+    /// The folder.
+    pub dir: PathBuf,
+    /// `trace.json`.
+    pub trace: Trace,
+}
+
+/// Read the trace in `dir`, checking its format and version.
+pub fn read(dir: &Path) -> anyhow::Result<TraceDir> {
+    let path = dir.join("trace.json");
+    let meta = std::fs::metadata(&path)
+        .with_context(|| format!("{} is not a trace folder (no trace.json)", dir.display()))?;
+    if meta.len() > MAX_TRACE_JSON {
+        bail!("{} is {} bytes, over {MAX_TRACE_JSON}", path.display(), meta.len());
+    }
+    let text = std::fs::read(&path)?;
+    let head: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if head.get("format").and_then(|f| f.as_str()) != Some(TRACE_FORMAT) {
+        bail!("{} is not a quiver trace (no \"format\": \"{TRACE_FORMAT}\")", path.display());
+    }
+    let version = head.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+    if version != u64::from(TRACE_VERSION) {
+        bail!(
+            "{} is trace format version {version}; this quiver-debug reads version {TRACE_VERSION}",
+            path.display()
+        );
+    }
+    let trace: Trace = serde_json::from_value(head)
+        .with_context(|| format!("{} does not match trace format {TRACE_VERSION}", path.display()))?;
+    Ok(TraceDir { dir: dir.to_owned(), trace })
+}
+
+impl TraceDir {
+    /// The rows of a step file named in `trace.json` (relative, inside the folder).
+    pub fn rows(&self, rel: &str) -> anyhow::Result<RecordBatch> {
+        let p = Path::new(rel);
+        if p.is_absolute()
+            || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!("step file `{rel}` is not a plain path inside the trace folder");
+        }
+        let path = self.dir.join(p);
+        let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.len() > MAX_STEP_FILE {
+            bail!("{} is {} bytes, over {MAX_STEP_FILE}", path.display(), meta.len());
+        }
+        let reader = FileReader::try_new(File::open(&path)?, None)?;
+        let schema = reader.schema();
+        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
+        Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    }
+}

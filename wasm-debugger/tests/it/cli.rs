@@ -1,0 +1,136 @@
+//! `quiver-debug` as a user runs it: trace, show, serve (the page over HTTP).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{DAY, HOUR, UNTIL, repo, rows, write};
+
+pub(crate) fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quiver-debug"))
+}
+
+pub(crate) fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).unwrap().to_rfc3339()
+}
+
+/// `quiver-debug serve DIR` on a free port; its URL. Killed on drop.
+pub(crate) struct Served {
+    child: Child,
+    pub(crate) url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn serve(dir: &std::path::Path) -> Served {
+    let mut child = bin()
+        .args(["serve", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).expect("serve printed its address");
+    assert!(line.starts_with("http://127.0.0.1:"), "{line}");
+    Served { child, url: line.trim().to_owned() }
+}
+
+/// GET `url` (http://127.0.0.1:PORT/path): status and body; 10 s deadline.
+pub(crate) fn get(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    // Bodies may come chunked; the tests only look inside them.
+    (status, body.to_owned())
+}
+
+#[tokio::test]
+async fn trace_show_and_serve_as_a_user_runs_them() {
+    let dir = repo().await;
+    let root = dir.path().to_str().unwrap().to_owned();
+    let out = dir.path().join("trace-7");
+    let started = Instant::now();
+    let o = bin()
+        .args(["trace", "--repo", &root, "novelty", "--entity", "user_id=7", "--at", &rfc3339(UNTIL)])
+        .args(["--out", out.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.starts_with("MATCH novelty@1 user_id=7"), "{stdout}");
+    assert!(stdout.contains("[UdfCall] UDF `jaccard`"), "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(out.join("trace.json").exists() && out.join("steps/000.arrow").exists());
+
+    // The reproducing command reproduces it.
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("trace.json")).unwrap()).unwrap();
+    assert_eq!(trace["format"], "quiver-trace");
+    assert_eq!(trace["version"], 1);
+    let cmd = trace["command"].as_str().unwrap();
+    let args: Vec<&str> = cmd.split(' ').skip(1).collect();
+    let again = dir.path().join("again");
+    let o = bin().args(&args).args(["--out", again.to_str().unwrap(), "--output", "json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t2: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(t2["computed"], trace["computed"]);
+    assert_eq!(t2["steps"].as_array().unwrap().len(), trace["steps"].as_array().unwrap().len());
+
+    // show
+    let o = bin().args(["show", out.to_str().unwrap(), "--output", "json"]).output().unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["verdict"], "MATCH");
+
+    // --check fails on anything but MATCH (rows after the materialization).
+    write(dir.path(), rows(3, UNTIL + HOUR, UNTIL + DAY), deltalake::protocol::SaveMode::Append).await;
+    let o = bin()
+        .args(["trace", "--repo", &root, "spend", "--entity", "user_id=2", "--at", &rfc3339(UNTIL + DAY)])
+        .args(["--out", dir.path().join("stale").to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("STALE"));
+
+    // Bad input: a clear error, exit code 1.
+    for (args, want) in [
+        (vec!["trace", "--repo", &root, "spend", "--entity", "user_id", "--at", "2024-01-02"], "--entity is KEY=VALUE"),
+        (vec!["trace", "--repo", &root, "spend", "--entity", "user_id=1", "--at", "soon"], "is not a time"),
+        (vec!["show", &root], "is not a trace folder"),
+    ] {
+        let o = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+
+    // serve: the page, the trace, the steps; nothing else.
+    let s = serve(&out);
+    let (status, body) = get(&s.url);
+    assert_eq!(status, 200);
+    assert!(body.contains("<script src=\"/app.js\""));
+    let (status, body) = get(&format!("{}trace.json", s.url));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"verdict\":\"MATCH\""));
+    let (status, body) = get(&format!("{}steps/0", s.url));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"columns\"") && body.contains("user_id"));
+    assert_eq!(get(&format!("{}steps/9999", s.url)).0, 404);
+    assert_eq!(get(&format!("{}steps/..%2Ftrace.json", s.url)).0, 400);
+}
