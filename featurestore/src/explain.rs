@@ -228,6 +228,36 @@ pub struct Trace {
     pub elapsed_ms: f64,
 }
 
+impl Trace {
+    /// Each step's rows as Arrow IPC files (`steps/NNN.arrow`, and `steps/NNN-out.arrow`
+    /// for a UDF call's output), naming them in the steps: what a trace folder holds
+    /// beside `trace.json`, and what the `explain` action sends.
+    pub fn step_files(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let ipc = |b: &RecordBatch| -> Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            let mut w = arrow::ipc::writer::FileWriter::try_new(&mut buf, &b.schema())?;
+            w.write(b)?;
+            w.finish()?;
+            drop(w);
+            Ok(buf)
+        };
+        for step in &mut self.steps {
+            if let Some(b) = &step.batch {
+                let rel = format!("steps/{:03}.arrow", step.index);
+                out.push((rel.clone(), ipc(b)?));
+                step.file = Some(rel);
+            }
+            if let Some(b) = &step.output {
+                let rel = format!("steps/{:03}-out.arrow", step.index);
+                out.push((rel.clone(), ipc(b)?));
+                step.output_file = Some(rel);
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn push(
     steps: &mut Vec<Step>,
     kind: StepKind,

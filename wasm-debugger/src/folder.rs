@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use arrow::array::RecordBatch;
 use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
 use quiver_featurestore::explain::{TRACE_FORMAT, TRACE_VERSION, Trace};
 
 /// Largest `trace.json` read back.
@@ -17,18 +16,37 @@ pub const MAX_TRACE_JSON: u64 = 64 << 20;
 /// Largest step file read back.
 pub const MAX_STEP_FILE: u64 = 256 << 20;
 
-fn write_ipc(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
-    let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut w = FileWriter::try_new(f, &batch.schema())?;
-    w.write(batch)?;
-    w.finish()?;
-    Ok(())
-}
-
 /// Write `trace` into the folder `dir` (created; an existing trace there is replaced
 /// whole: the new one is written beside it and renamed over it). Sets each step's
 /// file names.
 pub fn write(dir: &Path, trace: &mut Trace) -> anyhow::Result<()> {
+    let tmp = staging(dir)?;
+    std::fs::create_dir_all(tmp.join("steps"))?;
+    for (rel, bytes) in trace.step_files()? {
+        std::fs::write(tmp.join(&rel), bytes)?;
+    }
+    write_files(dir, &tmp, trace)
+}
+
+/// Write a trace whose step files come as `(name, bytes)` (from a server's `explain`
+/// action): names are checked to be `steps/NNN.arrow` or `steps/NNN-out.arrow`.
+pub fn write_with_files(dir: &Path, trace: &Trace, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    let tmp = staging(dir)?;
+    std::fs::create_dir_all(tmp.join("steps"))?;
+    for (rel, bytes) in files {
+        let name = rel.strip_prefix("steps/").unwrap_or("");
+        let ok = name.len() >= 9
+            && name.ends_with(".arrow")
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !ok || name.contains("..") {
+            bail!("the server sent a step file named `{rel}`; step files are steps/NNN.arrow");
+        }
+        std::fs::write(tmp.join(rel), bytes)?;
+    }
+    write_files(dir, &tmp, trace)
+}
+
+fn staging(dir: &Path) -> anyhow::Result<PathBuf> {
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -41,24 +59,15 @@ pub fn write(dir: &Path, trace: &mut Trace) -> anyhow::Result<()> {
         .into_owned();
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(tmp.join("steps"))?;
-    for step in &mut trace.steps {
-        if let Some(b) = &step.batch {
-            let rel = format!("steps/{:03}.arrow", step.index);
-            write_ipc(&tmp.join(&rel), b)?;
-            step.file = Some(rel);
-        }
-        if let Some(b) = &step.output {
-            let rel = format!("steps/{:03}-out.arrow", step.index);
-            write_ipc(&tmp.join(&rel), b)?;
-            step.output_file = Some(rel);
-        }
-    }
+    Ok(tmp)
+}
+
+fn write_files(dir: &Path, tmp: &Path, trace: &Trace) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(trace)?;
     std::fs::write(tmp.join("trace.json"), json)?;
     if dir.exists() {
         if !dir.join("trace.json").exists() {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(tmp);
             bail!(
                 "{} exists and is not a trace folder; choose another --out",
                 dir.display()
@@ -66,7 +75,7 @@ pub fn write(dir: &Path, trace: &mut Trace) -> anyhow::Result<()> {
         }
         std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
     }
-    std::fs::rename(&tmp, dir).with_context(|| format!("moving the trace to {}", dir.display()))?;
+    std::fs::rename(tmp, dir).with_context(|| format!("moving the trace to {}", dir.display()))?;
     Ok(())
 }
 

@@ -47,6 +47,13 @@ enum Command {
         /// The feature repo.
         #[arg(long, env = "QUIVER_REPO", default_value = ".")]
         repo: PathBuf,
+        /// Replay on a running `quiver serve` instead (its `explain` action): only views
+        /// the token's tenant owns. The repo is then not read here.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Bearer token for --server.
+        #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// The view: NAME (current version) or NAME@VERSION.
         view: String,
         /// A join key and its value, KEY=VALUE; once per key of the view's entity.
@@ -119,8 +126,7 @@ fn print_text(t: &Trace, dir: Option<&std::path::Path>) {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Trace { repo, view, entity, at, table_version, out, fuel, max_rows, check, output } => {
-            let store = FeatureStore::builder(&repo).read_only().build()?;
+        Command::Trace { repo, server, token, view, entity, at, table_version, out, fuel, max_rows, check, output } => {
             let at_us = quiver_featurestore::cli::parse_time(&at)?;
             let entity = entity.iter().map(|e| pair(e, "--entity")).collect::<anyhow::Result<Vec<_>>>()?;
             let mut req = ExplainRequest::new(view, entity, at_us);
@@ -132,8 +138,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.fuel = fuel;
             req.max_rows_per_step = max_rows as usize;
             req.repo_display = repo.display().to_string();
-            let mut trace = explain::explain(&store, &req).await?;
-            folder::write(&out, &mut trace)?;
+            let trace = match server {
+                None => {
+                    let store = FeatureStore::builder(&repo).read_only().build()?;
+                    let mut trace = explain::explain(&store, &req).await?;
+                    folder::write(&out, &mut trace)?;
+                    trace
+                }
+                Some(url) => {
+                    let mut client = quiver_featurestore::client::Client::connect(&url).await?;
+                    if let Some(t) = &token {
+                        client = client.with_token(t)?;
+                    }
+                    let answer = client
+                        .action(
+                            "explain",
+                            serde_json::json!({
+                                "view": req.view, "entity": req.entity, "at": at,
+                                "table_versions": req.table_versions, "max_rows": req.max_rows_per_step,
+                            }),
+                        )
+                        .await?;
+                    let mut trace: Trace = serde_json::from_value(answer["trace"].clone())
+                        .context("the server's trace does not match this quiver-debug's format")?;
+                    trace.command = trace.command.replace("--repo <server>", &format!("--server {url}"));
+                    let files: Vec<(String, String)> = serde_json::from_value(answer["files"].clone())
+                        .context("the server's step files")?;
+                    let files = files
+                        .into_iter()
+                        .map(|(n, h)| Ok((n, hex::decode(h).context("a step file is not hex")?)))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    folder::write_with_files(&out, &trace, &files)?;
+                    trace
+                }
+            };
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
                 Output::Text => print_text(&trace, Some(&out)),

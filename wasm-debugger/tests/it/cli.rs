@@ -134,3 +134,49 @@ async fn trace_show_and_serve_as_a_user_runs_them() {
     assert_eq!(get(&format!("{}steps/9999", s.url)).0, 404);
     assert_eq!(get(&format!("{}steps/..%2Ftrace.json", s.url)).0, 400);
 }
+
+/// Against a running `quiver serve`: the owner traces its view; a tenant the view is
+/// not owned by cannot.
+#[tokio::test]
+async fn trace_against_a_running_server_is_for_the_owner_only() {
+    use quiver_featurestore::serve::{ServeConfig, Tokens};
+    let dir = repo().await;
+    // Owned by bank_a.
+    let yaml = crate::common::REPO.replace("name: novelty\n", "name: novelty\nowner: bank_a\nshared_with: [bank_b]\n");
+    std::fs::write(dir.path().join("f.yaml"), yaml).unwrap();
+    let store = quiver_featurestore::FeatureStore::open(dir.path()).unwrap();
+    store.apply().await.unwrap();
+    store.materialize().with_until(UNTIL).await.unwrap();
+    let tokens = Tokens::new()
+        .with("token-a-0123456789abcdef", "bank_a", false)
+        .unwrap()
+        .with("token-b-0123456789abcdef", "bank_b", false)
+        .unwrap();
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens).spawn(store).await.unwrap();
+    let url = format!("http://{}", server.addr());
+    let out = dir.path().join("remote");
+    let run = |token: &'static str, out: std::path::PathBuf, url: String| {
+        tokio::task::spawn_blocking(move || {
+            bin()
+                .args(["trace", "--server", &url, "--token", token, "novelty", "--entity", "user_id=9"])
+                .args(["--at", &rfc3339(UNTIL), "--out", out.to_str().unwrap()])
+                .output()
+                .unwrap()
+        })
+    };
+    let o = run("token-a-0123456789abcdef", out.clone(), url.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.starts_with("MATCH novelty@2 user_id=9"), "{stdout}");
+    assert!(stdout.contains(&format!("--server {url}")), "{stdout}");
+    let t = quiver_wasm_debugger::folder::read(&out).unwrap();
+    let udf = t.trace.steps.iter().find(|s| s.output_file.is_some()).unwrap();
+    assert!(t.rows(udf.output_file.as_ref().unwrap()).unwrap().num_rows() > 0);
+
+    let o = run("token-b-0123456789abcdef", dir.path().join("b"), url.clone()).await.unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("PermissionDenied") && err.contains("only its owner may trace it"), "{err}");
+    assert!(!dir.path().join("b").exists());
+    drop(server);
+}

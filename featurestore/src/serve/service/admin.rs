@@ -87,6 +87,56 @@ impl FeatureService {
                     "rollbacks": server.rollbacks(),
                 }))
             }
+            "explain" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    view: String,
+                    entity: Vec<(String, String)>,
+                    at: String,
+                    #[serde(default)]
+                    table_versions: std::collections::BTreeMap<String, i64>,
+                    #[serde(default)]
+                    max_rows: Option<usize>,
+                }
+                if action.body.len() > self.shared.limits.max_command_bytes {
+                    return Err(Status::resource_exhausted("the action body is too large"));
+                }
+                let body: Body = serde_json::from_slice(&action.body).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "explain body: {e}; send {{\"view\": \"NAME[@V]\", \"entity\": [[\"KEY\", \"VALUE\"]], \"at\": \"RFC 3339\"}}"
+                    ))
+                })?;
+                let name = body.view.split('@').next().unwrap_or_default();
+                // A trace shows the view's raw source rows: its owner (or an admin) may
+                // see them, a tenant it is only shared with may not.
+                let v = self.readable(tenant, name)?;
+                if !tenant.admin && v.definition.view.owner.as_deref() != Some(tenant.name.as_str()) {
+                    return Err(Status::permission_denied(format!(
+                        "a trace of `{name}` shows its source rows; only its owner may trace it, not tenant `{}`",
+                        tenant.name
+                    )));
+                }
+                let at = crate::cli::parse_time(&body.at).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let mut req = crate::explain::ExplainRequest::new(body.view.clone(), body.entity, at);
+                req.table_versions = body.table_versions;
+                req.max_rows_per_step = body.max_rows.unwrap_or(1_000).clamp(1, 10_000);
+                req.repo_display = "<server>".into();
+                let mut trace = crate::explain::explain(store, &req).await?;
+                let files: Vec<(String, String)> = trace
+                    .step_files()?
+                    .into_iter()
+                    .map(|(n, b)| (n, hex::encode(b)))
+                    .collect();
+                let answer = serde_json::json!({ "trace": trace, "files": files }).to_string();
+                if answer.len() > self.shared.limits.max_message_bytes {
+                    return Err(Status::resource_exhausted(format!(
+                        "the trace is {} bytes, over the message limit; ask for fewer rows per step (`max_rows`)",
+                        answer.len()
+                    )));
+                }
+                Bytes::from(answer)
+            }
             "plan" => {
                 admin()?;
                 json(serde_json::to_value(store.plan().await?).unwrap_or_default())
@@ -139,20 +189,24 @@ impl FeatureService {
             }
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action `{other}`; actions: health, list, plan, apply, materialize"
+                    "unknown action `{other}`; actions: health, list, model-status, explain, plan, apply, materialize"
                 )));
             }
         })
     }
 }
 
-pub(in crate::serve) const ACTIONS: [(&str, &str); 6] = [
+pub(in crate::serve) const ACTIONS: [(&str, &str); 7] = [
     ("health", "Is the server up: {\"status\": \"ok\"}"),
     (
         "model-status",
         "A model's served versions, rollout policy, metrics, live feature drift and rollbacks; body {\"model\": NAME}",
     ),
     ("list", "Feature views the caller may read, as JSON"),
+    (
+        "explain",
+        "Replay one entity's value of a view the caller owns, step by step (quiver-debug); body {\"view\", \"entity\": [[KEY, VALUE]], \"at\"}",
+    ),
     ("plan", "What apply would change, as JSON (admin)"),
     ("apply", "Apply the feature repo, all or nothing (admin)"),
     (
