@@ -11,8 +11,8 @@ started=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== Python with pyarrow for the Flight interop test"
-./scripts/python-env.sh
+echo "== Python with pyarrow (Flight interop), chromium (the debugger's page)"
+./scripts/browser-env.sh >/dev/null
 
 echo "== cargo test --workspace"
 # --no-fail-fast: one run reports every failing test, not just the first binary's.

@@ -428,3 +428,40 @@ async fn a_repo_with_a_bad_module_is_refused_at_validation_with_its_location() {
     let err = store.apply().await.unwrap_err().to_string();
     assert!(err.contains("stays inside it"), "{err}");
 }
+
+/// Over Flight: a training set of a view whose UDF never returns fails with the module
+/// and function named, within the deadline, while the server keeps answering.
+#[tokio::test]
+async fn a_runaway_udf_fails_its_request_and_the_server_keeps_serving() {
+    use quiver_featurestore::client::Client;
+    use quiver_featurestore::serve::{ServeConfig, Tokens};
+    let repo = Repo::new();
+    let spin = wat(F_META, "", &call_body("(loop $l (br $l)) (i64.const 0)"));
+    repo.write("udfs/spin.wat", &spin);
+    repo.write("udfs/jaccard.wat", JACCARD);
+    repo.write("udfs/ratio.wat", RATIO);
+    repo.write(
+        "f.yaml",
+        &format!(
+            "{VIEW_REPO}---\nkind: FeatureView\nname: spinning\nentity: user\nsources: [transactions]\nudfs: [udfs/spin.wat]\nsql: SELECT user_id, ts, f(amount) AS x FROM transactions\n"
+        ),
+    );
+    repo.delta("data/transactions", vec![transactions(&device_rows())]).await;
+    let store = FeatureStore::builder(repo.path()).with_udf_host(hostile_host()).build().unwrap();
+    store.apply().await.unwrap();
+    store.materialize().with_views(vec!["devices".into()]).await.unwrap();
+    let token = "udf-test-token-0123456789";
+    let tokens = Tokens::new().with(token, "bank", true).unwrap();
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens).spawn(store).await.unwrap();
+    let mut client = Client::connect(&format!("http://{}", server.addr())).await.unwrap().with_token(token).unwrap();
+    let ent = crate::common::entities(&[(1, T0 + DAY), (2, T0 + DAY)]);
+    let started = std::time::Instant::now();
+    let err = client.get_historical_features(vec![ent.clone()], &["spinning"], false).await.unwrap_err().to_string();
+    assert!(err.contains("UDF `f` of module `udfs/spin.wat`") && err.contains("ran past its deadline of 300ms"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The server keeps serving: online lookups and a training set of the good view.
+    let got = client.get_online_features("devices", None, &crate::common::keys(&[1])).await.unwrap();
+    assert_eq!(got.num_rows(), 1);
+    let ok = client.get_historical_features(vec![ent], &["devices"], false).await.unwrap();
+    assert_eq!(ok.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+}
