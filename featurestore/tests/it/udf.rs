@@ -465,3 +465,22 @@ async fn a_runaway_udf_fails_its_request_and_the_server_keeps_serving() {
     let ok = client.get_historical_features(vec![ent], &["devices"], false).await.unwrap();
     assert_eq!(ok.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
 }
+
+/// The Rust example (`udfs/rust`) gives the WAT example's values. Needs the
+/// wasm32-unknown-unknown target, so it runs on demand:
+/// `udfs/rust/build.sh && cargo test -p quiver-featurestore --test it -- --ignored rust_udf`.
+#[test]
+#[ignore = "needs udfs/rust/build.sh (rustup target add wasm32-unknown-unknown)"]
+fn rust_udf_gives_the_values_of_the_wat_one() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../udfs/rust/quiver_udf_example.wasm");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run udfs/rust/build.sh", path.display()));
+    let host = UdfHost::shared();
+    let rust = host.load("udfs/rust/quiver_udf_example.wasm", &bytes).unwrap();
+    let wat = host.load("udfs/jaccard.wat", JACCARD.as_bytes()).unwrap();
+    let a: ArrayRef = Arc::new(StringArray::from(vec![Some("d1,d2"), Some("d1,d1,d2,"), Some(""), None, Some("x,y,z")]));
+    let b: ArrayRef = Arc::new(StringArray::from(vec![Some("d2,d3"), Some("d2"), Some(""), Some("d1"), Some("z,y")]));
+    let budget = Budget::Deadline(Duration::from_secs(5));
+    let got = host.call(&rust, rust.function("jaccard").unwrap(), &[a.clone(), b.clone()], 5, budget).unwrap();
+    let want = host.call(&wat, wat.function("jaccard").unwrap(), &[a, b], 5, budget).unwrap();
+    assert_eq!(floats(&got.output), floats(&want.output));
+}
