@@ -16,6 +16,7 @@
 //!   `ratio` against the same view written as a SQL expression (10,000 entity rows);
 //! - instantiation from the pool and without it (target: under 50 µs from the pool),
 //!   and one call on an empty batch (instantiate, ABI check, alloc, IPC both ways).
+//!
 //! Output: a table and one JSON line.
 
 mod common;
@@ -23,7 +24,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::{DAY, arg, ts_type, write_delta};
 use datafusion::datasource::MemTable;
@@ -69,10 +72,18 @@ async fn main() {
     let jaccard = host.load("udfs/jaccard.wat", JACCARD.as_bytes()).unwrap();
 
     // In-memory table: a, b (Float64, 1% nulls), s1, s2 (3-item sets).
-    let a: ArrayRef = Arc::new(Float64Array::from_iter((0..rows).map(|i| (i % 100 != 7).then_some(i as f64 * 0.5))));
-    let b: ArrayRef = Arc::new(Float64Array::from_iter_values((0..rows).map(|i| (i % 13) as f64)));
-    let s1: ArrayRef = Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("d{},d{},d{}", i % 5, i % 7, i % 3))));
-    let s2: ArrayRef = Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("d{},d{},d{}", i % 4, i % 7, i % 2))));
+    let a: ArrayRef = Arc::new(Float64Array::from_iter(
+        (0..rows).map(|i| (i % 100 != 7).then_some(i as f64 * 0.5)),
+    ));
+    let b: ArrayRef = Arc::new(Float64Array::from_iter_values(
+        (0..rows).map(|i| (i % 13) as f64),
+    ));
+    let s1: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..rows).map(|i| format!("d{},d{},d{}", i % 5, i % 7, i % 3)),
+    ));
+    let s2: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..rows).map(|i| format!("d{},d{},d{}", i % 4, i % 7, i % 2)),
+    ));
     let batch = RecordBatch::try_from_iter([("a", a), ("b", b), ("s1", s1), ("s2", s2)]).unwrap();
     let batch_size = 8192;
     let parts: Vec<RecordBatch> = (0..rows.div_ceil(batch_size))
@@ -80,8 +91,11 @@ async fn main() {
         .collect();
     let batches = parts.len();
     let ctx = SessionContext::new();
-    ctx.register_table("t", Arc::new(MemTable::try_new(batch.schema(), vec![parts]).unwrap()))
-        .unwrap();
+    ctx.register_table(
+        "t",
+        Arc::new(MemTable::try_new(batch.schema(), vec![parts]).unwrap()),
+    )
+    .unwrap();
     UdfRuntime::new(host.clone(), None)
         .with_pending([ratio.clone(), jaccard.clone()])
         .register(&ctx, &[refs(&ratio), refs(&jaccard)])
@@ -94,7 +108,14 @@ async fn main() {
         .collect()
         .await
         .unwrap();
-    eprintln!("difference of the sums: {:?}", arrow::util::pretty::pretty_format_batches(&check).unwrap().to_string().lines().nth(3));
+    eprintln!(
+        "difference of the sums: {:?}",
+        arrow::util::pretty::pretty_format_batches(&check)
+            .unwrap()
+            .to_string()
+            .lines()
+            .nth(3)
+    );
     let native = time_sql(&ctx, "SELECT sum(a / (b + 1.0)) FROM t", runs).await;
     let wasm = time_sql(&ctx, "SELECT sum(ratio(a, b)) FROM t", runs).await;
     let jac = time_sql(&ctx, "SELECT sum(jaccard(s1, s2)) FROM t", runs).await;
@@ -102,7 +123,7 @@ async fn main() {
     let per_batch_us = (wasm.as_secs_f64() - native.as_secs_f64()) * 1e6 / batches as f64;
 
     // Instantiation, pooled and not.
-    let mut inst = |h: &UdfHost, m: &quiver_featurestore::udf::LoadedModule| {
+    let inst = |h: &UdfHost, m: &quiver_featurestore::udf::LoadedModule| {
         for _ in 0..200 {
             h.instantiate(m).unwrap();
         }
@@ -112,16 +133,24 @@ async fn main() {
     let mut unpooled_cfg = HostConfig::default();
     unpooled_cfg.pooling = false;
     let unpooled_host = UdfHost::new(unpooled_cfg).unwrap();
-    let unpooled_module = unpooled_host.load("udfs/ratio.wat", RATIO.as_bytes()).unwrap();
+    let unpooled_module = unpooled_host
+        .load("udfs/ratio.wat", RATIO.as_bytes())
+        .unwrap();
     let unpooled = inst(&unpooled_host, &unpooled_module);
     let empty: ArrayRef = Arc::new(Float64Array::from(Vec::<f64>::new()));
     let f = ratio.function("ratio").unwrap();
     let empty_call = median(
         (0..2000)
             .map(|_| {
-                host.call(&ratio, f, &[empty.clone(), empty.clone()], 0, Budget::Deadline(Duration::from_secs(1)))
-                    .unwrap()
-                    .elapsed
+                host.call(
+                    &ratio,
+                    f,
+                    &[empty.clone(), empty.clone()],
+                    0,
+                    Budget::Deadline(Duration::from_secs(1)),
+                )
+                .unwrap()
+                .elapsed
             })
             .collect(),
     );
@@ -140,10 +169,21 @@ async fn main() {
     let tx = RecordBatch::try_new(
         tx_schema,
         vec![
-            Arc::new(Int64Array::from_iter_values((0..rows as i64).map(|i| i % users))),
-            Arc::new(TimestampMicrosecondArray::from_iter_values((0..rows as i64).map(|i| now - 30 * DAY + i * (30 * DAY / rows as i64))).with_timezone("UTC")),
-            Arc::new(Float64Array::from_iter((0..rows).map(|i| (i % 100 != 7).then_some(i as f64 * 0.5)))),
-            Arc::new(Float64Array::from_iter_values((0..rows).map(|i| (i % 13) as f64))),
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows as i64).map(|i| i % users),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    (0..rows as i64).map(|i| now - 30 * DAY + i * (30 * DAY / rows as i64)),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from_iter(
+                (0..rows).map(|i| (i % 100 != 7).then_some(i as f64 * 0.5)),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                (0..rows).map(|i| (i % 13) as f64),
+            )),
         ],
     )
     .unwrap();
@@ -151,7 +191,9 @@ async fn main() {
     std::fs::create_dir_all(root.join("udfs")).unwrap();
     std::fs::write(root.join("udfs/ratio.wat"), RATIO).unwrap();
     let view = |name: &str, expr: &str, udfs: &str| {
-        format!("---\nkind: FeatureView\nname: {name}\nentity: user\nsources: [tx]\n{udfs}sql: SELECT user_id, ts, {expr} AS r FROM tx\n")
+        format!(
+            "---\nkind: FeatureView\nname: {name}\nentity: user\nsources: [tx]\n{udfs}sql: SELECT user_id, ts, {expr} AS r FROM tx\n"
+        )
     };
     std::fs::write(
         root.join("f.yaml"),
@@ -171,7 +213,10 @@ async fn main() {
         ])),
         vec![
             Arc::new(Int64Array::from_iter_values(0..users)),
-            Arc::new(TimestampMicrosecondArray::from_iter_values((0..users).map(|_| now)).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values((0..users).map(|_| now))
+                    .with_timezone("UTC"),
+            ),
         ],
     )
     .unwrap();
@@ -200,17 +245,55 @@ async fn main() {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("UDF overhead, {rows} rows in {batches} batches (median of {runs})");
     println!("{:<58} {:>12} {:>14}", "case", "time", "rows/s");
-    println!("{:<58} {:>9.1} ms {:>14.0}", "native: sum(a / (b + 1.0))", ms(native), rows as f64 / native.as_secs_f64());
-    println!("{:<58} {:>9.1} ms {:>14.0}", "wasm: sum(ratio(a, b))", ms(wasm), rows as f64 / wasm.as_secs_f64());
+    println!(
+        "{:<58} {:>9.1} ms {:>14.0}",
+        "native: sum(a / (b + 1.0))",
+        ms(native),
+        rows as f64 / native.as_secs_f64()
+    );
+    println!(
+        "{:<58} {:>9.1} ms {:>14.0}",
+        "wasm: sum(ratio(a, b))",
+        ms(wasm),
+        rows as f64 / wasm.as_secs_f64()
+    );
     println!("{:<58} {:>12.2}x", "wasm / native (target <= 2x)", ratio_x);
-    println!("{:<58} {:>9.1} µs", "extra time per batch (one guest call)", per_batch_us);
-    println!("{:<58} {:>9.1} ms {:>14.0}", "wasm: sum(jaccard(s1, s2)), 3-item sets", ms(jac), rows as f64 / jac.as_secs_f64());
-    println!("{:<58} {:>9.1} ms", "training set, SQL view, native expression (10k rows)", ms(ts_times["native"]));
-    println!("{:<58} {:>9.1} ms", "training set, SQL view calling ratio() (10k rows)", ms(ts_times["with_udf"]));
+    println!(
+        "{:<58} {:>9.1} µs",
+        "extra time per batch (one guest call)", per_batch_us
+    );
+    println!(
+        "{:<58} {:>9.1} ms {:>14.0}",
+        "wasm: sum(jaccard(s1, s2)), 3-item sets",
+        ms(jac),
+        rows as f64 / jac.as_secs_f64()
+    );
+    println!(
+        "{:<58} {:>9.1} ms",
+        "training set, SQL view, native expression (10k rows)",
+        ms(ts_times["native"])
+    );
+    println!(
+        "{:<58} {:>9.1} ms",
+        "training set, SQL view calling ratio() (10k rows)",
+        ms(ts_times["with_udf"])
+    );
     println!("{:<58} {:>12.2}x", "training set: udf / native", ts_ratio);
-    println!("{:<58} {:>9.1} µs", "instantiate from the pool (target < 50 µs)", us(pooled));
-    println!("{:<58} {:>9.1} µs", "instantiate without the pool", us(unpooled));
-    println!("{:<58} {:>9.1} µs", "call on an empty batch (instantiate + ABI + IPC)", us(empty_call));
+    println!(
+        "{:<58} {:>9.1} µs",
+        "instantiate from the pool (target < 50 µs)",
+        us(pooled)
+    );
+    println!(
+        "{:<58} {:>9.1} µs",
+        "instantiate without the pool",
+        us(unpooled)
+    );
+    println!(
+        "{:<58} {:>9.1} µs",
+        "call on an empty batch (instantiate + ABI + IPC)",
+        us(empty_call)
+    );
     println!(
         "{}",
         serde_json::json!({

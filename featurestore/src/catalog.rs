@@ -12,11 +12,11 @@ use arrow::datatypes::{DataType, Schema};
 pub use crate::definition::{FeatureField, ViewDefinition};
 use crate::delta::{self, OpenTable};
 use crate::plan::{self, PitSpec};
-use crate::udf::{LoadedModule, UdfHost, UdfRef, UdfRuntime};
 use crate::spec::{
     Diagnostic, Diagnostics, Entity, FeatureRepo, FeatureView, Loc, Origin, Source, ViewBody,
     suggest,
 };
+use crate::udf::{LoadedModule, UdfHost, UdfRef, UdfRuntime};
 
 /// A repo resolved against its Delta tables.
 #[derive(Debug, Clone)]
@@ -108,7 +108,10 @@ fn resolve_udfs(
                     ),
                 ));
             }
-            if let Some(other) = refs.iter().find(|r| r.functions.iter().any(|g| g.name == f.name)) {
+            if let Some(other) = refs
+                .iter()
+                .find(|r| r.functions.iter().any(|g| g.name == f.name))
+            {
                 diags.push(diag(
                     o,
                     path.loc,
@@ -118,7 +121,10 @@ fn resolve_udfs(
                     ),
                 ));
             }
-            if builtins.udf(&f.name).is_ok() || builtins.udaf(&f.name).is_ok() || builtins.udwf(&f.name).is_ok() {
+            if builtins.udf(&f.name).is_ok()
+                || builtins.udaf(&f.name).is_ok()
+                || builtins.udwf(&f.name).is_ok()
+            {
                 diags.push(diag(
                     o,
                     path.loc,
@@ -218,10 +224,19 @@ pub async fn resolve(repo: &FeatureRepo, host: &Arc<UdfHost>) -> Result<Resolved
         let Some(udfs) = resolve_udfs(view, &repo.root, host, &mut udf_modules, &mut diags) else {
             continue;
         };
-        let runtime = UdfRuntime::new(host.clone(), None).with_pending(udf_modules.values().cloned());
+        let runtime =
+            UdfRuntime::new(host.clone(), None).with_pending(udf_modules.values().cloned());
         let features = match &view.body {
             ViewBody::Sql(_) => {
-                resolve_sql(view, entity, &sources, &tables, (&runtime, &udfs), &mut diags).await
+                resolve_sql(
+                    view,
+                    entity,
+                    &sources,
+                    &tables,
+                    (&runtime, &udfs),
+                    &mut diags,
+                )
+                .await
             }
             _ => resolve_simple(
                 view,

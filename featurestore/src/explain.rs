@@ -72,7 +72,10 @@ impl ExplainRequest {
     ) -> Self {
         Self {
             view: view.into(),
-            entity: entity.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            entity: entity
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             at_us,
             table_versions: BTreeMap::new(),
             max_rows_per_step: 1_000,
@@ -388,8 +391,12 @@ impl ExecutionPlan for TapExec {
     ) -> DfResult<SendableRecordBatchStream> {
         let stream = self.input.execute(partition, context)?;
         let schema: SchemaRef = stream.schema();
-        let (taps, id, entity, max_rows) =
-            (self.taps.clone(), self.id, self.entity.clone(), self.max_rows);
+        let (taps, id, entity, max_rows) = (
+            self.taps.clone(),
+            self.id,
+            self.entity.clone(),
+            self.max_rows,
+        );
         let mapped = stream.map(move |b| {
             let b = b?;
             let mine = entity_rows(&b, &entity)?;
@@ -447,13 +454,21 @@ fn json_value(col: &ArrayRef, row: usize) -> serde_json::Value {
     match col.data_type() {
         DataType::Boolean => col.as_boolean().value(row).into(),
         dt if dt.is_integer() => cast(col, &DataType::Int64)
-            .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(row).into())
+            .map(|c| {
+                c.as_primitive::<arrow::datatypes::Int64Type>()
+                    .value(row)
+                    .into()
+            })
             .unwrap_or(serde_json::Value::Null),
-        dt if dt.is_floating() || matches!(dt, DataType::Decimal128(..)) => cast(col, &DataType::Float64)
-            .ok()
-            .and_then(|c| serde_json::Number::from_f64(c.as_primitive::<Float64Type>().value(row)))
-            .map(serde_json::Value::Number)
-            .unwrap_or_else(|| array_value_to_string(col, row).unwrap_or_default().into()),
+        dt if dt.is_floating() || matches!(dt, DataType::Decimal128(..)) => {
+            cast(col, &DataType::Float64)
+                .ok()
+                .and_then(|c| {
+                    serde_json::Number::from_f64(c.as_primitive::<Float64Type>().value(row))
+                })
+                .map(serde_json::Value::Number)
+                .unwrap_or_else(|| array_value_to_string(col, row).unwrap_or_default().into())
+        }
         _ => array_value_to_string(col, row).unwrap_or_default().into(),
     }
 }
@@ -461,25 +476,33 @@ fn json_value(col: &ArrayRef, row: usize) -> serde_json::Value {
 fn side(batch: &RecordBatch, view: &str, features: &[String], full: bool) -> ValueSide {
     let col = |name: &str| batch.column_by_name(name);
     let status = col(&format!("{view}{}", crate::spec::STATUS_SUFFIX))
-        .filter(|c| c.len() > 0)
+        .filter(|c| !c.is_empty())
         .map(|c| array_value_to_string(c, 0).unwrap_or_default())
         .unwrap_or_else(|| "NOT_FOUND".into());
     let event_time = col(&format!("{view}{}", crate::spec::EVENT_TS_SUFFIX))
-        .filter(|c| c.len() > 0 && c.is_valid(0))
+        .filter(|c| !c.is_empty() && c.is_valid(0))
         .and_then(|c| cast(c, &DataType::Int64).ok())
         .map(|c| rfc3339(c.as_primitive::<arrow::datatypes::Int64Type>().value(0)));
     let values = features
         .iter()
         .map(|f| {
-            let name = if full { format!("{view}__{f}") } else { f.clone() };
+            let name = if full {
+                format!("{view}__{f}")
+            } else {
+                f.clone()
+            };
             let v = col(&name)
-                .filter(|c| c.len() > 0)
+                .filter(|c| !c.is_empty())
                 .map(|c| json_value(c, 0))
                 .unwrap_or(serde_json::Value::Null);
             (f.clone(), v)
         })
         .collect();
-    ValueSide { status, event_time, values }
+    ValueSide {
+        status,
+        event_time,
+        values,
+    }
 }
 
 fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
@@ -524,10 +547,11 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
     let mut tables = Vec::new();
     let mut source_rows: Vec<(String, RecordBatch)> = Vec::new();
     for s in &def.sources {
-        let url = crate::delta::table_url(store.root(), &s.delta.value).map_err(|m| Error::Delta {
-            table: s.delta.value.clone(),
-            message: m,
-        })?;
+        let url =
+            crate::delta::table_url(store.root(), &s.delta.value).map_err(|m| Error::Delta {
+                table: s.delta.value.clone(),
+                message: m,
+            })?;
         let pinned = req.table_versions.get(&s.name.value).copied();
         let table = crate::delta::open(&url, pinned).await?;
         tables.push(TableRead {
@@ -551,18 +575,25 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         let ts = s.timestamp.value.clone();
         df = df.sort(vec![crate::plan::ident(&ts).sort(true, true)])?;
         let batches = df.collect().await?;
-        let all = arrow::compute::concat_batches(&Arc::new(table.schema.as_ref().clone()), &batches)?;
+        let all =
+            arrow::compute::concat_batches(&Arc::new(table.schema.as_ref().clone()), &batches)?;
         let rows = all.num_rows();
-        let after = cast(all.column_by_name(&ts).expect("time column"), &DataType::Int64)?
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .iter()
-            .filter(|t| t.is_some_and(|t| t > req.at_us))
-            .count();
+        let after = cast(
+            all.column_by_name(&ts).expect("time column"),
+            &DataType::Int64,
+        )?
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .iter()
+        .filter(|t| t.is_some_and(|t| t > req.at_us))
+        .count();
         let kept = all.slice(0, rows.min(req.max_rows_per_step));
         push(
             &mut steps,
             StepKind::Source,
-            format!("source `{}`: {rows} row(s) of this entity at Delta version {}", s.name.value, table.version),
+            format!(
+                "source `{}`: {rows} row(s) of this entity at Delta version {}",
+                s.name.value, table.version
+            ),
             serde_json::json!({
                 "source": s.name.value,
                 "location": s.delta.value,
@@ -587,7 +618,12 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
     let entity_batch = {
         let mut cols: Vec<(String, ArrayRef)> = entity
             .iter()
-            .map(|(k, v)| (k.clone(), Arc::new(StringArray::from(vec![v.clone()])) as ArrayRef))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Arc::new(StringArray::from(vec![v.clone()])) as ArrayRef,
+                )
+            })
             .collect();
         cols.push((
             "event_timestamp".into(),
@@ -619,14 +655,19 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
     for (id, line) in nodes.iter().enumerate() {
         let t = taps.get(&id);
         let batch = t.and_then(|t| {
-            t.kept.first().map(|f| arrow::compute::concat_batches(&f.schema(), &t.kept))
+            t.kept
+                .first()
+                .map(|f| arrow::compute::concat_batches(&f.schema(), &t.kept))
         });
         let batch = batch.transpose()?;
         let node = line.split(':').next().unwrap_or(line).to_owned();
         push(
             &mut steps,
             StepKind::Stage,
-            format!("stage {id}: {node}, {} row(s) of this entity", t.map_or(0, |t| t.rows)),
+            format!(
+                "stage {id}: {node}, {} row(s) of this entity",
+                t.map_or(0, |t| t.rows)
+            ),
             serde_json::json!({ "node": line }),
             batch,
             t.map_or(0, |t| t.rows),
@@ -739,11 +780,12 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
     let mut online_hash = None;
     match store.online().and_then(|o| {
         let wm = o.watermark(&name)?;
-        let key_batch = RecordBatch::try_from_iter(
-            entity
-                .iter()
-                .map(|(k, v)| (k.clone(), Arc::new(StringArray::from(vec![v.clone()])) as ArrayRef)),
-        )?;
+        let key_batch = RecordBatch::try_from_iter(entity.iter().map(|(k, v)| {
+            (
+                k.clone(),
+                Arc::new(StringArray::from(vec![v.clone()])) as ArrayRef,
+            )
+        }))?;
         let (b, _) = o.get(&name, None, &key_batch, req.at_us)?;
         Ok((wm, b))
     }) {
@@ -824,11 +866,12 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         ),
         (Some(o), _) if !found(&o.status) && found(&computed.status) => (
             Verdict::Missing,
-            format!("the replay finds a value (status {}); the online store answers {}", computed.status, o.status),
+            format!(
+                "the replay finds a value (status {}); the online store answers {}",
+                computed.status, o.status
+            ),
         ),
-        (Some(o), _)
-            if parse_us(&o.event_time).is_some_and(|t| t > req.at_us) =>
-        (
+        (Some(o), _) if parse_us(&o.event_time).is_some_and(|t| t > req.at_us) => (
             Verdict::CreatedAfterAsOf,
             format!(
                 "the online value comes from a row at {}, after the as-of time {}",
@@ -838,7 +881,10 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         ),
         (Some(o), _) if (o.status == "EXPIRED") != (computed.status == "EXPIRED") => (
             Verdict::ExpiredByTtl,
-            format!("online status {}, replayed status {}: {ttl_line}", o.status, computed.status),
+            format!(
+                "online status {}, replayed status {}: {ttl_line}",
+                o.status, computed.status
+            ),
         ),
         (Some(o), _) => match features.iter().find(|f| {
             !same(
@@ -889,7 +935,11 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         at: rfc3339(req.at_us),
         at_us: req.at_us,
         tables,
-        udfs: def.udfs.iter().map(|u| format!("{}@{}", u.path, u.sha256)).collect(),
+        udfs: def
+            .udfs
+            .iter()
+            .map(|u| format!("{}@{}", u.path, u.sha256))
+            .collect(),
         sql: match &def.view.body {
             ViewBody::Sql(b) => Some(b.sql.value.clone()),
             _ => None,

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::RecordBatch;
 use crate::udf::{UdfHost, UdfRuntime};
+use arrow::array::RecordBatch;
 use quiver_registry::{ChangeKind, ChangeSet, DefinitionRecord, MetadataStore, content_hash};
 use serde::Serialize;
 use serde_json::Value;
@@ -484,8 +484,7 @@ impl FeatureStore {
     ) -> Result<(Compiler, datafusion::logical_expr::LogicalPlan)> {
         let applied = self.view(view, None)?;
         let def = &applied.definition;
-        let mut compiler =
-            Compiler::new(plan::session(), &self.root).with_udfs(self.udfs.clone());
+        let mut compiler = Compiler::new(plan::session(), &self.root).with_udfs(self.udfs.clone());
         let spec = def.pit_spec(None, false, "event_timestamp");
         let source = compiler.source_plan(def, &spec, Some(t)).await?;
         let keys = plan::keys_as_of(source, &spec.keys, &spec.source_ts, t)?;

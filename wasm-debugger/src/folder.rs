@@ -30,14 +30,20 @@ pub fn write(dir: &Path, trace: &mut Trace) -> anyhow::Result<()> {
 
 /// Write a trace whose step files come as `(name, bytes)` (from a server's `explain`
 /// action): names are checked to be `steps/NNN.arrow` or `steps/NNN-out.arrow`.
-pub fn write_with_files(dir: &Path, trace: &Trace, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+pub fn write_with_files(
+    dir: &Path,
+    trace: &Trace,
+    files: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
     let tmp = staging(dir)?;
     std::fs::create_dir_all(tmp.join("steps"))?;
     for (rel, bytes) in files {
         let name = rel.strip_prefix("steps/").unwrap_or("");
         let ok = name.len() >= 9
             && name.ends_with(".arrow")
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if !ok || name.contains("..") {
             bail!("the server sent a step file named `{rel}`; step files are steps/NNN.arrow");
         }
@@ -94,13 +100,20 @@ pub fn read(dir: &Path) -> anyhow::Result<TraceDir> {
     let meta = std::fs::metadata(&path)
         .with_context(|| format!("{} is not a trace folder (no trace.json)", dir.display()))?;
     if meta.len() > MAX_TRACE_JSON {
-        bail!("{} is {} bytes, over {MAX_TRACE_JSON}", path.display(), meta.len());
+        bail!(
+            "{} is {} bytes, over {MAX_TRACE_JSON}",
+            path.display(),
+            meta.len()
+        );
     }
     let text = std::fs::read(&path)?;
     let head: serde_json::Value =
         serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     if head.get("format").and_then(|f| f.as_str()) != Some(TRACE_FORMAT) {
-        bail!("{} is not a quiver trace (no \"format\": \"{TRACE_FORMAT}\")", path.display());
+        bail!(
+            "{} is not a quiver trace (no \"format\": \"{TRACE_FORMAT}\")",
+            path.display()
+        );
     }
     let version = head.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
     if version != u64::from(TRACE_VERSION) {
@@ -109,9 +122,16 @@ pub fn read(dir: &Path) -> anyhow::Result<TraceDir> {
             path.display()
         );
     }
-    let trace: Trace = serde_json::from_value(head)
-        .with_context(|| format!("{} does not match trace format {TRACE_VERSION}", path.display()))?;
-    Ok(TraceDir { dir: dir.to_owned(), trace })
+    let trace: Trace = serde_json::from_value(head).with_context(|| {
+        format!(
+            "{} does not match trace format {TRACE_VERSION}",
+            path.display()
+        )
+    })?;
+    Ok(TraceDir {
+        dir: dir.to_owned(),
+        trace,
+    })
 }
 
 impl TraceDir {
@@ -119,14 +139,20 @@ impl TraceDir {
     pub fn rows(&self, rel: &str) -> anyhow::Result<RecordBatch> {
         let p = Path::new(rel);
         if p.is_absolute()
-            || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
             bail!("step file `{rel}` is not a plain path inside the trace folder");
         }
         let path = self.dir.join(p);
-        let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         if meta.len() > MAX_STEP_FILE {
-            bail!("{} is {} bytes, over {MAX_STEP_FILE}", path.display(), meta.len());
+            bail!(
+                "{} is {} bytes, over {MAX_STEP_FILE}",
+                path.display(),
+                meta.len()
+            );
         }
         let reader = FileReader::try_new(File::open(&path)?, None)?;
         let schema = reader.schema();

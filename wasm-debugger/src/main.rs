@@ -106,33 +106,74 @@ fn pair(s: &str, what: &str) -> anyhow::Result<(String, String)> {
 }
 
 fn print_text(t: &Trace, dir: Option<&std::path::Path>) {
-    println!("{} {}@{} {} as of {}", t.verdict, t.view, t.view_version,
-        t.entity.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","), t.at);
+    println!(
+        "{} {}@{} {} as of {}",
+        t.verdict,
+        t.view,
+        t.view_version,
+        t.entity
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        t.at
+    );
     println!("  {}", t.reason);
     for s in &t.steps {
         println!("  {:>3}. [{:?}] {}", s.index + 1, s.kind, s.title);
     }
-    let values: Vec<String> = t.computed.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("  replayed: status {} {}", t.computed.status, values.join(" "));
+    let values: Vec<String> = t
+        .computed
+        .values
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "  replayed: status {} {}",
+        t.computed.status,
+        values.join(" ")
+    );
     if let Some(o) = &t.online.value {
         let values: Vec<String> = o.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("  online:   status {} {}", o.status, values.join(" "));
     }
     if let Some(d) = dir {
-        println!("  trace: {} (quiver-debug serve {})", d.display(), d.display());
+        println!(
+            "  trace: {} (quiver-debug serve {})",
+            d.display(),
+            d.display()
+        );
     }
     println!("  reproduce: {}", t.command);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Trace { repo, server, token, view, entity, at, table_version, out, fuel, max_rows, check, output } => {
+        Command::Trace {
+            repo,
+            server,
+            token,
+            view,
+            entity,
+            at,
+            table_version,
+            out,
+            fuel,
+            max_rows,
+            check,
+            output,
+        } => {
             let at_us = quiver_featurestore::cli::parse_time(&at)?;
-            let entity = entity.iter().map(|e| pair(e, "--entity")).collect::<anyhow::Result<Vec<_>>>()?;
+            let entity = entity
+                .iter()
+                .map(|e| pair(e, "--entity"))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut req = ExplainRequest::new(view, entity, at_us);
             for tv in &table_version {
                 let (k, v) = pair(tv, "--table-version")?;
-                let v: i64 = v.parse().with_context(|| format!("`{tv}`: a Delta version is a number"))?;
+                let v: i64 = v
+                    .parse()
+                    .with_context(|| format!("`{tv}`: a Delta version is a number"))?;
                 req.table_versions.insert(k, v);
             }
             req.fuel = fuel;
@@ -161,9 +202,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .await?;
                     let mut trace: Trace = serde_json::from_value(answer["trace"].clone())
                         .context("the server's trace does not match this quiver-debug's format")?;
-                    trace.command = trace.command.replace("--repo <server>", &format!("--server {url}"));
-                    let files: Vec<(String, String)> = serde_json::from_value(answer["files"].clone())
-                        .context("the server's step files")?;
+                    trace.command = trace
+                        .command
+                        .replace("--repo <server>", &format!("--server {url}"));
+                    let files: Vec<(String, String)> =
+                        serde_json::from_value(answer["files"].clone())
+                            .context("the server's step files")?;
                     let files = files
                         .into_iter()
                         .map(|(n, h)| Ok((n, hex::decode(h).context("a step file is not hex")?)))
@@ -176,7 +220,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
                 Output::Text => print_text(&trace, Some(&out)),
             }
-            Ok(if check && trace.verdict != Verdict::Match { ExitCode::from(3) } else { ExitCode::SUCCESS })
+            Ok(if check && trace.verdict != Verdict::Match {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Show { dir, output } => {
             let t = folder::read(&dir)?;

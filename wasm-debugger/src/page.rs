@@ -32,7 +32,10 @@ fn respond(kind: &'static str, body: String) -> Response {
                 header::HeaderName::from_static("content-security-policy"),
                 "default-src 'self'; style-src 'self'; script-src 'self'",
             ),
-            (header::HeaderName::from_static("x-content-type-options"), "nosniff"),
+            (
+                header::HeaderName::from_static("x-content-type-options"),
+                "nosniff",
+            ),
         ],
         body,
     )
@@ -74,7 +77,10 @@ async fn step(State(t): State<Arc<TraceDir>>, Path(i): Path<usize>) -> Response 
     let load = |f: &Option<String>| -> Result<serde_json::Value, String> {
         match f {
             None => Ok(serde_json::Value::Null),
-            Some(rel) => t.rows(rel).map(|b| batch_json(&b)).map_err(|e| e.to_string()),
+            Some(rel) => t
+                .rows(rel)
+                .map(|b| batch_json(&b))
+                .map_err(|e| e.to_string()),
         }
     };
     match (load(&step.file), load(&step.output_file)) {
@@ -90,10 +96,22 @@ async fn step(State(t): State<Arc<TraceDir>>, Path(i): Path<usize>) -> Response 
 pub fn router(trace: TraceDir) -> Router {
     let json = serde_json::to_string(&trace.trace).unwrap_or_default();
     Router::new()
-        .route("/", get(|| async { respond("text/html; charset=utf-8", INDEX.to_owned()) }))
-        .route("/app.js", get(|| async { respond("text/javascript; charset=utf-8", SCRIPT.to_owned()) }))
-        .route("/app.css", get(|| async { respond("text/css; charset=utf-8", STYLE.to_owned()) }))
-        .route("/trace.json", get(move || async move { respond("application/json", json) }))
+        .route(
+            "/",
+            get(|| async { respond("text/html; charset=utf-8", INDEX.to_owned()) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { respond("text/javascript; charset=utf-8", SCRIPT.to_owned()) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { respond("text/css; charset=utf-8", STYLE.to_owned()) }),
+        )
+        .route(
+            "/trace.json",
+            get(move || async move { respond("application/json", json) }),
+        )
         .route("/steps/{i}", get(step))
         .with_state(Arc::new(trace))
 }

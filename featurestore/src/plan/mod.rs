@@ -252,7 +252,10 @@ impl Compiler {
             // registered where the final plan runs too.
             table.register(&scratch, &s.name.value).await?;
             if !self.only_key.is_empty()
-                && self.only_key.iter().all(|(k, _)| table.schema.field_with_name(k).is_ok())
+                && self
+                    .only_key
+                    .iter()
+                    .all(|(k, _)| table.schema.field_with_name(k).is_ok())
             {
                 let name = s.name.value.as_str();
                 let mut df = scratch.table(name).await?;

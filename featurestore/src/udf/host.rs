@@ -180,7 +180,9 @@ pub struct UdfHost {
 
 impl std::fmt::Debug for UdfHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UdfHost").field("config", &self.config).finish()
+        f.debug_struct("UdfHost")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -322,13 +324,20 @@ impl UdfHost {
             },
         );
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline((self.config.deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1);
+        store.set_epoch_deadline(
+            (self.config.deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1,
+        );
         store.epoch_deadline_trap();
         let budget = Budget::Deadline(self.config.deadline);
-        module
-            .deadline
-            .instantiate(&mut store)
-            .map_err(|e| explain("instantiation", e, &store, budget, self.config.max_memory_bytes))?;
+        module.deadline.instantiate(&mut store).map_err(|e| {
+            explain(
+                "instantiation",
+                e,
+                &store,
+                budget,
+                self.config.max_memory_bytes,
+            )
+        })?;
         Ok(started.elapsed())
     }
 
@@ -416,7 +425,10 @@ impl UdfHost {
             .map_err(|e| e.to_string())?
             .call(&mut store, (ptr, len))
             .map_err(|e| what("the call", e, &store))?;
-        let (out_ptr, out_len) = ((packed as u64 >> 32) as usize, (packed as u64 & 0xffff_ffff) as usize);
+        let (out_ptr, out_len) = (
+            (packed as u64 >> 32) as usize,
+            (packed as u64 & 0xffff_ffff) as usize,
+        );
         let size = memory.data_size(&store);
         if out_ptr.saturating_add(out_len) > size || out_len < 8 {
             return Err(format!(
@@ -443,7 +455,11 @@ impl UdfHost {
                 let cut = &payload[..payload.len().min(MAX_GUEST_ERROR)];
                 return Err(format!("failed: {}", String::from_utf8_lossy(cut)));
             }
-            s => return Err(format!("returned status {s}; ABI v1 knows 0 (ok) and 1 (error)")),
+            s => {
+                return Err(format!(
+                    "returned status {s}; ABI v1 knows 0 (ok) and 1 (error)"
+                ));
+            }
         }
         let output = decode_output(payload, rows, &function.return_type())?;
         Ok(CallOutcome {
@@ -553,22 +569,35 @@ pub(crate) fn encode_input(
 
 /// Read a guest's output: uncompressed IPC, one batch, one column of `want`, `rows`
 /// rows. Compression is refused before anything is decoded.
-pub(crate) fn decode_output(payload: &[u8], rows: usize, want: &DataType) -> Result<ArrayRef, String> {
+pub(crate) fn decode_output(
+    payload: &[u8],
+    rows: usize,
+    want: &DataType,
+) -> Result<ArrayRef, String> {
     let mut pos = 0usize;
     let mut batches = 0;
     while pos + 8 <= payload.len() {
         let word = u32::from_le_bytes(payload[pos..pos + 4].try_into().expect("4"));
         let (meta_len, start) = if word == 0xffff_ffff {
-            (u32::from_le_bytes(payload[pos + 4..pos + 8].try_into().expect("4")) as usize, pos + 8)
+            (
+                u32::from_le_bytes(payload[pos + 4..pos + 8].try_into().expect("4")) as usize,
+                pos + 8,
+            )
         } else {
             (word as usize, pos + 4)
         };
         if meta_len == 0 {
             break;
         }
-        let end = start.checked_add(meta_len).filter(|e| *e <= payload.len()).ok_or_else(|| {
-            format!("returned IPC whose message at byte {pos} runs past the end ({} bytes)", payload.len())
-        })?;
+        let end = start
+            .checked_add(meta_len)
+            .filter(|e| *e <= payload.len())
+            .ok_or_else(|| {
+                format!(
+                    "returned IPC whose message at byte {pos} runs past the end ({} bytes)",
+                    payload.len()
+                )
+            })?;
         let mut aligned = arrow::buffer::MutableBuffer::new(meta_len);
         aligned.extend_from_slice(&payload[start..end]);
         let message = arrow::ipc::root_as_message(&aligned)
@@ -576,17 +605,23 @@ pub(crate) fn decode_output(payload: &[u8], rows: usize, want: &DataType) -> Res
         if let Some(batch) = message.header_as_record_batch() {
             batches += 1;
             if batch.compression().is_some() {
-                return Err("returned compressed IPC; ABI v1 takes uncompressed batches only".into());
+                return Err(
+                    "returned compressed IPC; ABI v1 takes uncompressed batches only".into(),
+                );
             }
         }
         if message.header_as_dictionary_batch().is_some() {
             return Err("returned a dictionary batch; ABI v1 takes plain columns only".into());
         }
         let body = usize::try_from(message.bodyLength()).map_err(|_| "a negative body length")?;
-        pos = end.checked_add(body).ok_or("a body length that overflows")?;
+        pos = end
+            .checked_add(body)
+            .ok_or("a body length that overflows")?;
     }
     if batches != 1 {
-        return Err(format!("returned {batches} record batches; ABI v1 wants exactly one"));
+        return Err(format!(
+            "returned {batches} record batches; ABI v1 wants exactly one"
+        ));
     }
     let reader = StreamReader::try_new(Cursor::new(payload), None)
         .map_err(|e| format!("returned unreadable IPC: {e}"))?;
@@ -599,7 +634,9 @@ pub(crate) fn decode_output(payload: &[u8], rows: usize, want: &DataType) -> Res
     }
     let got = schema.field(0).data_type();
     if got != want {
-        return Err(format!("returned a {got} column; its metadata declares {want}"));
+        return Err(format!(
+            "returned a {got} column; its metadata declares {want}"
+        ));
     }
     let mut out = None;
     for b in reader {

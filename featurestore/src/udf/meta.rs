@@ -34,7 +34,10 @@ pub struct UdfFunction {
 impl UdfFunction {
     /// The Arrow argument types.
     pub fn arg_types(&self) -> Vec<DataType> {
-        self.args.iter().map(|a| arrow_type(a).unwrap_or(DataType::Null)).collect()
+        self.args
+            .iter()
+            .map(|a| arrow_type(a).unwrap_or(DataType::Null))
+            .collect()
     }
 
     /// The Arrow return type.
@@ -44,7 +47,12 @@ impl UdfFunction {
 
     /// `name(Float64, Float64) -> Float64`.
     pub fn signature(&self) -> String {
-        format!("{}({}) -> {}", self.name, self.args.join(", "), self.returns)
+        format!(
+            "{}({}) -> {}",
+            self.name,
+            self.args.join(", "),
+            self.returns
+        )
     }
 }
 
@@ -120,8 +128,8 @@ pub fn inspect(bytes: &[u8]) -> Result<Metadata, String> {
             Payload::ImportSection(r) => {
                 for imp in r.into_imports() {
                     let imp = imp.map_err(|e| e.to_string())?;
-                    let allowed = (imp.module, imp.name) == LOG_IMPORT
-                        && matches!(imp.ty, TypeRef::Func(_));
+                    let allowed =
+                        (imp.module, imp.name) == LOG_IMPORT && matches!(imp.ty, TypeRef::Func(_));
                     if !allowed {
                         return Err(format!(
                             "imports `{}::{}`; the only import a UDF may have is the function `{}::{}` (no WASI, no host access)",
@@ -166,20 +174,39 @@ pub fn inspect(bytes: &[u8]) -> Result<Metadata, String> {
         }
     }
     let export = |name: &str| exports.iter().find(|e| e.0 == name);
-    let check_func = |name: &str, want: (Vec<wasmparser::ValType>, Vec<wasmparser::ValType>), text: &str| -> Result<(), String> {
+    let check_func = |name: &str,
+                      want: (Vec<wasmparser::ValType>, Vec<wasmparser::ValType>),
+                      text: &str|
+     -> Result<(), String> {
         match export(name) {
             Some((_, ExternalKind::Func, idx)) if sig(*idx) == Some(&want) => Ok(()),
-            Some((_, ExternalKind::Func, _)) => Err(format!("export `{name}` has the wrong type; ABI v1 wants {text}")),
-            _ => Err(format!("no exported function `{name}` ({text}); see docs/udf-abi.md")),
+            Some((_, ExternalKind::Func, _)) => Err(format!(
+                "export `{name}` has the wrong type; ABI v1 wants {text}"
+            )),
+            _ => Err(format!(
+                "no exported function `{name}` ({text}); see docs/udf-abi.md"
+            )),
         }
     };
     match export("memory") {
         Some((_, ExternalKind::Memory, 0)) => {}
         _ => return Err("no exported memory `memory`".into()),
     }
-    check_func("quiver_abi_version", (vec![], vec![I32]), "(func (result i32))")?;
-    check_func("alloc", (vec![I32], vec![I32]), "(func (param i32) (result i32))")?;
-    check_func("dealloc", (vec![I32, I32], vec![]), "(func (param i32 i32))")?;
+    check_func(
+        "quiver_abi_version",
+        (vec![], vec![I32]),
+        "(func (result i32))",
+    )?;
+    check_func(
+        "alloc",
+        (vec![I32], vec![I32]),
+        "(func (param i32) (result i32))",
+    )?;
+    check_func(
+        "dealloc",
+        (vec![I32, I32], vec![]),
+        "(func (param i32 i32))",
+    )?;
     let section = section.ok_or_else(|| {
         format!("no `{SECTION}` custom section: a UDF module declares its functions there (docs/udf-abi.md)")
     })?;
@@ -202,7 +229,10 @@ pub fn inspect(bytes: &[u8]) -> Result<Metadata, String> {
             return Err(format!("function `{}` is declared twice", f.name));
         }
         if ["memory", "alloc", "dealloc", "quiver_abi_version"].contains(&f.name.as_str()) {
-            return Err(format!("function `{}`: the name is reserved by the ABI", f.name));
+            return Err(format!(
+                "function `{}`: the name is reserved by the ABI",
+                f.name
+            ));
         }
         if f.args.is_empty() || f.args.len() > MAX_ARGS {
             return Err(format!(
@@ -220,8 +250,12 @@ pub fn inspect(bytes: &[u8]) -> Result<Metadata, String> {
                 ));
             }
         }
-        check_func(&f.name, (vec![I32, I32], vec![I64]), "(func (param i32 i32) (result i64))")
-            .map_err(|e| format!("function `{}` is declared in `{SECTION}`, but {e}", f.name))?;
+        check_func(
+            &f.name,
+            (vec![I32, I32], vec![I64]),
+            "(func (param i32 i32) (result i64))",
+        )
+        .map_err(|e| format!("function `{}` is declared in `{SECTION}`, but {e}", f.name))?;
     }
     Ok(meta)
 }

@@ -171,9 +171,17 @@ impl UdfRuntime {
 
 /// Read, validate and compile the module at `path` (relative to `root`), as a repo
 /// names it.
-pub fn load_file(host: &UdfHost, root: &Path, path: &str) -> std::result::Result<Arc<LoadedModule>, String> {
+pub fn load_file(
+    host: &UdfHost,
+    root: &Path,
+    path: &str,
+) -> std::result::Result<Arc<LoadedModule>, String> {
     let rel = Path::new(path);
-    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         return Err("a module path is relative to the repo and stays inside it (no `..`)".into());
     }
     let full = root.join(rel);

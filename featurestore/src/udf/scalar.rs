@@ -52,7 +52,12 @@ pub(crate) struct WasmUdf {
 
 impl std::fmt::Debug for WasmUdf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WasmUdf({} from {})", self.function.signature(), self.module.path)
+        write!(
+            f,
+            "WasmUdf({} from {})",
+            self.function.signature(),
+            self.module.path
+        )
     }
 }
 
@@ -153,11 +158,17 @@ impl ScalarUDFImpl for WasmUdf {
         let arrays: Vec<ArrayRef> = arrays
             .iter()
             .zip(&want)
-            .map(|(a, w)| if a.data_type() == w { Ok(a.clone()) } else { cast(a, w) })
+            .map(|(a, w)| {
+                if a.data_type() == w {
+                    Ok(a.clone())
+                } else {
+                    cast(a, w)
+                }
+            })
             .collect::<std::result::Result<_, _>>()?;
         // The instance's memory cap is held from the query's budget while it runs.
-        let reservation = MemoryConsumer::new(format!("UDF {}", self.function.name))
-            .register(&self.pool);
+        let reservation =
+            MemoryConsumer::new(format!("UDF {}", self.function.name)).register(&self.pool);
         if let Err(e) = reservation.try_grow(self.host.config().max_memory_bytes) {
             return Err(self.fail(format!(
                 "the query's memory budget cannot hold an instance ({} bytes): {e}",
@@ -181,7 +192,8 @@ impl ScalarUDFImpl for WasmUdf {
             )?;
             let (output, fuel_used, logs, micros) = match &result {
                 Ok(o) => (
-                    RecordBatch::try_from_iter([("out", o.output.clone())]).map_err(|e| e.to_string()),
+                    RecordBatch::try_from_iter([("out", o.output.clone())])
+                        .map_err(|e| e.to_string()),
                     o.fuel_used,
                     o.logs.clone(),
                     o.elapsed.as_micros() as u64,
@@ -207,4 +219,3 @@ impl ScalarUDFImpl for WasmUdf {
         }
     }
 }
-

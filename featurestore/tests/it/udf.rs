@@ -13,7 +13,9 @@ use datafusion::prelude::SessionContext;
 use quiver_featurestore::FeatureStore;
 use quiver_featurestore::udf::{Budget, HostConfig, LoadedModule, UdfHost, UdfRef, UdfRuntime};
 
-use crate::common::{DAY, HOUR, Repo, T0, assert_online_equals_training, training_at, transactions};
+use crate::common::{
+    DAY, HOUR, Repo, T0, assert_online_equals_training, training_at, transactions,
+};
 
 const PRELUDE: &str = include_str!("../../../udfs/src/prelude.wat");
 const RATIO: &str = include_str!("../../../udfs/ratio.wat");
@@ -31,22 +33,54 @@ fn floats(a: &ArrayRef) -> Vec<Option<f64>> {
 fn example_udfs_compute_their_values() {
     let host = UdfHost::shared();
     let ratio = host.load("udfs/ratio.wat", RATIO.as_bytes()).unwrap();
-    let a: ArrayRef = Arc::new(Float64Array::from(vec![Some(4.0), None, Some(-3.0), Some(1.0)]));
-    let b: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.0), Some(2.0), Some(2.0), None]));
+    let a: ArrayRef = Arc::new(Float64Array::from(vec![
+        Some(4.0),
+        None,
+        Some(-3.0),
+        Some(1.0),
+    ]));
+    let b: ArrayRef = Arc::new(Float64Array::from(vec![
+        Some(1.0),
+        Some(2.0),
+        Some(2.0),
+        None,
+    ]));
     let out = host
-        .call(&ratio, ratio.function("ratio").unwrap(), &[a, b], 4, Budget::Deadline(Duration::from_secs(5)))
+        .call(
+            &ratio,
+            ratio.function("ratio").unwrap(),
+            &[a, b],
+            4,
+            Budget::Deadline(Duration::from_secs(5)),
+        )
         .unwrap();
     assert_eq!(floats(&out.output), vec![Some(2.0), None, Some(-1.0), None]);
 
     let jaccard = host.load("udfs/jaccard.wat", JACCARD.as_bytes()).unwrap();
     let a: ArrayRef = Arc::new(StringArray::from(vec![
-        Some("d1,d2"), Some("d1,d1,d2,"), Some(""), None, Some("x"), Some("a,b,c"),
+        Some("d1,d2"),
+        Some("d1,d1,d2,"),
+        Some(""),
+        None,
+        Some("x"),
+        Some("a,b,c"),
     ]));
     let b: ArrayRef = Arc::new(StringArray::from(vec![
-        Some("d2,d3"), Some("d2"), Some(""), Some("d1"), Some("y"), Some("c,b,a,a"),
+        Some("d2,d3"),
+        Some("d2"),
+        Some(""),
+        Some("d1"),
+        Some("y"),
+        Some("c,b,a,a"),
     ]));
     let out = host
-        .call(&jaccard, jaccard.function("jaccard").unwrap(), &[a, b], 6, Budget::Fuel(1_000_000))
+        .call(
+            &jaccard,
+            jaccard.function("jaccard").unwrap(),
+            &[a, b],
+            6,
+            Budget::Fuel(1_000_000),
+        )
         .unwrap();
     assert_eq!(
         floats(&out.output),
@@ -58,15 +92,27 @@ fn example_udfs_compute_their_values() {
     let a: ArrayRef = Arc::new(StringArray::from(vec!["d1,d2"]));
     let b: ArrayRef = Arc::new(StringArray::from(vec!["d2,d3"]));
     let once = |h: &UdfHost| {
-        h.call(&jaccard, jaccard.function("jaccard").unwrap(), &[a.clone(), b.clone()], 1, Budget::Fuel(1_000_000))
-            .unwrap()
-            .fuel_used
+        h.call(
+            &jaccard,
+            jaccard.function("jaccard").unwrap(),
+            &[a.clone(), b.clone()],
+            1,
+            Budget::Fuel(1_000_000),
+        )
+        .unwrap()
+        .fuel_used
     };
     assert_eq!(once(&host), once(&host));
     // Empty batches pass through.
     let e: ArrayRef = Arc::new(StringArray::from(Vec::<Option<&str>>::new()));
     let out = host
-        .call(&jaccard, jaccard.function("jaccard").unwrap(), &[e.clone(), e], 0, Budget::Fuel(1_000_000))
+        .call(
+            &jaccard,
+            jaccard.function("jaccard").unwrap(),
+            &[e.clone(), e],
+            0,
+            Budget::Fuel(1_000_000),
+        )
         .unwrap();
     assert_eq!(out.output.len(), 0);
 }
@@ -76,10 +122,14 @@ fn example_udfs_compute_their_values() {
 const LZ4_STREAM: &str = "ffffffff780000001000000000000a000c000600050008000a000000000104000c000000080008000000040008000000040000000100000014000000100014000800060007000c00000010001000000000000103100000001c0000000400000000000000030000006f7574000000060008000600060000000000020000000000ffffffff9800000014000000000000000c0018000600050008000c000c000000000304001c0000003000000000000000000000000c001c001000040008000c000c000000480000001c000000140000000300000000000000000000000400040004000000020000000000000000000000000000000000000000000000000000002c00000000000000000000000100000003000000000000000000000000000000180000000000000004224d18604082150000001100010021f03f0700b000004000000000000008400000000000000000ffffffff00000000";
 
 fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
 }
 
-const F_META: &str = r#"{"functions":[{"name":"f","args":["Float64"],"returns":"Float64","deterministic":true}]}"#;
+const F_META: &str =
+    r#"{"functions":[{"name":"f","args":["Float64"],"returns":"Float64","deterministic":true}]}"#;
 
 /// A module of the prelude, `imports` before it and `body` after it.
 fn wat(meta: &str, imports: &str, body: &str) -> String {
@@ -94,12 +144,19 @@ fn call_body(inner: &str) -> String {
 }
 
 /// Three Float64 rows in a table `t(x)`, `module` registered; the error of `sql`.
-async fn run_sql(host: &Arc<UdfHost>, module: &Arc<LoadedModule>, sql: &str) -> Result<Vec<RecordBatch>, String> {
+async fn run_sql(
+    host: &Arc<UdfHost>,
+    module: &Arc<LoadedModule>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
     let ctx = SessionContext::new();
     let x: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0]));
     let batch = RecordBatch::try_from_iter([("x", x)]).unwrap();
-    ctx.register_table("t", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap()))
-        .unwrap();
+    ctx.register_table(
+        "t",
+        Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap()),
+    )
+    .unwrap();
     let r = UdfRef {
         path: module.path.clone(),
         sha256: module.sha256.clone(),
@@ -132,30 +189,65 @@ async fn hostile_guests_fail_with_their_module_and_function_named_and_harm_nothi
         .collect();
     let lz4 = format!("(data (i32.const 512) \"{escaped}\")");
     let cases: Vec<(&str, String, &str)> = vec![
-        ("infinite_loop", wat(F_META, "", &call_body("(loop $l (br $l)) (i64.const 0)")), "ran past its deadline of 300ms"),
+        (
+            "infinite_loop",
+            wat(F_META, "", &call_body("(loop $l (br $l)) (i64.const 0)")),
+            "ran past its deadline of 300ms",
+        ),
         (
             "memory_bomb",
-            wat(F_META, "", &call_body("(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (i64.const 0)")),
+            wat(
+                F_META,
+                "",
+                &call_body(
+                    "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (i64.const 0)",
+                ),
+            ),
             "over the cap of 33554432 bytes",
         ),
         (
             "huge_output",
-            wat(F_META, "", &call_body("(drop (call $alloc (i32.const 4194304))) (i64.or (i64.const 0x40000000000) (i64.const 4194304))")),
+            wat(
+                F_META,
+                "",
+                &call_body(
+                    "(drop (call $alloc (i32.const 4194304))) (i64.or (i64.const 0x40000000000) (i64.const 4194304))",
+                ),
+            ),
             "over the output limit of 1048576 bytes",
         ),
         (
             "wrong_row_count",
-            wat(F_META, "", &call_body("(drop (call $read (local.get $p) (local.get $len))) (drop (call $out_begin (i32.add (global.get $rows) (i32.const 1)))) (call $out_finish)")),
+            wat(
+                F_META,
+                "",
+                &call_body(
+                    "(drop (call $read (local.get $p) (local.get $len))) (drop (call $out_begin (i32.add (global.get $rows) (i32.const 1)))) (call $out_finish)",
+                ),
+            ),
             "returned 4 rows for 3 input rows",
         ),
         (
             "wrong_schema",
-            wat(F_META, "", &call_body("(drop (call $read (local.get $p) (local.get $len))) (drop (call $out_begin (global.get $rows))) (i32.store16 (i32.add (global.get $out) (i32.const 108)) (i32.const 1)) (call $out_finish)")),
+            wat(
+                F_META,
+                "",
+                &call_body(
+                    "(drop (call $read (local.get $p) (local.get $len))) (drop (call $out_begin (global.get $rows))) (i32.store16 (i32.add (global.get $out) (i32.const 108)) (i32.const 1)) (call $out_finish)",
+                ),
+            ),
             "returned a Float32 column; its metadata declares Float64",
         ),
         (
             "compressed_ipc",
-            wat(F_META, "", &format!("{lz4}\n{}", call_body("(i64.or (i64.const 0x20000000000) (i64.const 352))"))),
+            wat(
+                F_META,
+                "",
+                &format!(
+                    "{lz4}\n{}",
+                    call_body("(i64.or (i64.const 0x20000000000) (i64.const 352))")
+                ),
+            ),
             "returned compressed IPC",
         ),
         (
@@ -181,7 +273,9 @@ async fn hostile_guests_fail_with_their_module_and_function_named_and_harm_nothi
             wat(
                 F_META,
                 "(import \"quiver\" \"log\" (func $log (param i32 i32)))",
-                &call_body("(local $i i32) (loop $l (call $log (i32.const 300) (i32.const 10)) (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if $l (i32.lt_u (local.get $i) (i32.const 100000)))) (i64.const 0)"),
+                &call_body(
+                    "(local $i i32) (loop $l (call $log (i32.const 300) (i32.const 10)) (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if $l (i32.lt_u (local.get $i) (i32.const 100000)))) (i64.const 0)",
+                ),
             ),
             "log flood",
         ),
@@ -190,22 +284,41 @@ async fn hostile_guests_fail_with_their_module_and_function_named_and_harm_nothi
             wat(
                 r#"{"functions":[{"name":"f","args":["Float64"],"returns":"Utf8","deterministic":true}]}"#,
                 "",
-                &call_body("(drop (call $read (local.get $p) (local.get $len))) (drop (call $out_begin (global.get $rows))) (call $out_finish)"),
+                &call_body(
+                    "(drop (call $read (local.get $p) (local.get $len))) (drop (call $out_begin (global.get $rows))) (call $out_finish)",
+                ),
             ),
             "returned a Float64 column; its metadata declares Utf8",
         ),
     ];
     for (name, text, want) in &cases {
         let path = format!("udfs/{name}.wat");
-        let module = host.load(&path, text.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let module = host
+            .load(&path, text.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let started = std::time::Instant::now();
-        let err = run_sql(&host, &module, "SELECT f(x) FROM t").await.expect_err(name);
-        assert!(err.contains(&path) && err.contains("UDF `f`"), "{name}: names module and function: {err}");
+        let err = run_sql(&host, &module, "SELECT f(x) FROM t")
+            .await
+            .expect_err(name);
+        assert!(
+            err.contains(&path) && err.contains("UDF `f`"),
+            "{name}: names module and function: {err}"
+        );
         assert!(err.contains(want), "{name}: wanted `{want}` in: {err}");
-        assert!(started.elapsed() < Duration::from_secs(10), "{name} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} took {:?}",
+            started.elapsed()
+        );
         // The host keeps running other modules.
-        let ok = run_sql(&host, &good, "SELECT ratio(x, x) AS r FROM t").await.unwrap();
-        assert_eq!(floats(ok[0].column(0)), vec![Some(0.5), Some(2.0 / 3.0), Some(0.75)], "after {name}");
+        let ok = run_sql(&host, &good, "SELECT ratio(x, x) AS r FROM t")
+            .await
+            .unwrap();
+        assert_eq!(
+            floats(ok[0].column(0)),
+            vec![Some(0.5), Some(2.0 / 3.0), Some(0.75)],
+            "after {name}"
+        );
     }
 
     // Refused before anything runs.
@@ -244,7 +357,9 @@ async fn hostile_guests_fail_with_their_module_and_function_named_and_harm_nothi
         ),
     ];
     for (name, bytes, want) in &refused {
-        let err = host.load(&format!("udfs/{name}.wasm"), bytes).expect_err(name);
+        let err = host
+            .load(&format!("udfs/{name}.wasm"), bytes)
+            .expect_err(name);
         assert!(err.contains(want), "{name}: wanted `{want}` in: {err}");
     }
 }
@@ -281,7 +396,12 @@ fn device_rows() -> Vec<(i64, i64, Option<f64>, Option<&'static str>)> {
     for u in 1..=3i64 {
         for i in 0..12i64 {
             let dev = DEVS[((i / (u + 1)) % 4) as usize];
-            rows.push((u, T0 + i * 5 * HOUR + u, Some(10.0 * i as f64), (i % 5 != 3).then_some(dev)));
+            rows.push((
+                u,
+                T0 + i * 5 * HOUR + u,
+                Some(10.0 * i as f64),
+                (i % 5 != 3).then_some(dev),
+            ));
         }
     }
     rows
@@ -292,8 +412,12 @@ async fn view_repo(host: Arc<UdfHost>) -> (Repo, FeatureStore) {
     repo.write("f.yaml", VIEW_REPO);
     repo.write("udfs/jaccard.wat", JACCARD);
     repo.write("udfs/ratio.wat", RATIO);
-    repo.delta("data/transactions", vec![transactions(&device_rows())]).await;
-    let store = FeatureStore::builder(repo.path()).with_udf_host(host).build().unwrap();
+    repo.delta("data/transactions", vec![transactions(&device_rows())])
+        .await;
+    let store = FeatureStore::builder(repo.path())
+        .with_udf_host(host)
+        .build()
+        .unwrap();
     store.apply().await.unwrap();
     (repo, store)
 }
@@ -321,10 +445,20 @@ async fn a_view_calling_udfs_is_served_online_with_its_training_value() {
     for (user, i) in [(1i64, 0usize), (1, 5), (2, 7), (3, 11)] {
         let t = T0 + i as i64 * 5 * HOUR + user + 1;
         let b = training_at(&store, "devices", &[user], t).await;
-        let got = b.column_by_name("device_jaccard").unwrap().as_primitive::<Float64Type>();
+        let got = b
+            .column_by_name("device_jaccard")
+            .unwrap()
+            .as_primitive::<Float64Type>();
         let want = expected_jaccard(user, i);
-        assert_eq!(got.is_valid(0).then(|| got.value(0)), want, "user {user} after transaction {i}");
-        let half = b.column_by_name("half_amount").unwrap().as_primitive::<Float64Type>();
+        assert_eq!(
+            got.is_valid(0).then(|| got.value(0)),
+            want,
+            "user {user} after transaction {i}"
+        );
+        let half = b
+            .column_by_name("half_amount")
+            .unwrap()
+            .as_primitive::<Float64Type>();
         assert_eq!(half.value(0), 10.0 * i as f64 / 2.0);
     }
     // Online values equal training values, at materialization and later.
@@ -348,7 +482,9 @@ async fn pooled_and_cached_paths_change_no_value() {
         let training = training_at(&store, "devices", &ids, until).await;
         store.materialize().with_until(until).await.unwrap();
         let online = store.online().unwrap();
-        let (served, _) = online.get("devices", None, &crate::common::keys(&ids), until).unwrap();
+        let (served, _) = online
+            .get("devices", None, &crate::common::keys(&ids), until)
+            .unwrap();
         results.push((training, served));
     }
     assert_eq!(results[0].0, results[1].0, "training sets");
@@ -374,7 +510,10 @@ async fn the_module_hash_pins_the_view() {
     assert_ne!(edited, RATIO);
     repo.write("udfs/ratio.wat", &edited);
     drop(store);
-    let store = FeatureStore::builder(repo.path()).with_udf_host(host(HostConfig::default())).build().unwrap();
+    let store = FeatureStore::builder(repo.path())
+        .with_udf_host(host(HostConfig::default()))
+        .build()
+        .unwrap();
     assert_eq!(training_at(&store, "devices", &[1], t).await, before);
 
     // `plan` shows the change as a new version of the view; `apply` makes it one.
@@ -386,7 +525,10 @@ async fn the_module_hash_pins_the_view() {
     assert_eq!(v2.version, v1.version + 1);
     assert_ne!(v2.hash, v1.hash);
     let after = training_at(&store, "devices", &[1], t).await;
-    let half = after.column_by_name("half_amount").unwrap().as_primitive::<Float64Type>();
+    let half = after
+        .column_by_name("half_amount")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     // As of t the newest transaction is the fourth (amount 30).
     assert_eq!(half.value(0), 30.0 * 10.0);
     // The old version still reads its own module.
@@ -399,7 +541,10 @@ async fn the_module_hash_pins_the_view() {
         .unwrap()
         .concat()
         .unwrap();
-    let half = old.column_by_name(&format!("half_amount")).unwrap().as_primitive::<Float64Type>();
+    let half = old
+        .column_by_name("half_amount")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     assert_eq!(half.value(0), 15.0);
 }
 
@@ -410,21 +555,38 @@ async fn a_repo_with_a_bad_module_is_refused_at_validation_with_its_location() {
     repo.write("udfs/jaccard.wat", JACCARD);
     repo.write(
         "udfs/ratio.wat",
-        &wat(F_META, "(import \"wasi_snapshot_preview1\" \"proc_exit\" (func (param i32)))", &call_body("(i64.const 0)")),
+        &wat(
+            F_META,
+            "(import \"wasi_snapshot_preview1\" \"proc_exit\" (func (param i32)))",
+            &call_body("(i64.const 0)"),
+        ),
     );
-    repo.delta("data/transactions", vec![transactions(&device_rows())]).await;
+    repo.delta("data/transactions", vec![transactions(&device_rows())])
+        .await;
     let store = FeatureStore::open(repo.path()).unwrap();
     let err = store.apply().await.unwrap_err().to_string();
     assert!(err.contains("f.yaml:"), "{err}");
-    assert!(err.contains("UDF module `udfs/ratio.wat`: imports `wasi_snapshot_preview1::proc_exit`"), "{err}");
+    assert!(
+        err.contains("UDF module `udfs/ratio.wat`: imports `wasi_snapshot_preview1::proc_exit`"),
+        "{err}"
+    );
     assert!(store.views().unwrap().is_empty(), "nothing applied");
 
     // A non-deterministic function is refused in a feature view.
-    repo.write("udfs/ratio.wat", &RATIO.replace("\\\"deterministic\\\":true", "\\\"deterministic\\\":false"));
+    repo.write(
+        "udfs/ratio.wat",
+        &RATIO.replace("\\\"deterministic\\\":true", "\\\"deterministic\\\":false"),
+    );
     let err = store.apply().await.unwrap_err().to_string();
-    assert!(err.contains("function `ratio` is declared non-deterministic"), "{err}");
+    assert!(
+        err.contains("function `ratio` is declared non-deterministic"),
+        "{err}"
+    );
     // A module outside the repo.
-    repo.write("f.yaml", &VIEW_REPO.replace("udfs/ratio.wat]", "../ratio.wat]"));
+    repo.write(
+        "f.yaml",
+        &VIEW_REPO.replace("udfs/ratio.wat]", "../ratio.wat]"),
+    );
     let err = store.apply().await.unwrap_err().to_string();
     assert!(err.contains("stays inside it"), "{err}");
 }
@@ -446,23 +608,52 @@ async fn a_runaway_udf_fails_its_request_and_the_server_keeps_serving() {
             "{VIEW_REPO}---\nkind: FeatureView\nname: spinning\nentity: user\nsources: [transactions]\nudfs: [udfs/spin.wat]\nsql: SELECT user_id, ts, f(amount) AS x FROM transactions\n"
         ),
     );
-    repo.delta("data/transactions", vec![transactions(&device_rows())]).await;
-    let store = FeatureStore::builder(repo.path()).with_udf_host(hostile_host()).build().unwrap();
+    repo.delta("data/transactions", vec![transactions(&device_rows())])
+        .await;
+    let store = FeatureStore::builder(repo.path())
+        .with_udf_host(hostile_host())
+        .build()
+        .unwrap();
     store.apply().await.unwrap();
-    store.materialize().with_views(vec!["devices".into()]).await.unwrap();
+    store
+        .materialize()
+        .with_views(vec!["devices".into()])
+        .await
+        .unwrap();
     let token = "udf-test-token-0123456789";
     let tokens = Tokens::new().with(token, "bank", true).unwrap();
-    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens).spawn(store).await.unwrap();
-    let mut client = Client::connect(&format!("http://{}", server.addr())).await.unwrap().with_token(token).unwrap();
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens)
+        .spawn(store)
+        .await
+        .unwrap();
+    let mut client = Client::connect(&format!("http://{}", server.addr()))
+        .await
+        .unwrap()
+        .with_token(token)
+        .unwrap();
     let ent = crate::common::entities(&[(1, T0 + DAY), (2, T0 + DAY)]);
     let started = std::time::Instant::now();
-    let err = client.get_historical_features(vec![ent.clone()], &["spinning"], false).await.unwrap_err().to_string();
-    assert!(err.contains("UDF `f` of module `udfs/spin.wat`") && err.contains("ran past its deadline of 300ms"), "{err}");
+    let err = client
+        .get_historical_features(vec![ent.clone()], &["spinning"], false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("UDF `f` of module `udfs/spin.wat`")
+            && err.contains("ran past its deadline of 300ms"),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
     // The server keeps serving: online lookups and a training set of the good view.
-    let got = client.get_online_features("devices", None, &crate::common::keys(&[1])).await.unwrap();
+    let got = client
+        .get_online_features("devices", None, &crate::common::keys(&[1]))
+        .await
+        .unwrap();
     assert_eq!(got.num_rows(), 1);
-    let ok = client.get_historical_features(vec![ent], &["devices"], false).await.unwrap();
+    let ok = client
+        .get_historical_features(vec![ent], &["devices"], false)
+        .await
+        .unwrap();
     assert_eq!(ok.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
 }
 
@@ -472,15 +663,41 @@ async fn a_runaway_udf_fails_its_request_and_the_server_keeps_serving() {
 #[test]
 #[ignore = "needs udfs/rust/build.sh (rustup target add wasm32-unknown-unknown)"]
 fn rust_udf_gives_the_values_of_the_wat_one() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../udfs/rust/quiver_udf_example.wasm");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run udfs/rust/build.sh", path.display()));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../udfs/rust/quiver_udf_example.wasm");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run udfs/rust/build.sh", path.display()));
     let host = UdfHost::shared();
-    let rust = host.load("udfs/rust/quiver_udf_example.wasm", &bytes).unwrap();
+    let rust = host
+        .load("udfs/rust/quiver_udf_example.wasm", &bytes)
+        .unwrap();
     let wat = host.load("udfs/jaccard.wat", JACCARD.as_bytes()).unwrap();
-    let a: ArrayRef = Arc::new(StringArray::from(vec![Some("d1,d2"), Some("d1,d1,d2,"), Some(""), None, Some("x,y,z")]));
-    let b: ArrayRef = Arc::new(StringArray::from(vec![Some("d2,d3"), Some("d2"), Some(""), Some("d1"), Some("z,y")]));
+    let a: ArrayRef = Arc::new(StringArray::from(vec![
+        Some("d1,d2"),
+        Some("d1,d1,d2,"),
+        Some(""),
+        None,
+        Some("x,y,z"),
+    ]));
+    let b: ArrayRef = Arc::new(StringArray::from(vec![
+        Some("d2,d3"),
+        Some("d2"),
+        Some(""),
+        Some("d1"),
+        Some("z,y"),
+    ]));
     let budget = Budget::Deadline(Duration::from_secs(5));
-    let got = host.call(&rust, rust.function("jaccard").unwrap(), &[a.clone(), b.clone()], 5, budget).unwrap();
-    let want = host.call(&wat, wat.function("jaccard").unwrap(), &[a, b], 5, budget).unwrap();
+    let got = host
+        .call(
+            &rust,
+            rust.function("jaccard").unwrap(),
+            &[a.clone(), b.clone()],
+            5,
+            budget,
+        )
+        .unwrap();
+    let want = host
+        .call(&wat, wat.function("jaccard").unwrap(), &[a, b], 5, budget)
+        .unwrap();
     assert_eq!(floats(&got.output), floats(&want.output));
 }

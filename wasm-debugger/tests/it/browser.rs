@@ -24,10 +24,17 @@ fn tool(env: &str, default: &str, hint: &str) -> String {
 
 #[tokio::test]
 async fn the_page_steps_through_a_trace_with_the_keyboard() {
-    let python = tool("QUIVER_PYTHON", "../.venv/bin/python", "run scripts/browser-env.sh (the README's test command does)");
+    let python = tool(
+        "QUIVER_PYTHON",
+        "../.venv/bin/python",
+        "run scripts/browser-env.sh (the README's test command does)",
+    );
     let chromium = tool("QUIVER_CHROMIUM", "chromium", "");
     assert!(
-        Command::new(&chromium).arg("--version").output().is_ok_and(|o| o.status.success()),
+        Command::new(&chromium)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
         "no chromium: run scripts/browser-env.sh (the README's test command does) or set QUIVER_CHROMIUM"
     );
     let dir = repo().await;
@@ -40,7 +47,8 @@ async fn the_page_steps_through_a_trace_with_the_keyboard() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("trace.json")).unwrap()).unwrap();
+    let trace: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("trace.json")).unwrap()).unwrap();
     let steps = trace["steps"].as_array().unwrap();
     let udf_step = steps.iter().position(|s| s["kind"] == "udf_call").unwrap();
     let value_step = steps.iter().position(|s| s["kind"] == "value").unwrap();
@@ -58,22 +66,49 @@ async fn the_page_steps_through_a_trace_with_the_keyboard() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(seen["verdict"], "MATCH");
     assert_eq!(seen["verdict_class"], "verdict MATCH");
     assert_eq!(seen["rail"], steps.len());
-    assert_eq!(seen["first_title"], format!("1/{} · {}", steps.len(), steps[0]["title"].as_str().unwrap()));
+    assert_eq!(
+        seen["first_title"],
+        format!(
+            "1/{} · {}",
+            steps.len(),
+            steps[0]["title"].as_str().unwrap()
+        )
+    );
     assert!(seen["first_rows"].as_u64().unwrap() > 1, "{seen}");
-    assert!(seen["changed_cells"].as_u64().unwrap() > 0, "rows with changes highlighted: {seen}");
+    assert!(
+        seen["changed_cells"].as_u64().unwrap() > 0,
+        "rows with changes highlighted: {seen}"
+    );
     assert_eq!(seen["after_j"], 1);
     assert_eq!(seen["after_k"], 0);
     assert_eq!(seen["udf_step"], udf_step);
-    assert!(seen["udf_input_rows"].as_u64().unwrap() > 0 && seen["udf_input_rows"] == seen["udf_output_rows"], "{seen}");
+    assert!(
+        seen["udf_input_rows"].as_u64().unwrap() > 0
+            && seen["udf_input_rows"] == seen["udf_output_rows"],
+        "{seen}"
+    );
     assert_eq!(seen["value_step"], value_step);
     assert!(seen["compare_rows"].as_u64().unwrap() >= 3, "{seen}");
     assert_eq!(seen["diff_rows"], 0);
-    assert!(seen["command"].as_str().unwrap().starts_with("quiver-debug trace --repo"), "{seen}");
-    assert!(seen["plan"].as_str().unwrap().contains("PointInTimeExec"), "{seen}");
+    assert!(
+        seen["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("quiver-debug trace --repo"),
+        "{seen}"
+    );
+    assert!(
+        seen["plan"].as_str().unwrap().contains("PointInTimeExec"),
+        "{seen}"
+    );
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 }

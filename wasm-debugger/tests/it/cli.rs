@@ -12,7 +12,9 @@ pub(crate) fn bin() -> Command {
 }
 
 pub(crate) fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us).unwrap().to_rfc3339()
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap()
+        .to_rfc3339()
 }
 
 /// `quiver-debug serve DIR` on a free port; its URL. Killed on drop.
@@ -42,9 +44,14 @@ pub(crate) fn serve(dir: &std::path::Path) -> Served {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("serve printed its address");
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve printed its address");
     assert!(line.starts_with("http://127.0.0.1:"), "{line}");
-    Served { child, url: line.trim().to_owned() }
+    Served {
+        child,
+        url: line.trim().to_owned(),
+    }
 }
 
 /// GET `url` (http://127.0.0.1:PORT/path): status and body; 10 s deadline.
@@ -53,7 +60,11 @@ pub(crate) fn get(url: &str) -> (u16, String) {
     let (host, path) = rest.split_once('/').unwrap();
     let mut s = TcpStream::connect(host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
@@ -69,49 +80,120 @@ async fn trace_show_and_serve_as_a_user_runs_them() {
     let out = dir.path().join("trace-7");
     let started = Instant::now();
     let o = bin()
-        .args(["trace", "--repo", &root, "novelty", "--entity", "user_id=7", "--at", &rfc3339(UNTIL)])
+        .args([
+            "trace",
+            "--repo",
+            &root,
+            "novelty",
+            "--entity",
+            "user_id=7",
+            "--at",
+            &rfc3339(UNTIL),
+        ])
         .args(["--out", out.to_str().unwrap(), "--check"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(stdout.starts_with("MATCH novelty@1 user_id=7"), "{stdout}");
     assert!(stdout.contains("[UdfCall] UDF `jaccard`"), "{stdout}");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(out.join("trace.json").exists() && out.join("steps/000.arrow").exists());
 
     // The reproducing command reproduces it.
-    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("trace.json")).unwrap()).unwrap();
+    let trace: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("trace.json")).unwrap()).unwrap();
     assert_eq!(trace["format"], "quiver-trace");
     assert_eq!(trace["version"], 1);
     let cmd = trace["command"].as_str().unwrap();
     let args: Vec<&str> = cmd.split(' ').skip(1).collect();
     let again = dir.path().join("again");
-    let o = bin().args(&args).args(["--out", again.to_str().unwrap(), "--output", "json"]).output().unwrap();
+    let o = bin()
+        .args(&args)
+        .args(["--out", again.to_str().unwrap(), "--output", "json"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let t2: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(t2["computed"], trace["computed"]);
-    assert_eq!(t2["steps"].as_array().unwrap().len(), trace["steps"].as_array().unwrap().len());
+    assert_eq!(
+        t2["steps"].as_array().unwrap().len(),
+        trace["steps"].as_array().unwrap().len()
+    );
 
     // show
-    let o = bin().args(["show", out.to_str().unwrap(), "--output", "json"]).output().unwrap();
+    let o = bin()
+        .args(["show", out.to_str().unwrap(), "--output", "json"])
+        .output()
+        .unwrap();
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shown["verdict"], "MATCH");
 
     // --check fails on anything but MATCH (rows after the materialization).
-    write(dir.path(), rows(3, UNTIL + HOUR, UNTIL + DAY), deltalake::protocol::SaveMode::Append).await;
+    write(
+        dir.path(),
+        rows(3, UNTIL + HOUR, UNTIL + DAY),
+        deltalake::protocol::SaveMode::Append,
+    )
+    .await;
     let o = bin()
-        .args(["trace", "--repo", &root, "spend", "--entity", "user_id=2", "--at", &rfc3339(UNTIL + DAY)])
-        .args(["--out", dir.path().join("stale").to_str().unwrap(), "--check"])
+        .args([
+            "trace",
+            "--repo",
+            &root,
+            "spend",
+            "--entity",
+            "user_id=2",
+            "--at",
+            &rfc3339(UNTIL + DAY),
+        ])
+        .args([
+            "--out",
+            dir.path().join("stale").to_str().unwrap(),
+            "--check",
+        ])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("STALE"));
 
     // Bad input: a clear error, exit code 1.
     for (args, want) in [
-        (vec!["trace", "--repo", &root, "spend", "--entity", "user_id", "--at", "2024-01-02"], "--entity is KEY=VALUE"),
-        (vec!["trace", "--repo", &root, "spend", "--entity", "user_id=1", "--at", "soon"], "is not a time"),
+        (
+            vec![
+                "trace",
+                "--repo",
+                &root,
+                "spend",
+                "--entity",
+                "user_id",
+                "--at",
+                "2024-01-02",
+            ],
+            "--entity is KEY=VALUE",
+        ),
+        (
+            vec![
+                "trace",
+                "--repo",
+                &root,
+                "spend",
+                "--entity",
+                "user_id=1",
+                "--at",
+                "soon",
+            ],
+            "is not a time",
+        ),
         (vec!["show", &root], "is not a trace folder"),
     ] {
         let o = bin().args(&args).output().unwrap();
@@ -142,7 +224,10 @@ async fn trace_against_a_running_server_is_for_the_owner_only() {
     use quiver_featurestore::serve::{ServeConfig, Tokens};
     let dir = repo().await;
     // Owned by bank_a.
-    let yaml = crate::common::REPO.replace("name: novelty\n", "name: novelty\nowner: bank_a\nshared_with: [bank_b]\n");
+    let yaml = crate::common::REPO.replace(
+        "name: novelty\n",
+        "name: novelty\nowner: bank_a\nshared_with: [bank_b]\n",
+    );
     std::fs::write(dir.path().join("f.yaml"), yaml).unwrap();
     let store = quiver_featurestore::FeatureStore::open(dir.path()).unwrap();
     store.apply().await.unwrap();
@@ -152,31 +237,68 @@ async fn trace_against_a_running_server_is_for_the_owner_only() {
         .unwrap()
         .with("token-b-0123456789abcdef", "bank_b", false)
         .unwrap();
-    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens).spawn(store).await.unwrap();
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens)
+        .spawn(store)
+        .await
+        .unwrap();
     let url = format!("http://{}", server.addr());
     let out = dir.path().join("remote");
     let run = |token: &'static str, out: std::path::PathBuf, url: String| {
         tokio::task::spawn_blocking(move || {
             bin()
-                .args(["trace", "--server", &url, "--token", token, "novelty", "--entity", "user_id=9"])
+                .args([
+                    "trace",
+                    "--server",
+                    &url,
+                    "--token",
+                    token,
+                    "novelty",
+                    "--entity",
+                    "user_id=9",
+                ])
                 .args(["--at", &rfc3339(UNTIL), "--out", out.to_str().unwrap()])
                 .output()
                 .unwrap()
         })
     };
-    let o = run("token-a-0123456789abcdef", out.clone(), url.clone()).await.unwrap();
+    let o = run("token-a-0123456789abcdef", out.clone(), url.clone())
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(stdout.starts_with("MATCH novelty@2 user_id=9"), "{stdout}");
     assert!(stdout.contains(&format!("--server {url}")), "{stdout}");
     let t = quiver_wasm_debugger::folder::read(&out).unwrap();
-    let udf = t.trace.steps.iter().find(|s| s.output_file.is_some()).unwrap();
-    assert!(t.rows(udf.output_file.as_ref().unwrap()).unwrap().num_rows() > 0);
+    let udf = t
+        .trace
+        .steps
+        .iter()
+        .find(|s| s.output_file.is_some())
+        .unwrap();
+    assert!(
+        t.rows(udf.output_file.as_ref().unwrap())
+            .unwrap()
+            .num_rows()
+            > 0
+    );
 
-    let o = run("token-b-0123456789abcdef", dir.path().join("b"), url.clone()).await.unwrap();
+    let o = run(
+        "token-b-0123456789abcdef",
+        dir.path().join("b"),
+        url.clone(),
+    )
+    .await
+    .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("PermissionDenied") && err.contains("only its owner may trace it"), "{err}");
+    assert!(
+        err.contains("PermissionDenied") && err.contains("only its owner may trace it"),
+        "{err}"
+    );
     assert!(!dir.path().join("b").exists());
     drop(server);
 }

@@ -59,7 +59,12 @@ pub(crate) fn rows(users: i64, from: i64, to: i64) -> RecordBatch {
         let mut t = from + u;
         let mut i = 0;
         while t < to {
-            r.push((u, t, (i % 17) as f64 + u as f64, format!("d{}", (i / 4 + u) % 5)));
+            r.push((
+                u,
+                t,
+                (i % 17) as f64 + u as f64,
+                format!("d{}", (i / 4 + u) % 5),
+            ));
             t += 7 * HOUR;
             i += 1;
         }
@@ -67,13 +72,20 @@ pub(crate) fn rows(users: i64, from: i64, to: i64) -> RecordBatch {
     RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("user_id", DataType::Int64, false),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("amount", DataType::Float64, false),
             Field::new("device_id", DataType::Utf8, false),
         ])),
         vec![
             Arc::new(Int64Array::from_iter_values(r.iter().map(|x| x.0))),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(r.iter().map(|x| x.1)).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(r.iter().map(|x| x.1))
+                    .with_timezone("UTC"),
+            ),
             Arc::new(Float64Array::from_iter_values(r.iter().map(|x| x.2))),
             Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.3.clone()))),
         ],
@@ -81,7 +93,11 @@ pub(crate) fn rows(users: i64, from: i64, to: i64) -> RecordBatch {
     .unwrap()
 }
 
-pub(crate) async fn write(root: &Path, batch: RecordBatch, mode: deltalake::protocol::SaveMode) -> i64 {
+pub(crate) async fn write(
+    root: &Path,
+    batch: RecordBatch,
+    mode: deltalake::protocol::SaveMode,
+) -> i64 {
     let url = delta::table_url(root, "data/transactions").unwrap();
     delta::write(&url, vec![batch], mode).await.unwrap()
 }
@@ -93,7 +109,12 @@ pub(crate) async fn repo() -> tempfile::TempDir {
     std::fs::write(root.join("f.yaml"), REPO).unwrap();
     std::fs::create_dir_all(root.join("udfs")).unwrap();
     std::fs::write(root.join("udfs/jaccard.wat"), JACCARD).unwrap();
-    write(root, rows(20, T0, UNTIL), deltalake::protocol::SaveMode::Overwrite).await;
+    write(
+        root,
+        rows(20, T0, UNTIL),
+        deltalake::protocol::SaveMode::Overwrite,
+    )
+    .await;
     let store = FeatureStore::open(root).unwrap();
     store.apply().await.unwrap();
     store.materialize().with_until(UNTIL).await.unwrap();

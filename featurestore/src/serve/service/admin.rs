@@ -111,14 +111,17 @@ impl FeatureService {
                 // A trace shows the view's raw source rows: its owner (or an admin) may
                 // see them, a tenant it is only shared with may not.
                 let v = self.readable(tenant, name)?;
-                if !tenant.admin && v.definition.view.owner.as_deref() != Some(tenant.name.as_str()) {
+                if !tenant.admin && v.definition.view.owner.as_deref() != Some(tenant.name.as_str())
+                {
                     return Err(Status::permission_denied(format!(
                         "a trace of `{name}` shows its source rows; only its owner may trace it, not tenant `{}`",
                         tenant.name
                     )));
                 }
-                let at = crate::cli::parse_time(&body.at).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                let mut req = crate::explain::ExplainRequest::new(body.view.clone(), body.entity, at);
+                let at = crate::cli::parse_time(&body.at)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let mut req =
+                    crate::explain::ExplainRequest::new(body.view.clone(), body.entity, at);
                 req.table_versions = body.table_versions;
                 req.max_rows_per_step = body.max_rows.unwrap_or(1_000).clamp(1, 10_000);
                 req.repo_display = "<server>".into();
