@@ -155,6 +155,24 @@ async fn main() {
             .collect(),
     );
 
+    // Validating and compiling a module (what `validate`/`apply` and a process's first
+    // use pay): a host without a cache compiles every time.
+    let mut nocache_cfg = HostConfig::default();
+    nocache_cfg.cache = false;
+    let nocache = UdfHost::new(nocache_cfg).unwrap();
+    let compile = |text: &str| {
+        median(
+            (0..9)
+                .map(|_| {
+                    let t = Instant::now();
+                    nocache.load("m.wat", text.as_bytes()).unwrap();
+                    t.elapsed()
+                })
+                .collect(),
+        )
+    };
+    let (compile_ratio, compile_jaccard) = (compile(RATIO), compile(JACCARD));
+
     // A training set of a SQL view calling the UDF, against the same view in SQL.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -311,6 +329,8 @@ async fn main() {
             "instantiate_pooled_us": us(pooled),
             "instantiate_unpooled_us": us(unpooled),
             "empty_call_us": us(empty_call),
+            "compile_ratio_ms": ms(compile_ratio),
+            "compile_jaccard_ms": ms(compile_jaccard),
             "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         })
     );
