@@ -128,6 +128,34 @@
                (i32.xor (i32.shl (i32.const 1) (i32.and (local.get $r) (i32.const 7))) (i32.const -1))))
     (call $out_set (local.get $r) (f64.const 0))
     (global.set $out_nulls (i32.add (global.get $out_nulls) (i32.const 1))))
+  ;; Output validity = validity buffer i AND validity buffer j (an empty buffer: all
+  ;; valid), a byte at a time; counts the nulls. For functions that compute every row
+  ;; (values under nulls are ignored) and are null where an argument is.
+  (func $out_valid_and (param $i i32) (param $j i32)
+    (local $o i32) (local $nb i32) (local $k i32) (local $pi i32) (local $pj i32)
+    (local $li i32) (local $lj i32) (local $byte i32) (local $valid i32) (local $tail i32)
+    (local.set $o (i32.add (global.get $out) (i32.const 272)))
+    (local.set $nb (i32.shr_u (i32.add (global.get $out_n) (i32.const 7)) (i32.const 3)))
+    (local.set $pi (call $buf (local.get $i)))
+    (local.set $li (call $buf_len (local.get $i)))
+    (local.set $pj (call $buf (local.get $j)))
+    (local.set $lj (call $buf_len (local.get $j)))
+    (block $done
+      (loop $l
+        (br_if $done (i32.ge_u (local.get $k) (local.get $nb)))
+        (local.set $byte (i32.const 255))
+        (if (local.get $li) (then (local.set $byte (i32.and (local.get $byte) (i32.load8_u (i32.add (local.get $pi) (local.get $k)))))))
+        (if (local.get $lj) (then (local.set $byte (i32.and (local.get $byte) (i32.load8_u (i32.add (local.get $pj) (local.get $k)))))))
+        ;; Bits past the last row count as null nowhere: clear them.
+        (if (i32.and (i32.eq (local.get $k) (i32.sub (local.get $nb) (i32.const 1)))
+                     (i32.ne (local.tee $tail (i32.and (global.get $out_n) (i32.const 7))) (i32.const 0)))
+          (then (local.set $byte (i32.and (local.get $byte) (i32.sub (i32.shl (i32.const 1) (local.get $tail)) (i32.const 1))))))
+        (i32.store8 (i32.add (local.get $o) (local.get $k)) (local.get $byte))
+        (local.set $valid (i32.add (local.get $valid) (i32.popcnt (local.get $byte))))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $l)))
+    (global.set $out_nulls (i32.sub (global.get $out_n) (local.get $valid))))
+
   ;; Finish the output: patch lengths and offsets; the packed (address, length) result.
   (func $out_finish (result i64)
     (local $m i32) (local $n i64) (local $vlen i64) (local $end i32)
