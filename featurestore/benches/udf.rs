@@ -241,7 +241,7 @@ async fn main() {
     let mut ts_times = std::collections::BTreeMap::new();
     for v in ["native", "with_udf"] {
         let mut times = Vec::new();
-        for i in 0..4 {
+        for i in 0..runs + 1 {
             let t = Instant::now();
             let out = store
                 .historical_features()

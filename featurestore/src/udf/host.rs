@@ -207,7 +207,11 @@ fn engine(config: &HostConfig, fuel: bool) -> Result<Engine, String> {
             .total_tables(config.pool_slots)
             .max_memories_per_module(1)
             .max_tables_per_module(1)
-            .max_memory_size(config.max_memory_bytes);
+            .max_memory_size(config.max_memory_bytes)
+            // Reused memories stay mapped (zeroed with memset, not released and
+            // faulted in again): most of a small call's cost otherwise.
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&c).map_err(|e| format!("cannot start the WebAssembly engine: {e}"))
