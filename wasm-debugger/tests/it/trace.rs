@@ -145,6 +145,25 @@ async fn verdicts_name_what_is_different() {
     assert_eq!(t.verdict, Verdict::Match, "{}", t.reason);
     assert!(v > 0);
 
+    // The entity's rows rewritten 40 days into the past: the replay finds them past the
+    // TTL while the online store (built from the old version) still serves a value.
+    drop(store);
+    let old = rows(20, T0, UNTIL);
+    let shifted: Vec<i64> = {
+        let users = old.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let ts = old.column(1).as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>().unwrap();
+        (0..old.num_rows())
+            .map(|i| if users.value(i) == 6 { ts.value(i) - 40 * DAY } else { ts.value(i) })
+            .collect()
+    };
+    let mut cols = old.columns().to_vec();
+    cols[1] = std::sync::Arc::new(arrow::array::TimestampMicrosecondArray::from(shifted).with_timezone("UTC"));
+    write(root, arrow::array::RecordBatch::try_new(old.schema(), cols).unwrap(), SaveMode::Overwrite).await;
+    let store = FeatureStore::open(root).unwrap();
+    let t = explain(&store, &ExplainRequest::new("spend", [("user_id", "6")], UNTIL)).await.unwrap();
+    assert_eq!(t.verdict, Verdict::ExpiredByTtl, "{}", t.reason);
+    assert!(t.reason.contains("past the TTL of 30d"), "{}", t.reason);
+
     // Bad requests name what is wrong.
     let err = explain(
         &store,
