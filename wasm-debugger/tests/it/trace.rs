@@ -150,17 +150,43 @@ async fn verdicts_name_what_is_different() {
     drop(store);
     let old = rows(20, T0, UNTIL);
     let shifted: Vec<i64> = {
-        let users = old.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
-        let ts = old.column(1).as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>().unwrap();
+        let users = old
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        let ts = old
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            .unwrap();
         (0..old.num_rows())
-            .map(|i| if users.value(i) == 6 { ts.value(i) - 40 * DAY } else { ts.value(i) })
+            .map(|i| {
+                if users.value(i) == 6 {
+                    ts.value(i) - 40 * DAY
+                } else {
+                    ts.value(i)
+                }
+            })
             .collect()
     };
     let mut cols = old.columns().to_vec();
-    cols[1] = std::sync::Arc::new(arrow::array::TimestampMicrosecondArray::from(shifted).with_timezone("UTC"));
-    write(root, arrow::array::RecordBatch::try_new(old.schema(), cols).unwrap(), SaveMode::Overwrite).await;
+    cols[1] = std::sync::Arc::new(
+        arrow::array::TimestampMicrosecondArray::from(shifted).with_timezone("UTC"),
+    );
+    write(
+        root,
+        arrow::array::RecordBatch::try_new(old.schema(), cols).unwrap(),
+        SaveMode::Overwrite,
+    )
+    .await;
     let store = FeatureStore::open(root).unwrap();
-    let t = explain(&store, &ExplainRequest::new("spend", [("user_id", "6")], UNTIL)).await.unwrap();
+    let t = explain(
+        &store,
+        &ExplainRequest::new("spend", [("user_id", "6")], UNTIL),
+    )
+    .await
+    .unwrap();
     assert_eq!(t.verdict, Verdict::ExpiredByTtl, "{}", t.reason);
     assert!(t.reason.contains("past the TTL of 30d"), "{}", t.reason);
 
