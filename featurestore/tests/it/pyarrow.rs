@@ -88,3 +88,59 @@ async fn pyarrow_reads_online_features_and_training_sets() {
     assert_eq!(doc["permission_denied"], true);
     assert_eq!(doc["invalid_argument"], true);
 }
+
+/// The project's Python client (`python/`, `pip install ./python`): every call against a
+/// real server, Arrow and pandas results, and errors typed by the server's status.
+#[tokio::test]
+async fn the_python_client_reads_features_and_types_its_errors() {
+    let fx = Fixture::start(None).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/python_client.py");
+    let port = fx.server.addr().port().to_string();
+    let base = fx.base.to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::from(Command::new(python()))
+            .args([script.to_str().unwrap(), &port, TOKEN_A, TOKEN_B, &base])
+            .output(),
+    )
+    .await
+    .expect("the Python client finished within 120 s")
+    .expect("run python");
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(
+        doc["views"],
+        serde_json::json!(["latest", "public", "stats"])
+    );
+    assert_eq!(doc["online_type"], "Table");
+    assert_eq!(doc["online"]["user_id"], serde_json::json!([1, 2, 3]));
+    assert_eq!(doc["online"]["n_1d"], serde_json::json!([2, 0, null]));
+    assert_eq!(
+        doc["online"]["stats__status"],
+        serde_json::json!(["PRESENT", "PRESENT", "NOT_FOUND"])
+    );
+    assert_eq!(
+        doc["subset_columns"],
+        serde_json::json!(["user_id", "n_1d", "stats__status", "stats__event_timestamp"])
+    );
+    assert_eq!(doc["historical_n_1d"], serde_json::json!([2, 0]));
+    assert_eq!(doc["health"], serde_json::json!({"status": "ok"}));
+    assert_eq!(
+        doc["errors"],
+        serde_json::json!({
+            "unknown_view": "NotFound",
+            "bad_key_type": "InvalidArgument",
+            "unknown_model": "NotFound",
+            "bad_feature_ref": "NotFound",
+        })
+    );
+    assert_eq!(doc["unauthenticated"], true);
+    assert_eq!(doc["permission_denied"], true);
+    assert_eq!(doc["pandas"], serde_json::json!(["DataFrame", [2, 0]]));
+    assert_eq!(doc["pandas_historical"], serde_json::json!([2, 0]));
+}
