@@ -5,13 +5,22 @@
 //! cargo run --manifest-path federation/gen/Cargo.toml -- <out dir>
 //! ```
 //!
-//! The output directory defaults to the checked-in location; `scripts/regen-proto.sh
+//! Run from the repository root. The output directory defaults to the checked-in
+//! location; `scripts/regen-proto.sh
 //! --check` writes to a temporary one and compares.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Paths from where it runs (the repo root, as scripts/regen-proto.sh does), not from
+    // where it was compiled: a target directory shared between checkouts at other
+    // paths reuses this binary, and a compile-time path would point at the other one.
+    let here = std::env::current_dir()?.join("federation");
+    let root = if here.join("proto").is_dir() {
+        here
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    };
     let out = std::env::args_os()
         .nth(1)
         .map(PathBuf::from)
