@@ -546,6 +546,18 @@ async fn the_module_hash_pins_the_view() {
         .unwrap()
         .as_primitive::<Float64Type>();
     assert_eq!(half.value(0), 15.0);
+    // `quiver describe` names the pinned modules.
+    drop(store);
+    let described = crate::common::ok(&crate::common::quiver(
+        repo.path(),
+        &["describe", "devices"],
+    ));
+    assert!(
+        described.contains("udfs      udfs/jaccard.wat (sha256 ")
+            && described.contains("jaccard(Utf8, Utf8) -> Float64")
+            && described.contains("ratio(Float64, Float64) -> Float64"),
+        "{described}"
+    );
 }
 
 #[tokio::test]

@@ -163,6 +163,15 @@ pub(crate) async fn describe(cli: &Cli, view: &str, explain: bool) -> anyhow::Re
         );
     }
     println!("form      {}", d.view.form());
+    for u in &d.udfs {
+        let fns: Vec<String> = u.functions.iter().map(|f| f.signature()).collect();
+        println!(
+            "udfs      {} (sha256 {}): {}",
+            u.path,
+            quiver_featurestore::cli::short(&u.sha256, 12),
+            fns.join(", ")
+        );
+    }
     println!(
         "ttl       {}",
         d.view
