@@ -93,10 +93,44 @@ async fn pyarrow_reads_online_features_and_training_sets() {
 /// real server, Arrow and pandas results, and errors typed by the server's status.
 #[tokio::test]
 async fn the_python_client_reads_features_and_types_its_errors() {
-    let fx = Fixture::start(None).await;
+    // The flight fixture's store, with a signed model `fraud` as champion for `score`.
+    let (repo, store, base) = Fixture::store().await;
+    let registry = store.models().unwrap();
+    let key = quiver_registry::SigningKey::generate(repo.path().join("ci.key")).unwrap();
+    registry.trust("ci", &key.public_key_hex()).unwrap();
+    let input = store
+        .input_schema(
+            &quiver_featurestore::offline::parse_feature_refs("stats:n_1d,stats:sum_all").unwrap(),
+            false,
+        )
+        .unwrap();
+    let model = quiver_registry::NativeModel::LogisticRegression {
+        features: vec!["n_1d".into(), "sum_all".into()],
+        weights: vec![0.5, 0.01],
+        intercept: -2.0,
+        baseline: Some(vec![1.0, 10.0]),
+        transform: None,
+    };
+    registry
+        .register(
+            quiver_registry::Registration::new("fraud", model.to_json(), input),
+            "ci",
+            &key,
+        )
+        .unwrap();
+    registry
+        .move_alias("fraud", "champion", Some(1), None, "ci", "first")
+        .unwrap();
+    let server = quiver_featurestore::serve::ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Fixture::tokens(),
+    )
+    .spawn(store)
+    .await
+    .unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/python_client.py");
-    let port = fx.server.addr().port().to_string();
-    let base = fx.base.to_string();
+    let port = server.addr().port().to_string();
+    let base = base.to_string();
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::from(Command::new(python()))
@@ -143,4 +177,19 @@ async fn the_python_client_reads_features_and_types_its_errors() {
     assert_eq!(doc["permission_denied"], true);
     assert_eq!(doc["pandas"], serde_json::json!(["DataFrame", [2, 0]]));
     assert_eq!(doc["pandas_historical"], serde_json::json!([2, 0]));
+    // score: user 1 has n_1d 2 and sum_all 35, user 2 has 0 and 7.5.
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let scores: Vec<f64> = doc["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let want = [sigmoid(0.5 * 2.0 + 0.35 - 2.0), sigmoid(0.075 - 2.0)];
+    assert_eq!(scores.len(), 2);
+    for (g, w) in scores.iter().zip(want) {
+        assert!((g - w).abs() < 1e-9, "{scores:?} vs {want:?}");
+    }
+    assert_eq!(doc["score_versions"], serde_json::json!([1, 1]));
+    drop(repo);
 }
