@@ -81,6 +81,9 @@ fn resolve_udfs(
     modules: &mut BTreeMap<String, Arc<LoadedModule>>,
     diags: &mut Diagnostics,
 ) -> Option<Vec<UdfRef>> {
+    if view.udfs.is_empty() {
+        return Some(Vec::new());
+    }
     let o = &view.origin;
     let before = diags.0.len();
     let mut refs: Vec<UdfRef> = Vec::new();
@@ -224,8 +227,8 @@ pub async fn resolve(repo: &FeatureRepo, host: &Arc<UdfHost>) -> Result<Resolved
         let Some(udfs) = resolve_udfs(view, &repo.root, host, &mut udf_modules, &mut diags) else {
             continue;
         };
-        let runtime =
-            UdfRuntime::new(host.clone(), None).with_pending(udf_modules.values().cloned());
+        let runtime = UdfRuntime::new(host.clone(), None)
+            .with_pending(udfs.iter().map(|r| udf_modules[&r.sha256].clone()));
         let features = match &view.body {
             ViewBody::Sql(_) => {
                 resolve_sql(

@@ -633,17 +633,22 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         ));
         RecordBatch::try_from_iter(cols)?
     };
-    let mut hf = store
+    let scope = crate::plan::SourceScope {
+        versions: tables
+            .iter()
+            .map(|t| (t.source.clone(), t.version))
+            .collect(),
+        only_key: req.entity.clone(),
+    };
+    let prepared = store
         .historical_features()
         .with_entities(vec![entity_batch])
         .with_features(&format!("{name}@{}", applied.version))?
         .with_full_feature_names(true)
         .with_udf_runtime(runtime)
-        .with_only_key(req.entity.clone());
-    for t in &tables {
-        hf = hf.with_table_version(t.source.clone(), t.version);
-    }
-    let prepared = hf.prepare().await?;
+        .with_source_scope(scope)
+        .prepare()
+        .await?;
     let (physical, task) = prepared.physical_plan().await?;
     let plan_text = displayable(physical.as_ref()).indent(false).to_string();
     let taps: Taps = Arc::new(Mutex::new(BTreeMap::new()));

@@ -153,13 +153,12 @@ impl FeatureStoreBuilder {
             .unwrap_or_else(|| self.root.join(".quiver").join("udfs"));
         let udfs = UdfRuntime::new(
             self.udf_host.unwrap_or_else(UdfHost::shared),
-            Some(udf_modules.clone()),
+            Some(udf_modules),
         );
         Ok(FeatureStore {
             root: self.root,
             registry,
             udfs,
-            udf_modules,
             limits: self.limits,
             online_path,
             online: Arc::new(Mutex::new(None)),
@@ -189,7 +188,6 @@ pub struct FeatureStore {
     root: PathBuf,
     registry: MetadataStore,
     udfs: UdfRuntime,
-    udf_modules: PathBuf,
     limits: Limits,
     online_path: PathBuf,
     /// Opened on first use: sled holds an exclusive lock on its folder.
@@ -378,7 +376,7 @@ impl FeatureStore {
         }
         // Modules first: a definition never names a module that is not stored.
         for m in resolved.udf_modules.values() {
-            crate::udf::store_module(&self.udf_modules, m)?;
+            self.udfs.store(m)?;
         }
         let mut changes = ChangeSet::new();
         changes.based_on(based_on);

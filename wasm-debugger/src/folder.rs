@@ -20,39 +20,18 @@ pub const MAX_STEP_FILE: u64 = 256 << 20;
 /// whole: the new one is written beside it and renamed over it). Sets each step's
 /// file names.
 pub fn write(dir: &Path, trace: &mut Trace) -> anyhow::Result<()> {
-    let tmp = staging(dir)?;
-    std::fs::create_dir_all(tmp.join("steps"))?;
-    for (rel, bytes) in trace.step_files()? {
-        std::fs::write(tmp.join(&rel), bytes)?;
-    }
-    write_files(dir, &tmp, trace)
+    let files = trace.step_files()?;
+    write_with_files(dir, trace, &files)
 }
 
-/// Write a trace whose step files come as `(name, bytes)` (from a server's `explain`
-/// action): names are checked to be `steps/NNN.arrow` or `steps/NNN-out.arrow`.
+/// Write a trace whose step files come as `(name, bytes)` (from [`Trace::step_files`],
+/// here or on a server's `explain` action): names are checked to be
+/// `steps/NNN.arrow` or `steps/NNN-out.arrow`, the same guarantee either way.
 pub fn write_with_files(
     dir: &Path,
     trace: &Trace,
     files: &[(String, Vec<u8>)],
 ) -> anyhow::Result<()> {
-    let tmp = staging(dir)?;
-    std::fs::create_dir_all(tmp.join("steps"))?;
-    for (rel, bytes) in files {
-        let name = rel.strip_prefix("steps/").unwrap_or("");
-        let ok = name.len() >= 9
-            && name.ends_with(".arrow")
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        if !ok || name.contains("..") {
-            bail!("the server sent a step file named `{rel}`; step files are steps/NNN.arrow");
-        }
-        std::fs::write(tmp.join(rel), bytes)?;
-    }
-    write_files(dir, &tmp, trace)
-}
-
-fn staging(dir: &Path) -> anyhow::Result<PathBuf> {
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -65,23 +44,38 @@ fn staging(dir: &Path) -> anyhow::Result<PathBuf> {
         .into_owned();
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(tmp)
-}
-
-fn write_files(dir: &Path, tmp: &Path, trace: &Trace) -> anyhow::Result<()> {
-    let json = serde_json::to_vec_pretty(trace)?;
-    std::fs::write(tmp.join("trace.json"), json)?;
-    if dir.exists() {
-        if !dir.join("trace.json").exists() {
-            let _ = std::fs::remove_dir_all(tmp);
+    std::fs::create_dir_all(tmp.join("steps"))?;
+    let written = (|| -> anyhow::Result<()> {
+        for (rel, bytes) in files {
+            let name = rel.strip_prefix("steps/").unwrap_or("");
+            let ok = name.len() >= 9
+                && name.ends_with(".arrow")
+                && !name.contains("..")
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !ok {
+                bail!("a step file is named `{rel}`; step files are steps/NNN.arrow");
+            }
+            std::fs::write(tmp.join(rel), bytes)?;
+        }
+        std::fs::write(tmp.join("trace.json"), serde_json::to_vec_pretty(trace)?)?;
+        if dir.exists() && !dir.join("trace.json").exists() {
             bail!(
                 "{} exists and is not a trace folder; choose another --out",
                 dir.display()
             );
         }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
     }
-    std::fs::rename(tmp, dir).with_context(|| format!("moving the trace to {}", dir.display()))?;
+    std::fs::rename(&tmp, dir).with_context(|| format!("moving the trace to {}", dir.display()))?;
     Ok(())
 }
 

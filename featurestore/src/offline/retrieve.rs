@@ -198,8 +198,7 @@ pub struct HistoricalFeatures<'a> {
     timestamp_column: String,
     progress: Option<Arc<ScanProgress>>,
     udfs: Option<crate::udf::UdfRuntime>,
-    pins: BTreeMap<String, i64>,
-    only_key: Vec<(String, String)>,
+    scope: crate::plan::SourceScope,
 }
 
 impl<'a> HistoricalFeatures<'a> {
@@ -211,8 +210,7 @@ impl<'a> HistoricalFeatures<'a> {
             full_names: false,
             timestamp_column: "event_timestamp".into(),
             udfs: None,
-            pins: BTreeMap::new(),
-            only_key: Vec::new(),
+            scope: Default::default(),
             progress: None,
         }
     }
@@ -323,15 +321,10 @@ impl<'a> HistoricalFeatures<'a> {
         self
     }
 
-    /// Read source `name` at Delta version `version` (default: the newest).
-    pub fn with_table_version(mut self, name: impl Into<String>, version: i64) -> Self {
-        self.pins.insert(name.into(), version);
-        self
-    }
-
-    /// Read only one entity's source rows (see [`Compiler::with_only_key`]).
-    pub fn with_only_key(mut self, key: Vec<(String, String)>) -> Self {
-        self.only_key = key;
+    /// Read the sources as `scope` says: pinned Delta versions, one entity's rows
+    /// (see [`crate::plan::SourceScope`]).
+    pub fn with_source_scope(mut self, scope: crate::plan::SourceScope) -> Self {
+        self.scope = scope;
         self
     }
 
@@ -374,10 +367,7 @@ impl<'a> HistoricalFeatures<'a> {
                     .clone()
                     .unwrap_or_else(|| self.store.udf_runtime().clone()),
             )
-            .with_only_key(self.only_key.clone());
-        for (name, v) in &self.pins {
-            compiler = compiler.with_table_version(name.clone(), *v);
-        }
+            .with_scope(self.scope.clone());
         let mut uses = Vec::new();
         for (applied, feats) in &views {
             let spec =

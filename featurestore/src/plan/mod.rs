@@ -159,8 +159,20 @@ pub struct Compiler {
     tables: HashMap<String, OpenTable>,
     reads: Vec<TableRead>,
     udfs: Option<crate::udf::UdfRuntime>,
-    pins: std::collections::BTreeMap<String, i64>,
-    only_key: Vec<(String, String)>,
+    scope: SourceScope,
+}
+
+/// What a plan reads of its sources: the Delta version of each (by source name; the
+/// newest when absent) and, to replay one entity (`explain`), only that entity's rows:
+/// each source that has the key columns is filtered to `key = value` (values cast to
+/// the column's type) before a view's SQL or join reads it. A view's value for an
+/// entity must then depend only on that entity's rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceScope {
+    /// Delta version by source name.
+    pub versions: std::collections::BTreeMap<String, i64>,
+    /// Join keys and values of the one entity read (empty: every row).
+    pub only_key: Vec<(String, String)>,
 }
 
 impl Compiler {
@@ -172,23 +184,13 @@ impl Compiler {
             tables: HashMap::new(),
             reads: Vec::new(),
             udfs: None,
-            pins: Default::default(),
-            only_key: Vec::new(),
+            scope: SourceScope::default(),
         }
     }
 
-    /// Read source `name` at Delta version `version` instead of its newest.
-    pub fn with_table_version(mut self, name: impl Into<String>, version: i64) -> Self {
-        self.pins.insert(name.into(), version);
-        self
-    }
-
-    /// Read only the rows of one entity: each source that has the key columns is
-    /// filtered to `key = value` (values cast to the column's type) before a view's
-    /// SQL or join reads it. For replaying one entity (`explain`): a view's value for
-    /// an entity must depend only on that entity's rows.
-    pub fn with_only_key(mut self, key: Vec<(String, String)>) -> Self {
-        self.only_key = key;
+    /// Read the sources as `scope` says (default: every row at the newest version).
+    pub fn with_scope(mut self, scope: SourceScope) -> Self {
+        self.scope = scope;
         self
     }
 
@@ -227,7 +229,7 @@ impl Compiler {
         if let Some(t) = self.tables.get(url.as_str()) {
             return Ok(t.clone());
         }
-        let table = delta::open(&url, self.pins.get(&source.name.value).copied()).await?;
+        let table = delta::open(&url, self.scope.versions.get(&source.name.value).copied()).await?;
         self.reads.push(TableRead {
             source: source.name.value.clone(),
             location: source.delta.value.clone(),
@@ -251,15 +253,15 @@ impl Compiler {
             // The scratch session shares the runtime, so the table's object store is
             // registered where the final plan runs too.
             table.register(&scratch, &s.name.value).await?;
-            if !self.only_key.is_empty()
-                && self
-                    .only_key
+            let only = &self.scope.only_key;
+            if !only.is_empty()
+                && only
                     .iter()
                     .all(|(k, _)| table.schema.field_with_name(k).is_ok())
             {
                 let name = s.name.value.as_str();
                 let mut df = scratch.table(name).await?;
-                for (k, v) in &self.only_key {
+                for (k, v) in only {
                     let dt = table.schema.field_with_name(k)?.data_type().clone();
                     df = df.filter(ident(k).eq(cast(lit(v.clone()), dt)))?;
                 }

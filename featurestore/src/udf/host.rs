@@ -310,13 +310,11 @@ impl UdfHost {
             .clone()
     }
 
-    /// Instantiate `module` from the pool (deadline engine) and drop the instance: what
-    /// every call pays before the guest runs. A check that a module starts, and the
-    /// benchmark's measure of instantiation.
-    pub fn instantiate(&self, module: &LoadedModule) -> Result<Duration, String> {
-        let started = Instant::now();
+    /// A store for one instance on `engine`: the memory limiter, the log's bounds, and
+    /// `budget` (a deadline in clock ticks, or fuel).
+    fn store(&self, engine: &Engine, budget: Budget) -> Result<Store<GuestState>, String> {
         let mut store = Store::new(
-            module.deadline.module().engine(),
+            engine,
             GuestState {
                 max_memory: self.config.max_memory_bytes,
                 memory_refused: None,
@@ -328,11 +326,23 @@ impl UdfHost {
             },
         );
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(
-            (self.config.deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1,
-        );
-        store.epoch_deadline_trap();
+        match budget {
+            Budget::Deadline(d) => {
+                store.set_epoch_deadline((d.as_micros() / TICK.as_micros()).max(1) as u64 + 1);
+                store.epoch_deadline_trap();
+            }
+            Budget::Fuel(f) => store.set_fuel(f).map_err(|e| e.to_string())?,
+        }
+        Ok(store)
+    }
+
+    /// Instantiate `module` from the pool (deadline engine) and drop the instance: what
+    /// every call pays before the guest runs. A check that a module starts, and the
+    /// benchmark's measure of instantiation.
+    pub fn instantiate(&self, module: &LoadedModule) -> Result<Duration, String> {
+        let started = Instant::now();
         let budget = Budget::Deadline(self.config.deadline);
+        let mut store = self.store(module.deadline.module().engine(), budget)?;
         module.deadline.instantiate(&mut store).map_err(|e| {
             explain(
                 "instantiation",
@@ -369,26 +379,7 @@ impl UdfHost {
             Budget::Fuel(_) => self.fuel_pre(module)?,
         };
         let started = Instant::now();
-        let mut store = Store::new(
-            pre.module().engine(),
-            GuestState {
-                max_memory: self.config.max_memory_bytes,
-                memory_refused: None,
-                log_refused: None,
-                logs: Vec::new(),
-                log_bytes: 0,
-                max_log_messages: self.config.max_log_messages,
-                max_log_bytes: self.config.max_log_bytes,
-            },
-        );
-        store.limiter(|s| s as &mut dyn ResourceLimiter);
-        match budget {
-            Budget::Deadline(d) => {
-                store.set_epoch_deadline((d.as_micros() / TICK.as_micros()).max(1) as u64 + 1);
-                store.epoch_deadline_trap();
-            }
-            Budget::Fuel(f) => store.set_fuel(f).map_err(|e| e.to_string())?,
-        }
+        let mut store = self.store(pre.module().engine(), budget)?;
         let what = |stage: &str, e: wasmtime::Error, store: &Store<GuestState>| {
             explain(stage, e, store, budget, self.config.max_memory_bytes)
         };
@@ -551,24 +542,34 @@ pub(crate) fn encode_input(
     args: &[ArrayRef],
     rows: usize,
 ) -> Result<Vec<u8>, String> {
-    let fields: Vec<Field> = function
-        .arg_types()
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| Field::new(format!("arg{i}"), t, true))
-        .collect();
-    let batch = RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        args.to_vec(),
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
-    )
-    .map_err(|e| format!("arguments do not match the declared types: {e}"))?;
+    let batch = args_batch(function, args, rows)?;
     let mut out = Vec::new();
     let mut w = StreamWriter::try_new(&mut out, &batch.schema()).map_err(|e| e.to_string())?;
     w.write(&batch).map_err(|e| e.to_string())?;
     w.finish().map_err(|e| e.to_string())?;
     drop(w);
     Ok(out)
+}
+
+/// The argument columns as the batch the guest receives: `arg0..`, of the declared
+/// types, nullable.
+pub(crate) fn args_batch(
+    function: &UdfFunction,
+    args: &[ArrayRef],
+    rows: usize,
+) -> Result<RecordBatch, String> {
+    let fields: Vec<Field> = function
+        .arg_types()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| Field::new(format!("arg{i}"), t, true))
+        .collect();
+    RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        args.to_vec(),
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| format!("arguments do not match the declared types: {e}"))
 }
 
 /// Read a guest's output: uncompressed IPC, one batch, one column of `want`, `rows`

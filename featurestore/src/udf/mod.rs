@@ -148,6 +148,19 @@ impl UdfRuntime {
         Ok(m)
     }
 
+    /// Store `module`'s bytes in the folder of applied modules (content-addressed), where
+    /// [`module`](Self::module) finds them by hash.
+    pub fn store(&self, module: &LoadedModule) -> Result<()> {
+        let dir = self.modules.as_ref().ok_or_else(|| Error::Udf {
+            module: module.path.clone(),
+            function: None,
+            message: "no store of applied UDF modules is configured".into(),
+        })?;
+        let digest = ArtifactStore::new(dir).put(module.bytes())?;
+        debug_assert_eq!(digest, module.sha256);
+        Ok(())
+    }
+
     /// Register every function of `refs` in `ctx`, bounded by this runtime's budget and
     /// by `ctx`'s memory pool.
     pub fn register(&self, ctx: &SessionContext, refs: &[UdfRef]) -> Result<()> {
@@ -194,11 +207,4 @@ pub fn load_file(
     }
     let bytes = std::fs::read(&full).map_err(|e| format!("cannot read `{path}`: {e}"))?;
     host.load(path, &bytes)
-}
-
-/// Store `module`'s bytes in the folder of applied modules (content-addressed).
-pub fn store_module(dir: &Path, module: &LoadedModule) -> Result<()> {
-    let digest = ArtifactStore::new(dir).put(module.bytes())?;
-    debug_assert_eq!(digest, module.sha256);
-    Ok(())
 }

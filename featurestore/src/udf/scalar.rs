@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::{can_cast_types, cast};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::DataType;
 use datafusion::common::{Result, plan_err};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::logical_expr::{
@@ -180,16 +180,8 @@ impl ScalarUDFImpl for WasmUdf {
             .call(&self.module, &self.function, &arrays, rows, self.budget);
         drop(reservation);
         if let Some(rec) = &self.recorder {
-            let fields: Vec<Field> = want
-                .iter()
-                .enumerate()
-                .map(|(i, t)| Field::new(format!("arg{i}"), t.clone(), true))
-                .collect();
-            let input = RecordBatch::try_new_with_options(
-                Arc::new(Schema::new(fields)),
-                arrays.clone(),
-                &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
-            )?;
+            let input =
+                super::host::args_batch(&self.function, &arrays, rows).map_err(|e| self.fail(e))?;
             let (output, fuel_used, logs, micros) = match &result {
                 Ok(o) => (
                     RecordBatch::try_from_iter([("out", o.output.clone())])

@@ -20,21 +20,21 @@ fn python() -> PathBuf {
     venv
 }
 
-#[tokio::test]
-async fn pyarrow_reads_online_features_and_training_sets() {
-    let fx = Fixture::start(None).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/flight_client.py");
-    let port = fx.server.addr().port().to_string();
-    let base = fx.base.to_string();
-    let py = python();
+/// Run `tests/interop/SCRIPT PORT TOKEN_A TOKEN_B BASE` (120 s at most); the one JSON
+/// document it prints.
+async fn run_script(script: &str, port: u16, base: i64) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::from(Command::new(py))
-            .args([script.to_str().unwrap(), &port, TOKEN_A, TOKEN_B, &base])
+        tokio::process::Command::from(Command::new(python()))
+            .arg(&script)
+            .args([&port.to_string(), TOKEN_A, TOKEN_B, &base.to_string()])
             .output(),
     )
     .await
-    .expect("pyarrow client finished within 120 s")
+    .unwrap_or_else(|_| panic!("{} finished within 120 s", script.display()))
     .expect("run python");
     assert!(
         out.status.success(),
@@ -42,7 +42,13 @@ async fn pyarrow_reads_online_features_and_training_sets() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+#[tokio::test]
+async fn pyarrow_reads_online_features_and_training_sets() {
+    let fx = Fixture::start(None).await;
+    let doc = run_script("flight_client.py", fx.server.addr().port(), fx.base).await;
     assert_eq!(
         doc["flights"],
         serde_json::json!(["latest", "public", "stats"])
@@ -95,32 +101,7 @@ async fn pyarrow_reads_online_features_and_training_sets() {
 async fn the_python_client_reads_features_and_types_its_errors() {
     // The flight fixture's store, with a signed model `fraud` as champion for `score`.
     let (repo, store, base) = Fixture::store().await;
-    let registry = store.models().unwrap();
-    let key = quiver_registry::SigningKey::generate(repo.path().join("ci.key")).unwrap();
-    registry.trust("ci", &key.public_key_hex()).unwrap();
-    let input = store
-        .input_schema(
-            &quiver_featurestore::offline::parse_feature_refs("stats:n_1d,stats:sum_all").unwrap(),
-            false,
-        )
-        .unwrap();
-    let model = quiver_registry::NativeModel::LogisticRegression {
-        features: vec!["n_1d".into(), "sum_all".into()],
-        weights: vec![0.5, 0.01],
-        intercept: -2.0,
-        baseline: Some(vec![1.0, 10.0]),
-        transform: None,
-    };
-    registry
-        .register(
-            quiver_registry::Registration::new("fraud", model.to_json(), input),
-            "ci",
-            &key,
-        )
-        .unwrap();
-    registry
-        .move_alias("fraud", "champion", Some(1), None, "ci", "first")
-        .unwrap();
+    crate::score::register_fraud(&store, repo.path(), &[-2.0]);
     let server = quiver_featurestore::serve::ServeConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Fixture::tokens(),
@@ -128,25 +109,7 @@ async fn the_python_client_reads_features_and_types_its_errors() {
     .spawn(store)
     .await
     .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/python_client.py");
-    let port = server.addr().port().to_string();
-    let base = base.to_string();
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::from(Command::new(python()))
-            .args([script.to_str().unwrap(), &port, TOKEN_A, TOKEN_B, &base])
-            .output(),
-    )
-    .await
-    .expect("the Python client finished within 120 s")
-    .expect("run python");
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let doc = run_script("python_client.py", server.addr().port(), base).await;
     assert_eq!(
         doc["views"],
         serde_json::json!(["latest", "public", "stats"])

@@ -21,15 +21,15 @@ fn model(intercept: f64) -> NativeModel {
     }
 }
 
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn score_fetches_features_and_scores_with_the_champion() {
-    let (_repo, store, _) = Fixture::store().await;
+/// `fraud` versions 1, 2, ... with these intercepts over `stats:n_1d, stats:sum_all`,
+/// signed by a trusted key `ci`; version 1 the champion.
+pub(crate) fn register_fraud(
+    store: &quiver_featurestore::FeatureStore,
+    dir: &std::path::Path,
+    intercepts: &[f64],
+) -> quiver_registry::ModelRegistry {
     let registry = store.models().unwrap();
-    let key = SigningKey::generate(_repo.path().join("ci.key")).unwrap();
+    let key = SigningKey::generate(dir.join("ci.key")).unwrap();
     registry.trust("ci", &key.public_key_hex()).unwrap();
     let input = store
         .input_schema(
@@ -37,7 +37,7 @@ async fn score_fetches_features_and_scores_with_the_champion() {
             false,
         )
         .unwrap();
-    for intercept in [-2.0, 1.0] {
+    for &intercept in intercepts {
         registry
             .register(
                 Registration::new("fraud", model(intercept).to_json(), input.clone()),
@@ -49,6 +49,17 @@ async fn score_fetches_features_and_scores_with_the_champion() {
     registry
         .move_alias("fraud", "champion", Some(1), None, "ci", "first")
         .unwrap();
+    registry
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_fetches_features_and_scores_with_the_champion() {
+    let (_repo, store, _) = Fixture::store().await;
+    let registry = register_fraud(&store, _repo.path(), &[-2.0, 1.0]);
 
     let audit_path = _repo.path().join(".quiver").join("audit");
     let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())

@@ -11,6 +11,33 @@ use super::FeatureService;
 use crate::serve::auth::Tenant;
 
 impl FeatureService {
+    /// An action's JSON body, bounded by the server's command limit; `empty` is what an
+    /// empty body means (`None`: a body is required). Errors name the action and show
+    /// `shape`, a body it takes.
+    fn body<T: serde::de::DeserializeOwned>(
+        &self,
+        action: &Action,
+        empty: Option<T>,
+        shape: &str,
+    ) -> Result<T, Status> {
+        if action.body.len() > self.shared.limits.max_command_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "the `{}` body is {} bytes, over the limit of {}",
+                action.r#type,
+                action.body.len(),
+                self.shared.limits.max_command_bytes
+            )));
+        }
+        if action.body.is_empty()
+            && let Some(v) = empty
+        {
+            return Ok(v);
+        }
+        serde_json::from_slice(&action.body).map_err(|e| {
+            Status::invalid_argument(format!("{} body: {e}; send {shape}", action.r#type))
+        })
+    }
+
     pub(in crate::serve) async fn action(
         &self,
         tenant: &Tenant,
@@ -52,14 +79,7 @@ impl FeatureService {
                 struct Body {
                     model: String,
                 }
-                if action.body.len() > self.shared.limits.max_command_bytes {
-                    return Err(Status::resource_exhausted("the action body is too large"));
-                }
-                let body: Body = serde_json::from_slice(&action.body).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "model-status body: {e}; send {{\"model\": \"NAME\"}}"
-                    ))
-                })?;
+                let body: Body = self.body(&action, None, "{\"model\": \"NAME\"}")?;
                 let (server, d) = self.score_deployment(tenant, &body.model)?;
                 let policy = server.policy();
                 let versions: Vec<serde_json::Value> = [&d.champion, &d.challenger]
@@ -99,14 +119,11 @@ impl FeatureService {
                     #[serde(default)]
                     max_rows: Option<usize>,
                 }
-                if action.body.len() > self.shared.limits.max_command_bytes {
-                    return Err(Status::resource_exhausted("the action body is too large"));
-                }
-                let body: Body = serde_json::from_slice(&action.body).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "explain body: {e}; send {{\"view\": \"NAME[@V]\", \"entity\": [[\"KEY\", \"VALUE\"]], \"at\": \"RFC 3339\"}}"
-                    ))
-                })?;
+                let body: Body = self.body(
+                    &action,
+                    None,
+                    "{\"view\": \"NAME[@V]\", \"entity\": [[\"KEY\", \"VALUE\"]], \"at\": \"RFC 3339\"}",
+                )?;
                 let name = body.view.split('@').next().unwrap_or_default();
                 // A trace shows the view's raw source rows: its owner (or an admin) may
                 // see them, a tenant it is only shared with may not.
@@ -161,14 +178,11 @@ impl FeatureService {
                     #[serde(default)]
                     full: bool,
                 }
-                if action.body.len() > self.shared.limits.max_command_bytes {
-                    return Err(Status::resource_exhausted("the action body is too large"));
-                }
-                let body: Body = if action.body.is_empty() {
-                    Body::default()
-                } else {
-                    serde_json::from_slice(&action.body).map_err(|e| Status::invalid_argument(format!("materialize body: {e}; send {{\"views\": [...], \"until\": \"RFC 3339\", \"full\": false}}")))?
-                };
+                let body: Body = self.body(
+                    &action,
+                    Some(Body::default()),
+                    "{\"views\": [...], \"until\": \"RFC 3339\", \"full\": false}",
+                )?;
                 let mut m = store.materialize().with_full(body.full);
                 if let Some(v) = body.views {
                     m = m.with_views(v);
