@@ -11,8 +11,9 @@ started=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== Python with pyarrow (Flight interop), chromium (the debugger's page)"
+echo "== Python with pyarrow (Flight interop), chromium (the debugger's page), object-store servers"
 ./scripts/browser-env.sh >/dev/null
+./scripts/object-store-env.sh >/dev/null
 
 echo "== cargo test --workspace"
 # --no-fail-fast: one run reports every failing test, not just the first binary's.

@@ -37,6 +37,7 @@ use deltalake::protocol::SaveMode;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::delta::Location;
 use crate::{Error, Result};
 
 /// One scored row.
@@ -143,18 +144,41 @@ fn to_batch(rows: &[AuditRecord]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
 
-fn table_url(path: &Path) -> Result<url::Url> {
+/// The audit table of a local folder (created when missing).
+fn local(path: &Path) -> Result<Location> {
     std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
     let abs = path.canonicalize().map_err(|e| Error::io(path, e))?;
     url::Url::from_directory_path(&abs)
+        .map(Location::from_url)
         .map_err(|()| Error::InvalidRequest(format!("bad audit path {}", path.display())))
 }
 
-async fn append(path: &Path, rows: &[AuditRecord]) -> Result<()> {
-    let url = table_url(path)?;
-    crate::delta::write_partitioned(&url, vec![to_batch(rows)?], SaveMode::Append, &["day"])
+/// Where the audit table is: a local folder, or a URL on object storage (its store's
+/// options from the environment), as `quiver serve --audit-log` takes it.
+pub fn location(text: &str) -> Result<Location> {
+    if text.contains("://") {
+        Location::parse(Path::new(""), text)
+            .map_err(|m| Error::InvalidRequest(format!("audit log {text}: {m}")))
+    } else {
+        local(Path::new(text))
+    }
+}
+
+/// One commit of `rows`; an append that loses a race with another writer (a second
+/// replica auditing to the same table) retries on the next version.
+async fn append(location: &Location, rows: &[AuditRecord]) -> Result<()> {
+    crate::delta::write_partitioned(location, vec![to_batch(rows)?], SaveMode::Append, &["day"])
         .await?;
     Ok(())
+}
+
+/// Where an audit log is written.
+#[derive(Debug, Clone)]
+pub enum AuditTarget {
+    /// A local folder (created when missing).
+    Folder(PathBuf),
+    /// A table at a location, local or on object storage.
+    Table(Location),
 }
 
 /// A handle to queue rows; cloned into every request.
@@ -164,7 +188,7 @@ pub struct AuditLog {
     /// One permit per queued, uncommitted row: the real bound of the queue.
     rows: Arc<Semaphore>,
     queue_rows: usize,
-    path: PathBuf,
+    location: Location,
 }
 
 /// The writer task; [`AuditWriter::finish`] flushes and waits.
@@ -174,28 +198,41 @@ pub struct AuditWriter {
 }
 
 impl AuditLog {
-    /// Start a writer appending to the Delta table at `path` (created when missing).
+    /// Start a writer appending to the Delta table in the local folder `path`
+    /// (created when missing).
     pub fn start(path: impl Into<PathBuf>, config: AuditConfig) -> Result<(Self, AuditWriter)> {
-        let path = path.into();
-        table_url(&path)?;
+        Self::start_at(local(&path.into())?, config)
+    }
+
+    /// Start a writer for `target`.
+    pub fn start_target(target: &AuditTarget, config: AuditConfig) -> Result<(Self, AuditWriter)> {
+        match target {
+            AuditTarget::Folder(p) => Self::start(p.clone(), config),
+            AuditTarget::Table(l) => Self::start_at(l.clone(), config),
+        }
+    }
+
+    /// Start a writer appending to the Delta table at `location`, local or on object
+    /// storage (created when missing).
+    pub fn start_at(location: Location, config: AuditConfig) -> Result<(Self, AuditWriter)> {
         let queue_rows = config.queue_rows.clamp(1, Semaphore::MAX_PERMITS);
         let rows = Arc::new(Semaphore::new(queue_rows));
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_writer(path.clone(), config, rx));
+        let task = tokio::spawn(run_writer(location.clone(), config, rx));
         Ok((
             Self {
                 tx,
                 rows,
                 queue_rows,
-                path,
+                location,
             },
             AuditWriter { task },
         ))
     }
 
     /// The table's location.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// Queue `rows`; waits while the queue is full. Fails only when the writer stopped.
@@ -227,7 +264,7 @@ impl AuditWriter {
 }
 
 async fn run_writer(
-    path: PathBuf,
+    location: Location,
     config: AuditConfig,
     mut rx: mpsc::UnboundedReceiver<(Vec<AuditRecord>, OwnedSemaphorePermit)>,
 ) {
@@ -255,7 +292,7 @@ async fn run_writer(
         };
         if !pending.is_empty() {
             // A failed commit is retried with the next one; rows are kept meanwhile.
-            match append(&path, &pending).await {
+            match append(&location, &pending).await {
                 Ok(()) => {
                     pending.clear();
                     held.clear();
@@ -266,7 +303,7 @@ async fn run_writer(
                         tokio::time::sleep(config.max_delay.min(Duration::from_secs(1))).await;
                     } else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        if append(&path, &pending).await.is_ok() {
+                        if append(&location, &pending).await.is_ok() {
                             pending.clear();
                             held.clear();
                         }
@@ -301,8 +338,8 @@ pub fn new_request_prefix(now_us: i64) -> String {
 /// Largest request id accepted by [`lookup`].
 const MAX_ID: usize = 128;
 
-/// Find one scored row by its request id in the audit table at `path`.
-pub async fn lookup(path: &Path, request_id: &str) -> Result<Option<AuditRecord>> {
+/// The time (ms) a request id starts with, after checking its shape.
+fn check_id(request_id: &str) -> Result<i64> {
     if request_id.is_empty()
         || request_id.len() > MAX_ID
         || !request_id
@@ -314,18 +351,34 @@ pub async fn lookup(path: &Path, request_id: &str) -> Result<Option<AuditRecord>
             request_id.chars().take(MAX_ID).collect::<String>()
         )));
     }
-    let ms = request_id
+    request_id
         .split('-')
         .next()
         .and_then(|h| i64::from_str_radix(h, 16).ok())
-        .ok_or_else(|| {
-            Error::InvalidRequest(format!("`{request_id}` does not start with a time"))
-        })?;
+        .ok_or_else(|| Error::InvalidRequest(format!("`{request_id}` does not start with a time")))
+}
+
+/// Find one scored row by its request id in the audit table in the local folder `path`.
+pub async fn lookup(path: &Path, request_id: &str) -> Result<Option<AuditRecord>> {
     if !path.join("_delta_log").is_dir() {
+        check_id(request_id)?;
         return Ok(None);
     }
-    let url = table_url(path)?;
-    let table = crate::delta::open(&url, None).await?;
+    lookup_at(&local(path)?, request_id).await
+}
+
+/// [`lookup`] in the audit table at `location`, local or on object storage.
+pub async fn lookup_at(location: &Location, request_id: &str) -> Result<Option<AuditRecord>> {
+    let ms = check_id(request_id)?;
+    if location.is_local()
+        && !location
+            .url
+            .to_file_path()
+            .is_ok_and(|p| p.join("_delta_log").is_dir())
+    {
+        return Ok(None);
+    }
+    let table = crate::delta::open(location, None).await?;
     let ctx = SessionContext::new();
     table.register(&ctx, "audit").await?;
     let day = day_of(ms.saturating_mul(1000));

@@ -156,14 +156,19 @@ pub async fn resolve(repo: &FeatureRepo, host: &Arc<UdfHost>) -> Result<Resolved
     let mut tables = BTreeMap::new();
     for source in repo.sources.values() {
         let o = &source.origin;
-        let url = match delta::table_url(&repo.root, &source.delta.value) {
-            Ok(u) => u,
-            Err(msg) => {
+        let location = match delta::Location::of_source(&repo.root, source) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = match e {
+                    crate::Error::Delta { message, .. } => message,
+                    other => other.to_string(),
+                };
                 diags.push(diag(o, source.delta.loc, msg));
                 continue;
             }
         };
-        let table = match delta::open(&url, None).await {
+        let url = &location.url;
+        let table = match delta::open(&location, None).await {
             Ok(t) => t,
             Err(e) => {
                 let msg = match &e {
@@ -178,10 +183,14 @@ pub async fn resolve(repo: &FeatureRepo, host: &Arc<UdfHost>) -> Result<Resolved
                             "source `{}`: cannot open Delta table `{}` ({})",
                             source.name,
                             source.delta,
-                            delta::display_url(&url)
+                            delta::display_url(url)
                         ),
                     )
-                    .with_hint(format!("{msg}; paths are relative to the repo root")),
+                    .with_hint(if location.is_local() {
+                        format!("{msg}; paths are relative to the repo root")
+                    } else {
+                        format!("{msg}; credentials come from the environment and `storage_options` (docs/object-storage.md)")
+                    }),
                 );
                 continue;
             }

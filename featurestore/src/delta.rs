@@ -10,13 +10,138 @@ use deltalake::DeltaTable;
 use deltalake::protocol::SaveMode;
 use url::Url;
 
+use crate::storage::{self, Resolved};
 use crate::{Error, Result};
+
+/// Where a table is: its URL and the resolved options of its store (none for local
+/// tables). Its `Debug` never shows option values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The table's URL (`file://` for local tables).
+    pub url: Url,
+    options: Resolved,
+}
+
+impl Location {
+    /// The table a source reads: its `delta:` text against the repo root, with its
+    /// `storage_options:` resolved against the environment.
+    pub fn of_source(root: &Path, source: &crate::spec::Source) -> Result<Self> {
+        let fail = |message: String| Error::Delta {
+            table: source.delta.value.clone(),
+            message,
+        };
+        let url = table_url(root, &source.delta.value).map_err(fail)?;
+        let options = Resolved::resolve(
+            storage::family(url.scheme()),
+            source
+                .storage_options
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.value.as_str())),
+        )
+        .map_err(|m| fail(format!("source `{}`: {m}", source.name.value)))?;
+        Ok(Self { url, options })
+    }
+
+    /// A table named on a command line or in a request: a path relative to `root` or
+    /// a URL; an object store's options come from the standard environment variables.
+    pub fn parse(root: &Path, text: &str) -> std::result::Result<Self, String> {
+        Ok(Self::from_url(table_url(root, text)?))
+    }
+
+    /// [`Location::parse`] for a URL already resolved: no options but the
+    /// environment's.
+    pub fn from_url(url: Url) -> Self {
+        let options = Resolved::resolve(storage::family(url.scheme()), std::iter::empty())
+            .unwrap_or_default();
+        Self { url, options }
+    }
+
+    /// This location with store options given in code (the Rust SDK's way; YAML
+    /// sources use `storage_options:`). Keys are checked as in YAML; secret values may
+    /// be literal here, since nothing given in code is stored or printed, and they are
+    /// redacted from errors like those read from the environment.
+    ///
+    /// ```
+    /// use quiver_featurestore::delta::Location;
+    ///
+    /// let loc = Location::parse(std::path::Path::new(""), "s3://bank-a/features/transactions")
+    ///     .unwrap()
+    ///     .with_options([("aws_region", "eu-west-1"), ("aws_endpoint", "http://127.0.0.1:9000")])
+    ///     .unwrap();
+    /// assert_eq!(loc.display(), "s3://bank-a/features/transactions");
+    /// assert!(Location::parse(std::path::Path::new(""), "s3://b/t")
+    ///     .unwrap()
+    ///     .with_options([("aws_regoin", "x")])
+    ///     .is_err());
+    /// ```
+    pub fn with_options<K: AsRef<str>, V: AsRef<str>>(
+        mut self,
+        options: impl IntoIterator<Item = (K, V)>,
+    ) -> std::result::Result<Self, String> {
+        let family = storage::family(self.url.scheme()).ok_or_else(|| {
+            format!(
+                "{} is a local table; store options apply to object storage",
+                self.display()
+            )
+        })?;
+        for (k, v) in options {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            storage::check_key(family, k)?;
+            self.options.set(k, v);
+        }
+        Ok(self)
+    }
+
+    /// Whether the table is on the local disk.
+    pub fn is_local(&self) -> bool {
+        self.url.scheme() == "file"
+    }
+
+    /// The table as a user wrote it: local paths without `file://`.
+    pub fn display(&self) -> String {
+        display_url(&self.url)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Delta {
+            table: self.display(),
+            message: self.options.redact(&e.to_string()),
+        }
+    }
+
+    fn builder(&self) -> Result<deltalake::DeltaTableBuilder> {
+        storage::register_handlers();
+        Ok(deltalake::DeltaTableBuilder::from_url(self.url.clone())
+            .map_err(|e| self.err(e))?
+            .with_storage_options(self.options.to_map()))
+    }
+}
+
+impl From<Url> for Location {
+    fn from(url: Url) -> Self {
+        Self::from_url(url)
+    }
+}
+
+impl From<&Url> for Location {
+    fn from(url: &Url) -> Self {
+        Self::from_url(url.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(location: &Location) -> Self {
+        location.clone()
+    }
+}
 
 /// An opened Delta table at a fixed version.
 #[derive(Debug, Clone)]
 pub struct OpenTable {
     /// Where it is.
     pub url: Url,
+    /// Where it is, with its store's options.
+    pub location: Location,
     /// The version read.
     pub version: i64,
     /// Its Arrow schema.
@@ -34,16 +159,40 @@ pub fn table_url(root: &Path, location: &str) -> Result<Url, String> {
         return Err("empty table location".into());
     }
     if let Some((scheme, _)) = loc.split_once("://") {
-        let url = Url::parse(loc).map_err(|e| format!("`{loc}` is not a valid URL: {e}"))?;
-        return match scheme {
-            "file" => Ok(url),
-            "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => Err(format!(
-                "`{scheme}://` tables need object-store support, which this build of quiver leaves out; copy the table to a local folder or use a build with the object-store features"
-            )),
-            other => Err(format!(
-                "unsupported URL scheme `{other}://`; use a local path or `file://`"
-            )),
+        let mut url = Url::parse(loc).map_err(|e| format!("`{loc}` is not a valid URL: {e}"))?;
+        if scheme == "file" {
+            return Ok(url);
+        }
+        let Some(family) = storage::family(scheme) else {
+            return Err(format!(
+                "unsupported URL scheme `{scheme}://`; use a local path, `file://`, `s3://`, `az://`, `abfss://` or `gs://`"
+            ));
         };
+        if !family.compiled_in() {
+            return Err(format!(
+                "`{scheme}://` tables need the `{}` feature, which this build of quiver leaves out; build with `--features {}` (or the default features)",
+                family.feature(),
+                family.feature()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!(
+                "`{loc}` names no bucket or container: write `{scheme}://BUCKET/path/to/table`"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "`{scheme}://` URLs may not carry credentials; put them in the environment or in `storage_options` as `${{ENV_VAR}}`"
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "`{scheme}://` URLs take no query or fragment; SAS tokens go in `azure_storage_sas_key: ${{ENV_VAR}}`"
+            ));
+        }
+        let trimmed = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&trimmed);
+        return Ok(url);
     }
     let path = root.join(loc);
     let abs = if path.is_absolute() {
@@ -61,13 +210,6 @@ pub fn table_url(root: &Path, location: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-fn delta_err(url: &Url, e: impl std::fmt::Display) -> Error {
-    Error::Delta {
-        table: display_url(url),
-        message: e.to_string(),
-    }
-}
-
 /// A URL as a user wrote it: local paths without `file://`.
 pub fn display_url(url: &Url) -> String {
     if url.scheme() == "file" {
@@ -79,33 +221,24 @@ pub fn display_url(url: &Url) -> String {
     }
 }
 
-/// Open the table at `url`, at `version` or the latest.
-pub async fn open(url: &Url, version: Option<i64>) -> Result<OpenTable> {
-    if url.scheme() == "file" {
+/// Open the table at `location`, at `version` or the latest.
+pub async fn open(location: impl Into<Location>, version: Option<i64>) -> Result<OpenTable> {
+    let location = &location.into();
+    let url = &location.url;
+    if location.is_local() {
         let log = url.to_file_path().ok().map(|p| p.join("_delta_log"));
         if !log.as_ref().is_some_and(|l| l.is_dir()) {
-            return Err(delta_err(
-                url,
-                "no Delta table here (no `_delta_log` folder)",
-            ));
+            return Err(location.err("no Delta table here (no `_delta_log` folder)"));
         }
     }
-    let table = match version {
-        Some(v) => {
-            deltalake::open_table_with_version(
-                url.clone(),
-                u64::try_from(v).map_err(|_| delta_err(url, format!("bad version {v}")))?,
-            )
-            .await
-        }
-        None => deltalake::open_table(url.clone()).await,
+    let mut builder = location.builder()?;
+    if let Some(v) = version {
+        builder = builder
+            .with_version(u64::try_from(v).map_err(|_| location.err(format!("bad version {v}")))?);
     }
-    .map_err(|e| delta_err(url, e))?;
+    let table = builder.load().await.map_err(|e| location.err(e))?;
     let version = table.version().map_or(-1, |v| v as i64);
-    let provider = table
-        .table_provider()
-        .await
-        .map_err(|e| delta_err(url, e))?;
+    let provider = table.table_provider().await.map_err(|e| location.err(e))?;
     let num_rows = table.snapshot().ok().map(|s| {
         s.log_data()
             .iter()
@@ -114,6 +247,7 @@ pub async fn open(url: &Url, version: Option<i64>) -> Result<OpenTable> {
     });
     Ok(OpenTable {
         url: url.clone(),
+        location: location.clone(),
         version,
         schema: provider.schema(),
         num_rows,
@@ -145,7 +279,7 @@ impl OpenTable {
     /// Spark and Databricks delete rows) gives the same path a new identity.
     /// `(identity, path)`.
     pub fn file_ids(&self) -> Result<Vec<(String, String)>> {
-        let snapshot = self.table.snapshot().map_err(|e| delta_err(&self.url, e))?;
+        let snapshot = self.table.snapshot().map_err(|e| self.location.err(e))?;
         Ok(snapshot
             .log_data()
             .iter()
@@ -200,13 +334,13 @@ impl OpenTable {
     ) -> Result<()> {
         self.table
             .update_datafusion_session(&ctx.state())
-            .map_err(|e| delta_err(&self.url, e))?;
+            .map_err(|e| self.location.err(e))?;
         let provider = self
             .table
             .table_provider()
             .with_file_paths(paths)
             .await
-            .map_err(|e| delta_err(&self.url, e))?;
+            .map_err(|e| self.location.err(e))?;
         ctx.register_table(name, provider)?;
         Ok(())
     }
@@ -215,50 +349,102 @@ impl OpenTable {
     pub async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
         self.table
             .update_datafusion_session(&ctx.state())
-            .map_err(|e| delta_err(&self.url, e))?;
+            .map_err(|e| self.location.err(e))?;
         let provider = self
             .table
             .table_provider()
             .await
-            .map_err(|e| delta_err(&self.url, e))?;
+            .map_err(|e| self.location.err(e))?;
         ctx.register_table(name, provider)?;
         Ok(())
     }
 }
 
-/// Write `batches` as a Delta table at `url` (created when missing).
-pub async fn write(url: &Url, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<i64> {
-    write_partitioned(url, batches, mode, &[]).await
+/// Write `batches` as a Delta table at `location` (created when missing).
+pub async fn write(
+    location: impl Into<Location>,
+    batches: Vec<RecordBatch>,
+    mode: SaveMode,
+) -> Result<i64> {
+    write_with(&location.into(), batches, mode, &[], None).await
 }
 
 /// [`write`], partitioning a new table by `partition_by` (columns of the batches).
 pub async fn write_partitioned(
-    url: &Url,
+    location: impl Into<Location>,
     batches: Vec<RecordBatch>,
     mode: SaveMode,
     partition_by: &[&str],
 ) -> Result<i64> {
-    if url.scheme() == "file"
+    write_with(&location.into(), batches, mode, partition_by, None).await
+}
+
+/// [`write_partitioned`] with `metadata` recorded in the commit (the `commitInfo`
+/// action of the log), as training sets record their lineage. The commit is atomic on
+/// every store: a conditional put of the next log entry (S3 `If-None-Match`, Azure and
+/// GCS preconditions, a local create-new), so two writers racing for one version never
+/// both win; an append that loses the race retries on the next version.
+pub async fn write_with(
+    location: &Location,
+    batches: Vec<RecordBatch>,
+    mode: SaveMode,
+    partition_by: &[&str],
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+) -> Result<i64> {
+    let url = &location.url;
+    if location.is_local()
         && let Ok(p) = url.to_file_path()
     {
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
-    let exists = url.scheme() != "file"
-        || url
-            .to_file_path()
-            .is_ok_and(|p| p.join("_delta_log").is_dir());
     // Loading a table that does not exist yet logs an error inside deltalake; a new
     // table is created from an unloaded handle instead.
-    let table = if exists {
-        DeltaTable::try_from_url(url.clone()).await
+    let exists = if location.is_local() {
+        url.to_file_path()
+            .is_ok_and(|p| p.join("_delta_log").is_dir())
     } else {
-        deltalake::DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build())
+        location
+            .builder()?
+            .build_storage()
+            .map_err(|e| location.err(e))?
+            .is_delta_table_location()
+            .await
+            .map_err(|e| location.err(e))?
+    };
+    let table = if exists {
+        location.builder()?.load().await
+    } else {
+        location.builder()?.build()
     }
-    .map_err(|e| delta_err(url, e))?;
+    .map_err(|e| location.err(e))?;
     let mut write = table.write(batches).with_save_mode(mode);
     if !partition_by.is_empty() {
         write = write.with_partition_columns(partition_by.iter().map(|c| c.to_string()));
     }
-    let table = write.await.map_err(|e| delta_err(url, e))?;
+    let mut commit = deltalake::kernel::transaction::CommitProperties::default();
+    if let Some(metadata) = metadata {
+        commit = commit.with_metadata(metadata);
+    }
+    if mode == SaveMode::ErrorIfExists {
+        // deltalake checks that the table is absent before writing and, when another
+        // writer commits version 0 first, would retry as version 1: both writers
+        // "create" the table and it holds both sets of rows. Losing the race must be
+        // an error instead.
+        commit = commit.with_max_retries(0);
+    }
+    write = write.with_commit_properties(commit);
+    let table = write.await.map_err(|e| {
+        use deltalake::DeltaTableError as E;
+        use deltalake::kernel::transaction::TransactionError as T;
+        match e {
+            E::VersionAlreadyExists(_)
+            | E::Transaction {
+                source: T::MaxCommitAttempts(_),
+            } if mode == SaveMode::ErrorIfExists => location.err(
+                "another writer created this table first; nothing of this write was committed",
+            ),
+            e => location.err(e),
+        }
+    })?;
     Ok(table.version().map_or(0, |v| v as i64))
 }

@@ -547,13 +547,9 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
     let mut tables = Vec::new();
     let mut source_rows: Vec<(String, RecordBatch)> = Vec::new();
     for s in &def.sources {
-        let url =
-            crate::delta::table_url(store.root(), &s.delta.value).map_err(|m| Error::Delta {
-                table: s.delta.value.clone(),
-                message: m,
-            })?;
+        let location = crate::delta::Location::of_source(store.root(), s)?;
         let pinned = req.table_versions.get(&s.name.value).copied();
-        let table = crate::delta::open(&url, pinned).await?;
+        let table = crate::delta::open(&location, pinned).await?;
         tables.push(TableRead {
             source: s.name.value.clone(),
             location: s.delta.value.clone(),

@@ -55,6 +55,7 @@ mod scoring;
 #[cfg(feature = "flight")]
 pub mod serve;
 pub mod spec;
+pub mod storage;
 mod store;
 pub mod udf;
 

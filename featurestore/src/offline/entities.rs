@@ -19,6 +19,14 @@ pub enum EntityInput {
 
 async fn frame(ctx: &SessionContext, path: &Path) -> Result<DataFrame> {
     let shown = path.display().to_string();
+    if shown.contains("://") {
+        // A Delta table on object storage, its options from the environment.
+        let location = delta::Location::parse(Path::new(""), &shown)
+            .map_err(|m| Error::InvalidRequest(format!("{shown}: {m}")))?;
+        let table = delta::open(&location, None).await?;
+        table.register(ctx, "__entities").await?;
+        return Ok(ctx.table("__entities").await?);
+    }
     if path.is_dir() {
         if !path.join("_delta_log").is_dir() {
             return Err(Error::InvalidRequest(format!(

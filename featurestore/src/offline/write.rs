@@ -53,7 +53,23 @@ impl TrainingSet {
     /// Write to `path`. Files are written beside the target and renamed into place, so
     /// a crash leaves the old file or the new one; an existing target is an error
     /// unless `overwrite`.
+    ///
+    /// A URL (`s3://bucket/sets/train`, `az://...`, `gs://...`) names a Delta table on
+    /// object storage, its store's options taken from the environment; its commit is
+    /// a conditional put, so a racing writer loses cleanly instead of overwriting.
     pub async fn write(&self, path: &Path, format: OutputFormat, overwrite: bool) -> Result<()> {
+        let lineage = serde_json::to_string(&self.lineage).unwrap_or_default();
+        let text = path.to_string_lossy();
+        if text.contains("://") {
+            if format != OutputFormat::Delta {
+                return Err(Error::InvalidRequest(format!(
+                    "{text}: only Delta tables are written to object storage (a commit there is atomic, a file upload half-done is not); drop the .parquet/.csv extension or write locally"
+                )));
+            }
+            let location = delta::Location::parse(Path::new(""), &text)
+                .map_err(|m| Error::InvalidRequest(format!("{text}: {m}")))?;
+            return self.write_delta(&location, overwrite, lineage).await;
+        }
         if path.exists() && !overwrite {
             return Err(Error::InvalidRequest(format!(
                 "{} exists; pass --overwrite to replace it",
@@ -63,7 +79,6 @@ impl TrainingSet {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        let lineage = serde_json::to_string(&self.lineage).unwrap_or_default();
         match format {
             OutputFormat::Parquet | OutputFormat::Csv => {
                 let tmp = temp_beside(path);
@@ -75,16 +90,32 @@ impl TrainingSet {
                 std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
             }
             OutputFormat::Delta => {
-                let url = delta::table_url(Path::new(""), &path.display().to_string())
+                let location = delta::Location::parse(Path::new(""), &path.display().to_string())
                     .map_err(Error::InvalidRequest)?;
-                let mode = if overwrite {
-                    SaveMode::Overwrite
-                } else {
-                    SaveMode::ErrorIfExists
-                };
-                delta::write(&url, self.batches.clone(), mode).await?;
+                self.write_delta(&location, overwrite, lineage).await?;
             }
         }
+        Ok(())
+    }
+
+    /// One Delta commit holding the rows, with the lineage in its `commitInfo`.
+    async fn write_delta(
+        &self,
+        location: &delta::Location,
+        overwrite: bool,
+        lineage: String,
+    ) -> Result<()> {
+        let mode = if overwrite {
+            SaveMode::Overwrite
+        } else {
+            SaveMode::ErrorIfExists
+        };
+        let mut metadata = serde_json::Map::new();
+        metadata.insert(
+            LINEAGE_METADATA_KEY.into(),
+            serde_json::Value::String(lineage),
+        );
+        delta::write_with(location, self.batches.clone(), mode, &[], Some(metadata)).await?;
         Ok(())
     }
 

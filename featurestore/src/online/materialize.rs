@@ -85,7 +85,7 @@ pub struct Materialize<'a> {
     progress: Option<Arc<ScanProgress>>,
 }
 
-fn rfc3339(us: i64) -> String {
+pub(crate) fn rfc3339(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()
@@ -185,12 +185,8 @@ impl<'a> Materialize<'a> {
         let wm = store.watermark(&name)?;
         let mut tables = Vec::with_capacity(def.sources.len());
         for s in &def.sources {
-            let url =
-                delta::table_url(self.store.root(), &s.delta.value).map_err(|m| Error::Delta {
-                    table: s.delta.value.clone(),
-                    message: m,
-                })?;
-            tables.push(delta::open(&url, None).await?);
+            let location = delta::Location::of_source(self.store.root(), s)?;
+            tables.push(delta::open(&location, None).await?);
         }
         out.tables = def
             .sources
@@ -238,7 +234,7 @@ impl<'a> Materialize<'a> {
                 // The version the store holds may be unreadable now: its log cleaned up
                 // after a checkpoint (Delta's log retention). Then only a full rebuild
                 // can tell what changed.
-                match delta::open(&table.url, Some(old_mark.version)).await {
+                match delta::open(&table.location, Some(old_mark.version)).await {
                     Err(e) => format!(
                         "Delta version {} is no longer readable ({e}); full rebuild",
                         old_mark.version

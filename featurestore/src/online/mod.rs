@@ -12,12 +12,14 @@
 //! are computed at request time (see `docs/online-serving.md`).
 
 mod codec;
+mod freshness;
 mod materialize;
 mod pages;
 mod reader;
 mod record;
 mod store;
 
+pub use freshness::{Freshness, ViewFreshness, freshness};
 pub use materialize::{Materialize, MaterializeReport, ViewMaterialization};
 pub use reader::{OnlineFeatures, StatusCounts};
 pub use record::Status;

@@ -222,14 +222,16 @@ impl Compiler {
     }
 
     async fn open(&mut self, source: &crate::spec::Source) -> Result<OpenTable> {
-        let url = delta::table_url(&self.root, &source.delta.value).map_err(|m| Error::Delta {
-            table: source.delta.value.clone(),
-            message: m,
-        })?;
+        let location = delta::Location::of_source(&self.root, source)?;
+        let url = &location.url;
         if let Some(t) = self.tables.get(url.as_str()) {
             return Ok(t.clone());
         }
-        let table = delta::open(&url, self.scope.versions.get(&source.name.value).copied()).await?;
+        let table = delta::open(
+            &location,
+            self.scope.versions.get(&source.name.value).copied(),
+        )
+        .await?;
         self.reads.push(TableRead {
             source: source.name.value.clone(),
             location: source.delta.value.clone(),

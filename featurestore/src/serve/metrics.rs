@@ -34,6 +34,17 @@ struct View {
     view: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunResult {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ViewSource {
+    view: String,
+    source: String,
+}
+
 /// The server's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,6 +53,10 @@ pub struct Metrics {
     latency: Family<Method, Histogram>,
     values: Family<ViewStatus, Counter>,
     lag: Family<View, Gauge<f64, AtomicU64>>,
+    runs: Family<RunResult, Counter>,
+    last_success: Gauge<f64, AtomicU64>,
+    table_version: Family<ViewSource, Gauge>,
+    behind: Family<View, Gauge>,
 }
 
 impl Default for Metrics {
@@ -73,12 +88,40 @@ impl Default for Metrics {
             "Seconds between now and the event-time bound of the last materialization",
             lag.clone(),
         );
+        let runs = Family::<RunResult, Counter>::default();
+        registry.register(
+            "quiver_materialize_runs",
+            "Scheduled materialization runs (--materialize-every) by result (ok, error)",
+            runs.clone(),
+        );
+        let last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "quiver_materialize_last_success_timestamp_seconds",
+            "When the last scheduled materialization committed (Unix seconds; 0: none yet)",
+            last_success.clone(),
+        );
+        let table_version = Family::<ViewSource, Gauge>::default();
+        registry.register(
+            "quiver_materialized_delta_version",
+            "Delta version of each source table the online store holds, per view",
+            table_version.clone(),
+        );
+        let behind = Family::<View, Gauge>::default();
+        registry.register(
+            "quiver_view_behind",
+            "1 when an online view is not materialized or serves an older applied version",
+            behind.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             latency,
             values,
             lag,
+            runs,
+            last_success,
+            table_version,
+            behind,
         }
     }
 }
@@ -125,6 +168,42 @@ impl Metrics {
                 view: view.to_owned(),
             })
             .set(seconds);
+    }
+
+    /// Record a scheduled materialization run.
+    pub fn materialize_run(&self, ok: bool) {
+        self.runs
+            .get_or_create(&RunResult {
+                result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
+        if ok {
+            self.last_success
+                .set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
+        }
+    }
+
+    /// Set the freshness gauges (lag, Delta versions held, behind) from `f`.
+    pub fn freshness(&self, f: &crate::online::Freshness) {
+        for v in &f.views {
+            let view = View {
+                view: v.view.clone(),
+            };
+            if let Some(lag) = v.lag_seconds {
+                self.lag.get_or_create(&view).set(lag);
+            }
+            self.behind.get_or_create(&view).set(i64::from(
+                v.served_version.is_none_or(|s| s < v.applied_version),
+            ));
+            for t in &v.tables {
+                self.table_version
+                    .get_or_create(&ViewSource {
+                        view: v.view.clone(),
+                        source: t.source.clone(),
+                    })
+                    .set(t.version);
+            }
+        }
     }
 
     /// Add a collector of families read at each scrape (the models' metrics).

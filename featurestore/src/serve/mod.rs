@@ -75,10 +75,14 @@ pub struct ServeConfig {
     /// TLS; plain HTTP/2 when `None`.
     pub tls: Option<TlsConfig>,
     /// Audit log of scored requests (a Delta table) and how it batches; `None`: off.
-    pub audit: Option<(std::path::PathBuf, crate::audit::AuditConfig)>,
+    pub audit: Option<(crate::audit::AuditTarget, crate::audit::AuditConfig)>,
     /// Rollout policy per model (canary share, rollback thresholds, drift threshold);
     /// models not listed get [`quiver_registry::RolloutPolicy::default`].
     pub policies: std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>,
+    /// Materialize the applied views into this server's online store on this schedule
+    /// (incremental runs; `None`: only on request). Each replica keeps its own store
+    /// fresh this way (docs/replicas.md).
+    pub materialize_every: Option<std::time::Duration>,
 }
 
 /// Read a policies file: a JSON object from model name to [`quiver_registry::RolloutPolicy`]
@@ -121,6 +125,7 @@ impl ServeConfig {
             tokens,
             tls: None,
             audit: None,
+            materialize_every: None,
             policies: Default::default(),
         }
     }
@@ -133,7 +138,26 @@ impl ServeConfig {
 
     /// Record every scored row in the Delta table at `path` (see [`crate::audit`]).
     pub fn with_audit(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.audit = Some((path.into(), crate::audit::AuditConfig::default()));
+        self.audit = Some((
+            crate::audit::AuditTarget::Folder(path.into()),
+            crate::audit::AuditConfig::default(),
+        ));
+        self
+    }
+
+    /// Record every scored row in the Delta table at `location`, local or on object
+    /// storage (several replicas may append to one table: each commit is atomic).
+    pub fn with_audit_location(mut self, location: crate::delta::Location) -> Self {
+        self.audit = Some((
+            crate::audit::AuditTarget::Table(location),
+            crate::audit::AuditConfig::default(),
+        ));
+        self
+    }
+
+    /// Materialize incrementally every `every` while serving (at least 100 ms).
+    pub fn with_materialize_every(mut self, every: std::time::Duration) -> Self {
+        self.materialize_every = Some(every.max(std::time::Duration::from_millis(100)));
         self
     }
 
@@ -176,7 +200,7 @@ impl ServeConfig {
         let metrics = Arc::new(Metrics::default());
         let (audit, audit_writer) = match &self.audit {
             Some((path, config)) => {
-                let (log, writer) = crate::audit::AuditLog::start(path, config.clone())?;
+                let (log, writer) = crate::audit::AuditLog::start_target(path, config.clone())?;
                 (Some(log), Some(writer))
             }
             None => (None, None),
@@ -229,6 +253,20 @@ impl ServeConfig {
                 tracing::error!(error = %e, "flight server stopped");
             }
         })];
+        if let Some(every) = self.materialize_every {
+            let (shared, mut rx) = (shared.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = rx.wait_for(|stop| *stop) => break,
+                    }
+                    shared.materialize_scheduled().await;
+                }
+            }));
+        }
         let mut metrics_addr = None;
         if let Some(maddr) = self.metrics_addr {
             let listener = tokio::net::TcpListener::bind(maddr)
@@ -241,6 +279,7 @@ impl ServeConfig {
             );
             let m = metrics.clone();
             let shared_m = shared.clone();
+            let shared_h = shared.clone();
             let token = self.metrics_token.clone();
             let app = axum::Router::new()
                 .route(
@@ -262,13 +301,9 @@ impl ServeConfig {
                                     ));
                                 }
                             }
-                            // Lag from the watermarks, whoever materialized.
-                            let online = &shared.online;
-                            let now = chrono::Utc::now().timestamp_micros();
-                            for view in online.store().views().unwrap_or_default() {
-                                if let Ok(Some(wm)) = online.store().watermark(&view) {
-                                    m.lag(&view, (now - wm.until_us) as f64 / 1e6);
-                                }
+                            // Lag and versions from the watermarks, whoever materialized.
+                            if let Ok(f) = shared.freshness(None) {
+                                m.freshness(&f);
                             }
                             let text = m.encode();
                             Ok((
@@ -281,7 +316,13 @@ impl ServeConfig {
                         }
                     }),
                 )
-                .route("/healthz", axum::routing::get(|| async { "ok" }));
+                .route(
+                    "/healthz",
+                    axum::routing::get(move |query: axum::extract::RawQuery| {
+                        let shared = shared_h.clone();
+                        async move { healthz(&shared, query.0.as_deref()) }
+                    }),
+                );
             let mut rx = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let shutdown = async move {
@@ -304,6 +345,68 @@ impl ServeConfig {
             metrics,
             audit_writer,
         })
+    }
+}
+
+/// `GET /healthz`: 200 `ok` while the process serves. With `?max_lag_seconds=N` (what
+/// a load balancer's health check asks), 503 when an online view is behind: not
+/// materialized, an older applied version, or its event-time bound more than N seconds
+/// old. The body counts views but does not name them: the endpoint carries no token.
+fn healthz(
+    shared: &service::Shared,
+    query: Option<&str>,
+) -> (
+    axum::http::StatusCode,
+    [(&'static str, &'static str); 1],
+    String,
+) {
+    use axum::http::StatusCode;
+    let text = [("content-type", "application/json")];
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return (
+            StatusCode::OK,
+            [("content-type", "text/plain")],
+            "ok".into(),
+        );
+    };
+    let max = query
+        .strip_prefix("max_lag_seconds=")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0);
+    let Some(max) = max else {
+        return (
+            StatusCode::BAD_REQUEST,
+            text,
+            serde_json::json!({"error": "the only parameter is max_lag_seconds=N (N >= 0)"})
+                .to_string(),
+        );
+    };
+    match shared.freshness(Some(max)) {
+        Ok(f) => {
+            let behind = f.views.iter().filter(|v| v.behind).count();
+            let worst = f
+                .views
+                .iter()
+                .filter_map(|v| v.lag_seconds)
+                .fold(0.0f64, f64::max);
+            let body = serde_json::json!({
+                "status": f.status, "views": f.views.len(), "behind": behind,
+                "max_lag_seconds": max, "worst_lag_seconds": worst,
+            })
+            .to_string();
+            let code = if f.ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (code, text, body)
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            text,
+            serde_json::json!({"status": "error", "error": crate::storage::redact(&e.to_string())})
+                .to_string(),
+        ),
     }
 }
 

@@ -10,7 +10,8 @@ use crate::Error;
 /// Error to Flight status: what the caller must change decides the code.
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let msg = e.to_string();
+        // Nothing a store's SDK put into an error (a SAS in a URL, say) reaches a client.
+        let msg = crate::storage::redact(&e.to_string());
         match &e {
             Error::Spec(_) | Error::InvalidRequest(_) => Status::invalid_argument(msg),
             Error::NotFound { .. } => Status::not_found(msg),

@@ -99,8 +99,14 @@ pub struct Entity {
 pub struct Source {
     /// Unique name; SQL views refer to the table by it.
     pub name: Spanned<String>,
-    /// Path relative to the repo root, or a URL (`file://`, `s3://`).
+    /// Path relative to the repo root, or a URL (`file://`, `s3://`, `az://`,
+    /// `abfss://`, `gs://`).
     pub delta: Spanned<String>,
+    /// Options of an object-store table (`aws_region`, `azure_storage_account_name`,
+    /// ...), as written: literal text or `${ENV_VAR}`, secrets only the latter
+    /// ([`crate::storage`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_options: BTreeMap<String, Spanned<String>>,
     /// Event-time column: when the row became true in the world.
     pub timestamp: Spanned<String>,
     /// Optional created-time column: breaks ties between rows with equal event time

@@ -196,3 +196,32 @@ async fn an_empty_repo_folder_is_fine_and_a_missing_one_is_not() {
     assert!(!repo.path().join("reg").exists());
     assert!(!repo.path().join("nope").exists());
 }
+
+#[tokio::test]
+async fn bad_storage_options_are_located_and_never_echo_a_secret() {
+    // Options on a local table, a misspelt key, another store's key, a literal secret
+    // and a spliced variable: all reported at once, where they stand.
+    let e = apply_err(&REPO_YAML.replace(
+        "delta: data/transactions",
+        "delta: data/transactions\nstorage_options: { aws_region: eu-west-1 }",
+    ))
+    .await;
+    assert!(
+        e.contains("features.yaml:8:") && e.contains("apply to object-store tables"),
+        "{e}"
+    );
+    let e = apply_err(&REPO_YAML.replace(
+        "delta: data/transactions",
+        "delta: s3://lake/transactions\nstorage_options:\n  aws_regoin: eu-west-1\n  azure_storage_account_name: x\n  aws_secret_access_key: hunter2hunter2\n  aws_session_token: \"a${B}\"",
+    ))
+    .await;
+    for want in [
+        "features.yaml:9:3: unknown option `aws_regoin`; did you mean `aws_region`?",
+        "features.yaml:10:3: `azure_storage_account_name` is not an option of S3 tables",
+        "features.yaml:11:26: `aws_secret_access_key` is a secret",
+        "features.yaml:12:22: a value is either `${NAME}` as a whole",
+    ] {
+        assert!(e.contains(want), "missing `{want}` in:\n{e}");
+    }
+    assert!(!e.contains("hunter2"), "{e}");
+}

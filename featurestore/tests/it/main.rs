@@ -11,6 +11,8 @@ mod flight;
 mod hostile;
 /// `quiver registry`: signed models, aliases, lineage, two processes at once.
 mod models;
+/// Delta tables on S3 (moto) and Azure Blob (Azurite) servers on loopback.
+mod object_store;
 /// Materialization and online lookups: online values equal training values.
 mod online;
 /// Every aggregate over every input type: online values equal training values.
@@ -19,6 +21,8 @@ mod parity;
 mod pit_props;
 /// pyarrow's Flight client against `quiver serve`.
 mod pyarrow;
+/// Replicas over one table: scheduled materialization, freshness, restarts.
+mod replicas;
 /// Training sets from real Delta tables through the public API.
 mod retrieval;
 /// `score`: online features scored by the registered champion in one round trip.

@@ -126,7 +126,7 @@ async fn the_python_client_reads_features_and_types_its_errors() {
         serde_json::json!(["user_id", "n_1d", "stats__status", "stats__event_timestamp"])
     );
     assert_eq!(doc["historical_n_1d"], serde_json::json!([2, 0]));
-    assert_eq!(doc["health"], serde_json::json!({"status": "ok"}));
+    assert_eq!(doc["health"]["status"], "ok", "{}", doc["health"]);
     assert_eq!(
         doc["errors"],
         serde_json::json!({

@@ -53,8 +53,9 @@ pub(crate) async fn history(cli: &Cli) -> anyhow::Result<()> {
         let mut t = 0;
         for (v, _) in &views {
             for s in &v.definition.sources {
-                if let Ok(url) = quiver_featurestore::delta::table_url(store.root(), &s.delta.value)
-                    && let Ok(table) = quiver_featurestore::delta::open(&url, None).await
+                if let Ok(location) =
+                    quiver_featurestore::delta::Location::of_source(store.root(), s)
+                    && let Ok(table) = quiver_featurestore::delta::open(&location, None).await
                 {
                     t += table.num_rows.unwrap_or(0);
                 }

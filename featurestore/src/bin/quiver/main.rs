@@ -167,9 +167,21 @@ enum Command {
         /// Most keys in one online request.
         #[arg(long)]
         max_keys: Option<usize>,
-        /// Do not record scored requests in the audit log (<repo>/.quiver/audit).
-        #[arg(long)]
+        /// Do not record scored requests in the audit log.
+        #[arg(long, conflicts_with = "audit_log")]
         no_audit: bool,
+        /// Where scored requests are recorded: a folder, or a Delta table URL on object
+        /// storage (s3://, az://, abfss://, gs://; credentials from the standard
+        /// environment variables) that several replicas can share.
+        /// Default: <repo>/.quiver/audit.
+        #[arg(long, value_name = "PATH|URL")]
+        audit_log: Option<String>,
+        /// Materialize the applied views into this server's online store every
+        /// DURATION (incremental runs, e.g. 30s, 5m): how each replica behind a load
+        /// balancer stays fresh. Freshness: /healthz?max_lag_seconds=N (503 when
+        /// behind), the `health` action, /metrics. Default: only on request.
+        #[arg(long, value_name = "DURATION")]
+        materialize_every: Option<quiver_featurestore::spec::Duration>,
         /// Rollout policy per model (JSON): canary share, rollback thresholds, drift
         /// threshold, e.g. {"fraud": {"challenger_percent": 5, "max_p99_ms": 20,
         /// "max_error_rate": 0.01, "max_score_psi": 0.15, "max_feature_psi": 0.15}}.
@@ -245,13 +257,16 @@ fn main() -> ExitCode {
                     .downcast_ref::<Error>()
                     .map(Error::metric_label)
                     .unwrap_or("usage");
-                let mut doc = json!({"error": kind, "message": e.to_string()});
+                let mut doc = json!({"error": kind, "message": quiver_featurestore::storage::redact(&e.to_string())});
                 if let Some(Error::Spec(d)) = e.downcast_ref::<Error>() {
                     doc["problems"] = serde_json::to_value(d).unwrap_or_default();
                 }
                 println!("{doc}");
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!(
+                    "error: {}",
+                    quiver_featurestore::storage::redact(&format!("{e:#}"))
+                );
             }
             ExitCode::from(if user { 1 } else { 2 })
         }

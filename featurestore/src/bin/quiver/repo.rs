@@ -161,6 +161,10 @@ pub(crate) async fn describe(cli: &Cli, view: &str, explain: bool) -> anyhow::Re
             "source    {} = {} (event time: {})",
             s.name.value, s.delta.value, s.timestamp.value
         );
+        // As written: literals and `${ENV_VAR}` references; secrets are never literal.
+        for (k, v) in &s.storage_options {
+            println!("          {k}: {}", v.value);
+        }
     }
     println!("form      {}", d.view.form());
     for u in &d.udfs {

@@ -91,6 +91,8 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
         tls_key,
         max_keys,
         no_audit,
+        audit_log,
+        materialize_every,
         policies,
     } = &cli.command
     else {
@@ -136,7 +138,15 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
         });
     }
     if !no_audit {
-        config = config.with_audit(cli.repo.join(".quiver").join("audit"));
+        config = match audit_log {
+            Some(text) => config.with_audit_location(quiver_featurestore::audit::location(text)?),
+            None => config.with_audit(cli.repo.join(".quiver").join("audit")),
+        };
+    }
+    if let Some(every) = materialize_every {
+        config = config.with_materialize_every(std::time::Duration::from_micros(
+            every.as_micros().max(0) as u64,
+        ));
     }
     if let Some(path) = policies {
         config.policies = quiver_featurestore::serve::load_policies(path)?;

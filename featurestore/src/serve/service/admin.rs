@@ -56,7 +56,39 @@ impl FeatureService {
         };
         let json = |v: serde_json::Value| Bytes::from(v.to_string());
         Ok(match action.r#type.as_str() {
-            "health" => Bytes::from_static(b"{\"status\":\"ok\"}"),
+            "health" => {
+                // Any tenant may ask; the answer names only the views it may read.
+                #[derive(Deserialize, Default)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    #[serde(default)]
+                    max_lag_seconds: Option<f64>,
+                }
+                let body: Body =
+                    self.body(&action, Some(Body::default()), "{\"max_lag_seconds\": 120}")?;
+                if body
+                    .max_lag_seconds
+                    .is_some_and(|m| !m.is_finite() || m < 0.0)
+                {
+                    return Err(Status::invalid_argument(
+                        "`max_lag_seconds` must be a number >= 0",
+                    ));
+                }
+                let mut f = self.shared.freshness(body.max_lag_seconds)?;
+                let readable: std::collections::HashSet<String> = store
+                    .views()?
+                    .into_iter()
+                    .filter(|v| tenant.admin || v.definition.view.readable_by(&tenant.name))
+                    .map(|v| v.definition.name().to_owned())
+                    .collect();
+                f.views.retain(|v| readable.contains(&v.view));
+                f.status = if f.views.iter().any(|v| v.behind) {
+                    "behind"
+                } else {
+                    "ok"
+                };
+                json(serde_json::to_value(f).unwrap_or_default())
+            }
             "list" => {
                 let views: Vec<serde_json::Value> = store
                     .views()?
@@ -214,7 +246,10 @@ impl FeatureService {
 }
 
 pub(in crate::serve) const ACTIONS: [(&str, &str); 7] = [
-    ("health", "Is the server up: {\"status\": \"ok\"}"),
+    (
+        "health",
+        "Is the server up, and how fresh is its online store: {\"status\": \"ok\"|\"behind\", \"views\": [...]}; body {\"max_lag_seconds\": N} optional",
+    ),
     (
         "model-status",
         "A model's served versions, rollout policy, metrics, live feature drift and rollbacks; body {\"model\": NAME}",

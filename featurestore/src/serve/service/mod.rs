@@ -92,6 +92,50 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The online store's freshness against the applied views, now.
+    pub(crate) fn freshness(
+        &self,
+        max_lag_seconds: Option<f64>,
+    ) -> crate::Result<crate::online::Freshness> {
+        crate::online::freshness(&self.store, &self.online, now_us(), max_lag_seconds)
+    }
+
+    /// One scheduled materialization (`--materialize-every`): incremental, under the
+    /// admin lock (never concurrent with `apply` or a requested run); a failure is
+    /// logged and counted, and the next tick tries again.
+    pub(crate) async fn materialize_scheduled(&self) {
+        let _guard = self.admin.lock().await;
+        let started = std::time::Instant::now();
+        match self.store.materialize().await {
+            Ok(report) => {
+                self.metrics.materialize_run(true);
+                let changed: Vec<&str> = report
+                    .views
+                    .iter()
+                    .filter(|v| v.mode != "up_to_date" && v.mode != "skipped")
+                    .map(|v| v.view.as_str())
+                    .collect();
+                tracing::info!(
+                    seconds = started.elapsed().as_secs_f64(),
+                    ?changed,
+                    "scheduled materialization"
+                );
+            }
+            Err(e) => {
+                self.metrics.materialize_run(false);
+                tracing::warn!(
+                    error = %crate::storage::redact(&e.to_string()),
+                    "scheduled materialization failed; retrying on the next tick"
+                );
+            }
+        }
+        if let Ok(f) = self.freshness(None) {
+            self.metrics.freshness(&f);
+        }
+    }
+}
+
 /// The Flight service over a [`FeatureStore`]. Every call reaches it through
 /// [`layers`](super::layers): authenticated, counted and traced there.
 #[derive(Clone)]
@@ -264,9 +308,8 @@ impl FeatureService {
         let ctx = crate::plan::session();
         let store = &self.shared.store;
         for s in &def.sources {
-            let url = delta::table_url(store.root(), &s.delta.value)
-                .map_err(Status::failed_precondition)?;
-            let table = delta::open(&url, delta_version).await?;
+            let location = delta::Location::of_source(store.root(), s)?;
+            let table = delta::open(&location, delta_version).await?;
             table
                 .register(&ctx, &s.name.value)
                 .await
@@ -316,9 +359,8 @@ impl FeatureService {
         }
         // Not materialized yet: keys as the first source types them.
         let def = &v.definition;
-        let url = delta::table_url(self.shared.store.root(), &def.sources[0].delta.value)
-            .map_err(Status::failed_precondition)?;
-        let table = delta::open(&url, None).await?;
+        let location = delta::Location::of_source(self.shared.store.root(), &def.sources[0])?;
+        let table = delta::open(&location, None).await?;
         let mut fields: Vec<Field> = def
             .keys()
             .iter()

@@ -368,6 +368,11 @@ impl<'a> Decoder<'a> {
         let created_timestamp = self
             .optional(&mut r, "created_timestamp")
             .and_then(|c| self.column(c, "`created_timestamp`"));
+        let storage_options = match (r.get("storage_options"), &delta) {
+            (None, _) => Some(BTreeMap::new()),
+            (Some(node), Some(delta)) => self.storage_options(node, delta),
+            (Some(_), None) => None,
+        };
         let description = self.description(&mut r);
         self.finish(
             r,
@@ -375,6 +380,7 @@ impl<'a> Decoder<'a> {
                 "kind",
                 "name",
                 "delta",
+                "storage_options",
                 "timestamp",
                 "created_timestamp",
                 "description",
@@ -392,11 +398,78 @@ impl<'a> Decoder<'a> {
         (self.diags.len() == before).then(|| Source {
             name: name.unwrap(),
             delta: delta.unwrap(),
+            storage_options: storage_options.unwrap(),
             timestamp: timestamp.unwrap(),
             created_timestamp,
             description,
             origin,
         })
+    }
+
+    /// `storage_options:` of a source: a bounded mapping whose keys the table's store
+    /// reads and whose secrets are `${ENV_VAR}` references.
+    fn storage_options(
+        &mut self,
+        node: &Node,
+        delta: &Spanned<String>,
+    ) -> Option<BTreeMap<String, Spanned<String>>> {
+        let Value::Map(pairs) = &node.value else {
+            self.err(
+                node.loc,
+                format!(
+                    "`storage_options` must be a mapping, found {}",
+                    node.shape()
+                ),
+                Some("write `storage_options: { aws_region: eu-west-1 }`".into()),
+            );
+            return None;
+        };
+        let scheme = delta.value.trim().split_once("://").map(|(s, _)| s);
+        let Some(family) = scheme.and_then(crate::storage::family) else {
+            self.err(
+                node.loc,
+                format!(
+                    "`storage_options` apply to object-store tables (s3://, az://, abfss://, gs://), and `{}` is not one",
+                    delta.value
+                ),
+                Some("remove `storage_options`".into()),
+            );
+            return None;
+        };
+        if pairs.len() > crate::storage::MAX_OPTIONS {
+            self.err(
+                node.loc,
+                format!(
+                    "{} storage options, over the limit of {}",
+                    pairs.len(),
+                    crate::storage::MAX_OPTIONS
+                ),
+                None,
+            );
+            return None;
+        }
+        let before = self.diags.len();
+        let mut out = BTreeMap::new();
+        for (k, v) in pairs {
+            let (Some(k), Some(v)) = (
+                self.string(k, "a storage option name"),
+                self.string(v, "a storage option value"),
+            ) else {
+                continue;
+            };
+            match crate::storage::check_key(family, &k.value) {
+                Err(m) => self.err(k.loc, m, None),
+                Ok(()) => {
+                    if let Err(m) = crate::storage::check_option(family, &k.value, &v.value) {
+                        self.err(v.loc, m, None);
+                    }
+                }
+            }
+            if out.insert(k.value.clone(), v).is_some() {
+                self.err(k.loc, format!("`{}` is given twice", k.value), None);
+            }
+        }
+        (self.diags.len() == before).then_some(out)
     }
 
     fn view(&mut self, mut r: MapReader<'_>, origin: Origin) -> Option<FeatureView> {

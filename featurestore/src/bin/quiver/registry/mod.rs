@@ -190,9 +190,10 @@ pub(crate) enum RegistryCommand {
     Audit {
         /// The request id.
         request_id: String,
-        /// The audit table (default: <repo>/.quiver/audit).
-        #[arg(long)]
-        table: Option<PathBuf>,
+        /// The audit table: a folder or a Delta table URL on object storage
+        /// (default: <repo>/.quiver/audit).
+        #[arg(long, value_name = "PATH|URL")]
+        table: Option<String>,
     },
 }
 
@@ -255,14 +256,32 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
     let json_out = cli.output == Output::Json;
     if let RegistryCommand::Audit { request_id, table } = cmd {
         // The audit table is Delta, not the registry: no lock to wait for.
-        let path = table
-            .clone()
-            .unwrap_or_else(|| cli.repo.join(".quiver").join("audit"));
-        let Some(rec) = quiver_featurestore::audit::lookup(&path, request_id).await? else {
+        let found = match table {
+            Some(t) if t.contains("://") => {
+                let location = quiver_featurestore::audit::location(t)?;
+                quiver_featurestore::audit::lookup_at(&location, request_id).await?
+            }
+            Some(t) => {
+                quiver_featurestore::audit::lookup(std::path::Path::new(t), request_id).await?
+            }
+            None => {
+                quiver_featurestore::audit::lookup(
+                    &cli.repo.join(".quiver").join("audit"),
+                    request_id,
+                )
+                .await?
+            }
+        };
+        let Some(rec) = found else {
             anyhow::bail!(Error::NotFound {
                 what: format!(
                     "no request `{request_id}` in the audit log {}",
-                    path.display()
+                    table.clone().unwrap_or_else(|| cli
+                        .repo
+                        .join(".quiver")
+                        .join("audit")
+                        .display()
+                        .to_string())
                 ),
             });
         };

@@ -1,0 +1,527 @@
+//! Tables beyond the local disk: object-store URL schemes, the `storage_options:` a
+//! source may carry, their resolution against the environment, and the redaction of
+//! secrets from everything quiver prints.
+//!
+//! Two rules hold by construction (docs/object-storage.md):
+//!
+//! - **No secret is ever stored or printed.** A secret option (a key, a token, a SAS)
+//!   can only be written as `${ENV_VAR}`: the definition stored in the registry and
+//!   shown by `plan`/`describe` holds the reference, and the value is read from the
+//!   environment when a table is opened. Every error about a table passes through
+//!   [`Resolved::redact`], which removes the secret values of its options and of the
+//!   cloud credential variables of the environment.
+//! - **Commits to object storage are atomic.** quiver always passes
+//!   `AWS_S3_ALLOW_UNSAFE_RENAME=false`, whatever the environment says, so an S3 commit
+//!   is a conditional put (`If-None-Match: *`) or goes through a DynamoDB lock; Azure
+//!   and GCS commits are conditional puts natively.
+//!
+//! ```
+//! use quiver_featurestore::storage::{OptionValue, is_secret};
+//!
+//! assert_eq!(
+//!     OptionValue::parse("${AWS_SECRET_ACCESS_KEY}").unwrap(),
+//!     OptionValue::Env("AWS_SECRET_ACCESS_KEY".into())
+//! );
+//! assert!(is_secret("aws_secret_access_key"));
+//! assert!(!is_secret("aws_region"));
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// Most options on one source.
+pub const MAX_OPTIONS: usize = 32;
+/// Longest option value, literal or resolved.
+pub const MAX_VALUE_LEN: usize = 4096;
+
+/// The object-store family of a URL scheme, or `None` for local files and unknown
+/// schemes.
+pub fn family(scheme: &str) -> Option<Family> {
+    match scheme {
+        "s3" | "s3a" => Some(Family::S3),
+        "az" | "azure" | "abfs" | "abfss" | "adl" => Some(Family::Azure),
+        "gs" => Some(Family::Gcs),
+        _ => None,
+    }
+}
+
+/// Object stores quiver can read and write Delta tables on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Amazon S3 and S3-compatible stores (`s3://`, `s3a://`).
+    S3,
+    /// Azure Blob Storage and ADLS Gen2 (`az://`, `abfss://`, ...).
+    Azure,
+    /// Google Cloud Storage (`gs://`).
+    Gcs,
+}
+
+impl Family {
+    /// The cargo feature that builds this family in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Family::S3 => "s3",
+            Family::Azure => "azure",
+            Family::Gcs => "gcs",
+        }
+    }
+
+    /// Whether this build of quiver can open tables of this family.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            Family::S3 => cfg!(feature = "s3"),
+            Family::Azure => cfg!(feature = "azure"),
+            Family::Gcs => cfg!(feature = "gcs"),
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Family::S3 => "aws_",
+            Family::Azure => "azure_",
+            Family::Gcs => "google_",
+        }
+    }
+}
+
+/// Options of any family that are not the store's own (HTTP client settings).
+const CLIENT_KEYS: &[&str] = &[
+    "allow_http",
+    "allow_invalid_certificates",
+    "connect_timeout",
+    "timeout",
+    "pool_idle_timeout",
+    "pool_max_idle_per_host",
+    "proxy_url",
+    "proxy_ca_certificate",
+    "proxy_excludes",
+    "user_agent",
+    "http1_only",
+    "http2_only",
+    "randomize_addresses",
+];
+
+/// A key of `storage_options:`: lower-case, and one this family's store reads.
+/// The error names the nearest known key.
+pub fn check_key(family: Family, key: &str) -> Result<(), String> {
+    if key != key.to_ascii_lowercase() {
+        return Err(format!(
+            "option keys are lower case: write `{}`",
+            key.to_ascii_lowercase()
+        ));
+    }
+    if key == "aws_s3_allow_unsafe_rename" {
+        return Err("quiver never commits to S3 by an unchecked rename, which loses commits when two writers race; S3 commits are conditional puts (or use `aws_s3_locking_provider: dynamodb`)".into());
+    }
+    if !key.starts_with(family.prefix()) && !CLIENT_KEYS.contains(&key) {
+        return Err(format!(
+            "`{key}` is not an option of {} tables: their options start with `{}` (or are HTTP client options such as `allow_http`)",
+            match family {
+                Family::S3 => "S3",
+                Family::Azure => "Azure",
+                Family::Gcs => "GCS",
+            },
+            family.prefix()
+        ));
+    }
+    if known(family, key) {
+        Ok(())
+    } else {
+        let hint = crate::spec::nearest(key, known_keys(family).iter().copied())
+            .map(|k| format!("; did you mean `{k}`?"))
+            .unwrap_or_default();
+        Err(format!("unknown option `{key}`{hint}"))
+    }
+}
+
+fn known(family: Family, key: &str) -> bool {
+    CLIENT_KEYS.contains(&key) || known_keys(family).contains(&key)
+}
+
+/// The store keys quiver accepts per family: object_store's configuration keys and
+/// delta-rs's own (locking, role assumption), in their canonical `prefix_` spelling.
+fn known_keys(family: Family) -> &'static [&'static str] {
+    match family {
+        Family::S3 => &[
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+            "aws_region",
+            "aws_default_region",
+            "aws_endpoint",
+            "aws_endpoint_url",
+            "aws_bucket",
+            "aws_bucket_name",
+            "aws_virtual_hosted_style_request",
+            "aws_s3_express",
+            "aws_imdsv1_fallback",
+            "aws_metadata_endpoint",
+            "aws_container_credentials_relative_uri",
+            "aws_container_credentials_full_uri",
+            "aws_container_authorization_token_file",
+            "aws_skip_signature",
+            "aws_checksum_algorithm",
+            "aws_copy_if_not_exists",
+            "aws_conditional_put",
+            "aws_disable_tagging",
+            "aws_request_payer",
+            "aws_server_side_encryption",
+            "aws_sse_kms_key_id",
+            "aws_sse_bucket_key_enabled",
+            "aws_allow_http",
+            "aws_profile",
+            "aws_s3_locking_provider",
+            "aws_endpoint_url_dynamodb",
+            "aws_region_dynamodb",
+            "aws_access_key_id_dynamodb",
+            "aws_secret_access_key_dynamodb",
+            "aws_session_token_dynamodb",
+            "aws_iam_role_arn",
+            "aws_iam_role_session_name",
+            "aws_s3_assume_role_arn",
+            "aws_s3_role_session_name",
+            "aws_web_identity_token_file",
+            "aws_role_arn",
+            "aws_role_session_name",
+            "aws_ec2_metadata_disabled",
+            "aws_ec2_metadata_timeout",
+            "aws_force_credential_load",
+        ],
+        Family::Azure => &[
+            "azure_storage_account_name",
+            "azure_storage_account_key",
+            "azure_storage_access_key",
+            "azure_storage_master_key",
+            "azure_storage_client_id",
+            "azure_storage_client_secret",
+            "azure_storage_tenant_id",
+            "azure_storage_authority_id",
+            "azure_storage_authority_host",
+            "azure_storage_sas_key",
+            "azure_storage_token",
+            "azure_storage_use_emulator",
+            "azure_storage_endpoint",
+            "azure_endpoint",
+            "azure_use_fabric_endpoint",
+            "azure_msi_endpoint",
+            "azure_object_id",
+            "azure_msi_resource_id",
+            "azure_federated_token_file",
+            "azure_use_azure_cli",
+            "azure_skip_signature",
+            "azure_container_name",
+            "azure_disable_tagging",
+            "azure_fabric_token_service_url",
+            "azure_fabric_workload_host",
+            "azure_fabric_session_token",
+            "azure_fabric_cluster_identifier",
+        ],
+        Family::Gcs => &[
+            "google_service_account",
+            "google_service_account_path",
+            "google_service_account_key",
+            "google_bucket",
+            "google_bucket_name",
+            "google_application_credentials",
+            "google_skip_signature",
+        ],
+    }
+}
+
+/// Whether values of this key are secrets: they may only be written as `${ENV_VAR}`
+/// and are never printed.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "secret",
+        "token",
+        "account_key",
+        "access_key",
+        "master_key",
+        "sas",
+        "password",
+        "service_account_key",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+        && !key.ends_with("_file")
+        && !key.ends_with("_uri")
+        && !key.ends_with("_url")
+        && key != "aws_access_key_id"
+        && key != "aws_access_key_id_dynamodb"
+}
+
+/// A `storage_options:` value as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionValue {
+    /// Literal text (never a secret).
+    Literal(String),
+    /// `${NAME}`: the value of an environment variable, read when the table is opened.
+    Env(String),
+}
+
+impl OptionValue {
+    /// Parse a value: `${NAME}` (NAME of `A-Z`, `0-9`, `_`) or literal text without `${`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_VALUE_LEN {
+            return Err(format!(
+                "value is {} bytes, over the limit of {MAX_VALUE_LEN}",
+                text.len()
+            ));
+        }
+        if let Some(name) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) {
+            if name.is_empty()
+                || name.len() > 128
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(format!(
+                    "`{text}` is not an environment reference: write `${{NAME}}` with NAME of A-Z, 0-9 and _"
+                ));
+            }
+            return Ok(OptionValue::Env(name.to_owned()));
+        }
+        if text.contains("${") {
+            return Err(
+                "a value is either `${NAME}` as a whole or literal text; quiver does not splice variables into text".into(),
+            );
+        }
+        Ok(OptionValue::Literal(text.to_owned()))
+    }
+}
+
+/// The problem with one option, if any: its key for the family, its value's form, and
+/// a secret written literally.
+pub fn check_option(family: Family, key: &str, value: &str) -> Result<(), String> {
+    check_key(family, key)?;
+    let parsed = OptionValue::parse(value)?;
+    if is_secret(key) && matches!(parsed, OptionValue::Literal(_)) {
+        return Err(format!(
+            "`{key}` is a secret and may only be read from the environment: write `{key}: ${{{}}}`; a literal would be stored in the registry and printed by `quiver plan`",
+            key.to_ascii_uppercase()
+        ));
+    }
+    Ok(())
+}
+
+/// Environment variables whose values are cloud credentials: redacted from every
+/// error even when quiver did not read them itself (the SDKs do).
+fn env_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    (upper.starts_with("AWS_") || upper.starts_with("AZURE_") || upper.starts_with("GOOGLE_"))
+        && is_secret(&upper)
+}
+
+/// Options resolved against the environment, ready for deltalake, with the secret
+/// values that must never appear in output. Its `Debug` shows keys only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    options: BTreeMap<String, String>,
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.options.keys()).finish()
+    }
+}
+
+impl Resolved {
+    /// Resolve the options of a source (`key` → value as written) for a table of
+    /// `family` (`None`: a local table, which takes no options).
+    pub fn resolve<'a>(
+        family: Option<Family>,
+        written: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, String> {
+        Self::resolve_with(family, written, |name| std::env::var(name).ok())
+    }
+
+    /// [`Resolved::resolve`] with the environment given as a function.
+    pub fn resolve_with<'a>(
+        family: Option<Family>,
+        written: impl IntoIterator<Item = (&'a str, &'a str)>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let mut out = Resolved::default();
+        for (key, value) in written {
+            let Some(family) = family else {
+                return Err(format!(
+                    "`storage_options` apply to object-store tables (s3://, az://, abfss://, gs://); `{key}` was given for a local table"
+                ));
+            };
+            check_option(family, key, value)?;
+            let value = match OptionValue::parse(value)? {
+                OptionValue::Literal(v) => v,
+                OptionValue::Env(name) => {
+                    let v = env(&name).ok_or_else(|| {
+                        format!("`{key}` reads the environment variable `{name}`, which is not set")
+                    })?;
+                    if v.len() > MAX_VALUE_LEN {
+                        return Err(format!(
+                            "`{name}` is {} bytes, over the limit of {MAX_VALUE_LEN}",
+                            v.len()
+                        ));
+                    }
+                    if is_secret(key) {
+                        remember_secret(&v);
+                        out.secrets.push(v.clone());
+                    }
+                    v
+                }
+            };
+            out.options.insert(key.to_owned(), value);
+        }
+        if family == Some(Family::S3) {
+            // Whatever the environment says: commits are conditional puts or locked.
+            out.options
+                .insert("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "false".into());
+        }
+        Ok(out)
+    }
+
+    /// Set one option given in code; a secret's value is remembered for redaction.
+    pub(crate) fn set(&mut self, key: &str, value: &str) {
+        if is_secret(key) {
+            remember_secret(value);
+            self.secrets.push(value.to_owned());
+        }
+        self.options.insert(key.to_owned(), value.to_owned());
+    }
+
+    /// The options as deltalake takes them.
+    pub fn to_map(&self) -> HashMap<String, String> {
+        self.options.clone().into_iter().collect()
+    }
+
+    /// Whether an option is set.
+    pub fn contains(&self, key: &str) -> bool {
+        self.options.contains_key(key)
+    }
+
+    /// `text` with every secret value replaced by `***`: those of these options and
+    /// those of the cloud credential variables in the environment.
+    pub fn redact(&self, text: &str) -> String {
+        redact_with(text, self.secrets.iter().map(String::as_str))
+    }
+}
+
+/// Secret values this process has resolved from `${ENV_VAR}` options, so that any
+/// error printed later (a query failing mid-scan, say) can be cleaned of them.
+static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+const MAX_SEEN: usize = 256;
+
+fn remember_secret(value: &str) {
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.iter().any(|s| s == value) && seen.len() < MAX_SEEN {
+        seen.push(value.to_owned());
+    }
+}
+
+/// `text` with every secret quiver knows of replaced by `***`: the cloud credential
+/// variables of the environment and the secret options resolved so far. The CLI and
+/// the server pass every error through it before printing or sending it.
+pub fn redact(text: &str) -> String {
+    redact_with(text, std::iter::empty())
+}
+
+fn redact_with<'a>(text: &str, own: impl Iterator<Item = &'a str>) -> String {
+    let mut known: Vec<String> = std::env::vars()
+        .filter(|(k, _)| env_secret(k))
+        .map(|(_, v)| v)
+        .collect();
+    known.extend(
+        SEEN.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned(),
+    );
+    let mut out = text.to_owned();
+    known.extend(own.map(str::to_owned));
+    for secret in &known {
+        // Shorter values could be ordinary words; no credential is that short.
+        if secret.len() >= 8 && out.contains(secret) {
+            out = out.replace(secret, "***");
+        }
+    }
+    out
+}
+
+/// Register the object-store handlers compiled into this build with deltalake, once.
+pub fn register_handlers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(feature = "s3")]
+        deltalake::aws::register_handlers(None);
+        #[cfg(feature = "azure")]
+        deltalake::azure::register_handlers(None);
+        #[cfg(feature = "gcs")]
+        deltalake::gcp::register_handlers(None);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked_per_family_with_a_suggestion() {
+        assert!(check_key(Family::S3, "aws_region").is_ok());
+        assert!(check_key(Family::S3, "allow_http").is_ok());
+        let e = check_key(Family::S3, "aws_regoin").unwrap_err();
+        assert!(e.contains("did you mean `aws_region`"), "{e}");
+        let e = check_key(Family::S3, "azure_storage_account_name").unwrap_err();
+        assert!(e.contains("start with `aws_`"), "{e}");
+        assert!(
+            check_key(Family::S3, "AWS_REGION")
+                .unwrap_err()
+                .contains("lower case")
+        );
+        assert!(
+            check_key(Family::S3, "aws_s3_allow_unsafe_rename")
+                .unwrap_err()
+                .contains("conditional puts")
+        );
+    }
+
+    #[test]
+    fn secrets_are_only_read_from_the_environment() {
+        let e = check_option(Family::S3, "aws_secret_access_key", "hunter2hunter2").unwrap_err();
+        assert!(e.contains("${AWS_SECRET_ACCESS_KEY}"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(check_option(Family::S3, "aws_secret_access_key", "${MY_KEY}").is_ok());
+        assert!(check_option(Family::Azure, "azure_storage_sas_key", "sv=2020").is_err());
+        assert!(check_option(Family::S3, "aws_access_key_id", "AKIAEXAMPLE").is_ok());
+        assert!(OptionValue::parse("a${B}").is_err());
+        assert!(OptionValue::parse("${lower}").is_err());
+    }
+
+    #[test]
+    fn resolution_reads_the_environment_redacts_and_forbids_unsafe_renames() {
+        let env = |name: &str| (name == "MY_SECRET").then(|| "s3cr3t-value-1234".to_owned());
+        let r = Resolved::resolve_with(
+            Some(Family::S3),
+            [
+                ("aws_region", "us-east-1"),
+                ("aws_secret_access_key", "${MY_SECRET}"),
+            ],
+            env,
+        )
+        .unwrap();
+        assert_eq!(r.to_map()["aws_secret_access_key"], "s3cr3t-value-1234");
+        assert_eq!(r.to_map()["AWS_S3_ALLOW_UNSAFE_RENAME"], "false");
+        assert_eq!(
+            r.redact("denied for s3cr3t-value-1234 at us-east-1"),
+            "denied for *** at us-east-1"
+        );
+        assert!(!format!("{r:?}").contains("s3cr3t"));
+        let e = Resolved::resolve_with(
+            Some(Family::S3),
+            [("aws_session_token", "${QUIVER_UNSET_X}")],
+            env,
+        )
+        .unwrap_err();
+        assert!(e.contains("QUIVER_UNSET_X") && e.contains("not set"), "{e}");
+        assert!(Resolved::resolve(None, [("aws_region", "x")]).is_err());
+    }
+}
