@@ -23,10 +23,15 @@ pub fn exit_quietly_on_closed_stdout() {
 
 /// Log to stderr: warnings by default, `info` (with `debug_target` at debug) at `-v`,
 /// everything at debug from `-vv`; `QUIVER_LOG` (an `EnvFilter`) overrides.
+///
+/// Every line passes through [`crate::storage::redact`] on its way out: a dependency
+/// that logs a URL with a SAS token, or a request with a key, prints `***` instead.
+/// The Delta kernel's own error logs are off by default: the error quiver reports
+/// says the same, with the source and file it concerns.
 #[cfg(feature = "cli")]
 pub fn init_logging(verbose: u8, debug_target: Option<&str>) {
     let filter = match (verbose, debug_target) {
-        (0, _) => "warn".to_string(),
+        (0, _) => "warn,buoyant_kernel=off".to_string(),
         (1, Some(t)) => format!("info,{t}=debug"),
         (1, None) => "info".to_string(),
         _ => "debug".to_string(),
@@ -36,8 +41,26 @@ pub fn init_logging(verbose: u8, debug_target: Option<&str>) {
             tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
                 .unwrap_or_else(|_| filter.into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| RedactingStderr)
         .init();
+}
+
+/// Standard error, with secrets redacted from what is written.
+#[cfg(feature = "cli")]
+struct RedactingStderr;
+
+#[cfg(feature = "cli")]
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The formatter writes one whole event per call.
+        let text = crate::storage::redact(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// The first `n` characters of a hash (all of it when shorter, e.g. from a damaged

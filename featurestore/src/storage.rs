@@ -135,7 +135,12 @@ pub fn check_key(family: Family, key: &str) -> Result<(), String> {
 }
 
 fn known(family: Family, key: &str) -> bool {
-    CLIENT_KEYS.contains(&key) || known_keys(family).contains(&key)
+    // HTTP client options may carry the store's prefix too (`azure_allow_http`): the
+    // environment variables spell them that way.
+    let unprefixed = key.strip_prefix(family.prefix()).unwrap_or(key);
+    CLIENT_KEYS.contains(&key)
+        || CLIENT_KEYS.contains(&unprefixed)
+        || known_keys(family).contains(&key)
 }
 
 /// The store keys quiver accepts per family: object_store's configuration keys and
@@ -468,6 +473,7 @@ mod tests {
     fn keys_are_checked_per_family_with_a_suggestion() {
         assert!(check_key(Family::S3, "aws_region").is_ok());
         assert!(check_key(Family::S3, "allow_http").is_ok());
+        assert!(check_key(Family::Azure, "azure_allow_http").is_ok());
         let e = check_key(Family::S3, "aws_regoin").unwrap_err();
         assert!(e.contains("did you mean `aws_region`"), "{e}");
         let e = check_key(Family::S3, "azure_storage_account_name").unwrap_err();

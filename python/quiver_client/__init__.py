@@ -199,6 +199,14 @@ class Client:
         fetched and scored in one round trip; ``explain`` adds per-feature contributions."""
         return self._out(self._get({"type": "score", "model": model, "keys": _columns(keys), "explain": explain}))
 
+    def health(self, max_lag_seconds=None):
+        """The server's freshness: ``{"status": "ok"|"behind", "views": [...]}`` with, per
+        view this token may read, the served and applied versions, the Delta versions
+        held and the lag in seconds; with ``max_lag_seconds``, a view whose lag exceeds
+        it is ``behind``."""
+        body = None if max_lag_seconds is None else {"max_lag_seconds": max_lag_seconds}
+        return self._action("health", body)
+
     def action(self, name, body=None):
         """Any server action (``health``, ``list``, ``model-status``, ``explain``, ...) as JSON."""
         return self._action(name, body)

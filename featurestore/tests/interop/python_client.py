@@ -31,7 +31,7 @@ def main():
         })
         h = c.get_historical_features(entities, ["stats"])
         out["historical_n_1d"] = h.column("n_1d").to_pylist()
-        out["health"] = c.action("health")
+        out["health"] = c.health(max_lag_seconds=3600)
         scored = c.score("fraud", {"user_id": [1, 2]})
         out["scores"] = scored.column("score").to_pylist()
         out["score_versions"] = scored.column("model_version").to_pylist()

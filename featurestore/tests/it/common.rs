@@ -16,6 +16,21 @@ pub(crate) const DAY: i64 = 24 * HOUR;
 /// 2024-01-01T00:00:00Z in microseconds.
 pub(crate) const T0: i64 = 1_704_067_200_000_000;
 
+/// The Python the interop and object-store tests run: `.venv` (made by
+/// scripts/python-env.sh and scripts/object-store-env.sh, which the README's test
+/// command runs), or `QUIVER_PYTHON`.
+pub(crate) fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("QUIVER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no .venv: run scripts/python-env.sh and scripts/object-store-env.sh (the README's test command does) or set QUIVER_PYTHON"
+    );
+    venv
+}
+
 /// A folder with YAML files and Delta tables, deleted on drop.
 pub(crate) struct Repo {
     pub(crate) dir: tempfile::TempDir,

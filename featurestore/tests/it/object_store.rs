@@ -19,25 +19,13 @@ use deltalake::protocol::SaveMode;
 use quiver_featurestore::delta::{self, Location};
 use serde_json::Value;
 
-use crate::common::{json, keys, ok};
+use crate::common::{json, keys, ok, python};
 
 /// The two servers, started once for the whole test binary. The script stops them
 /// when this process exits and its stdin closes.
 struct Stores {
     doc: Value,
     _child: Mutex<Child>,
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("QUIVER_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with moto: run scripts/object-store-env.sh (the README's test command does) or set QUIVER_PYTHON"
-    );
-    venv
 }
 
 fn stores() -> &'static Value {
@@ -125,17 +113,16 @@ impl Kind {
                     "azure_storage_endpoint",
                     s["azure"]["endpoint"].as_str().unwrap().into(),
                 ),
-                ("allow_http", "true".into()),
+                ("azure_allow_http", "true".into()),
                 ("azure_storage_account_key", format!("${{{SECRET_VAR}}}")),
             ],
         }
     }
 
-    /// The same options for the library, the secret given in code.
-    fn location(self, prefix: &str) -> Location {
+    /// The options with the secret's value in place of its reference.
+    fn resolved(self) -> Vec<(&'static str, String)> {
         let secret = self.secret();
-        let opts: Vec<(&str, String)> = self
-            .written()
+        self.written()
             .into_iter()
             .map(|(k, v)| {
                 if v.starts_with("${") {
@@ -144,44 +131,24 @@ impl Kind {
                     (k, v)
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The same options for the library, the secret given in code.
+    fn location(self, prefix: &str) -> Location {
         Location::parse(Path::new(""), &self.url(prefix))
             .unwrap()
-            .with_options(opts)
+            .with_options(self.resolved())
             .unwrap()
     }
 
-    /// The store's standard environment variables, as a job writing a training set to
-    /// the store would have them.
-    fn standard_env(self) -> Vec<(&'static str, String)> {
-        let s = stores();
-        match self {
-            Kind::S3 => vec![
-                (
-                    "AWS_ENDPOINT_URL",
-                    s["s3"]["endpoint"].as_str().unwrap().into(),
-                ),
-                ("AWS_REGION", "us-east-1".into()),
-                ("AWS_ALLOW_HTTP", "true".into()),
-                (
-                    "AWS_ACCESS_KEY_ID",
-                    s["s3"]["access_key_id"].as_str().unwrap().into(),
-                ),
-                ("AWS_SECRET_ACCESS_KEY", self.secret()),
-            ],
-            Kind::Azure => vec![
-                (
-                    "AZURE_STORAGE_ACCOUNT_NAME",
-                    s["azure"]["account"].as_str().unwrap().into(),
-                ),
-                (
-                    "AZURE_STORAGE_ENDPOINT",
-                    s["azure"]["endpoint"].as_str().unwrap().into(),
-                ),
-                ("AZURE_ALLOW_HTTP", "true".into()),
-                ("AZURE_STORAGE_ACCOUNT_KEY", self.secret()),
-            ],
-        }
+    /// The store's standard environment variables (the options' upper-case names), as
+    /// a job writing a training set to the store would have them.
+    fn standard_env(self) -> Vec<(String, String)> {
+        self.resolved()
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_uppercase(), v))
+            .collect()
     }
 
     fn yaml_options(self) -> String {
@@ -204,7 +171,7 @@ fn unique(name: &str) -> String {
 }
 
 /// `quiver --repo REPO ARGS` with `env`, killed after 120 s.
-fn quiver_env(repo: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
+fn quiver_env(repo: &Path, args: &[&str], env: &[(String, String)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
     cmd.arg("--repo").arg(repo).args(args);
     for v in [
@@ -299,7 +266,7 @@ struct Pair {
     local: PathBuf,
     remote: PathBuf,
     table: Location,
-    env: Vec<(&'static str, String)>,
+    env: Vec<(String, String)>,
     /// The second half of the rows, not yet committed.
     rest: RecordBatch,
 }
@@ -335,7 +302,7 @@ async fn pair(kind: Kind, name: &str) -> Pair {
         local,
         remote,
         table,
-        env: vec![(SECRET_VAR, kind.secret())],
+        env: vec![(SECRET_VAR.to_owned(), kind.secret())],
         rest,
     }
 }
@@ -550,7 +517,7 @@ async fn two_processes_writing_one_training_set_to_s3_one_wins_even_told_to_rena
     let mut env = p.env.clone();
     env.extend(Kind::S3.standard_env());
     // deltalake reads this variable; quiver overrides it: commits stay conditional.
-    env.push(("AWS_S3_ALLOW_UNSAFE_RENAME", "true".into()));
+    env.push(("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "true".into()));
     let run = |repo: &Path| {
         let (repo, out, entities, env) =
             (repo.to_owned(), out.clone(), entities.clone(), env.clone());
@@ -595,7 +562,12 @@ async fn a_bad_credential_names_the_source_and_never_the_secret() {
             Kind::S3 => "wrongSecretKey0123456789abcdefWRONGsecret".to_owned(),
             Kind::Azure => kind.secret().replace('E', "F"),
         };
-        let out = quiver_env(&p.remote, &["validate"], &[(SECRET_VAR, wrong.clone())]);
+        // At -vv, dependencies log requests and options too: redacted like errors.
+        let out = quiver_env(
+            &p.remote,
+            &["-vv", "validate"],
+            &[(SECRET_VAR.to_owned(), wrong.clone())],
+        );
         let err = String::from_utf8_lossy(&out.stderr).to_string()
             + &String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{kind:?}: {err}");

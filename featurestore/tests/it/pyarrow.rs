@@ -6,19 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::python;
 use crate::flight::{Fixture, TOKEN_A, TOKEN_B};
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("QUIVER_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with pyarrow: run scripts/python-env.sh (the README's test command does) or set QUIVER_PYTHON"
-    );
-    venv
-}
 
 /// Run `tests/interop/SCRIPT PORT TOKEN_A TOKEN_B BASE` (120 s at most); the one JSON
 /// document it prints.
@@ -127,6 +116,11 @@ async fn the_python_client_reads_features_and_types_its_errors() {
     );
     assert_eq!(doc["historical_n_1d"], serde_json::json!([2, 0]));
     assert_eq!(doc["health"]["status"], "ok", "{}", doc["health"]);
+    assert_eq!(
+        doc["health"]["max_lag_seconds"], 3600.0,
+        "{}",
+        doc["health"]
+    );
     assert_eq!(
         doc["errors"],
         serde_json::json!({
