@@ -108,6 +108,29 @@ async fn replicas_follow_the_table_on_a_schedule_and_report_their_freshness() {
         .await;
     }
 
+    // Clients keep asking every replica while the runs swap watermarks: no request
+    // fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut askers = Vec::new();
+    for s in &servers {
+        let (addr, stop) = (s.addr(), stop.clone());
+        askers.push(tokio::spawn(async move {
+            let mut c = Client::connect(&format!("http://{addr}"))
+                .await
+                .unwrap()
+                .with_token(TOKEN_A)
+                .unwrap();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.get_online_features("stats", None, &keys(&[1])).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+
     // A new commit reaches every replica within a few ticks.
     let committed = Instant::now();
     delta::write(
@@ -125,6 +148,13 @@ async fn replicas_follow_the_table_on_a_schedule_and_report_their_freshness() {
     }
     let followed = committed.elapsed();
     assert!(followed < Duration::from_secs(10), "{followed:?}");
+    // A few more scheduled runs under load, then count.
+    tokio::time::sleep(EVERY * 3).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in askers {
+        let (ok, failed) = a.await.unwrap();
+        assert!(ok > 0 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
+    }
 
     // Freshness on /metrics, /healthz and the health action.
     let s = &servers[0];
