@@ -175,6 +175,32 @@ impl FeatureStore {
         Ok(InputSchema { features })
     }
 
+    /// Point `alias` of `model` at version `to` (or remove it with `None`), after
+    /// checking that the version's inputs are still served ([`Self::check_inputs_served`]).
+    /// `expect`: move only if the alias now points there (`Some(None)`: only if unset).
+    /// `by` and `reason` go to the alias history. A `quiver serve` on this store picks
+    /// the move up at once (hot reload); the CLI and the `alias` action both call this.
+    pub fn move_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        to: Option<u64>,
+        expect: Option<Option<u64>>,
+        by: &str,
+        reason: &str,
+    ) -> Result<quiver_registry::AliasEvent> {
+        let reg = self.models()?;
+        if let Some(v) = to {
+            let mv = reg.version(model, v)?.ok_or_else(|| Error::NotFound {
+                what: format!("version {v} of model `{model}`"),
+            })?;
+            self.check_inputs_served(&mv.manifest.input).map_err(|e| {
+                Error::InvalidRequest(format!("{model}@{v} cannot be promoted: {e}"))
+            })?;
+        }
+        Ok(reg.move_alias(model, alias, to, expect, by, reason)?)
+    }
+
     /// Check that a model's inputs are still served: every view is applied, every
     /// feature exists in its applied version with the type the model was trained on.
     /// A model that fails this cannot be promoted.

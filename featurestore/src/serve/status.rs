@@ -16,7 +16,9 @@ impl From<Error> for Status {
             Error::Spec(_) | Error::InvalidRequest(_) => Status::invalid_argument(msg),
             Error::NotFound { .. } => Status::not_found(msg),
             Error::Delta { .. } => Status::failed_precondition(msg),
-            Error::Registry(quiver_registry::Error::Conflict { .. }) => Status::aborted(msg),
+            Error::Registry(
+                quiver_registry::Error::Conflict { .. } | quiver_registry::Error::AliasMoved { .. },
+            ) => Status::aborted(msg),
             Error::Registry(quiver_registry::Error::NotFound { .. }) => Status::not_found(msg),
             Error::Registry(
                 quiver_registry::Error::SchemaMismatch(_)

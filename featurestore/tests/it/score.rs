@@ -339,3 +339,118 @@ async fn score_serves_an_exported_onnx_model() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_moved_on_the_running_server_is_served_at_once() {
+    let (repo, store, _) = Fixture::store().await;
+    let registry = register_fraud(&store, repo.path(), &[-2.0, 1.0]);
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .spawn(store)
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr());
+    let connect = |token: &'static str| {
+        let url = url.clone();
+        async move {
+            Client::connect(&url)
+                .await
+                .unwrap()
+                .with_token(token)
+                .unwrap()
+        }
+    };
+    let mut a = connect(TOKEN_A).await;
+    let served = |out: &arrow::array::RecordBatch| {
+        out.column_by_name("model_version")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap()
+            .value(0)
+    };
+    let keys = crate::common::keys(&[1]);
+    assert_eq!(served(&a.score("fraud", &keys, false).await.unwrap()), 1);
+
+    // The CLI sends the move to the server that holds the registry.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args([
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "registry",
+            "alias",
+            "fraud",
+            "champion",
+            "2",
+        ])
+        .args([
+            "--server",
+            &url,
+            "--token",
+            TOKEN_A,
+            "--reason",
+            "better AUC",
+        ])
+        .env_remove("QUIVER_REPO")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "fraud/champion: 1 -> 2 (move #2)"
+    );
+    let moved = std::time::Instant::now();
+    loop {
+        if served(&a.score("fraud", &keys, false).await.unwrap()) == 2 {
+            break;
+        }
+        assert!(
+            moved.elapsed() < std::time::Duration::from_secs(1),
+            "served within 1 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let last = registry.alias_history("fraud", "champion").unwrap();
+    let last = last.last().unwrap();
+    assert_eq!(
+        (last.by.as_str(), last.reason.as_str()),
+        ("bank_a", "better AUC")
+    );
+
+    // Admin only; the version must exist; `expect` guards against a concurrent move.
+    let mut b = connect(TOKEN_B).await;
+    let body = |to: u64, expect: serde_json::Value| serde_json::json!({"model": "fraud", "alias": "champion", "to": to, "expect": expect});
+    let code = |e: quiver_featurestore::Error| match e {
+        quiver_featurestore::Error::Remote { code, .. } => code,
+        other => panic!("expected a server error, got {other}"),
+    };
+    assert_eq!(
+        code(
+            b.action("alias", body(1, serde_json::Value::Null))
+                .await
+                .unwrap_err()
+        ),
+        "PermissionDenied"
+    );
+    assert_eq!(
+        code(
+            a.action("alias", body(9, serde_json::Value::Null))
+                .await
+                .unwrap_err()
+        ),
+        "NotFound"
+    );
+    assert_eq!(
+        code(
+            a.action("alias", body(1, serde_json::json!(1)))
+                .await
+                .unwrap_err()
+        ),
+        "Aborted"
+    );
+    assert_eq!(served(&a.score("fraud", &keys, false).await.unwrap()), 2);
+    server.shutdown().await;
+}

@@ -198,6 +198,48 @@ impl FeatureService {
                 let _guard = self.shared.admin.lock().await;
                 json(serde_json::to_value(store.apply().await?).unwrap_or_default())
             }
+            "alias" => {
+                admin()?;
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    model: String,
+                    alias: String,
+                    to: Option<u64>,
+                    #[serde(default)]
+                    expect: Option<serde_json::Value>,
+                    #[serde(default)]
+                    reason: String,
+                }
+                let body: Body = self.body(
+                    &action,
+                    None,
+                    "{\"model\": \"fraud\", \"alias\": \"champion\", \"to\": 2, \"expect\": 1 | \"none\", \"reason\": \"...\"}",
+                )?;
+                let expect = match &body.expect {
+                    None => None,
+                    Some(serde_json::Value::String(s)) if s == "none" => Some(None),
+                    Some(v) => Some(Some(v.as_u64().ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "`expect` is a version number or \"none\", not {v}"
+                        ))
+                    })?)),
+                };
+                if body.reason.len() > 1024 {
+                    return Err(Status::invalid_argument("`reason` is over 1024 bytes"));
+                }
+                let _guard = self.shared.admin.lock().await;
+                // The history records the tenant whose token moved it.
+                let event = store.move_alias(
+                    &body.model,
+                    &body.alias,
+                    body.to,
+                    expect,
+                    &tenant.name,
+                    &body.reason,
+                )?;
+                json(serde_json::to_value(event).unwrap_or_default())
+            }
             "materialize" => {
                 admin()?;
                 #[derive(Deserialize, Default)]
@@ -238,14 +280,14 @@ impl FeatureService {
             }
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action `{other}`; actions: health, list, model-status, explain, plan, apply, materialize"
+                    "unknown action `{other}`; actions: health, list, model-status, explain, plan, apply, materialize, alias"
                 )));
             }
         })
     }
 }
 
-pub(in crate::serve) const ACTIONS: [(&str, &str); 7] = [
+pub(in crate::serve) const ACTIONS: [(&str, &str); 8] = [
     (
         "health",
         "Is the server up, and how fresh is its online store: {\"status\": \"ok\"|\"behind\", \"views\": [...]}; body {\"max_lag_seconds\": N} optional",
@@ -264,5 +306,9 @@ pub(in crate::serve) const ACTIONS: [(&str, &str); 7] = [
     (
         "materialize",
         "Materialize views into the online store; body {\"views\", \"until\", \"full\"} (admin)",
+    ),
+    (
+        "alias",
+        "Move a model's alias (served at once); body {\"model\", \"alias\", \"to\": VERSION|null, \"expect\": VERSION|\"none\", \"reason\"} (admin)",
     ),
 ];

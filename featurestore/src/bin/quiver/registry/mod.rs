@@ -122,9 +122,21 @@ pub(crate) enum RegistryCommand {
         /// Why (kept in the alias history).
         #[arg(long, default_value = "")]
         reason: String,
-        /// Who (default: $USER).
+        /// Who (default: $USER). With --server, the token's tenant is recorded.
         #[arg(long, env = "USER", default_value = "unknown")]
         by: String,
+        /// Move it on a running `quiver serve` (which holds the registry) instead, with
+        /// an admin token: it serves the new version at once.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Bearer token for --server (an admin tenant's).
+        #[arg(
+            long,
+            env = "QUIVER_TOKEN",
+            hide_env_values = true,
+            requires = "server"
+        )]
+        token: Option<String>,
     },
     /// Check signatures and artifact digests: one version, or every version of MODEL.
     ///
@@ -336,6 +348,34 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
         }
         return Ok(());
     }
+    if let RegistryCommand::Alias {
+        model,
+        alias,
+        version,
+        delete,
+        expect,
+        reason,
+        server: Some(server),
+        token,
+        ..
+    } = cmd
+    {
+        let mut client = quiver_featurestore::client::Client::connect(server).await?;
+        if let Some(t) = token {
+            client = client.with_token(t)?;
+        }
+        let to = if *delete { None } else { *version };
+        let mut body = json!({"model": model, "alias": alias, "to": to, "reason": reason});
+        match parse_expect(expect.as_deref())? {
+            None => {}
+            Some(None) => body["expect"] = json!("none"),
+            Some(Some(v)) => body["expect"] = json!(v),
+        }
+        let ev = client.action("alias", body).await?;
+        let ev: quiver_registry::AliasEvent = serde_json::from_value(ev)?;
+        print_alias_event(&ev, json_out)?;
+        return Ok(());
+    }
     let store = open_store(cli)?;
     let reg = store.models()?;
     match cmd {
@@ -512,42 +552,14 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             expect,
             reason,
             by,
+            ..
         } => {
-            let expect = match expect.as_deref() {
-                None => None,
-                Some("none") => Some(None),
-                Some(v) => Some(Some(v.parse::<u64>().map_err(|_| {
-                    Error::InvalidRequest(format!(
-                        "--expect `{v}`: give a version number or `none`"
-                    ))
-                })?)),
-            };
+            let expect = parse_expect(expect.as_deref())?;
             let to = if *delete { None } else { *version };
-            if let Some(v) = to {
-                let mv =
-                    reg.version(model, v)
-                        .map_err(Error::from)?
-                        .ok_or_else(|| Error::NotFound {
-                            what: format!("version {v} of model `{model}`"),
-                        })?;
-                store.check_inputs_served(&mv.manifest.input).map_err(|e| {
-                    Error::InvalidRequest(format!("{model}@{v} cannot be promoted: {e}"))
-                })?;
-            }
-            let ev = reg
+            let ev = store
                 .move_alias(model, alias, to, expect, by, reason)
-                .map_err(Error::from)?;
-            if json_out {
-                print_json(&ev)?;
-            } else {
-                let show = |v: Option<u64>| v.map_or("(none)".to_string(), |v| v.to_string());
-                println!(
-                    "{model}/{alias}: {} -> {} (move #{})",
-                    show(ev.from),
-                    show(ev.to),
-                    ev.seq
-                );
-            }
+                .map_err(anyhow::Error::from)?;
+            print_alias_event(&ev, json_out)?;
         }
         RegistryCommand::Verify { model } => {
             let (name, sel) = split_model(model);
@@ -644,4 +656,32 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+fn print_alias_event(ev: &quiver_registry::AliasEvent, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        print_json(ev)?;
+    } else {
+        let show = |v: Option<u64>| v.map_or("(none)".to_string(), |v| v.to_string());
+        println!(
+            "{}/{}: {} -> {} (move #{})",
+            ev.model,
+            ev.alias,
+            show(ev.from),
+            show(ev.to),
+            ev.seq
+        );
+    }
+    Ok(())
+}
+
+/// `--expect`: a version number or `none` (move only if the alias is unset).
+fn parse_expect(expect: Option<&str>) -> Result<Option<Option<u64>>, Error> {
+    match expect {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(v) => v.parse::<u64>().map(|v| Some(Some(v))).map_err(|_| {
+            Error::InvalidRequest(format!("--expect `{v}`: give a version number or `none`"))
+        }),
+    }
 }
