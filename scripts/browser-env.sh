@@ -7,12 +7,7 @@ cd "$(dirname "$0")/.."
 venv="${QUIVER_VENV:-.venv}"
 ./scripts/python-env.sh
 if ! command -v chromium >/dev/null; then
-  sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  echo "installing chromium from Debian's packages" >&2
-  "${sudo[@]}" apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-    chromium fonts-dejavu-core >&2
+  ./scripts/apt-install.sh chromium fonts-dejavu-core
 fi
 if ! "$venv/bin/python" -c "import websocket" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "websocket-client>=1.6,<2" >&2

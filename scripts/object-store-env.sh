@@ -16,11 +16,7 @@ fi
 azurite_dir="${QUIVER_AZURITE_DIR:-${HOME:-/nonexistent}/.cache/quiver/azurite}"
 if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
   if ! command -v npm >/dev/null; then
-    sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    echo "installing npm from Debian's packages" >&2
-    "${sudo[@]}" apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends npm >&2
+    ./scripts/apt-install.sh npm
   fi
   echo "installing azurite into $azurite_dir" >&2
   mkdir -p "$azurite_dir"

@@ -358,13 +358,12 @@ fn check_id(request_id: &str) -> Result<i64> {
         .ok_or_else(|| Error::InvalidRequest(format!("`{request_id}` does not start with a time")))
 }
 
-/// Find one scored row by its request id in the audit table in the local folder `path`.
+/// Find one scored row by its request id in the audit table in the local folder `path`
+/// (`None` when there is no audit table yet).
 pub async fn lookup(path: &Path, request_id: &str) -> Result<Option<AuditRecord>> {
-    if !path.join("_delta_log").is_dir() {
-        check_id(request_id)?;
-        return Ok(None);
-    }
-    lookup_at(&local(path)?, request_id).await
+    let location = Location::parse(Path::new(""), &path.display().to_string())
+        .map_err(|m| Error::InvalidRequest(format!("audit log {}: {m}", path.display())))?;
+    lookup_at(&location, request_id).await
 }
 
 /// [`lookup`] in the audit table at `location`, local or on object storage.

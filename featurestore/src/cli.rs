@@ -74,6 +74,19 @@ pub fn short(hash: &str, n: usize) -> &str {
     hash.get(..n).unwrap_or(hash)
 }
 
+/// A time in UTC microseconds as RFC 3339 with microseconds, what [`parse_time`]
+/// reads back; the number itself when it is out of chrono's range.
+///
+/// ```
+/// use quiver_featurestore::cli::format_time;
+/// assert_eq!(format_time(1_000_000), "1970-01-01T00:00:01.000000Z");
+/// ```
+pub fn format_time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_else(|| us.to_string())
+}
+
 /// A time given on a command line: RFC 3339 (`2024-03-01T12:00:00Z`), or a date
 /// meaning midnight UTC (`2024-03-01`); UTC microseconds.
 ///

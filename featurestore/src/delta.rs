@@ -87,7 +87,7 @@ impl Location {
         for (k, v) in options {
             let (k, v) = (k.as_ref(), v.as_ref());
             storage::check_key(family, k)?;
-            self.options.set(k, v);
+            self.options.set(k, v)?;
         }
         Ok(self)
     }
@@ -105,7 +105,7 @@ impl Location {
     fn err(&self, e: impl std::fmt::Display) -> Error {
         Error::Delta {
             table: self.display(),
-            message: self.options.redact(&e.to_string()),
+            message: storage::redact(&e.to_string()),
         }
     }
 
@@ -138,8 +138,6 @@ impl From<&Location> for Location {
 /// An opened Delta table at a fixed version.
 #[derive(Debug, Clone)]
 pub struct OpenTable {
-    /// Where it is.
-    pub url: Url,
     /// Where it is, with its store's options.
     pub location: Location,
     /// The version read.
@@ -246,7 +244,6 @@ pub async fn open(location: impl Into<Location>, version: Option<i64>) -> Result
             .sum()
     });
     Ok(OpenTable {
-        url: url.clone(),
         location: location.clone(),
         version,
         schema: provider.schema(),

@@ -28,6 +28,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::cli::format_time;
 use crate::plan::TableRead;
 use crate::spec::ViewBody;
 use crate::udf::{Budget, CallRecord};
@@ -284,12 +285,6 @@ fn push(
     });
 }
 
-fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| us.to_string())
-}
-
 /// Rows of `batch` whose key columns equal the entity's values (as text); the batch
 /// unchanged when it lacks a key column.
 fn entity_rows(batch: &RecordBatch, entity: &[(String, String)]) -> DfResult<RecordBatch> {
@@ -482,7 +477,7 @@ fn side(batch: &RecordBatch, view: &str, features: &[String], full: bool) -> Val
     let event_time = col(&format!("{view}{}", crate::spec::EVENT_TS_SUFFIX))
         .filter(|c| !c.is_empty() && c.is_valid(0))
         .and_then(|c| cast(c, &DataType::Int64).ok())
-        .map(|c| rfc3339(c.as_primitive::<arrow::datatypes::Int64Type>().value(0)));
+        .map(|c| format_time(c.as_primitive::<arrow::datatypes::Int64Type>().value(0)));
     let values = features
         .iter()
         .map(|f| {
@@ -744,11 +739,11 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
             let text = match (&a.window, lo) {
                 (Some(w), Some(lo)) => format!(
                     "{n} row(s) in ({}, {}] (window {})",
-                    rfc3339(lo),
-                    rfc3339(req.at_us),
+                    format_time(lo),
+                    format_time(req.at_us),
                     w.value
                 ),
-                _ => format!("{n} row(s) up to {} (all history)", rfc3339(req.at_us)),
+                _ => format!("{n} row(s) up to {} (all history)", format_time(req.at_us)),
             };
             decisions.insert(a.name.value.clone(), text.into());
         }
@@ -792,7 +787,7 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
     }) {
         Ok((wm, b)) => {
             online.view_version = Some(wm.view_version);
-            online.until = Some(rfc3339(wm.until_us));
+            online.until = Some(format_time(wm.until_us));
             online.materialized_at = Some(wm.materialized_at.clone());
             online_hash = Some((wm.view_hash.clone(), wm.until_us));
             online.value = Some(side(&b, &name, &features, false));
@@ -803,7 +798,7 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
                     "online: status {}, view v{}, materialized until {}",
                     online.value.as_ref().map_or("-", |v| v.status.as_str()),
                     wm.view_version,
-                    rfc3339(wm.until_us)
+                    format_time(wm.until_us)
                 ),
                 serde_json::to_value(&online).unwrap_or_default(),
                 Some(b),
@@ -862,7 +857,7 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
             Verdict::Stale,
             format!(
                 "materialized until {}; {newer_rows} source row(s) of this entity came after it, up to the as-of time",
-                rfc3339(*until)
+                format_time(*until)
             ),
         ),
         (Some(o), _) if !found(&o.status) && found(&computed.status) => (
@@ -877,7 +872,7 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
             format!(
                 "the online value comes from a row at {}, after the as-of time {}",
                 o.event_time.clone().unwrap_or_default(),
-                rfc3339(req.at_us)
+                format_time(req.at_us)
             ),
         ),
         (Some(o), _) if (o.status == "EXPIRED") != (computed.status == "EXPIRED") => (
@@ -916,7 +911,7 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         "quiver-debug trace --repo {} {name}@{} --at {}",
         req.repo_display,
         applied.version,
-        rfc3339(req.at_us)
+        format_time(req.at_us)
     );
     for (k, v) in entity.iter() {
         command.push_str(&format!(" --entity {k}={v}"));
@@ -933,7 +928,7 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         view_kind: def.view.form().to_owned(),
         ttl: def.view.ttl.as_ref().map(|t| t.value.to_string()),
         entity: req.entity.clone(),
-        at: rfc3339(req.at_us),
+        at: format_time(req.at_us),
         at_us: req.at_us,
         tables,
         udfs: def

@@ -7,9 +7,9 @@
 //! - **No secret is ever stored or printed.** A secret option (a key, a token, a SAS)
 //!   can only be written as `${ENV_VAR}`: the definition stored in the registry and
 //!   shown by `plan`/`describe` holds the reference, and the value is read from the
-//!   environment when a table is opened. Every error about a table passes through
-//!   [`Resolved::redact`], which removes the secret values of its options and of the
-//!   cloud credential variables of the environment.
+//!   environment when a table is opened. Every error and log line quiver prints
+//!   passes through [`redact`], which removes the secret values resolved so far and
+//!   those of the cloud credential variables of the environment.
 //! - **Commits to object storage are atomic.** quiver always passes
 //!   `AWS_S3_ALLOW_UNSAFE_RENAME=false`, whatever the environment says, so an S3 commit
 //!   is a conditional put (`If-None-Match: *`) or goes through a DynamoDB lock; Azure
@@ -296,10 +296,9 @@ impl OptionValue {
     }
 }
 
-/// The problem with one option, if any: its key for the family, its value's form, and
-/// a secret written literally.
-pub fn check_option(family: Family, key: &str, value: &str) -> Result<(), String> {
-    check_key(family, key)?;
+/// The value of option `key` as written ([`OptionValue::parse`]), refused when `key` is
+/// a secret written literally. The key itself is checked by [`check_key`].
+pub fn parse_value(key: &str, value: &str) -> Result<OptionValue, String> {
     let parsed = OptionValue::parse(value)?;
     if is_secret(key) && matches!(parsed, OptionValue::Literal(_)) {
         return Err(format!(
@@ -307,7 +306,7 @@ pub fn check_option(family: Family, key: &str, value: &str) -> Result<(), String
             key.to_ascii_uppercase()
         ));
     }
-    Ok(())
+    Ok(parsed)
 }
 
 /// Environment variables whose values are cloud credentials: redacted from every
@@ -318,12 +317,11 @@ fn env_secret(name: &str) -> bool {
         && is_secret(&upper)
 }
 
-/// Options resolved against the environment, ready for deltalake, with the secret
-/// values that must never appear in output. Its `Debug` shows keys only.
+/// Options resolved against the environment, ready for deltalake; their secret values
+/// are known to [`redact`]. Its `Debug` shows keys only.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Resolved {
     options: BTreeMap<String, String>,
-    secrets: Vec<String>,
 }
 
 impl fmt::Debug for Resolved {
@@ -355,8 +353,8 @@ impl Resolved {
                     "`storage_options` apply to object-store tables (s3://, az://, abfss://, gs://); `{key}` was given for a local table"
                 ));
             };
-            check_option(family, key, value)?;
-            let value = match OptionValue::parse(value)? {
+            check_key(family, key)?;
+            let value = match parse_value(key, value)? {
                 OptionValue::Literal(v) => v,
                 OptionValue::Env(name) => {
                     let v = env(&name).ok_or_else(|| {
@@ -369,8 +367,7 @@ impl Resolved {
                         ));
                     }
                     if is_secret(key) {
-                        remember_secret(&v);
-                        out.secrets.push(v.clone());
+                        remember_secret(&v)?;
                     }
                     v
                 }
@@ -385,71 +382,69 @@ impl Resolved {
         Ok(out)
     }
 
-    /// Set one option given in code; a secret's value is remembered for redaction.
-    pub(crate) fn set(&mut self, key: &str, value: &str) {
+    /// Set one option given in code; a secret's value becomes known to [`redact`].
+    pub(crate) fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         if is_secret(key) {
-            remember_secret(value);
-            self.secrets.push(value.to_owned());
+            remember_secret(value)?;
         }
         self.options.insert(key.to_owned(), value.to_owned());
+        Ok(())
     }
 
     /// The options as deltalake takes them.
     pub fn to_map(&self) -> HashMap<String, String> {
         self.options.clone().into_iter().collect()
     }
-
-    /// Whether an option is set.
-    pub fn contains(&self, key: &str) -> bool {
-        self.options.contains_key(key)
-    }
-
-    /// `text` with every secret value replaced by `***`: those of these options and
-    /// those of the cloud credential variables in the environment.
-    pub fn redact(&self, text: &str) -> String {
-        redact_with(text, self.secrets.iter().map(String::as_str))
-    }
 }
 
-/// Secret values this process has resolved from `${ENV_VAR}` options, so that any
-/// error printed later (a query failing mid-scan, say) can be cleaned of them.
-static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-const MAX_SEEN: usize = 256;
+/// Every secret value [`redact`] removes: the cloud credential variables of the
+/// environment (read once, at first use) and the secret options resolved since.
+/// Bounded: past [`MAX_SECRETS`] values, resolving another secret is refused.
+static SECRETS: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+const MAX_SECRETS: usize = 256;
+/// Shorter values could be ordinary words; no credential is that short.
+const MIN_SECRET_LEN: usize = 8;
 
-fn remember_secret(value: &str) {
-    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-    if !seen.iter().any(|s| s == value) && seen.len() < MAX_SEEN {
-        seen.push(value.to_owned());
-    }
+fn with_secrets<T>(f: impl FnOnce(&mut Vec<String>) -> T) -> T {
+    let mut guard = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
+    let secrets = guard.get_or_insert_with(|| {
+        std::env::vars()
+            .filter(|(k, v)| env_secret(k) && v.len() >= MIN_SECRET_LEN)
+            .map(|(_, v)| v)
+            .collect()
+    });
+    f(secrets)
+}
+
+fn remember_secret(value: &str) -> Result<(), String> {
+    with_secrets(|s| {
+        if value.len() < MIN_SECRET_LEN || s.iter().any(|k| k == value) {
+            Ok(())
+        } else if s.len() >= MAX_SECRETS {
+            Err(format!(
+                "more than {MAX_SECRETS} distinct secrets in one process: redaction would not cover another"
+            ))
+        } else {
+            s.push(value.to_owned());
+            Ok(())
+        }
+    })
 }
 
 /// `text` with every secret quiver knows of replaced by `***`: the cloud credential
-/// variables of the environment and the secret options resolved so far. The CLI and
-/// the server pass every error through it before printing or sending it.
+/// variables of the environment and the secret options resolved so far. Errors leaving
+/// the CLI and the server, and every log line they write, pass through it.
 pub fn redact(text: &str) -> String {
-    redact_with(text, std::iter::empty())
-}
-
-fn redact_with<'a>(text: &str, own: impl Iterator<Item = &'a str>) -> String {
-    let mut known: Vec<String> = std::env::vars()
-        .filter(|(k, _)| env_secret(k))
-        .map(|(_, v)| v)
-        .collect();
-    known.extend(
-        SEEN.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned(),
-    );
-    let mut out = text.to_owned();
-    known.extend(own.map(str::to_owned));
-    for secret in &known {
-        // Shorter values could be ordinary words; no credential is that short.
-        if secret.len() >= 8 && out.contains(secret) {
-            out = out.replace(secret, "***");
+    with_secrets(|secrets| {
+        let mut out = None::<String>;
+        for secret in secrets.iter() {
+            let cur = out.as_deref().unwrap_or(text);
+            if cur.contains(secret.as_str()) {
+                out = Some(cur.replace(secret.as_str(), "***"));
+            }
         }
-    }
-    out
+        out.unwrap_or_else(|| text.to_owned())
+    })
 }
 
 /// Register the object-store handlers compiled into this build with deltalake, once.
@@ -492,12 +487,12 @@ mod tests {
 
     #[test]
     fn secrets_are_only_read_from_the_environment() {
-        let e = check_option(Family::S3, "aws_secret_access_key", "hunter2hunter2").unwrap_err();
+        let e = parse_value("aws_secret_access_key", "hunter2hunter2").unwrap_err();
         assert!(e.contains("${AWS_SECRET_ACCESS_KEY}"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(check_option(Family::S3, "aws_secret_access_key", "${MY_KEY}").is_ok());
-        assert!(check_option(Family::Azure, "azure_storage_sas_key", "sv=2020").is_err());
-        assert!(check_option(Family::S3, "aws_access_key_id", "AKIAEXAMPLE").is_ok());
+        assert!(parse_value("aws_secret_access_key", "${MY_KEY}").is_ok());
+        assert!(parse_value("azure_storage_sas_key", "sv=2020").is_err());
+        assert!(parse_value("aws_access_key_id", "AKIAEXAMPLE").is_ok());
         assert!(OptionValue::parse("a${B}").is_err());
         assert!(OptionValue::parse("${lower}").is_err());
     }
@@ -517,7 +512,7 @@ mod tests {
         assert_eq!(r.to_map()["aws_secret_access_key"], "s3cr3t-value-1234");
         assert_eq!(r.to_map()["AWS_S3_ALLOW_UNSAFE_RENAME"], "false");
         assert_eq!(
-            r.redact("denied for s3cr3t-value-1234 at us-east-1"),
+            redact("denied for s3cr3t-value-1234 at us-east-1"),
             "denied for *** at us-east-1"
         );
         assert!(!format!("{r:?}").contains("s3cr3t"));

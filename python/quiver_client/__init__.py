@@ -82,13 +82,11 @@ def _translate(e):
         return Unauthenticated(msg)
     if isinstance(e, fl.FlightUnauthorizedError):
         return PermissionDenied(msg)
-    if isinstance(e, fl.FlightUnavailableError):
-        return Unavailable(msg)
-    if isinstance(e, fl.FlightTimedOutError):
+    if isinstance(e, (fl.FlightUnavailableError, fl.FlightTimedOutError)):
         return Unavailable(msg)
     if isinstance(e, (KeyError, pa.ArrowKeyError)) or "gRPC code: 5" in msg:
         return NotFound(msg)
-    if isinstance(e, pa.ArrowInvalid) or isinstance(e, ValueError):
+    if isinstance(e, (pa.ArrowInvalid, ValueError)):
         return InvalidArgument(msg)
     if isinstance(e, pa.ArrowCapacityError) or "ResourceExhausted" in msg or "gRPC code: 8" in msg:
         return ResourceExhausted(msg)

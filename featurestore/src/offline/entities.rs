@@ -19,22 +19,17 @@ pub enum EntityInput {
 
 async fn frame(ctx: &SessionContext, path: &Path) -> Result<DataFrame> {
     let shown = path.display().to_string();
-    if shown.contains("://") {
-        // A Delta table on object storage, its options from the environment.
-        let location = delta::Location::parse(Path::new(""), &shown)
-            .map_err(|m| Error::InvalidRequest(format!("{shown}: {m}")))?;
-        let table = delta::open(&location, None).await?;
-        table.register(ctx, "__entities").await?;
-        return Ok(ctx.table("__entities").await?);
-    }
-    if path.is_dir() {
-        if !path.join("_delta_log").is_dir() {
+    // A Delta table: a folder, or a URL on object storage (options from the environment).
+    let remote = shown.contains("://");
+    if remote || path.is_dir() {
+        if !remote && !path.join("_delta_log").is_dir() {
             return Err(Error::InvalidRequest(format!(
                 "{shown} is a folder but not a Delta table; pass a .csv or .parquet file or a Delta table folder"
             )));
         }
-        let url = delta::table_url(Path::new(""), &shown).map_err(Error::InvalidRequest)?;
-        let table = delta::open(&url, None).await?;
+        let location = delta::Location::parse(Path::new(""), &shown)
+            .map_err(|m| Error::InvalidRequest(format!("{shown}: {m}")))?;
+        let table = delta::open(&location, None).await?;
         table.register(ctx, "__entities").await?;
         return Ok(ctx.table("__entities").await?);
     }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{OnlineFeatures, TableMark};
 use crate::Result;
-use crate::store::FeatureStore;
+use crate::store::AppliedView;
 
 /// One online view's freshness.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,15 +53,16 @@ impl Freshness {
     }
 }
 
-/// The freshness of `online` against the views `store` has applied, at `now_us`.
+/// The freshness of `online` against `applied` (the applied views to judge, e.g. those
+/// a tenant may read; views that are not online are passed over), at `now_us`.
 pub fn freshness(
-    store: &FeatureStore,
+    applied: impl IntoIterator<Item = AppliedView>,
     online: &OnlineFeatures,
     now_us: i64,
     max_lag_seconds: Option<f64>,
 ) -> Result<Freshness> {
     let mut views = Vec::new();
-    for v in store.views()? {
+    for v in applied {
         if !v.definition.view.online {
             continue;
         }
@@ -80,7 +81,7 @@ pub fn freshness(
         views.push(ViewFreshness {
             applied_version: v.version,
             served_version: wm.as_ref().map(|w| w.view_version),
-            until: wm.as_ref().map(|w| super::materialize::rfc3339(w.until_us)),
+            until: wm.as_ref().map(|w| crate::cli::format_time(w.until_us)),
             materialized_at: wm.as_ref().map(|w| w.materialized_at.clone()),
             lag_seconds: lag,
             tables: wm.map(|w| w.tables).unwrap_or_default(),

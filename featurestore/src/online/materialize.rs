@@ -85,12 +85,6 @@ pub struct Materialize<'a> {
     progress: Option<Arc<ScanProgress>>,
 }
 
-pub(crate) fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_default()
-}
-
 impl<'a> Materialize<'a> {
     /// A materialization of `store`'s applied views.
     pub(crate) fn new(store: &'a FeatureStore) -> Self {
@@ -137,8 +131,8 @@ impl<'a> Materialize<'a> {
         if let Some(u) = self.until.filter(|u| *u > now) {
             return Err(Error::InvalidRequest(format!(
                 "until {} is in the future (now {}); materialize up to now or an earlier time",
-                rfc3339(u),
-                rfc3339(now)
+                crate::cli::format_time(u),
+                crate::cli::format_time(now)
             )));
         }
         let until = self.until.unwrap_or(now);
@@ -172,7 +166,7 @@ impl<'a> Materialize<'a> {
             rows_read: 0,
             keys_written: 0,
             keys_total: 0,
-            until: rfc3339(until),
+            until: crate::cli::format_time(until),
             tables: Vec::new(),
             seconds: 0.0,
         };
@@ -210,7 +204,10 @@ impl<'a> Materialize<'a> {
             }
             Some(_) if is_sql => "SQL views are recomputed in full".into(),
             Some(w) if until < w.until_us => {
-                format!("until moved back from {}", rfc3339(w.until_us))
+                format!(
+                    "until moved back from {}",
+                    crate::cli::format_time(w.until_us)
+                )
             }
             Some(w)
                 if w.tables.len() != out.tables.len()

@@ -161,15 +161,6 @@ impl Metrics {
         }
     }
 
-    /// Set a view's materialization lag.
-    pub fn lag(&self, view: &str, seconds: f64) {
-        self.lag
-            .get_or_create(&View {
-                view: view.to_owned(),
-            })
-            .set(seconds);
-    }
-
     /// Record a scheduled materialization run.
     pub fn materialize_run(&self, ok: bool) {
         self.runs
@@ -183,7 +174,8 @@ impl Metrics {
         }
     }
 
-    /// Set the freshness gauges (lag, Delta versions held, behind) from `f`.
+    /// Set the freshness gauges (lag, Delta versions held, behind) from `f`, judged
+    /// without a lag bound (behind: not materialized, or an older applied version).
     pub fn freshness(&self, f: &crate::online::Freshness) {
         for v in &f.views {
             let view = View {
@@ -192,9 +184,7 @@ impl Metrics {
             if let Some(lag) = v.lag_seconds {
                 self.lag.get_or_create(&view).set(lag);
             }
-            self.behind.get_or_create(&view).set(i64::from(
-                v.served_version.is_none_or(|s| s < v.applied_version),
-            ));
+            self.behind.get_or_create(&view).set(i64::from(v.behind));
             for t in &v.tables {
                 self.table_version
                     .get_or_create(&ViewSource {

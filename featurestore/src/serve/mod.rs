@@ -302,7 +302,7 @@ impl ServeConfig {
                                 }
                             }
                             // Lag and versions from the watermarks, whoever materialized.
-                            if let Ok(f) = shared.freshness(None) {
+                            if let Ok(f) = shared.freshness(None, None) {
                                 m.freshness(&f);
                             }
                             let text = m.encode();
@@ -381,7 +381,7 @@ fn healthz(
                 .to_string(),
         );
     };
-    match shared.freshness(Some(max)) {
+    match shared.freshness(Some(max), None) {
         Ok(f) => {
             let behind = f.views.iter().filter(|v| v.behind).count();
             let worst = f

@@ -202,44 +202,41 @@ fn quiver_env(repo: &Path, args: &[&str], env: &[(String, String)]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-async fn rows_of(location: &Location, version: Option<i64>) -> Vec<RecordBatch> {
+/// Transactions in a fixed order.
+const TXN_ORDER: &str = "user_id, ts, amount";
+/// Training-set rows in a fixed order.
+const SET_ORDER: &str = "user_id, event_timestamp";
+
+/// The rows of the Delta table at `location` (`version`, or the latest) in `order`.
+async fn rows_of(location: &Location, version: Option<i64>, order: &str) -> Vec<RecordBatch> {
     let table = delta::open(location, version).await.unwrap();
     let ctx = datafusion::prelude::SessionContext::new();
     table.register(&ctx, "t").await.unwrap();
-    ctx.sql("SELECT * FROM t ORDER BY user_id, ts, amount")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap()
+    ordered(&ctx, order).await
 }
 
-/// A training set's rows in a fixed order.
-async fn rows_of_set(location: &Location) -> Vec<RecordBatch> {
-    let table = delta::open(location, None).await.unwrap();
-    let ctx = datafusion::prelude::SessionContext::new();
-    table.register(&ctx, "t").await.unwrap();
-    ctx.sql("SELECT * FROM t ORDER BY user_id, event_timestamp")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap()
-}
-
-async fn sorted(batches: &[RecordBatch]) -> Vec<RecordBatch> {
+/// `batches` in `order`.
+async fn sorted(batches: &[RecordBatch], order: &str) -> Vec<RecordBatch> {
     let ctx = datafusion::prelude::SessionContext::new();
     ctx.register_batch(
         "t",
         arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap(),
     )
     .unwrap();
-    ctx.sql("SELECT * FROM t ORDER BY user_id, event_timestamp")
+    ordered(&ctx, order).await
+}
+
+async fn ordered(ctx: &datafusion::prelude::SessionContext, order: &str) -> Vec<RecordBatch> {
+    ctx.sql(&format!("SELECT * FROM t ORDER BY {order}"))
         .await
         .unwrap()
         .collect()
         .await
         .unwrap()
+}
+
+fn count(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
 }
 
 fn text(batches: &[RecordBatch]) -> String {
@@ -279,7 +276,12 @@ async fn pair(kind: Kind, name: &str) -> Pair {
     ok(&quiver_env(&remote, &["init"], &[]));
     let prefix = unique(name);
     let table = kind.location(&format!("{prefix}/transactions"));
-    let all = rows_of(&Location::parse(&local, "data/transactions").unwrap(), None).await;
+    let all = rows_of(
+        &Location::parse(&local, "data/transactions").unwrap(),
+        None,
+        TXN_ORDER,
+    )
+    .await;
     let all = arrow::compute::concat_batches(&all[0].schema(), &all).unwrap();
     let half = all.num_rows() / 2;
     delta::write(&table, vec![all.slice(0, half)], SaveMode::ErrorIfExists)
@@ -336,11 +338,10 @@ async fn same_as_local(kind: Kind) {
     ok(&quiver_env(&p.local, &["materialize"], &[]));
 
     // Time travel: each commit reads back as written.
-    let v0 = rows_of(&p.table, Some(0)).await;
-    let v1 = rows_of(&p.table, None).await;
-    let n = |b: &[RecordBatch]| b.iter().map(RecordBatch::num_rows).sum::<usize>();
-    assert_eq!(n(&v1), 2000);
-    assert_eq!(n(&v0), 1000);
+    let v0 = rows_of(&p.table, Some(0), TXN_ORDER).await;
+    let v1 = rows_of(&p.table, None, TXN_ORDER).await;
+    assert_eq!(count(&v1), 2000);
+    assert_eq!(count(&v0), 1000);
     // The stored definition holds the reference, never the secret.
     let described = ok(&quiver_env(
         &p.remote,
@@ -401,8 +402,8 @@ async fn same_as_local(kind: Kind) {
     history(&p.remote, &kind.url(&set_prefix));
     let set = kind.location(&set_prefix);
     assert_eq!(
-        text(&rows_of_set(&set).await),
-        text(&sorted(&parquet(&local_out)).await)
+        text(&rows_of(&set, None, SET_ORDER).await),
+        text(&sorted(&parquet(&local_out), SET_ORDER).await)
     );
 
     // The online values equal a full materialization of the local table.
@@ -445,7 +446,7 @@ async fn racing(kind: Kind) {
             a.is_ok() != b.is_ok(),
             "round {round}: exactly one create wins: {a:?} / {b:?}"
         );
-        let rows = text(&rows_of(&fresh, None).await);
+        let rows = text(&rows_of(&fresh, None, TXN_ORDER).await);
         let winner = if a.is_ok() { "100" } else { "200" };
         let loser = if a.is_ok() { "200" } else { "100" };
         assert!(rows.contains(winner) && !rows.contains(loser), "{rows}");
@@ -488,8 +489,8 @@ async fn racing(kind: Kind) {
     }
     versions.sort();
     assert_eq!(versions, (1..=8).collect::<Vec<i64>>(), "one commit each");
-    let rows = rows_of(&table, None).await;
-    assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 9);
+    let rows = rows_of(&table, None, TXN_ORDER).await;
+    assert_eq!(count(&rows), 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,7 +639,7 @@ async fn two_replicas_audit_to_one_s3_table_and_every_row_is_found() {
         drop(log);
         writer.finish(Duration::from_secs(60)).await;
     }
-    let rows = rows_of_table(&table).await;
+    let rows = count(&rows_of(&table, None, "request_id").await);
     assert_eq!(rows, 80, "every row committed once");
     for replica in 0..2 {
         for i in [0u32, 17, 39] {
@@ -650,11 +651,4 @@ async fn two_replicas_audit_to_one_s3_table_and_every_row_is_found() {
             assert_eq!(got.score, want.score);
         }
     }
-}
-
-async fn rows_of_table(location: &Location) -> usize {
-    let table = delta::open(location, None).await.unwrap();
-    let ctx = datafusion::prelude::SessionContext::new();
-    table.register(&ctx, "t").await.unwrap();
-    ctx.table("t").await.unwrap().count().await.unwrap()
 }

@@ -54,12 +54,16 @@ async fn serve(repo: &Repo) -> RunningServer {
         .unwrap()
 }
 
-async fn n_all(server: &RunningServer, user: i64) -> String {
-    let mut c = Client::connect(&format!("http://{}", server.addr()))
+async fn client(addr: std::net::SocketAddr, token: &str) -> Client {
+    Client::connect(&format!("http://{addr}"))
         .await
         .unwrap()
-        .with_token(TOKEN_A)
-        .unwrap();
+        .with_token(token)
+        .unwrap()
+}
+
+async fn n_all(server: &RunningServer, user: i64) -> String {
+    let mut c = client(server.addr(), TOKEN_A).await;
     match c.get_online_features("stats", None, &keys(&[user])).await {
         Ok(b) => column_strings(&b, "n_all")[0].clone(),
         Err(e) => format!("error: {e}"),
@@ -115,11 +119,7 @@ async fn replicas_follow_the_table_on_a_schedule_and_report_their_freshness() {
     for s in &servers {
         let (addr, stop) = (s.addr(), stop.clone());
         askers.push(tokio::spawn(async move {
-            let mut c = Client::connect(&format!("http://{addr}"))
-                .await
-                .unwrap()
-                .with_token(TOKEN_A)
-                .unwrap();
+            let mut c = client(addr, TOKEN_A).await;
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match c.get_online_features("stats", None, &keys(&[1])).await {
@@ -182,11 +182,7 @@ async fn replicas_follow_the_table_on_a_schedule_and_report_their_freshness() {
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     assert!(http_get(maddr, "/healthz").await.ends_with("ok"));
 
-    let mut a = Client::connect(&format!("http://{}", s.addr()))
-        .await
-        .unwrap()
-        .with_token(TOKEN_A)
-        .unwrap();
+    let mut a = client(s.addr(), TOKEN_A).await;
     let h = a
         .action("health", serde_json::json!({"max_lag_seconds": 600}))
         .await
@@ -196,11 +192,7 @@ async fn replicas_follow_the_table_on_a_schedule_and_report_their_freshness() {
     assert_eq!(h["views"][0]["served_version"], 1, "{h}");
     assert_eq!(h["views"][0]["tables"][0]["version"], 1, "{h}");
     // Another tenant sees the verdict on its own views only: none here.
-    let mut b = Client::connect(&format!("http://{}", s.addr()))
-        .await
-        .unwrap()
-        .with_token(TOKEN_B)
-        .unwrap();
+    let mut b = client(s.addr(), TOKEN_B).await;
     let hb = b.action("health", serde_json::Value::Null).await.unwrap();
     assert_eq!(hb["views"], serde_json::json!([]), "{hb}");
 

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::cli::{bin, rfc3339, serve};
+use crate::cli::{bin, serve};
 use crate::common::{UNTIL, repo};
 
 fn tool(env: &str, default: &str, hint: &str) -> String {
@@ -43,7 +43,12 @@ async fn the_page_steps_through_a_trace_with_the_keyboard() {
     let o = bin()
         .current_dir(dir.path())
         .args(["trace", "--repo", ".", "novelty", "--entity", "user_id=3"])
-        .args(["--at", &rfc3339(UNTIL), "--out", "trace"])
+        .args([
+            "--at",
+            &quiver_featurestore::cli::format_time(UNTIL),
+            "--out",
+            "trace",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -65,12 +70,7 @@ async fn the_page_steps_through_a_trace_with_the_keyboard() {
         .args([udf_step.to_string(), value_step.to_string()])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = crate::common::success(&o);
     let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(seen["verdict"], "MATCH");
     assert_eq!(seen["verdict_class"], "verdict MATCH");

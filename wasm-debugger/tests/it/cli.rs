@@ -11,12 +11,6 @@ pub(crate) fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_quiver-debug"))
 }
 
-pub(crate) fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .unwrap()
-        .to_rfc3339()
-}
-
 /// `quiver-debug serve DIR` on a free port; its URL. Killed on drop.
 pub(crate) struct Served {
     child: Child,
@@ -88,17 +82,12 @@ async fn trace_show_and_serve_as_a_user_runs_them() {
             "--entity",
             "user_id=7",
             "--at",
-            &rfc3339(UNTIL),
+            &quiver_featurestore::cli::format_time(UNTIL),
         ])
         .args(["--out", out.to_str().unwrap(), "--check"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = crate::common::success(&o);
     assert!(stdout.starts_with("MATCH novelty@1 user_id=7"), "{stdout}");
     assert!(stdout.contains("[UdfCall] UDF `jaccard`"), "{stdout}");
     assert!(started.elapsed() < Duration::from_secs(60));
@@ -149,7 +138,7 @@ async fn trace_show_and_serve_as_a_user_runs_them() {
             "--entity",
             "user_id=2",
             "--at",
-            &rfc3339(UNTIL + DAY),
+            &quiver_featurestore::cli::format_time(UNTIL + DAY),
         ])
         .args([
             "--out",
@@ -256,7 +245,12 @@ async fn trace_against_a_running_server_is_for_the_owner_only() {
                     "--entity",
                     "user_id=9",
                 ])
-                .args(["--at", &rfc3339(UNTIL), "--out", out.to_str().unwrap()])
+                .args([
+                    "--at",
+                    &quiver_featurestore::cli::format_time(UNTIL),
+                    "--out",
+                    out.to_str().unwrap(),
+                ])
                 .output()
                 .unwrap()
         })
@@ -264,12 +258,7 @@ async fn trace_against_a_running_server_is_for_the_owner_only() {
     let o = run("token-a-0123456789abcdef", out.clone(), url.clone())
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = crate::common::success(&o);
     assert!(stdout.starts_with("MATCH novelty@2 user_id=9"), "{stdout}");
     assert!(stdout.contains(&format!("--server {url}")), "{stdout}");
     let t = quiver_wasm_debugger::folder::read(&out).unwrap();

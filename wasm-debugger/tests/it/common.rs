@@ -120,3 +120,14 @@ pub(crate) async fn repo() -> tempfile::TempDir {
     store.materialize().with_until(UNTIL).await.unwrap();
     dir
 }
+
+/// Stdout of a process that must have succeeded (stdout and stderr shown otherwise).
+pub(crate) fn success(o: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}

@@ -328,6 +328,18 @@ fn progress_ticker(bar: &ProgressBar, progress: &Arc<ScanProgress>) -> tokio::ta
     })
 }
 
+/// A Flight client of a running `quiver serve`, with the bearer token when given.
+pub(crate) async fn remote(
+    url: &str,
+    token: Option<&str>,
+) -> anyhow::Result<quiver_featurestore::client::Client> {
+    let client = quiver_featurestore::client::Client::connect(url).await?;
+    Ok(match token {
+        Some(t) => client.with_token(t)?,
+        None => client,
+    })
+}
+
 /// Whether progress bars are drawn: text output to a terminal.
 fn progress_visible(output: Output) -> bool {
     output == Output::Text && std::io::stderr().is_terminal()

@@ -23,13 +23,8 @@ pub(crate) async fn materialize(cli: &Cli) -> anyhow::Result<()> {
     let until_us = until.as_deref().map(parse_time).transpose()?;
     let report = match server {
         Some(url) => {
-            let mut client = quiver_featurestore::client::Client::connect(url).await?;
-            if let Some(t) = token {
-                client = client.with_token(t)?;
-            }
-            let until_text = until_us
-                .and_then(chrono::DateTime::from_timestamp_micros)
-                .map(|t| t.to_rfc3339());
+            let mut client = crate::remote(url, token.as_deref()).await?;
+            let until_text = until_us.map(quiver_featurestore::cli::format_time);
             let names: Vec<&str> = views.iter().map(String::as_str).collect();
             let views = (!names.is_empty()).then_some(names.as_slice());
             client.materialize(views, until_text.as_deref()).await?

@@ -74,19 +74,7 @@ impl FeatureService {
                         "`max_lag_seconds` must be a number >= 0",
                     ));
                 }
-                let mut f = self.shared.freshness(body.max_lag_seconds)?;
-                let readable: std::collections::HashSet<String> = store
-                    .views()?
-                    .into_iter()
-                    .filter(|v| tenant.admin || v.definition.view.readable_by(&tenant.name))
-                    .map(|v| v.definition.name().to_owned())
-                    .collect();
-                f.views.retain(|v| readable.contains(&v.view));
-                f.status = if f.views.iter().any(|v| v.behind) {
-                    "behind"
-                } else {
-                    "ok"
-                };
+                let f = self.shared.freshness(body.max_lag_seconds, Some(tenant))?;
                 json(serde_json::to_value(f).unwrap_or_default())
             }
             "list" => {
@@ -267,15 +255,8 @@ impl FeatureService {
                     m = m.with_until(t.timestamp_micros());
                 }
                 let _guard = self.shared.admin.lock().await;
+                // Lag and versions reach /metrics from the watermarks at each scrape.
                 let report = m.await?;
-                for v in &report.views {
-                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&v.until) {
-                        self.shared.metrics.lag(
-                            &v.view,
-                            (super::now_us() - t.timestamp_micros()) as f64 / 1e6,
-                        );
-                    }
-                }
                 json(serde_json::to_value(report).unwrap_or_default())
             }
             other => {

@@ -93,12 +93,18 @@ impl Shared {
 }
 
 impl Shared {
-    /// The online store's freshness against the applied views, now.
+    /// The online store's freshness against the applied views, now: all of them, or
+    /// those `tenant` may read.
     pub(crate) fn freshness(
         &self,
         max_lag_seconds: Option<f64>,
+        tenant: Option<&Tenant>,
     ) -> crate::Result<crate::online::Freshness> {
-        crate::online::freshness(&self.store, &self.online, now_us(), max_lag_seconds)
+        let views =
+            self.store.views()?.into_iter().filter(|v| {
+                tenant.is_none_or(|t| t.admin || v.definition.view.readable_by(&t.name))
+            });
+        crate::online::freshness(views, &self.online, now_us(), max_lag_seconds)
     }
 
     /// One scheduled materialization (`--materialize-every`): incremental, under the
@@ -129,9 +135,6 @@ impl Shared {
                     "scheduled materialization failed; retrying on the next tick"
                 );
             }
-        }
-        if let Ok(f) = self.freshness(None) {
-            self.metrics.freshness(&f);
         }
     }
 }

@@ -457,13 +457,10 @@ impl<'a> Decoder<'a> {
             ) else {
                 continue;
             };
-            match crate::storage::check_key(family, &k.value) {
-                Err(m) => self.err(k.loc, m, None),
-                Ok(()) => {
-                    if let Err(m) = crate::storage::check_option(family, &k.value, &v.value) {
-                        self.err(v.loc, m, None);
-                    }
-                }
+            if let Err(m) = crate::storage::check_key(family, &k.value) {
+                self.err(k.loc, m, None);
+            } else if let Err(m) = crate::storage::parse_value(&k.value, &v.value) {
+                self.err(v.loc, m, None);
             }
             if out.insert(k.value.clone(), v).is_some() {
                 self.err(k.loc, format!("`{}` is given twice", k.value), None);

@@ -268,22 +268,12 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
     let json_out = cli.output == Output::Json;
     if let RegistryCommand::Audit { request_id, table } = cmd {
         // The audit table is Delta, not the registry: no lock to wait for.
-        let found = match table {
-            Some(t) if t.contains("://") => {
-                let location = quiver_featurestore::audit::location(t)?;
-                quiver_featurestore::audit::lookup_at(&location, request_id).await?
-            }
-            Some(t) => {
-                quiver_featurestore::audit::lookup(std::path::Path::new(t), request_id).await?
-            }
-            None => {
-                quiver_featurestore::audit::lookup(
-                    &cli.repo.join(".quiver").join("audit"),
-                    request_id,
-                )
-                .await?
-            }
-        };
+        let text = table
+            .clone()
+            .unwrap_or_else(|| cli.repo.join(".quiver").join("audit").display().to_string());
+        let location = quiver_featurestore::delta::Location::parse(std::path::Path::new(""), &text)
+            .map_err(|m| Error::InvalidRequest(format!("audit log {text}: {m}")))?;
+        let found = quiver_featurestore::audit::lookup_at(&location, request_id).await?;
         let Some(rec) = found else {
             anyhow::bail!(Error::NotFound {
                 what: format!(
@@ -308,9 +298,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             }
             print_json(&v)?;
         } else {
-            let time = chrono::DateTime::from_timestamp_micros(rec.time_us)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-                .unwrap_or_default();
+            let time = quiver_featurestore::cli::format_time(rec.time_us);
             println!("request   {}", rec.request_id);
             println!("time      {time}");
             println!("tenant    {}", rec.tenant);
@@ -334,11 +322,8 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
     } = cmd
     {
         // Live state is in the server's memory: ask it.
-        let mut client = quiver_featurestore::client::Client::connect(server).await?;
-        if let Some(t) = token {
-            client = client.with_token(t)?;
-        }
-        let status = client
+        let status = crate::remote(server, token.as_deref())
+            .await?
             .action("model-status", serde_json::json!({ "model": model }))
             .await?;
         if json_out {
@@ -355,24 +340,30 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
         delete,
         expect,
         reason,
-        server: Some(server),
+        by,
+        server,
         token,
-        ..
     } = cmd
     {
-        let mut client = quiver_featurestore::client::Client::connect(server).await?;
-        if let Some(t) = token {
-            client = client.with_token(t)?;
-        }
+        let expect = parse_expect(expect.as_deref())?;
         let to = if *delete { None } else { *version };
-        let mut body = json!({"model": model, "alias": alias, "to": to, "reason": reason});
-        match parse_expect(expect.as_deref())? {
-            None => {}
-            Some(None) => body["expect"] = json!("none"),
-            Some(Some(v)) => body["expect"] = json!(v),
-        }
-        let ev = client.action("alias", body).await?;
-        let ev: quiver_registry::AliasEvent = serde_json::from_value(ev)?;
+        let ev = match server {
+            // A running server holds the registry: it moves the alias and serves it.
+            Some(url) => {
+                let mut body = json!({"model": model, "alias": alias, "to": to, "reason": reason});
+                match expect {
+                    None => {}
+                    Some(None) => body["expect"] = json!("none"),
+                    Some(Some(v)) => body["expect"] = json!(v),
+                }
+                let ev = crate::remote(url, token.as_deref())
+                    .await?
+                    .action("alias", body)
+                    .await?;
+                serde_json::from_value(ev)?
+            }
+            None => open_store(cli)?.move_alias(model, alias, to, expect, by, reason)?,
+        };
         print_alias_event(&ev, json_out)?;
         return Ok(());
     }
@@ -544,23 +535,6 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             }
         }
         RegistryCommand::Show { model } => show(&reg, model, json_out)?,
-        RegistryCommand::Alias {
-            model,
-            alias,
-            version,
-            delete,
-            expect,
-            reason,
-            by,
-            ..
-        } => {
-            let expect = parse_expect(expect.as_deref())?;
-            let to = if *delete { None } else { *version };
-            let ev = store
-                .move_alias(model, alias, to, expect, by, reason)
-                .map_err(anyhow::Error::from)?;
-            print_alias_event(&ev, json_out)?;
-        }
         RegistryCommand::Verify { model } => {
             let (name, sel) = split_model(model);
             let results = reg.verify(name, sel).map_err(Error::from)?;
@@ -604,7 +578,9 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
             print_graph(&g, *format, &id, *down, json_out)?;
         }
         RegistryCommand::Impact { view } => impact(&store, view, json_out)?,
-        RegistryCommand::Audit { .. } | RegistryCommand::Status { .. } => {
+        RegistryCommand::Audit { .. }
+        | RegistryCommand::Status { .. }
+        | RegistryCommand::Alias { .. } => {
             unreachable!("answered before the registry opens")
         }
         RegistryCommand::Drift {
