@@ -35,6 +35,7 @@
 //! ```
 
 mod artifact;
+mod changes;
 mod config;
 mod drift;
 mod format;
@@ -49,6 +50,7 @@ mod signing;
 mod store;
 
 pub use artifact::{ArtifactStore, sha256_hex};
+pub use changes::{Change, Cursor, Event, Replication, Sequenced};
 pub use config::{parse_json_config, read_json_config};
 pub use drift::{DEFAULT_PSI_THRESHOLD, DriftReport, FeatureStats, LiveDrift, drift_report};
 pub use format::Model;
@@ -170,6 +172,10 @@ pub enum Error {
     /// A model does not fit its input schema or the feature views it names.
     #[error("schema mismatch: {0}")]
     SchemaMismatch(String),
+    /// A follower cannot import an event of the registry it follows: out of order,
+    /// from another registry, or its records disagree (nothing was written).
+    #[error("replication: {0}")]
+    Replication(String),
     /// A compare-and-set alias move lost a race.
     #[error(
         "alias {alias} moved meanwhile: expected {expected:?}, found {found:?}; read it again and retry"

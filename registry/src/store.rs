@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
 
 use crate::{Error, Result};
 
@@ -176,11 +179,13 @@ pub fn content_hash(value: &Value) -> String {
 pub struct MetadataStore {
     path: String,
     db: sled::Db,
-    defs: sled::Tree,
-    current: sled::Tree,
-    latest: sled::Tree,
-    applies: sled::Tree,
-    meta: sled::Tree,
+    pub(crate) defs: sled::Tree,
+    pub(crate) current: sled::Tree,
+    pub(crate) latest: sled::Tree,
+    pub(crate) applies: sled::Tree,
+    pub(crate) meta: sled::Tree,
+    changes: sled::Tree,
+    change_meta: sled::Tree,
 }
 
 fn name_key(kind: &str, name: &str) -> Result<Vec<u8>> {
@@ -260,12 +265,15 @@ impl MetadataStore {
                 source,
             })
         };
+        crate::changes::ensure_log(&db, &path)?;
         Ok(Self {
             defs: tree("defs")?,
             current: tree("current")?,
             latest: tree("latest")?,
             applies: tree("applies")?,
             meta: tree("meta")?,
+            changes: tree("changes")?,
+            change_meta: tree("change_meta")?,
             db,
             path,
         })
@@ -297,6 +305,8 @@ impl MetadataStore {
             aliases: tree("aliases")?,
             alias_log: tree("alias_log")?,
             signers: tree("signers")?,
+            changes: tree("changes")?,
+            change_meta: tree("change_meta")?,
             artifacts,
             lineage: self.lineage()?,
         })
@@ -400,6 +410,18 @@ impl MetadataStore {
         Ok(out)
     }
 
+    /// One entry of the apply log.
+    pub fn apply_record(&self, id: u64) -> Result<Option<ApplyRecord>> {
+        match self
+            .applies
+            .get(id.to_be_bytes())
+            .map_err(|e| self.storage(e))?
+        {
+            Some(v) => Ok(Some(decode(&format!("apply {id}"), &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The apply log, oldest first.
     pub fn applies(&self) -> Result<Vec<ApplyRecord>> {
         let mut out = Vec::new();
@@ -434,8 +456,10 @@ impl MetadataStore {
             &self.latest,
             &self.applies,
             &self.meta,
+            &self.changes,
+            &self.change_meta,
         )
-            .transaction(|(defs, current, latest, applies, meta)| {
+            .transaction(|(defs, current, latest, applies, meta, log, cmeta)| {
                 let abort = ConflictableTransactionError::Abort;
                 let last = match meta.get("last_apply")? {
                     Some(v) => read_u64("meta/last_apply", &v).map_err(abort)?,
@@ -526,6 +550,7 @@ impl MetadataStore {
                 })?;
                 applies.insert(&id.to_be_bytes(), bytes)?;
                 meta.insert("last_apply", &id.to_be_bytes())?;
+                crate::changes::log_tx(log, cmeta, &crate::changes::Change::Apply { id })?;
                 Ok(record)
             });
         let record = match result {
@@ -539,6 +564,74 @@ impl MetadataStore {
         }
         Ok(record)
     }
+}
+
+/// Write an apply of another registry at its id and versions (a follower's import,
+/// [`crate::Replication::import`]), inside a transaction over `defs`, `current`,
+/// `latest`, `applies` and `meta`. The apply must be the next one here, and every
+/// version it writes newer than any of its name here.
+pub(crate) fn import_apply_tx(
+    (defs, current, latest, applies, meta): (
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+    ),
+    record: &ApplyRecord,
+    definitions: &[DefinitionRecord],
+) -> ConflictableTransactionResult<(), Error> {
+    let abort = ConflictableTransactionError::Abort;
+    let last = match meta.get("last_apply")? {
+        Some(v) => read_u64("meta/last_apply", &v).map_err(abort)?,
+        None => 0,
+    };
+    if record.id != last + 1 {
+        return Err(abort(Error::Replication(format!(
+            "apply {} follows apply {last} here; the registries diverged",
+            record.id
+        ))));
+    }
+    let mut defs_iter = definitions.iter();
+    for c in &record.changes {
+        let key = name_key(&c.kind, &c.name).map_err(abort)?;
+        match c.change {
+            ChangeKind::Removed => {
+                current.remove(key.as_slice())?;
+            }
+            ChangeKind::Added | ChangeKind::Changed => {
+                let rec = defs_iter.next().ok_or_else(|| {
+                    abort(Error::Replication(format!(
+                        "apply {} lacks the definition {}/{}",
+                        record.id, c.kind, c.name
+                    )))
+                })?;
+                let prev = match latest.get(&key)? {
+                    Some(v) => read_u64("latest", &v).map_err(abort)?,
+                    None => 0,
+                };
+                if rec.version <= prev {
+                    return Err(abort(Error::Replication(format!(
+                        "{}/{} version {} is not newer than version {prev} here",
+                        c.kind, c.name, rec.version
+                    ))));
+                }
+                let bytes = serde_json::to_vec(rec).expect("records serialise");
+                defs.insert(
+                    version_key(&c.kind, &c.name, rec.version).map_err(abort)?,
+                    bytes,
+                )?;
+                current.insert(key.as_slice(), &rec.version.to_be_bytes())?;
+                latest.insert(key.as_slice(), &rec.version.to_be_bytes())?;
+            }
+        }
+    }
+    applies.insert(
+        &record.id.to_be_bytes(),
+        serde_json::to_vec(record).expect("records serialise"),
+    )?;
+    meta.insert("last_apply", &record.id.to_be_bytes())?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -258,7 +258,7 @@ impl Registration {
     }
 }
 
-pub(super) fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
+pub(crate) fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
     if tags.len() > MAX_TAGS {
         return Err(Error::TooLarge {
             what: "tags".into(),

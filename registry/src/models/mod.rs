@@ -24,7 +24,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
 
 use crate::drift::FeatureStats;
 use crate::format::Model;
@@ -86,6 +89,8 @@ pub struct ModelRegistry {
     pub(crate) aliases: sled::Tree,
     pub(crate) alias_log: sled::Tree,
     pub(crate) signers: sled::Tree,
+    pub(crate) changes: sled::Tree,
+    pub(crate) change_meta: sled::Tree,
     pub(crate) artifacts: ArtifactStore,
     pub(crate) lineage: Lineage,
 }
@@ -97,7 +102,7 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
     })
 }
 
-fn tx_err(path: &str, e: TransactionError<Error>) -> Error {
+pub(crate) fn tx_err(path: &str, e: TransactionError<Error>) -> Error {
     match e {
         TransactionError::Abort(e) => e,
         TransactionError::Storage(source) => Error::Storage {
@@ -237,8 +242,10 @@ impl ModelRegistry {
             &self.lineage.nodes,
             &self.lineage.out,
             &self.lineage.inn,
+            &self.changes,
+            &self.change_meta,
         )
-            .transaction(|(models, versions, tn, to, ti)| {
+            .transaction(|(models, versions, tn, to, ti, changes, cmeta)| {
                 let abort = ConflictableTransactionError::Abort;
                 let mut record = match models.get(reg.model.as_bytes())? {
                     Some(b) => {
@@ -274,36 +281,15 @@ impl ModelRegistry {
                     signature,
                     tags: reg.tags.clone(),
                 };
-                versions.insert(
-                    vkey(&reg.model, record.latest_version),
-                    serde_json::to_vec(&mv).expect("versions serialise"),
+                write_version_tx((models, versions, tn, to, ti), &record, &mv)?;
+                crate::changes::log_tx(
+                    changes,
+                    cmeta,
+                    &crate::changes::Change::Version {
+                        model: reg.model.clone(),
+                        version: record.latest_version,
+                    },
                 )?;
-                models.insert(
-                    reg.model.as_bytes(),
-                    serde_json::to_vec(&record).expect("records serialise"),
-                )?;
-                let id = mv.manifest.lineage_id();
-                let node = Node::new(
-                    NodeKind::ModelVersion,
-                    &reg.model,
-                    Some(&record.latest_version),
-                )
-                .with_attr("format", mv.manifest.format.clone())
-                .with_attr("artifact_sha256", digest.clone())
-                .with_attr("signer", signer);
-                let edges: Vec<Edge> = upstream
-                    .iter()
-                    .map(|u| Edge {
-                        from: u.clone(),
-                        to: id.clone(),
-                        relation: if u.starts_with("view:") {
-                            "input_of".into()
-                        } else {
-                            "trained_from".into()
-                        },
-                    })
-                    .collect();
-                record_tx(tn, to, ti, &[node], &edges)?;
                 Ok(mv)
             });
         let mv = result.map_err(|e| tx_err(&self.path, e))?;
@@ -401,6 +387,17 @@ impl ModelRegistry {
             .collect()
     }
 
+    /// Move `seq` of `alias` of `model`, if it happened.
+    pub fn alias_event(&self, model: &str, alias: &str, seq: u64) -> Result<Option<AliasEvent>> {
+        let mut key = key2(model, alias);
+        key.push(0);
+        key.extend_from_slice(&seq.to_be_bytes());
+        match self.alias_log.get(key).map_err(|e| self.storage(e))? {
+            Some(b) => Ok(Some(decode(&format!("alias log {model}/{alias}"), &b)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Resolve `selector` (a version number, or an alias) to a version number.
     pub fn resolve(&self, model: &str, selector: &str) -> Result<u64> {
         if let Ok(v) = selector.parse::<u64>() {
@@ -443,8 +440,13 @@ impl ModelRegistry {
         }
         let key = key2(model, alias);
         let at = now_ms();
-        let event = (&self.aliases, &self.alias_log)
-            .transaction(|(aliases, log)| {
+        let event = (
+            &self.aliases,
+            &self.alias_log,
+            &self.changes,
+            &self.change_meta,
+        )
+            .transaction(|(aliases, log, changes, cmeta)| {
                 let abort = ConflictableTransactionError::Abort;
                 let cur: Option<AliasState> = match aliases.get(&key)? {
                     Some(b) => Some(decode(&format!("alias {model}/{alias}"), &b).map_err(abort)?),
@@ -468,9 +470,6 @@ impl ModelRegistry {
                     None => 0,
                 };
                 let seq = last + 1;
-                log.insert(key.as_slice(), &seq.to_be_bytes())?;
-                let mut prefix = key.clone();
-                prefix.push(0);
                 let event = AliasEvent {
                     model: model.into(),
                     alias: alias.into(),
@@ -481,25 +480,16 @@ impl ModelRegistry {
                     by: by.into(),
                     reason: reason.into(),
                 };
-                let mut lkey = prefix.clone();
-                lkey.extend_from_slice(&seq.to_be_bytes());
-                log.insert(lkey, serde_json::to_vec(&event).expect("events serialise"))?;
-                match to {
-                    Some(v) => {
-                        let state = AliasState {
-                            version: v,
-                            seq,
-                            moved_at_ms: at,
-                        };
-                        aliases.insert(
-                            key.as_slice(),
-                            serde_json::to_vec(&state).expect("states serialise"),
-                        )?;
-                    }
-                    None => {
-                        aliases.remove(key.as_slice())?;
-                    }
-                }
+                write_alias_tx(aliases, log, &key, &event)?;
+                crate::changes::log_tx(
+                    changes,
+                    cmeta,
+                    &crate::changes::Change::Alias {
+                        model: model.into(),
+                        alias: alias.into(),
+                        seq,
+                    },
+                )?;
                 Ok(event)
             })
             .map_err(|e| tx_err(&self.path, e))?;
@@ -516,22 +506,16 @@ impl ModelRegistry {
         tags: BTreeMap<String, String>,
     ) -> Result<ModelVersion> {
         check_tags(&tags)?;
-        let key = vkey(model, version);
-        let mv = self
-            .versions
-            .transaction(|t| {
-                let abort = ConflictableTransactionError::Abort;
-                let b = t.get(&key)?.ok_or_else(|| {
-                    abort(Error::NotFound {
-                        what: format!("version {version} of model `{model}`"),
-                    })
-                })?;
-                let mut mv: ModelVersion =
-                    decode(&format!("{model}@{version}"), &b).map_err(abort)?;
-                mv.tags = tags.clone();
-                t.insert(
-                    key.as_slice(),
-                    serde_json::to_vec(&mv).expect("versions serialise"),
+        let mv = (&self.versions, &self.changes, &self.change_meta)
+            .transaction(|(versions, changes, cmeta)| {
+                let mv = retag_tx(versions, model, version, &tags)?;
+                crate::changes::log_tx(
+                    changes,
+                    cmeta,
+                    &crate::changes::Change::Tags {
+                        model: model.into(),
+                        version,
+                    },
                 )?;
                 Ok(mv)
             })
@@ -622,10 +606,190 @@ impl ModelRegistry {
         })
     }
 
+    /// Check a version sent by another registry before a follower stores it: bounded,
+    /// its Ed25519 signature matches its manifest under the manifest's key, the
+    /// artifact hashes to the manifest's digest, parses and fits the input schema.
+    /// Trust is not checked here but where the version is served ([`Self::load`]), by
+    /// this registry's own signers.
+    pub(crate) fn check_import(&self, mv: &ModelVersion, artifact: &[u8]) -> Result<()> {
+        let m = &mv.manifest;
+        let what = format!("{}@{}", m.model, m.version);
+        check_name("model", &m.model)?;
+        check_tags(&mv.tags)?;
+        if m.metrics.len() > MAX_METRICS || m.upstream.len() > MAX_UPSTREAM {
+            return Err(Error::TooLarge {
+                what: format!("{what}: metrics or upstream ids"),
+                size: (m.metrics.len() + m.upstream.len()) as u64,
+                limit: (MAX_METRICS + MAX_UPSTREAM) as u64,
+            });
+        }
+        for up in &m.upstream {
+            check_id(up)?;
+        }
+        verify_signature(&m.public_key, mv.signed_manifest.as_bytes(), &mv.signature).map_err(
+            |_| Error::Tampered {
+                what: what.clone(),
+                reason: "its Ed25519 signature does not match its manifest".into(),
+            },
+        )?;
+        let digest = crate::sha256_hex(artifact);
+        if digest != m.artifact_sha256 || artifact.len() as u64 != m.artifact_bytes {
+            return Err(Error::Tampered {
+                what,
+                reason: format!(
+                    "the artifact received ({} bytes, sha256 {digest}) is not the one its manifest names ({} bytes, sha256 {})",
+                    artifact.len(),
+                    m.artifact_bytes,
+                    m.artifact_sha256
+                ),
+            });
+        }
+        let model = Model::from_artifact(artifact, &m.input, &m.training_stats)?;
+        check_model_inputs(&model, &m.input)
+    }
+
     /// A subscriber woken on every alias move of `model` (for hot reload).
     pub fn watch_aliases(&self, model: &str) -> sled::Subscriber {
         let mut prefix = model.as_bytes().to_vec();
         prefix.push(0);
         self.aliases.watch_prefix(prefix)
     }
+}
+
+/// Write version `mv` and its model `record`, with the version's lineage node and
+/// edges, inside a transaction over `models`, `versions` and the lineage trees: the
+/// one write of a version, for [`ModelRegistry::register`] and a follower's import.
+pub(crate) fn write_version_tx(
+    (models, versions, tn, to, ti): (
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+    ),
+    record: &ModelRecord,
+    mv: &ModelVersion,
+) -> ConflictableTransactionResult<(), Error> {
+    let m = &mv.manifest;
+    versions.insert(
+        vkey(&m.model, m.version),
+        serde_json::to_vec(mv).expect("versions serialise"),
+    )?;
+    models.insert(
+        m.model.as_bytes(),
+        serde_json::to_vec(record).expect("records serialise"),
+    )?;
+    let id = m.lineage_id();
+    let node = Node::new(NodeKind::ModelVersion, &m.model, Some(&m.version))
+        .with_attr("format", m.format.clone())
+        .with_attr("artifact_sha256", m.artifact_sha256.clone())
+        .with_attr("signer", m.signer.clone());
+    let edges: Vec<Edge> = m
+        .upstream
+        .iter()
+        .map(|u| Edge {
+            from: u.clone(),
+            to: id.clone(),
+            relation: if u.starts_with("view:") {
+                "input_of".into()
+            } else {
+                "trained_from".into()
+            },
+        })
+        .collect();
+    record_tx(tn, to, ti, &[node], &edges)?;
+    Ok(())
+}
+
+/// Write alias move `event` (its log entry, the alias's counter and state) inside a
+/// transaction over `aliases` and `alias_log`; `key` is the alias's key.
+fn write_alias_tx(
+    aliases: &TransactionalTree,
+    log: &TransactionalTree,
+    key: &[u8],
+    event: &AliasEvent,
+) -> ConflictableTransactionResult<(), Error> {
+    log.insert(key, &event.seq.to_be_bytes())?;
+    let mut lkey = key.to_vec();
+    lkey.push(0);
+    lkey.extend_from_slice(&event.seq.to_be_bytes());
+    log.insert(lkey, serde_json::to_vec(event).expect("events serialise"))?;
+    match event.to {
+        Some(v) => {
+            let state = AliasState {
+                version: v,
+                seq: event.seq,
+                moved_at_ms: event.at_ms,
+            };
+            aliases.insert(key, serde_json::to_vec(&state).expect("states serialise"))?;
+        }
+        None => {
+            aliases.remove(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Repeat another registry's alias move here (a follower's import): the move must be
+/// the next of that alias, start where the alias is here, and name a stored version.
+pub(crate) fn import_alias_tx(
+    (aliases, log, versions): (&TransactionalTree, &TransactionalTree, &TransactionalTree),
+    event: &AliasEvent,
+) -> ConflictableTransactionResult<(), Error> {
+    let abort = ConflictableTransactionError::Abort;
+    let (model, alias) = (&event.model, &event.alias);
+    check_name("model", model).map_err(abort)?;
+    check_name("alias", alias).map_err(abort)?;
+    let key = key2(model, alias);
+    let last = match log.get(&key)? {
+        Some(b) => {
+            crate::store::read_u64(&format!("alias log {model}/{alias}"), &b).map_err(abort)?
+        }
+        None => 0,
+    };
+    let here: Option<u64> = match aliases.get(&key)? {
+        Some(b) => Some(
+            decode::<AliasState>(&format!("alias {model}/{alias}"), &b)
+                .map_err(abort)?
+                .version,
+        ),
+        None => None,
+    };
+    if event.seq != last + 1 || event.from != here {
+        return Err(abort(Error::Replication(format!(
+            "move {} of alias {model}/{alias} (from {:?}) does not follow move {last} here (at {here:?})",
+            event.seq, event.from
+        ))));
+    }
+    if let Some(v) = event.to
+        && versions.get(vkey(model, v))?.is_none()
+    {
+        return Err(abort(Error::Replication(format!(
+            "alias {model}/{alias} moves to version {v}, which is not stored here"
+        ))));
+    }
+    write_alias_tx(aliases, log, &key, event)
+}
+
+/// Replace the tags of `model`@`version` inside a transaction over `versions`.
+pub(crate) fn retag_tx(
+    versions: &TransactionalTree,
+    model: &str,
+    version: u64,
+    tags: &BTreeMap<String, String>,
+) -> ConflictableTransactionResult<ModelVersion, Error> {
+    let abort = ConflictableTransactionError::Abort;
+    let key = vkey(model, version);
+    let b = versions.get(&key)?.ok_or_else(|| {
+        abort(Error::NotFound {
+            what: format!("version {version} of model `{model}`"),
+        })
+    })?;
+    let mut mv: ModelVersion = decode(&format!("{model}@{version}"), &b).map_err(abort)?;
+    mv.tags = tags.clone();
+    versions.insert(
+        key.as_slice(),
+        serde_json::to_vec(&mv).expect("versions serialise"),
+    )?;
+    Ok(mv)
 }

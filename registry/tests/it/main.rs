@@ -3,4 +3,5 @@
 mod common;
 mod models;
 mod onnx;
+mod replication;
 mod serving;
