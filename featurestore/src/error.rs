@@ -116,7 +116,8 @@ impl Error {
             ),
             Error::Registry(e) => !matches!(
                 e,
-                quiver_registry::Error::Storage { .. }
+                quiver_registry::Error::Replication(_)
+                    | quiver_registry::Error::Storage { .. }
                     | quiver_registry::Error::Corrupt { .. }
                     | quiver_registry::Error::Io { .. }
             ),

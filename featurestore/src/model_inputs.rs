@@ -134,6 +134,15 @@ impl FeatureStore {
         ))?)
     }
 
+    /// The change log of this repo's registry (definitions and models): what replicas
+    /// follow (docs/replicas.md).
+    pub fn replication(&self) -> Result<quiver_registry::Replication> {
+        Ok(quiver_registry::Replication::new(
+            self.registry(),
+            &self.models()?,
+        )?)
+    }
+
     /// The input schema of a model taking `refs` in order, resolved against the applied
     /// views (or the pinned versions). Column names follow training sets: the feature
     /// name, or `VIEW__FEATURE` with `full_names`.

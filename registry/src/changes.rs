@@ -156,6 +156,25 @@ pub(crate) fn log_tx(
     Ok(seq)
 }
 
+/// [`log_tx`] for a write made here (not imported): refused in a registry that
+/// follows another, whose records change only by [`Replication::import`], so a
+/// follower can never diverge from its primary.
+pub(crate) fn local_log_tx(
+    changes: &TransactionalTree,
+    meta: &TransactionalTree,
+    change: &Change,
+) -> ConflictableTransactionResult<u64, Error> {
+    if let Some(primary) = meta.get(PRIMARY)? {
+        return Err(ConflictableTransactionError::Abort(Error::Replication(
+            format!(
+                "this registry follows registry {}: it changes only by what it imports; make the change on the primary",
+                String::from_utf8_lossy(&primary)
+            ),
+        )));
+    }
+    log_tx(changes, meta, change)
+}
+
 /// Build the log of a registry written before it existed (see the module docs), and
 /// give the registry its id. Runs when the store is opened; does nothing after once.
 pub(crate) fn ensure_log(db: &sled::Db, path: &str) -> Result<()> {

@@ -68,7 +68,8 @@ pub use native::{Activation, Contributions, DenseLayer, IG_STEPS, InputTransform
 pub use onnx::{EXACT_SHAPLEY_MAX_FEATURES, OnnxModel, SHAPLEY_PERMUTATIONS};
 pub use serving::{
     CHALLENGER, CHAMPION, Deployment, LatencyHistogram, MetricsSnapshot, ModelServer, Rollback,
-    RolloutPolicy, Scored, Served, VersionMetrics, WatchHandle, entity_hash, histogram_psi,
+    RollbackForward, RolloutPolicy, Scored, Served, VersionMetrics, WatchHandle, entity_hash,
+    histogram_psi,
 };
 pub use signing::{SigningKey, verify_signature};
 pub use store::{

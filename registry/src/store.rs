@@ -550,7 +550,7 @@ impl MetadataStore {
                 })?;
                 applies.insert(&id.to_be_bytes(), bytes)?;
                 meta.insert("last_apply", &id.to_be_bytes())?;
-                crate::changes::log_tx(log, cmeta, &crate::changes::Change::Apply { id })?;
+                crate::changes::local_log_tx(log, cmeta, &crate::changes::Change::Apply { id })?;
                 Ok(record)
             });
         let record = match result {

@@ -57,6 +57,9 @@ pub struct Metrics {
     last_success: Gauge<f64, AtomicU64>,
     table_version: Family<ViewSource, Gauge>,
     behind: Family<View, Gauge>,
+    follow_cursor: Gauge,
+    follow_head: Gauge,
+    follow_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -112,7 +115,28 @@ impl Default for Metrics {
             "1 when an online view is not materialized or serves an older applied version",
             behind.clone(),
         );
+        let follow_cursor = Gauge::default();
+        registry.register(
+            "quiver_follow_cursor",
+            "A replica: the last event of the primary's change log imported here",
+            follow_cursor.clone(),
+        );
+        let follow_head = Gauge::default();
+        registry.register(
+            "quiver_follow_primary_head",
+            "A replica: the last event of the primary's change log, as last heard",
+            follow_head.clone(),
+        );
+        let follow_errors = Counter::default();
+        registry.register(
+            "quiver_follow_errors",
+            "A replica: sessions with the primary that failed (connection lost, import refused)",
+            follow_errors.clone(),
+        );
         Self {
+            follow_cursor,
+            follow_head,
+            follow_errors,
             registry: Mutex::new(registry),
             requests,
             latency,
@@ -172,6 +196,17 @@ impl Metrics {
             self.last_success
                 .set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
         }
+    }
+
+    /// A follower's position: its cursor and the primary's head.
+    pub(crate) fn follow_position(&self, cursor: u64, head: u64) {
+        self.follow_cursor.set(cursor as i64);
+        self.follow_head.set(head as i64);
+    }
+
+    /// A follower's session failed.
+    pub(crate) fn follow_error(&self) {
+        self.follow_errors.inc();
     }
 
     /// Set the freshness gauges (lag, Delta versions held, behind) from `f`, judged

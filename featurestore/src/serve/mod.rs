@@ -17,6 +17,7 @@
 mod access;
 mod auth;
 mod command;
+mod follow;
 mod ipc_guard;
 mod layers;
 mod metrics;
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 
 pub use auth::{Tenant, Tokens};
 pub use command::Command;
+pub use follow::FollowConfig;
 pub use metrics::Metrics;
 pub use service::FeatureService;
 
@@ -83,6 +85,9 @@ pub struct ServeConfig {
     /// (incremental runs; `None`: only on request). Each replica keeps its own store
     /// fresh this way (docs/replicas.md).
     pub materialize_every: Option<std::time::Duration>,
+    /// Follow another server's registry: its definitions, model versions and aliases
+    /// (`None`: this server's registry is its own).
+    pub follow: Option<FollowConfig>,
 }
 
 /// Read a policies file: a JSON object from model name to [`quiver_registry::RolloutPolicy`]
@@ -127,7 +132,20 @@ impl ServeConfig {
             audit: None,
             materialize_every: None,
             policies: Default::default(),
+            follow: None,
         }
+    }
+
+    /// Follow the registry of the server at `primary` (an admin `token` of it): this
+    /// server imports its change log (definitions, model versions, aliases) and never
+    /// writes its own registry otherwise (docs/replicas.md). Start it on an empty
+    /// repo folder.
+    pub fn with_follow(mut self, primary: impl Into<String>, token: impl Into<String>) -> Self {
+        self.follow = Some(FollowConfig {
+            primary: primary.into(),
+            token: token.into(),
+        });
+        self
     }
 
     /// Judge `model`'s challenger by `policy` instead of the default.
@@ -207,11 +225,22 @@ impl ServeConfig {
         };
         // Request bounds are the store's: one `Limits` for everything read from outside.
         let max_message_bytes = store.limits().max_message_bytes;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (follow, rollbacks) = match &self.follow {
+            Some(f) => {
+                follow::check_can_follow(&store)?;
+                let (state, rx) = follow::FollowState::new(f.primary.clone());
+                (Some(state), Some(rx))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(service::Shared::new(
             store,
             metrics.clone(),
             audit,
             self.policies.clone(),
+            stop_rx.clone(),
+            follow,
         )?);
         let svc = FeatureService {
             shared: shared.clone(),
@@ -222,7 +251,6 @@ impl ServeConfig {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io(self.addr.to_string(), e))?;
-        let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
             ensure_crypto_provider();
@@ -253,6 +281,9 @@ impl ServeConfig {
                 tracing::error!(error = %e, "flight server stopped");
             }
         })];
+        if let (Some(config), Some(rollbacks)) = (self.follow.clone(), rollbacks) {
+            tasks.push(tokio::spawn(follow::run(shared.clone(), config, rollbacks)));
+        }
         if let Some(every) = self.materialize_every {
             let (shared, mut rx) = (shared.clone(), stop_rx.clone());
             tasks.push(tokio::spawn(async move {

@@ -23,7 +23,8 @@ impl From<Error> for Status {
             Error::Registry(
                 quiver_registry::Error::SchemaMismatch(_)
                 | quiver_registry::Error::Tampered { .. }
-                | quiver_registry::Error::Untrusted(_),
+                | quiver_registry::Error::Untrusted(_)
+                | quiver_registry::Error::Replication(_),
             ) => Status::failed_precondition(msg),
             Error::Corrupt { .. } => Status::data_loss(msg),
             _ if e.is_user_error() => Status::invalid_argument(msg),

@@ -161,6 +161,46 @@ impl UdfRuntime {
         Ok(())
     }
 
+    /// The bytes of the applied module `sha256` (checked against it), for a replica
+    /// that follows this store.
+    pub fn module_bytes(&self, sha256: &str) -> Result<Vec<u8>> {
+        let dir = self.modules.as_ref().ok_or_else(|| Error::Udf {
+            module: sha256.into(),
+            function: None,
+            message: "no store of applied UDF modules is configured".into(),
+        })?;
+        Ok(ArtifactStore::new(dir).get(sha256)?)
+    }
+
+    /// Whether the applied module `sha256` is stored here.
+    pub fn has_module(&self, sha256: &str) -> bool {
+        self.modules
+            .as_ref()
+            .is_some_and(|dir| ArtifactStore::new(dir).get(sha256).is_ok())
+    }
+
+    /// Store a module received from the store this one follows: it must hash to
+    /// `sha256` and load (the host checks its ABI, metadata and limits) before it is
+    /// kept, so an applied view never pins a module that was not checked here.
+    pub fn import_module(&self, path: &str, sha256: &str, bytes: &[u8]) -> Result<()> {
+        let m = self.host.load(path, bytes).map_err(|message| Error::Udf {
+            module: path.into(),
+            function: None,
+            message,
+        })?;
+        if m.sha256 != sha256 {
+            return Err(Error::Udf {
+                module: path.into(),
+                function: None,
+                message: format!(
+                    "the module received has sha256 {}, not the {sha256} its view pins",
+                    m.sha256
+                ),
+            });
+        }
+        self.store(&m)
+    }
+
     /// Register every function of `refs` in `ctx`, bounded by this runtime's budget and
     /// by `ctx`'s memory pool.
     pub fn register(&self, ctx: &SessionContext, refs: &[UdfRef]) -> Result<()> {

@@ -128,6 +128,35 @@ fn user_errors_exit_1_with_located_messages() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside 0..=100"));
+    // A replica needs the primary's token and an http(s) URL.
+    let serve_follow = |url: &str, token: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        c.args([
+            "--repo",
+            repo.to_str().unwrap(),
+            "serve",
+            "--insecure-no-auth",
+        ])
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "none",
+            "--follow",
+            url,
+        ])
+        .env_remove("QUIVER_FOLLOW_TOKEN");
+        if let Some(t) = token {
+            c.env("QUIVER_FOLLOW_TOKEN", t);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve_follow("http://127.0.0.1:1", None);
+    assert!(err.contains("QUIVER_FOLLOW_TOKEN"), "{err}");
+    let err = serve_follow("ftp://127.0.0.1:1", Some("t0123456789abcdef"));
+    assert!(err.contains("expected http://HOST:PORT"), "{err}");
 }
 
 #[test]

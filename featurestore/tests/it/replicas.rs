@@ -239,3 +239,432 @@ async fn replicas_follow_the_table_on_a_schedule_and_report_their_freshness() {
         s.shutdown().await;
     }
 }
+
+const RATIO_WAT: &str = include_str!("../../../udfs/ratio.wat");
+
+/// The primary's repo: `stats` over the shared table (by absolute path, as replicas
+/// on other machines would use a URL), optionally `halves`, a SQL view calling a
+/// WebAssembly UDF.
+fn primary_yaml(table: &std::path::Path, with_udf_view: bool) -> String {
+    let mut yaml = format!(
+        "kind: Entity
+name: user
+join_keys: [user_id]
+---
+kind: Source
+name: transactions
+delta: {}
+timestamp: ts
+---
+kind: FeatureView
+name: stats
+entity: user
+source: transactions
+owner: bank_a
+features:
+  - {{ name: n_all, agg: count }}
+  - {{ name: sum_all, agg: sum(amount) }}
+",
+        table.display()
+    );
+    if with_udf_view {
+        yaml.push_str(
+            "---
+kind: FeatureView
+name: halves
+entity: user
+sources: [transactions]
+owner: bank_a
+ttl: 10d
+udfs: [udfs/ratio.wat]
+sql: |
+  SELECT user_id, ts, ratio(amount, 1.0) AS half_amount FROM transactions
+",
+        );
+    }
+    yaml
+}
+
+fn fraud_model(intercept: f64) -> quiver_registry::NativeModel {
+    quiver_registry::NativeModel::LogisticRegression {
+        features: vec!["n_all".into(), "sum_all".into()],
+        weights: vec![0.5, 0.01],
+        intercept,
+        baseline: None,
+        transform: None,
+    }
+}
+
+async fn served_version(c: &mut Client) -> Result<u64, String> {
+    use arrow::array::UInt64Array;
+    let out = c
+        .score("fraud", &keys(&[1]), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(out
+        .column_by_name("model_version")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .unwrap()
+        .value(0))
+}
+
+fn remote_code(e: quiver_featurestore::Error) -> String {
+    match e {
+        quiver_featurestore::Error::Remote { code, .. } => code,
+        other => panic!("expected a server error, got {other}"),
+    }
+}
+
+async fn follower(repo: &Repo, primary: &str) -> RunningServer {
+    let store = FeatureStore::open(repo.path()).unwrap();
+    ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_materialize_every(EVERY)
+        .with_follow(primary, TOKEN_A)
+        .spawn(store)
+        .await
+        .unwrap()
+}
+
+/// A shared table, and a primary repo with `stats` applied and `fraud` versions 1
+/// and 2 registered (signed by `ci`), version 1 the champion.
+struct Setup {
+    data: Repo,
+    table: std::path::PathBuf,
+    primary_repo: Repo,
+    key: quiver_registry::SigningKey,
+}
+
+async fn setup() -> Setup {
+    use quiver_featurestore::offline::parse_feature_refs;
+    use quiver_registry::{Registration, SigningKey};
+
+    let data = Repo::new();
+    let base = chrono::Utc::now().timestamp_micros() - HOUR;
+    let table = data.path().join("transactions");
+    let url = delta::table_url(data.path(), "transactions").unwrap();
+    delta::write(
+        &url,
+        vec![transactions(&[(1, base, Some(10.0), None)])],
+        SaveMode::ErrorIfExists,
+    )
+    .await
+    .unwrap();
+    let primary_repo = Repo::new();
+    primary_repo.write("f.yaml", &primary_yaml(&table, false));
+    primary_repo.write("udfs/ratio.wat", RATIO_WAT);
+    let key = SigningKey::generate(data.path().join("ci.key")).unwrap();
+    let store = FeatureStore::open(primary_repo.path()).unwrap();
+    store.apply().await.unwrap();
+    let registry = store.models().unwrap();
+    registry.trust("ci", &key.public_key_hex()).unwrap();
+    let input = store
+        .input_schema(
+            &parse_feature_refs("stats:n_all,stats:sum_all").unwrap(),
+            false,
+        )
+        .unwrap();
+    for intercept in [-2.0, 1.0] {
+        registry
+            .register(
+                Registration::new("fraud", fraud_model(intercept).to_json(), input.clone()),
+                "ci",
+                &key,
+            )
+            .unwrap();
+    }
+    registry
+        .move_alias("fraud", "champion", Some(1), None, "ci", "first")
+        .unwrap();
+    Setup {
+        data,
+        table,
+        primary_repo,
+        key,
+    }
+}
+
+/// Replica folders, empty but for a registry that trusts the signer `ci`.
+fn replica_folders(n: usize, key: &quiver_registry::SigningKey) -> Vec<Repo> {
+    (0..n)
+        .map(|_| {
+            let r = Repo::new();
+            FeatureStore::open(r.path())
+                .unwrap()
+                .models()
+                .unwrap()
+                .trust("ci", &key.public_key_hex())
+                .unwrap();
+            r
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_follow_one_registry_and_keep_serving_without_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Setup {
+        data: _data,
+        table,
+        primary_repo,
+        key,
+    } = setup().await;
+    let primary = serve(&primary_repo).await;
+    let primary_addr = primary.addr();
+    let primary_url = format!("http://{primary_addr}");
+
+    // Three replicas on empty folders; each trusts the signer itself.
+    let repos = replica_folders(3, &key);
+    let mut replicas = Vec::new();
+    for r in &repos {
+        replicas.push(follower(r, &primary_url).await);
+    }
+    for s in &replicas {
+        eventually(
+            15,
+            "a replica serves the primary's view and champion",
+            || async {
+                let mut c = client(s.addr(), TOKEN_A).await;
+                n_all(s, 1).await == "1" && served_version(&mut c).await == Ok(1)
+            },
+        )
+        .await;
+    }
+
+    // Clients score on every replica without pause while the alias moves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut askers = Vec::new();
+    for s in &replicas {
+        let (addr, stop) = (s.addr(), stop.clone());
+        askers.push(tokio::spawn(async move {
+            let mut c = client(addr, TOKEN_A).await;
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match served_version(&mut c).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut admin = client(primary_addr, TOKEN_A).await;
+    let moved = Instant::now();
+    admin
+        .action(
+            "alias",
+            serde_json::json!({"model": "fraud", "alias": "champion", "to": 2, "expect": 1}),
+        )
+        .await
+        .unwrap();
+    for s in &replicas {
+        let mut c = client(s.addr(), TOKEN_A).await;
+        loop {
+            if served_version(&mut c).await == Ok(2) {
+                break;
+            }
+            assert!(
+                moved.elapsed() < Duration::from_secs(1),
+                "every replica serves the new champion within 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let all_moved = moved.elapsed();
+    assert!(all_moved < Duration::from_secs(1), "{all_moved:?}");
+
+    // Apply once on the primary: a new view calling a UDF module reaches every
+    // replica (the module travels by hash) and is served there.
+    primary_repo.write("f.yaml", &primary_yaml(&table, true));
+    admin.apply().await.unwrap();
+    for s in &replicas {
+        eventually(15, "the applied view served on a replica", || async {
+            let mut c = client(s.addr(), TOKEN_A).await;
+            match c.get_online_features("halves", None, &keys(&[1])).await {
+                Ok(b) => column_strings(&b, "half_amount")[0] == "5.0",
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for a in askers {
+        let (ok, failed) = a.await.unwrap();
+        assert!(ok > 0 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
+    }
+
+    // A replica's registry is the primary's: writes go there, the log is admin only.
+    let mut r0 = client(replicas[0].addr(), TOKEN_A).await;
+    assert_eq!(
+        remote_code(r0.apply().await.unwrap_err()),
+        "FailedPrecondition"
+    );
+    let e = r0
+        .action(
+            "alias",
+            serde_json::json!({"model": "fraud", "alias": "champion", "to": 1}),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&primary_url), "{e}");
+    let mut b = client(primary_addr, TOKEN_B).await;
+    assert_eq!(
+        remote_code(b.action("follow", serde_json::json!({})).await.unwrap_err()),
+        "PermissionDenied"
+    );
+    let h = r0.action("health", serde_json::Value::Null).await.unwrap();
+    assert_eq!(h["follow"]["connected"], true, "{h}");
+    assert_eq!(h["follow"]["events_behind"], 0, "{h}");
+    let metrics = http_get(replicas[0].metrics_addr().unwrap(), "/metrics").await;
+    assert!(metrics.contains("quiver_follow_cursor "), "{metrics}");
+
+    // The primary stops: replicas keep serving the last versions and say so.
+    primary.shutdown().await;
+    for s in &replicas {
+        let mut c = client(s.addr(), TOKEN_A).await;
+        assert_eq!(served_version(&mut c).await, Ok(2));
+        assert_eq!(n_all(s, 1).await, "1");
+    }
+    let r0_addr = replicas[0].addr();
+    eventually(10, "a replica reports the lost primary", || async move {
+        let mut c = client(r0_addr, TOKEN_A).await;
+        let h = c.action("health", serde_json::Value::Null).await.unwrap();
+        h["follow"]["connected"] == false && h["follow"]["last_error"].is_string()
+    })
+    .await;
+
+    // A replica restarted on its intact folder serves at once, the primary still down.
+    let s0 = replicas.remove(0);
+    s0.shutdown().await;
+    let restarted = follower(&repos[0], &primary_url).await;
+    let mut c = client(restarted.addr(), TOKEN_A).await;
+    assert_eq!(
+        served_version(&mut c).await,
+        Ok(2),
+        "served from its own registry"
+    );
+    assert_eq!(n_all(&restarted, 1).await, "1");
+    replicas.insert(0, restarted);
+
+    // The primary comes back on its address: replicas resume from their cursors.
+    let store = FeatureStore::open(primary_repo.path()).unwrap();
+    let primary = ServeConfig::new(primary_addr, Fixture::tokens())
+        .spawn(store)
+        .await
+        .unwrap();
+    let mut admin = client(primary_addr, TOKEN_A).await;
+    admin
+        .action(
+            "alias",
+            serde_json::json!({"model": "fraud", "alias": "champion", "to": 1, "expect": 2}),
+        )
+        .await
+        .unwrap();
+    for s in &replicas {
+        eventually(15, "a replica follows the restarted primary", || async {
+            let mut c = client(s.addr(), TOKEN_A).await;
+            served_version(&mut c).await == Ok(1)
+        })
+        .await;
+    }
+    for s in replicas {
+        s.shutdown().await;
+    }
+    primary.shutdown().await;
+
+    // A folder with a registry of its own cannot become a replica.
+    let store = FeatureStore::open(primary_repo.path()).unwrap();
+    let e = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_follow(primary_url, TOKEN_A)
+        .spawn(store)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("a registry of its own"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_on_a_replica_is_made_by_the_primary_and_followed_by_every_replica() {
+    let Setup {
+        data: _data,
+        primary_repo,
+        key,
+        ..
+    } = setup().await;
+    let primary = serve(&primary_repo).await;
+    let primary_url = format!("http://{}", primary.addr());
+    let repos = replica_folders(2, &key);
+    // Replica 0 sends every entity to the challenger and cannot meet a 1 µs p99.
+    let mut strict = quiver_registry::RolloutPolicy::default();
+    strict.challenger_percent = 100.0;
+    strict.max_p99 = Duration::from_micros(1);
+    strict.min_requests = 5;
+    strict.check_every = 5;
+    let store = FeatureStore::open(repos[0].path()).unwrap();
+    let judged = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_materialize_every(EVERY)
+        .with_follow(primary_url.clone(), TOKEN_A)
+        .with_policy("fraud", strict)
+        .spawn(store)
+        .await
+        .unwrap();
+    let other = follower(&repos[1], &primary_url).await;
+    let mut admin = client(primary.addr(), TOKEN_A).await;
+    admin
+        .action(
+            "alias",
+            serde_json::json!({"model": "fraud", "alias": "challenger", "to": 2}),
+        )
+        .await
+        .unwrap();
+    let mut c = client(judged.addr(), TOKEN_A).await;
+    let judged_addr = judged.addr();
+    eventually(15, "the replica routes to the challenger", || async move {
+        served_version(&mut client(judged_addr, TOKEN_A).await).await == Ok(2)
+    })
+    .await;
+    // A few requests over the policy: held back here at once, rolled back by the
+    // primary, and the move reaches the other replica.
+    let mut versions = Vec::new();
+    for _ in 0..20 {
+        versions.push(served_version(&mut c).await.unwrap());
+    }
+    assert_eq!(versions.last(), Some(&1), "{versions:?}");
+    let status = c
+        .action("model-status", serde_json::json!({"model": "fraud"}))
+        .await
+        .unwrap();
+    assert_eq!(status["rollbacks"][0]["version"], 2, "{status}");
+    eventually(10, "the primary removed the challenger", || async {
+        let mut a = client(primary.addr(), TOKEN_A).await;
+        let s = a
+            .action("model-status", serde_json::json!({"model": "fraud"}))
+            .await
+            .unwrap();
+        s["versions"].as_array().is_some_and(|v| v.len() == 1)
+    })
+    .await;
+    judged.shutdown().await;
+    other.shutdown().await;
+    primary.shutdown().await;
+    // Both replicas' registries hold the primary's move, made with the replica's
+    // token and reason; neither moved the alias itself.
+    for r in &repos {
+        let store = FeatureStore::open(r.path()).unwrap();
+        let history = store
+            .models()
+            .unwrap()
+            .alias_history("fraud", "challenger")
+            .unwrap();
+        let last = history.last().unwrap();
+        assert_eq!(last.to, None, "{history:?}");
+        assert_eq!(last.by, "bank_a");
+        assert!(
+            last.reason.starts_with("automatic rollback: p99 latency"),
+            "{}",
+            last.reason
+        );
+    }
+}

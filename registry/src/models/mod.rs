@@ -282,7 +282,7 @@ impl ModelRegistry {
                     tags: reg.tags.clone(),
                 };
                 write_version_tx((models, versions, tn, to, ti), &record, &mv)?;
-                crate::changes::log_tx(
+                crate::changes::local_log_tx(
                     changes,
                     cmeta,
                     &crate::changes::Change::Version {
@@ -481,7 +481,7 @@ impl ModelRegistry {
                     reason: reason.into(),
                 };
                 write_alias_tx(aliases, log, &key, &event)?;
-                crate::changes::log_tx(
+                crate::changes::local_log_tx(
                     changes,
                     cmeta,
                     &crate::changes::Change::Alias {
@@ -509,7 +509,7 @@ impl ModelRegistry {
         let mv = (&self.versions, &self.changes, &self.change_meta)
             .transaction(|(versions, changes, cmeta)| {
                 let mv = retag_tx(versions, model, version, &tags)?;
-                crate::changes::log_tx(
+                crate::changes::local_log_tx(
                     changes,
                     cmeta,
                     &crate::changes::Change::Tags {

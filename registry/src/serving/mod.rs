@@ -120,7 +120,18 @@ pub struct ModelServer {
     rollbacks: Mutex<Vec<Rollback>>,
     /// Load failures (tampered or unloadable versions refused), for metrics.
     pub refused_loads: AtomicU64,
+    /// Where rollbacks go when this registry follows another (see [`RollbackForward`]).
+    forward: Option<RollbackForward>,
+    /// A challenger version rolled back by a forwarded request, held out of routing
+    /// until the followed registry moves the alias.
+    held_back: Mutex<Option<u64>>,
 }
+
+/// Where a follower sends an automatic rollback: `(model, version, reason)`. A replica
+/// that follows another registry never moves an alias itself (its registry only
+/// replays the primary's log); it stops routing to the challenger at once and asks
+/// the primary to remove the `challenger` alias, which every replica then follows.
+pub type RollbackForward = Arc<dyn Fn(&str, u64, &str) + Send + Sync>;
 
 impl std::fmt::Debug for ModelServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +143,17 @@ impl ModelServer {
     /// Serve `model` from `registry` under `policy`; loads the current aliases.
     /// Fails if the champion cannot be loaded (a challenger that cannot is skipped).
     pub fn new(registry: ModelRegistry, model: &str, policy: RolloutPolicy) -> Result<Arc<Self>> {
+        Self::with_forward(registry, model, policy, None)
+    }
+
+    /// [`new`](Self::new) for a registry that follows another: rollbacks go to
+    /// `forward` instead of moving the alias here.
+    pub fn with_forward(
+        registry: ModelRegistry,
+        model: &str,
+        policy: RolloutPolicy,
+        forward: Option<RollbackForward>,
+    ) -> Result<Arc<Self>> {
         policy.validate()?;
         let server = Arc::new(Self {
             registry,
@@ -145,6 +167,8 @@ impl ModelServer {
             reload_lock: Mutex::new(()),
             rollbacks: Mutex::new(Vec::new()),
             refused_loads: AtomicU64::new(0),
+            forward,
+            held_back: Mutex::new(None),
         });
         server.reload()?;
         Ok(server)
@@ -216,10 +240,25 @@ impl ModelServer {
                 None
             }
         };
+        let held = {
+            let mut held = self.held_back.lock().expect("held-back lock");
+            // The followed registry moved the alias: its decision replaces the hold.
+            if held.is_some()
+                && self
+                    .registry
+                    .alias(&self.model, CHALLENGER)?
+                    .map(|a| a.version)
+                    != *held
+            {
+                *held = None;
+            }
+            *held
+        };
         let challenger = challenger.filter(|c| {
             champion
                 .as_ref()
                 .is_none_or(|ch| ch.version() != c.version())
+                && held != Some(c.version())
         });
         let next = Arc::new(Deployment {
             challenger_percent: if challenger.is_some() && champion.is_some() {
@@ -454,6 +493,34 @@ impl ModelServer {
             })
         }?;
         let version = c.version();
+        if let Some(forward) = &self.forward {
+            {
+                let mut held = self.held_back.lock().expect("held-back lock");
+                if *held == Some(version) {
+                    return None;
+                }
+                *held = Some(version);
+            }
+            tracing::warn!(model = %self.model, version, %reason, "challenger held back; rollback sent to the followed registry");
+            forward(
+                &self.model,
+                version,
+                &format!("automatic rollback: {reason}"),
+            );
+            let rb = Rollback {
+                version,
+                reason,
+                at_ms: crate::store::now_ms(),
+            };
+            self.rollbacks
+                .lock()
+                .expect("rollbacks lock")
+                .push(rb.clone());
+            if let Err(e) = self.reload() {
+                tracing::error!(error = %e, "reload after rollback failed");
+            }
+            return Some(rb);
+        }
         match self.registry.move_alias(
             &self.model,
             CHALLENGER,

@@ -151,6 +151,31 @@ fn a_follower_replays_the_log_into_the_same_registry() {
     let cursor = f.log().cursor().unwrap();
     assert_eq!((cursor.primary, cursor.seq), (Some(log.id().unwrap()), 8));
 
+    // A follower's registry changes only by import: local writes are refused.
+    let mut c = ChangeSet::new();
+    c.upsert("feature_view", "local", json!({}));
+    for refused in [
+        f.store.apply(c).map(|_| ()),
+        f.reg
+            .move_alias("fraud", "champion", Some(1), None, "me", "")
+            .map(|_| ()),
+        f.reg
+            .register(
+                Registration::new("fraud", model(0.1), schema()),
+                "alice",
+                &key,
+            )
+            .map(|_| ()),
+    ] {
+        match refused {
+            Err(Error::Replication(m)) => {
+                assert!(m.contains("make the change on the primary"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(f.log().head().unwrap(), 8);
+
     // Later writes arrive as the next events; nothing is repeated.
     p.reg
         .move_alias(

@@ -188,6 +188,19 @@ enum Command {
         /// Fields left out and models not listed take those defaults (10 % canary).
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// Follow the registry of the `quiver serve` at URL (a replica): its feature
+        /// definitions, model versions and aliases arrive as they change there, and
+        /// this server refuses `apply` and alias moves of its own. Start it on an
+        /// empty repo folder; it verifies every model version against its own trusted
+        /// signers (`quiver registry trust` before serving). The primary's admin token
+        /// comes from --follow-token-file or QUIVER_FOLLOW_TOKEN.
+        /// Example: quiver serve --repo replica1 --follow http://primary:8815 --materialize-every 30s
+        #[arg(long, value_name = "URL")]
+        follow: Option<String>,
+        /// File holding an admin token of the primary (env QUIVER_FOLLOW_TOKEN gives
+        /// the token itself).
+        #[arg(long, requires = "follow")]
+        follow_token_file: Option<PathBuf>,
     },
     /// Build a point-in-time correct training set.
     ///

@@ -89,6 +89,8 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
         audit_log,
         materialize_every,
         policies,
+        follow,
+        follow_token_file,
     } = &cli.command
     else {
         unreachable!("dispatched on serve")
@@ -145,6 +147,25 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
     }
     if let Some(path) = policies {
         config.policies = quiver_featurestore::serve::load_policies(path)?;
+    }
+    if let Some(url) = follow {
+        let token = match follow_token_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| Error::InvalidRequest(format!("--follow-token-file {}: {e}", f.display())))?
+                .trim()
+                .to_owned(),
+            None => std::env::var("QUIVER_FOLLOW_TOKEN").map_err(|_| {
+                Error::InvalidRequest(
+                    "--follow needs an admin token of the primary: --follow-token-file FILE or QUIVER_FOLLOW_TOKEN".into(),
+                )
+            })?,
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!(Error::InvalidRequest(format!(
+                "--follow `{url}`: expected http://HOST:PORT or https://HOST:PORT"
+            )));
+        }
+        config = config.with_follow(url.clone(), token);
     }
     let mut store = open(cli)?;
     if let Some(k) = max_keys {

@@ -8,6 +8,7 @@ use tonic::Status;
 use arrow_flight::Action;
 
 use super::FeatureService;
+use crate::Error;
 use crate::serve::auth::Tenant;
 
 impl FeatureService {
@@ -36,6 +37,66 @@ impl FeatureService {
         serde_json::from_slice(&action.body).map_err(|e| {
             Status::invalid_argument(format!("{} body: {e}; send {shape}", action.r#type))
         })
+    }
+
+    /// The actions that answer a stream: `follow` (the change log, then heartbeats)
+    /// and `blob` (an artifact or UDF module in chunks). Admin only: the log names
+    /// every tenant's views and models. `None` for every other action.
+    pub(in crate::serve) fn streaming_action(
+        &self,
+        tenant: &Tenant,
+        action: &Action,
+    ) -> Result<Option<super::FlightStream<arrow_flight::Result>>, Status> {
+        if !matches!(action.r#type.as_str(), "follow" | "blob") {
+            return Ok(None);
+        }
+        if !tenant.admin {
+            return Err(Status::permission_denied(format!(
+                "tenant `{}` may not run `{}`; replicas follow with an admin token",
+                tenant.name, action.r#type
+            )));
+        }
+        if action.r#type == "follow" {
+            #[derive(Deserialize, Default)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                #[serde(default)]
+                after: u64,
+            }
+            let body: Body = self.body(action, Some(Body::default()), "{\"after\": SEQ}")?;
+            Ok(Some(crate::serve::follow::events(
+                self.shared.clone(),
+                body.after,
+            )?))
+        } else {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                kind: String,
+                sha256: String,
+            }
+            let body: Body = self.body(
+                action,
+                None,
+                "{\"kind\": \"artifact\" | \"udf_module\", \"sha256\": HEX}",
+            )?;
+            Ok(Some(crate::serve::follow::blob(
+                &self.shared,
+                &body.kind,
+                &body.sha256,
+            )?))
+        }
+    }
+
+    /// On a replica that follows a primary, writes of the registry go to the primary.
+    fn not_on_a_follower(&self, action: &str) -> Result<(), Status> {
+        match &self.shared.follow {
+            Some(f) => Err(Status::failed_precondition(format!(
+                "this server follows the registry of {}; send `{action}` there and every replica follows it",
+                f.primary
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub(in crate::serve) async fn action(
@@ -75,7 +136,12 @@ impl FeatureService {
                     ));
                 }
                 let f = self.shared.freshness(body.max_lag_seconds, Some(tenant))?;
-                json(serde_json::to_value(f).unwrap_or_default())
+                let mut answer = serde_json::to_value(f).unwrap_or_default();
+                if let Some(follow) = &self.shared.follow {
+                    let cursor = store.replication()?.cursor().map_err(Error::from)?.seq;
+                    answer["follow"] = follow.report(cursor);
+                }
+                json(answer)
             }
             "list" => {
                 let views: Vec<serde_json::Value> = store
@@ -179,15 +245,18 @@ impl FeatureService {
             }
             "plan" => {
                 admin()?;
+                self.not_on_a_follower("plan")?;
                 json(serde_json::to_value(store.plan().await?).unwrap_or_default())
             }
             "apply" => {
                 admin()?;
+                self.not_on_a_follower("apply")?;
                 let _guard = self.shared.admin.lock().await;
                 json(serde_json::to_value(store.apply().await?).unwrap_or_default())
             }
             "alias" => {
                 admin()?;
+                self.not_on_a_follower("alias")?;
                 #[derive(Deserialize)]
                 #[serde(deny_unknown_fields)]
                 struct Body {
@@ -261,14 +330,14 @@ impl FeatureService {
             }
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action `{other}`; actions: health, list, model-status, explain, plan, apply, materialize, alias"
+                    "unknown action `{other}`; actions: health, list, model-status, explain, plan, apply, materialize, alias, follow, blob"
                 )));
             }
         })
     }
 }
 
-pub(in crate::serve) const ACTIONS: [(&str, &str); 8] = [
+pub(in crate::serve) const ACTIONS: [(&str, &str); 10] = [
     (
         "health",
         "Is the server up, and how fresh is its online store: {\"status\": \"ok\"|\"behind\", \"views\": [...]}; body {\"max_lag_seconds\": N} optional",
@@ -291,5 +360,13 @@ pub(in crate::serve) const ACTIONS: [(&str, &str); 8] = [
     (
         "alias",
         "Move a model's alias (served at once); body {\"model\", \"alias\", \"to\": VERSION|null, \"expect\": VERSION|\"none\", \"reason\"} (admin)",
+    ),
+    (
+        "follow",
+        "Stream the registry's change log after a seq, then heartbeats: what replicas follow; body {\"after\": SEQ} (admin)",
+    ),
+    (
+        "blob",
+        "An artifact or applied UDF module by SHA-256, in chunks; body {\"kind\": \"artifact\"|\"udf_module\", \"sha256\"} (admin)",
     ),
 ];

@@ -7,7 +7,7 @@
 //! | `DoPut` | upload an entity table (`upload` command); answers its id |
 //! | `DoExchange` | `exchange` command: key batches in, online value batches out |
 //! | `ListFlights` | the views the caller may read, with their schemas |
-//! | `DoAction` | `list`, `plan`, `apply`, `materialize`, `health` |
+//! | `DoAction` | `health`, `list`, `model-status`, `explain`, `plan`, `apply`, `materialize`, `alias`; streams: `follow`, `blob` (replicas) |
 //!
 //! Every call needs `authorization: Bearer <token>`; a tenant reads only the views it
 //! owns or that are shared with it.
@@ -48,7 +48,8 @@ use admin::ACTIONS;
 
 mod admin;
 
-type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type FlightStream<T> =
+    Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// State shared by every request.
 pub(crate) struct Shared {
@@ -68,6 +69,10 @@ pub(crate) struct Shared {
     pub(crate) audit: Option<crate::audit::AuditLog>,
     /// Rollout policy per model; others get the default.
     policies: std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>,
+    /// Set when the server stops: long streams (`follow`) end on it.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// Set on a replica that follows another registry.
+    pub(crate) follow: Option<crate::serve::follow::FollowState>,
 }
 
 impl Shared {
@@ -76,10 +81,14 @@ impl Shared {
         metrics: Arc<Metrics>,
         audit: Option<crate::audit::AuditLog>,
         policies: std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        follow: Option<crate::serve::follow::FollowState>,
     ) -> crate::Result<Self> {
         Ok(Self {
             audit,
             policies,
+            stopping,
+            follow,
             online: store.online()?,
             limits: store.limits().clone(),
             store,
@@ -190,7 +199,10 @@ impl FeatureService {
             return Err(Status::not_found(format!("no registered model `{model}`")));
         }
         let policy = self.shared.policies.get(model).cloned().unwrap_or_default();
-        let server = ModelServer::new(registry, model, policy).map_err(Error::from)?;
+        // A follower's rollbacks go to its primary (its registry only replays the log).
+        let forward = self.shared.follow.as_ref().map(|f| f.forward());
+        let server =
+            ModelServer::with_forward(registry, model, policy, forward).map_err(Error::from)?;
         let watch = server.watch();
         models.insert(model.to_owned(), (server.clone(), watch));
         Ok(server)
@@ -710,7 +722,11 @@ impl FlightService for FeatureService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let tenant = tenant(&request)?;
-        let body = self.action(&tenant, request.into_inner()).await?;
+        let action = request.into_inner();
+        if let Some(stream) = self.streaming_action(&tenant, &action)? {
+            return Ok(Response::new(stream));
+        }
+        let body = self.action(&tenant, action).await?;
         Ok(Response::new(
             Box::pin(stream::iter([Ok(arrow_flight::Result { body })])) as Self::DoActionStream,
         ))

@@ -1,0 +1,440 @@
+//! Following one registry (docs/replicas.md): every `quiver serve` can be followed, and
+//! a replica started with [`ServeConfig::with_follow`](super::ServeConfig::with_follow)
+//! replays its primary's change log into its own registry.
+//!
+//! | side | what runs |
+//! |---|---|
+//! | primary | the `follow` action: a server stream of [`FollowMessage`]s, one per event of the registry's change log after the seq asked for, then a heartbeat every second carrying the log's head; the `blob` action: an artifact or UDF module by SHA-256, in chunks (admin tokens only: the log names every tenant's views and models) |
+//! | follower | one task: connect, ask for the events after its cursor, fetch what an event needs (a version's artifact, the UDF modules a view pins), import it ([`quiver_registry::Replication::import`], one transaction with the cursor), materialize after an apply; on any failure keep serving, back off and resume from the cursor |
+//!
+//! A follower never writes its registry otherwise: `apply` and `alias` are refused
+//! there, and an automatic rollback is sent to the primary as an `alias` move (the
+//! challenger is held out of routing here at once).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow_flight::Action;
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_registry::{Event, Replication, Sequenced};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use super::service::Shared;
+use crate::client::Client;
+use crate::{Error, Result};
+
+/// How often the primary sends a heartbeat when nothing changes.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A follower that hears nothing for this long reconnects.
+const SILENCE: Duration = Duration::from_secs(5);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Events read from the log at once on the primary.
+const READ_AHEAD: usize = 16;
+/// Size of one chunk of a `blob` answer.
+const CHUNK: usize = 4 << 20;
+
+/// One message of the `follow` stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct FollowMessage {
+    /// The primary's registry id.
+    registry: String,
+    /// The last seq of the primary's log when the message was sent.
+    head: u64,
+    /// The next event, or none for a heartbeat.
+    #[serde(default)]
+    event: Option<Sequenced>,
+}
+
+/// Which registry a replica follows.
+#[derive(Clone)]
+pub struct FollowConfig {
+    /// The primary's Flight URL (`http://host:port` or `https://`).
+    pub primary: String,
+    /// An admin token of the primary.
+    pub token: String,
+}
+
+impl std::fmt::Debug for FollowConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowConfig")
+            .field("primary", &self.primary)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Refuse to follow with a registry that has a history of its own (its writes would
+/// never be the primary's): a replica starts on an empty folder, or on the folder of
+/// an earlier run that followed.
+pub(crate) fn check_can_follow(store: &crate::FeatureStore) -> Result<()> {
+    let log = store.replication()?;
+    let (cursor, head) = (log.cursor()?, log.head()?);
+    if cursor.primary.is_none() && head > 0 {
+        return Err(Error::InvalidRequest(format!(
+            "{} has a registry of its own ({head} changes): a replica that follows a primary starts on an empty folder",
+            store.root().display()
+        )));
+    }
+    Ok(())
+}
+
+/// What a follower knows of its primary, for `health` and `/metrics`.
+pub(crate) struct FollowState {
+    pub(crate) primary: String,
+    connected: AtomicBool,
+    primary_head: AtomicU64,
+    last_contact_us: AtomicI64,
+    last_error: std::sync::Mutex<Option<String>>,
+    rollbacks: mpsc::UnboundedSender<(String, u64, String)>,
+}
+
+impl FollowState {
+    pub(crate) fn new(primary: String) -> (Self, mpsc::UnboundedReceiver<(String, u64, String)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                primary,
+                connected: AtomicBool::new(false),
+                primary_head: AtomicU64::new(0),
+                last_contact_us: AtomicI64::new(0),
+                last_error: std::sync::Mutex::new(None),
+                rollbacks: tx,
+            },
+            rx,
+        )
+    }
+
+    /// Where the model servers of this replica send a rollback.
+    pub(crate) fn forward(&self) -> quiver_registry::RollbackForward {
+        let tx = self.rollbacks.clone();
+        Arc::new(move |model: &str, version: u64, reason: &str| {
+            let _ = tx.send((model.to_owned(), version, reason.to_owned()));
+        })
+    }
+
+    /// The status the `health` action reports.
+    pub(crate) fn report(&self, cursor: u64) -> serde_json::Value {
+        let head = self.primary_head.load(Ordering::Relaxed);
+        let contact = self.last_contact_us.load(Ordering::Relaxed);
+        serde_json::json!({
+            "primary": self.primary,
+            "connected": self.connected.load(Ordering::Relaxed),
+            "cursor": cursor,
+            "primary_head": head,
+            "events_behind": head.saturating_sub(cursor),
+            "last_contact": (contact > 0).then(|| crate::cli::format_time(contact)),
+            "last_error": self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        })
+    }
+}
+
+/// The primary's side of `follow`: the events after `after`, then heartbeats, until
+/// the follower hangs up or the server stops.
+pub(crate) fn events(
+    shared: Arc<Shared>,
+    after: u64,
+) -> Result<super::service::FlightStream<arrow_flight::Result>> {
+    let log = shared.store.replication()?;
+    let registry = log.id()?;
+    // Subscribe before the first read: a change committed in between still wakes us.
+    let sub = log.watch();
+    let stop = shared.stopping.clone();
+    struct State {
+        log: Replication,
+        registry: String,
+        after: u64,
+        pending: VecDeque<Sequenced>,
+        sub: sled::Subscriber,
+        stop: watch::Receiver<bool>,
+        limit: usize,
+    }
+    let state = State {
+        log,
+        registry,
+        after,
+        pending: VecDeque::new(),
+        sub,
+        stop,
+        limit: shared.limits.max_message_bytes,
+    };
+    Ok(Box::pin(futures::stream::unfold(
+        Some(state),
+        |state| async move {
+            let mut s = state?;
+            loop {
+                if *s.stop.borrow() {
+                    return None;
+                }
+                if let Some(ev) = s.pending.pop_front() {
+                    s.after = ev.seq;
+                    let head = s.log.head().unwrap_or(ev.seq);
+                    let body = serde_json::to_vec(&FollowMessage {
+                        registry: s.registry.clone(),
+                        head,
+                        event: Some(ev),
+                    })
+                    .expect("messages serialise");
+                    if body.len() > s.limit {
+                        let e = Status::resource_exhausted(format!(
+                            "event {} is {} bytes, over the message limit of {}",
+                            s.after,
+                            body.len(),
+                            s.limit
+                        ));
+                        return Some((Err(e), None));
+                    }
+                    return Some((Ok(arrow_flight::Result { body: body.into() }), Some(s)));
+                }
+                match s.log.events_after(s.after, READ_AHEAD) {
+                    Ok(events) if !events.is_empty() => {
+                        s.pending.extend(events);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let status = Status::from(Error::from(e));
+                        return Some((Err(status), None));
+                    }
+                }
+                tokio::select! {
+                    woken = tokio::time::timeout(HEARTBEAT, &mut s.sub) => {
+                        if woken.is_ok() {
+                            continue;
+                        }
+                    }
+                    _ = s.stop.changed() => return None,
+                }
+                let body = serde_json::to_vec(&FollowMessage {
+                    registry: s.registry.clone(),
+                    head: s.log.head().unwrap_or(s.after),
+                    event: None,
+                })
+                .expect("messages serialise");
+                return Some((Ok(arrow_flight::Result { body: body.into() }), Some(s)));
+            }
+        },
+    )))
+}
+
+/// The primary's side of `blob`: the bytes of an artifact or an applied UDF module,
+/// checked against `sha256`, in chunks.
+pub(crate) fn blob(
+    shared: &Shared,
+    kind: &str,
+    sha256: &str,
+) -> Result<super::service::FlightStream<arrow_flight::Result>> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidRequest(format!(
+            "`sha256` must be 64 hex digits, not {sha256:.80?}"
+        )));
+    }
+    let bytes = match kind {
+        "artifact" => shared.store.models()?.artifacts().get(sha256)?,
+        "udf_module" => shared.store.udf_runtime().module_bytes(sha256)?,
+        other => {
+            return Err(Error::InvalidRequest(format!(
+                "`kind` is \"artifact\" or \"udf_module\", not {other:.80?}"
+            )));
+        }
+    };
+    let bytes = Bytes::from(bytes);
+    let chunks: Vec<_> = (0..bytes.len().max(1))
+        .step_by(CHUNK)
+        .map(|start| {
+            Ok(arrow_flight::Result {
+                body: bytes.slice(start..(start + CHUNK).min(bytes.len())),
+            })
+        })
+        .collect();
+    Ok(Box::pin(futures::stream::iter(chunks)))
+}
+
+/// The follower: runs until the server stops.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    config: FollowConfig,
+    mut rollbacks: mpsc::UnboundedReceiver<(String, u64, String)>,
+) {
+    let state = shared
+        .follow
+        .as_ref()
+        .expect("a follower has a follow state");
+    let mut stop = shared.stopping.clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let before = shared
+            .store
+            .replication()
+            .and_then(|l| Ok(l.cursor()?.seq))
+            .unwrap_or(0);
+        let outcome = tokio::select! {
+            r = session(&shared, state, &config, &mut rollbacks) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        state.connected.store(false, Ordering::Relaxed);
+        if let Err(e) = outcome {
+            let message = crate::storage::redact(&e.to_string());
+            shared.metrics.follow_error();
+            tracing::warn!(primary = %config.primary, error = %message, "following the primary failed; serving the last state and retrying");
+            *state.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        }
+        let after = shared
+            .store
+            .replication()
+            .and_then(|l| Ok(l.cursor()?.seq))
+            .unwrap_or(0);
+        // A session that imported something earns a quick retry.
+        backoff = if after > before {
+            Duration::from_millis(100)
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn remote(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Remote {
+        code: "Unavailable".into(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// One connection to the primary: read events and import them until it fails.
+async fn session(
+    shared: &Arc<Shared>,
+    state: &FollowState,
+    config: &FollowConfig,
+    rollbacks: &mut mpsc::UnboundedReceiver<(String, u64, String)>,
+) -> Result<()> {
+    let log = shared.store.replication()?;
+    let mut client = tokio::time::timeout(SILENCE, Client::connect(&config.primary))
+        .await
+        .map_err(|_| remote("connecting to the primary", "no answer within 5 s"))??
+        .with_token(&config.token)?;
+    let after = log.cursor()?.seq;
+    let body = serde_json::json!({ "after": after }).to_string();
+    let mut stream = tokio::time::timeout(
+        SILENCE,
+        client.flight().do_action(Action::new("follow", body)),
+    )
+    .await
+    .map_err(|_| remote("asking the primary to follow", "no answer within 5 s"))??;
+    state.connected.store(true, Ordering::Relaxed);
+    *state.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    tracing::info!(primary = %config.primary, after, "following the primary");
+    loop {
+        tokio::select! {
+            next = tokio::time::timeout(SILENCE, stream.next()) => {
+                let body = match next {
+                    Err(_) => return Err(remote("the primary", "no message for 5 s")),
+                    Ok(None) => return Err(remote("the primary", "it closed the stream")),
+                    Ok(Some(Err(e))) => return Err(e.into()),
+                    Ok(Some(Ok(b))) => b,
+                };
+                let m: FollowMessage = serde_json::from_slice(&body)
+                    .map_err(|e| remote("a message of the primary", e))?;
+                state.primary_head.store(m.head, Ordering::Relaxed);
+                state.last_contact_us.store(super::service::now_us(), Ordering::Relaxed);
+                if let Some(ev) = m.event {
+                    import(shared, &log, &mut client, ev).await?;
+                }
+                shared.metrics.follow_position(log.cursor()?.seq, m.head);
+            }
+            Some((model, version, reason)) = rollbacks.recv() => {
+                let body = serde_json::json!({
+                    "model": model, "alias": quiver_registry::CHALLENGER, "to": null,
+                    "expect": version, "reason": reason,
+                });
+                match client.action("alias", body).await {
+                    Ok(_) => tracing::warn!(%model, version, "rollback sent to the primary"),
+                    // Moved meanwhile: the primary's decision stands and reaches us.
+                    Err(e) => tracing::info!(%model, version, error = %e, "the primary did not take the rollback"),
+                }
+            }
+        }
+    }
+}
+
+/// Fetch a blob from the primary, at most `max` bytes.
+async fn fetch(client: &mut Client, kind: &str, sha256: &str, max: u64) -> Result<Vec<u8>> {
+    let body = serde_json::json!({ "kind": kind, "sha256": sha256 }).to_string();
+    let mut chunks = client.flight().do_action(Action::new("blob", body)).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(SILENCE, chunks.next())
+        .await
+        .map_err(|_| remote("fetching a blob", "no chunk for 5 s"))?
+    {
+        let chunk = chunk?;
+        if (out.len() + chunk.len()) as u64 > max {
+            return Err(Error::InvalidRequest(format!(
+                "the primary's {kind} {sha256} is over the limit of {max} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Import one event: fetch what it needs, then one transaction.
+async fn import(
+    shared: &Arc<Shared>,
+    log: &Replication,
+    client: &mut Client,
+    ev: Sequenced,
+) -> Result<()> {
+    let udfs = shared.store.udf_runtime();
+    if let Event::Apply { definitions, .. } = &ev.event {
+        // Modules first: a definition never names a module that is not stored.
+        for d in definitions {
+            for m in d.definition["udfs"].as_array().into_iter().flatten() {
+                let (Some(path), Some(sha)) = (m["path"].as_str(), m["sha256"].as_str()) else {
+                    continue;
+                };
+                if !udfs.has_module(sha) {
+                    let bytes = fetch(
+                        client,
+                        "udf_module",
+                        sha,
+                        crate::udf::MAX_MODULE_BYTES as u64,
+                    )
+                    .await?;
+                    udfs.import_module(path, sha, &bytes)?;
+                }
+            }
+        }
+    }
+    let artifact = match ev.artifact() {
+        Some(d) => Some(fetch(client, "artifact", d, quiver_registry::MAX_ARTIFACT_BYTES).await?),
+        None => None,
+    };
+    let is_apply = matches!(ev.event, Event::Apply { .. });
+    let seq = ev.seq;
+    {
+        // An apply changes what materialization reads: never during a run.
+        let _guard = if is_apply {
+            Some(shared.admin.lock().await)
+        } else {
+            None
+        };
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.import(&ev, artifact.as_deref()))
+            .await
+            .map_err(|e| Error::io("the import task", std::io::Error::other(e)))??;
+    }
+    tracing::info!(seq, "imported an event of the primary");
+    if is_apply {
+        // Serve the new versions now rather than at the next scheduled run.
+        shared.materialize_scheduled().await;
+    }
+    Ok(())
+}
