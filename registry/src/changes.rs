@@ -1,5 +1,5 @@
 //! The change log: every write of the registry (an apply, a model version, an alias
-//! move, a version's new tags) numbered in commit order, written in the same
+//! move, a version's new tags, a rollout policy) numbered in commit order, written in the same
 //! transaction as the write itself. A follower (a serving replica, docs/replicas.md)
 //! replays it in order into its own registry, so it holds the same definitions at the
 //! same version numbers, the same model versions and the same aliases.
@@ -74,6 +74,11 @@ pub enum Change {
         /// Version.
         version: u64,
     },
+    /// A model's rollout policy set or removed.
+    Policy {
+        /// Model.
+        model: String,
+    },
 }
 
 /// A change with the records a follower needs to repeat it.
@@ -107,6 +112,13 @@ pub enum Event {
         version: u64,
         /// The tags.
         tags: std::collections::BTreeMap<String, String>,
+    },
+    /// A model's rollout policy, as it is now (`None`: removed).
+    Policy {
+        /// Model.
+        model: String,
+        /// The policy.
+        policy: Option<crate::RolloutPolicy>,
     },
 }
 
@@ -202,6 +214,12 @@ pub(crate) fn ensure_log(db: &sled::Db, path: &str) -> Result<()> {
         log.push(Change::Version {
             model: String::from_utf8_lossy(&k[..split]).into_owned(),
             version: read_u64("model_versions", &k[split + 1..])?,
+        });
+    }
+    for item in db.open_tree("rollout_policies").map_err(storage)?.iter() {
+        let (k, _) = item.map_err(storage)?;
+        log.push(Change::Policy {
+            model: String::from_utf8_lossy(&k).into_owned(),
         });
     }
     let mut moves: Vec<AliasEvent> = Vec::new();
@@ -405,6 +423,10 @@ impl Replication {
                     .alias_event(model, alias, *seq)?
                     .ok_or_else(|| missing(format!("alias {model}/{alias} move {seq}")))?,
             },
+            Change::Policy { model } => Event::Policy {
+                model: model.clone(),
+                policy: self.models.policy(model)?,
+            },
             Change::Tags { model, version } => Event::Tags {
                 model: model.clone(),
                 version: *version,
@@ -584,6 +606,25 @@ impl Replication {
                             &Change::Tags {
                                 model: model.clone(),
                                 version: *version,
+                            },
+                        )?;
+                        mark(cmeta)
+                    },
+                )
+            }
+            Event::Policy { model, policy } => {
+                if let Some(p) = policy {
+                    p.validate()?;
+                }
+                let m = &self.models;
+                (&m.policies, &self.changes, &self.meta).transaction(
+                    |(policies, changes, cmeta)| {
+                        crate::models::write_policy_tx(policies, model, policy.as_ref())?;
+                        log_tx(
+                            changes,
+                            cmeta,
+                            &Change::Policy {
+                                model: model.clone(),
                             },
                         )?;
                         mark(cmeta)

@@ -307,6 +307,7 @@ impl MetadataStore {
             signers: tree("signers")?,
             changes: tree("changes")?,
             change_meta: tree("change_meta")?,
+            policies: tree("rollout_policies")?,
             artifacts,
             lineage: self.lineage()?,
         })

@@ -100,7 +100,6 @@ pub struct ServeConfig {
 pub fn load_policies(
     path: &std::path::Path,
 ) -> Result<std::collections::BTreeMap<String, quiver_registry::RolloutPolicy>> {
-    let bad = |m: String| Error::InvalidRequest(format!("{}: {m}", path.display()));
     let map: std::collections::BTreeMap<String, serde_json::Value> =
         quiver_registry::read_json_config(path, 1 << 20).map_err(|e| {
             Error::InvalidRequest(format!(
@@ -108,15 +107,24 @@ pub fn load_policies(
             ))
         })?;
     map.into_iter()
-        .map(|(model, v)| {
-            let p: quiver_registry::RolloutPolicy =
-                quiver_registry::parse_json_config(v.to_string().as_bytes())
-                    .map_err(|e| bad(format!("model `{model}`: {e}")))?;
-            p.validate()
-                .map_err(|e| bad(format!("model `{model}`: {e}")))?;
-            Ok((model, p))
-        })
+        .map(|(model, v)| Ok((model.clone(), load_policies_value(path, &v, &model)?)))
         .collect()
+}
+
+/// One model's policy from a policy file's JSON `value` (the object of its fields,
+/// every field optional), checked; errors name the file and the field.
+pub fn load_policies_value(
+    path: &std::path::Path,
+    value: &serde_json::Value,
+    model: &str,
+) -> Result<quiver_registry::RolloutPolicy> {
+    let bad = |m: String| Error::InvalidRequest(format!("{}: {m}", path.display()));
+    let p: quiver_registry::RolloutPolicy =
+        quiver_registry::parse_json_config(value.to_string().as_bytes())
+            .map_err(|e| bad(format!("model `{model}`: {e}")))?;
+    p.validate()
+        .map_err(|e| bad(format!("model `{model}`: {e}")))?;
+    Ok(p)
 }
 
 impl ServeConfig {

@@ -255,6 +255,52 @@ fn register_promote_trace_verify_and_refuse_tampering() {
             .unwrap()
             .contains("amount_avg_30d")
     );
+
+    // A rollout policy stored in the registry: shown, checked, cleared.
+    let shown = json(&quiver(
+        &repo,
+        &["registry", "policy", "fraud", "--output", "json"],
+    ));
+    assert!(shown["policy"].is_null(), "{shown}");
+    let file = repo.join("policy.json");
+    std::fs::write(&file, r#"{"challenger_percent": 5, "max_p99_ms": 20}"#).unwrap();
+    let set = json(&quiver(
+        &repo,
+        &[
+            "registry",
+            "policy",
+            "fraud",
+            "--set",
+            file.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(set["policy"]["challenger_percent"], 5.0, "{set}");
+    assert_eq!(
+        set["policy"]["max_error_rate"], 0.01,
+        "defaults fill the rest: {set}"
+    );
+    std::fs::write(&file, r#"{"challenger_percnt": 5}"#).unwrap();
+    let refused = fails(&quiver(
+        &repo,
+        &[
+            "registry",
+            "policy",
+            "fraud",
+            "--set",
+            file.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        refused.contains("policy.json") && refused.contains("challenger_percnt"),
+        "{refused}"
+    );
+    let cleared = json(&quiver(
+        &repo,
+        &["registry", "policy", "fraud", "--clear", "--output", "json"],
+    ));
+    assert!(cleared["policy"].is_null(), "{cleared}");
 }
 
 #[test]

@@ -596,22 +596,39 @@ async fn a_rollback_on_a_replica_is_made_by_the_primary_and_followed_by_every_re
     let primary = serve(&primary_repo).await;
     let primary_url = format!("http://{}", primary.addr());
     let repos = replica_folders(2, &key);
-    // Replica 0 sends every entity to the challenger and cannot meet a 1 µs p99.
-    let mut strict = quiver_registry::RolloutPolicy::default();
-    strict.challenger_percent = 100.0;
-    strict.max_p99 = Duration::from_micros(1);
-    strict.min_requests = 5;
-    strict.check_every = 5;
-    let store = FeatureStore::open(repos[0].path()).unwrap();
-    let judged = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
-        .with_materialize_every(EVERY)
-        .with_follow(primary_url.clone(), TOKEN_A)
-        .with_policy("fraud", strict)
-        .spawn(store)
+    let judged = follower(&repos[0], &primary_url).await;
+    let other = follower(&repos[1], &primary_url).await;
+    // The policy is stored in the primary's registry and followed: every entity goes
+    // to the challenger, which cannot meet a 1 µs p99.
+    let mut admin = client(primary.addr(), TOKEN_A).await;
+    admin
+        .action(
+            "policy",
+            serde_json::json!({"model": "fraud", "policy": {"challenger_percent": 100,
+                "max_p99_ms": 0.001, "min_requests": 5, "check_every": 5}}),
+        )
         .await
         .unwrap();
-    let other = follower(&repos[1], &primary_url).await;
-    let mut admin = client(primary.addr(), TOKEN_A).await;
+    let mut b = client(primary.addr(), TOKEN_B).await;
+    assert_eq!(
+        remote_code(
+            b.action(
+                "policy",
+                serde_json::json!({"model": "fraud", "policy": null})
+            )
+            .await
+            .unwrap_err()
+        ),
+        "PermissionDenied"
+    );
+    let bad = admin
+        .action(
+            "policy",
+            serde_json::json!({"model": "fraud", "policy": {"challenger_percent": 140}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("challenger_percent"), "{bad}");
     admin
         .action(
             "alias",
@@ -637,6 +654,7 @@ async fn a_rollback_on_a_replica_is_made_by_the_primary_and_followed_by_every_re
         .await
         .unwrap();
     assert_eq!(status["rollbacks"][0]["version"], 2, "{status}");
+    assert_eq!(status["policy"]["challenger_percent"], 100.0, "{status}");
     eventually(10, "the primary removed the challenger", || async {
         let mut a = client(primary.addr(), TOKEN_A).await;
         let s = a

@@ -91,6 +91,7 @@ pub struct ModelRegistry {
     pub(crate) signers: sled::Tree,
     pub(crate) changes: sled::Tree,
     pub(crate) change_meta: sled::Tree,
+    pub(crate) policies: sled::Tree,
     pub(crate) artifacts: ArtifactStore,
     pub(crate) lineage: Lineage,
 }
@@ -648,6 +649,54 @@ impl ModelRegistry {
         check_model_inputs(&model, &m.input)
     }
 
+    /// The rollout policy stored for `model`, if one was set.
+    pub fn policy(&self, model: &str) -> Result<Option<crate::RolloutPolicy>> {
+        match self
+            .policies
+            .get(model.as_bytes())
+            .map_err(|e| self.storage(e))?
+        {
+            Some(b) => Ok(Some(decode(&format!("policy of {model}"), &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Store `policy` as `model`'s rollout policy (`None`: remove it), checked. Every
+    /// server of the model, and every replica that follows this registry, judges its
+    /// challenger by it from its next reload.
+    pub fn set_policy(&self, model: &str, policy: Option<&crate::RolloutPolicy>) -> Result<()> {
+        check_name("model", model)?;
+        if self.model(model)?.is_none() {
+            return Err(Error::NotFound {
+                what: format!("model `{model}`"),
+            });
+        }
+        if let Some(p) = policy {
+            p.validate()?;
+        }
+        (&self.policies, &self.changes, &self.change_meta)
+            .transaction(|(policies, changes, cmeta)| {
+                write_policy_tx(policies, model, policy)?;
+                crate::changes::local_log_tx(
+                    changes,
+                    cmeta,
+                    &crate::changes::Change::Policy {
+                        model: model.into(),
+                    },
+                )?;
+                Ok(())
+            })
+            .map_err(|e| tx_err(&self.path, e))?;
+        self.db.flush().map_err(|e| self.storage(e))?;
+        tracing::info!(model, set = policy.is_some(), "rollout policy stored");
+        Ok(())
+    }
+
+    /// A subscriber woken when `model`'s rollout policy changes (for hot reload).
+    pub fn watch_policy(&self, model: &str) -> sled::Subscriber {
+        self.policies.watch_prefix(model.as_bytes())
+    }
+
     /// A subscriber woken on every alias move of `model` (for hot reload).
     pub fn watch_aliases(&self, model: &str) -> sled::Subscriber {
         let mut prefix = model.as_bytes().to_vec();
@@ -792,4 +841,24 @@ pub(crate) fn retag_tx(
         serde_json::to_vec(&mv).expect("versions serialise"),
     )?;
     Ok(mv)
+}
+
+/// Store or remove `model`'s rollout policy inside a transaction over `policies`.
+pub(crate) fn write_policy_tx(
+    policies: &TransactionalTree,
+    model: &str,
+    policy: Option<&crate::RolloutPolicy>,
+) -> ConflictableTransactionResult<(), Error> {
+    match policy {
+        Some(p) => {
+            policies.insert(
+                model.as_bytes(),
+                serde_json::to_vec(p).expect("policies serialise"),
+            )?;
+        }
+        None => {
+            policies.remove(model.as_bytes())?;
+        }
+    }
+    Ok(())
 }

@@ -114,7 +114,9 @@ pub fn entity_hash(key: &[u8]) -> u64 {
 pub struct ModelServer {
     registry: ModelRegistry,
     model: String,
-    policy: RolloutPolicy,
+    /// The policy judged by: the registry's for this model, else `fallback`.
+    policy: ArcSwap<RolloutPolicy>,
+    fallback: RolloutPolicy,
     current: ArcSwap<Deployment>,
     reload_lock: Mutex<()>,
     rollbacks: Mutex<Vec<Rollback>>,
@@ -158,7 +160,8 @@ impl ModelServer {
         let server = Arc::new(Self {
             registry,
             model: model.into(),
-            policy,
+            policy: ArcSwap::from_pointee(policy.clone()),
+            fallback: policy,
             current: ArcSwap::from_pointee(Deployment {
                 champion: None,
                 challenger: None,
@@ -206,7 +209,7 @@ impl ModelServer {
                 let drift = LiveDrift::new(
                     &loaded.version.manifest.training_stats,
                     loaded.model.features(),
-                    self.policy.drift_window,
+                    self.policy.load().drift_window,
                 );
                 Ok(Some(Arc::new(Served {
                     alias,
@@ -231,6 +234,19 @@ impl ModelServer {
     /// refused and the previous one keeps serving (an error only when there is none).
     pub fn reload(&self) -> Result<Arc<Deployment>> {
         let _guard = self.reload_lock.lock().expect("reload lock");
+        // The registry's policy for the model wins over the server's configuration.
+        let policy = match self.registry.policy(&self.model) {
+            Ok(Some(p)) => p,
+            Ok(None) => self.fallback.clone(),
+            Err(e) => {
+                tracing::error!(model = %self.model, error = %e, "rollout policy unreadable; keeping the current one");
+                (*self.policy.load_full()).clone()
+            }
+        };
+        if *self.policy.load_full() != policy {
+            tracing::info!(model = %self.model, ?policy, "rollout policy in force");
+            self.policy.store(Arc::new(policy));
+        }
         let cur = self.current.load_full();
         let champion = self.load_as(CHAMPION, cur.champion.as_ref())?;
         let challenger = match self.load_as(CHALLENGER, cur.challenger.as_ref()) {
@@ -262,7 +278,7 @@ impl ModelServer {
         });
         let next = Arc::new(Deployment {
             challenger_percent: if challenger.is_some() && champion.is_some() {
-                self.policy.challenger_percent
+                self.policy.load().challenger_percent
             } else {
                 0.0
             },
@@ -278,12 +294,20 @@ impl ModelServer {
     pub fn watch(self: &Arc<Self>) -> WatchHandle {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut sub = self.registry.watch_aliases(&self.model);
+        let mut policy_sub = self.registry.watch_policy(&self.model);
         let me = Arc::downgrade(self);
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("watch-{}", self.model))
             .spawn(move || {
                 while !stop2.load(Ordering::Relaxed) {
+                    // A policy change: reload (the policy is read there).
+                    if policy_sub.next_timeout(Duration::from_millis(1)).is_ok() {
+                        let Some(server) = me.upgrade() else { return };
+                        if let Err(e) = server.reload() {
+                            tracing::error!(error = %e, "reload after a policy change failed");
+                        }
+                    }
                     // Wake at least every 100 ms to notice the stop flag.
                     match sub.next_timeout(Duration::from_millis(100)) {
                         Ok(_) => {
@@ -383,7 +407,9 @@ impl ModelServer {
         }
         if served.alias == CHALLENGER {
             let n = served.metrics.requests.load(Ordering::Relaxed);
-            if n >= self.policy.min_requests && n.is_multiple_of(self.policy.check_every) {
+            if n >= self.policy.load().min_requests
+                && n.is_multiple_of(self.policy.load().check_every)
+            {
                 self.judge(d);
             }
         }
@@ -449,8 +475,8 @@ impl ModelServer {
         }
         if served.alias == CHALLENGER {
             let after = served.metrics.requests.load(Ordering::Relaxed);
-            let every = self.policy.check_every.max(1);
-            if after >= self.policy.min_requests && after / every > before / every {
+            let every = self.policy.load().check_every.max(1);
+            if after >= self.policy.load().min_requests && after / every > before / every {
                 self.judge(d);
             }
         }
@@ -462,32 +488,32 @@ impl ModelServer {
     pub fn judge(&self, d: &Deployment) -> Option<Rollback> {
         let c = d.challenger.as_ref()?;
         let m = c.metrics.snapshot();
-        if m.requests < self.policy.min_requests {
+        if m.requests < self.policy.load().min_requests {
             return None;
         }
         let error_rate = m.errors as f64 / m.requests as f64;
-        let reason = if error_rate > self.policy.max_error_rate {
+        let reason = if error_rate > self.policy.load().max_error_rate {
             Some(format!(
                 "error rate {:.2}% > {:.2}%",
                 error_rate * 100.0,
-                self.policy.max_error_rate * 100.0
+                self.policy.load().max_error_rate * 100.0
             ))
-        } else if m.p99_us > self.policy.max_p99.as_micros() as u64 {
+        } else if m.p99_us > self.policy.load().max_p99.as_micros() as u64 {
             Some(format!(
                 "p99 latency {} us > {} us",
                 m.p99_us,
-                self.policy.max_p99.as_micros()
+                self.policy.load().max_p99.as_micros()
             ))
         } else {
             d.champion.as_ref().and_then(|ch| {
                 let base = ch.metrics.score_counts();
                 let psi = histogram_psi(&base, &m.score_counts);
-                (base.iter().sum::<u64>() >= self.policy.min_requests
-                    && psi > self.policy.max_score_psi)
+                (base.iter().sum::<u64>() >= self.policy.load().min_requests
+                    && psi > self.policy.load().max_score_psi)
                     .then(|| {
                         format!(
                             "score PSI {psi:.3} against the champion > {}",
-                            self.policy.max_score_psi
+                            self.policy.load().max_score_psi
                         )
                     })
             })
@@ -564,8 +590,8 @@ impl ModelServer {
     }
 
     /// The policy this server judges by.
-    pub fn policy(&self) -> &RolloutPolicy {
-        &self.policy
+    pub fn policy(&self) -> Arc<RolloutPolicy> {
+        self.policy.load_full()
     }
 
     /// Live feature drift of each served version, by `alias@version`, against the
@@ -578,8 +604,10 @@ impl ModelServer {
             .map(|s| {
                 (
                     format!("{}@{}", s.alias, s.version()),
-                    s.drift
-                        .report(self.policy.max_feature_psi, self.policy.min_requests),
+                    s.drift.report(
+                        self.policy.load().max_feature_psi,
+                        self.policy.load().min_requests,
+                    ),
                 )
             })
             .collect()

@@ -177,6 +177,12 @@ fn a_follower_replays_the_log_into_the_same_registry() {
     assert_eq!(f.log().head().unwrap(), 8);
 
     // Later writes arrive as the next events; nothing is repeated.
+    let mut strict = quiver_registry::RolloutPolicy::default();
+    strict.challenger_percent = 50.0;
+    p.reg.set_policy("fraud", Some(&strict)).unwrap();
+    assert_eq!(follow(&log, &f.log()), 1);
+    assert_eq!(f.reg.policy("fraud").unwrap(), Some(strict));
+    p.reg.set_policy("fraud", None).unwrap();
     p.reg
         .move_alias(
             "fraud",
@@ -187,7 +193,8 @@ fn a_follower_replays_the_log_into_the_same_registry() {
             "roll back",
         )
         .unwrap();
-    assert_eq!(follow(&log, &f.log()), 1);
+    assert_eq!(follow(&log, &f.log()), 2);
+    assert_eq!(f.reg.policy("fraud").unwrap(), None);
     assert_eq!(follow(&log, &f.log()), 0);
     assert_eq!(
         f.reg.alias("fraud", "champion").unwrap().unwrap().version,
@@ -197,7 +204,7 @@ fn a_follower_replays_the_log_into_the_same_registry() {
     // A follower can itself be followed: its own log holds the same changes.
     let g = Side::new();
     g.reg.trust("alice", &key.public_key_hex()).unwrap();
-    assert_eq!(follow(&f.log(), &g.log()), 9);
+    assert_eq!(follow(&f.log(), &g.log()), 11);
     assert_eq!(
         g.reg.alias("fraud", "champion").unwrap().unwrap().version,
         1

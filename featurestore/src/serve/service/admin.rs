@@ -297,6 +297,34 @@ impl FeatureService {
                 )?;
                 json(serde_json::to_value(event).unwrap_or_default())
             }
+            "policy" => {
+                admin()?;
+                self.not_on_a_follower("policy")?;
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    model: String,
+                    policy: Option<serde_json::Value>,
+                }
+                let body: Body = self.body(
+                    &action,
+                    None,
+                    "{\"model\": \"fraud\", \"policy\": {\"challenger_percent\": 5, ...} | null}",
+                )?;
+                let policy: Option<quiver_registry::RolloutPolicy> = body
+                    .policy
+                    .map(|v| {
+                        quiver_registry::parse_json_config(v.to_string().as_bytes())
+                            .map_err(|e| Status::invalid_argument(format!("`policy`: {e}")))
+                    })
+                    .transpose()?;
+                let _guard = self.shared.admin.lock().await;
+                store
+                    .models()?
+                    .set_policy(&body.model, policy.as_ref())
+                    .map_err(Error::from)?;
+                json(serde_json::json!({"model": body.model, "policy": policy}))
+            }
             "materialize" => {
                 admin()?;
                 #[derive(Deserialize, Default)]
@@ -330,14 +358,14 @@ impl FeatureService {
             }
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action `{other}`; actions: health, list, model-status, explain, plan, apply, materialize, alias, follow, blob"
+                    "unknown action `{other}`; actions: health, list, model-status, explain, plan, apply, materialize, alias, policy, follow, blob"
                 )));
             }
         })
     }
 }
 
-pub(in crate::serve) const ACTIONS: [(&str, &str); 10] = [
+pub(in crate::serve) const ACTIONS: [(&str, &str); 11] = [
     (
         "health",
         "Is the server up, and how fresh is its online store: {\"status\": \"ok\"|\"behind\", \"views\": [...]}; body {\"max_lag_seconds\": N} optional",
@@ -360,6 +388,10 @@ pub(in crate::serve) const ACTIONS: [(&str, &str); 10] = [
     (
         "alias",
         "Move a model's alias (served at once); body {\"model\", \"alias\", \"to\": VERSION|null, \"expect\": VERSION|\"none\", \"reason\"} (admin)",
+    ),
+    (
+        "policy",
+        "Store a model's rollout policy in the registry (every server and replica judges by it); body {\"model\", \"policy\": {...}|null} (admin)",
     ),
     (
         "follow",

@@ -138,6 +138,35 @@ pub(crate) enum RegistryCommand {
         )]
         token: Option<String>,
     },
+    /// Show, set or clear a model's rollout policy in the registry: canary share,
+    /// rollback thresholds, drift threshold. Every server of the model, and every
+    /// replica that follows this registry, judges its challenger by it; models without
+    /// one take `quiver serve --policies` or the defaults.
+    ///
+    /// Example: quiver registry policy fraud --set policy.json --server http://primary:8815
+    /// (policy.json: {"challenger_percent": 5, "max_p99_ms": 20, "max_error_rate": 0.01})
+    Policy {
+        /// Model name.
+        model: String,
+        /// Store the policy in this JSON file (fields left out take the defaults).
+        #[arg(long, value_name = "FILE")]
+        set: Option<PathBuf>,
+        /// Remove the stored policy.
+        #[arg(long, conflicts_with = "set")]
+        clear: bool,
+        /// Change it on a running `quiver serve` (which holds the registry), with an
+        /// admin token.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Bearer token for --server (an admin tenant's).
+        #[arg(
+            long,
+            env = "QUIVER_TOKEN",
+            hide_env_values = true,
+            requires = "server"
+        )]
+        token: Option<String>,
+    },
     /// Check signatures and artifact digests: one version, or every version of MODEL.
     ///
     /// Example: quiver registry verify fraud
@@ -367,6 +396,56 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
         print_alias_event(&ev, json_out)?;
         return Ok(());
     }
+    if let RegistryCommand::Policy {
+        model,
+        set,
+        clear,
+        server,
+        token,
+    } = cmd
+    {
+        let policy = match set {
+            Some(path) => Some(quiver_featurestore::serve::load_policies_value(
+                path,
+                &quiver_registry::read_json_config::<serde_json::Value>(path, 1 << 20)
+                    .map_err(Error::InvalidRequest)?,
+                model,
+            )?),
+            None => None,
+        };
+        let stored = match server {
+            Some(url) => {
+                let mut client = crate::remote(url, token.as_deref()).await?;
+                if set.is_some() || *clear {
+                    client
+                        .action("policy", json!({"model": model, "policy": policy}))
+                        .await?["policy"]
+                        .clone()
+                } else {
+                    client
+                        .action("model-status", json!({"model": model}))
+                        .await?["policy"]
+                        .clone()
+                }
+            }
+            None => {
+                let reg = open_store(cli)?.models()?;
+                if set.is_some() || *clear {
+                    reg.set_policy(model, policy.as_ref())
+                        .map_err(Error::from)?;
+                }
+                serde_json::to_value(reg.policy(model).map_err(Error::from)?)?
+            }
+        };
+        if json_out {
+            print_json(&json!({"model": model, "policy": stored}))?;
+        } else if stored.is_null() {
+            println!("{model}: no policy stored; servers use --policies or the defaults");
+        } else {
+            println!("{model}: {}", serde_json::to_string_pretty(&stored)?);
+        }
+        return Ok(());
+    }
     let store = open_store(cli)?;
     let reg = store.models()?;
     match cmd {
@@ -580,7 +659,8 @@ pub(crate) async fn run(cli: &Cli, cmd: &RegistryCommand) -> anyhow::Result<()> 
         RegistryCommand::Impact { view } => impact(&store, view, json_out)?,
         RegistryCommand::Audit { .. }
         | RegistryCommand::Status { .. }
-        | RegistryCommand::Alias { .. } => {
+        | RegistryCommand::Alias { .. }
+        | RegistryCommand::Policy { .. } => {
             unreachable!("answered before the registry opens")
         }
         RegistryCommand::Drift {
