@@ -92,6 +92,17 @@ impl Location {
         Ok(self)
     }
 
+    /// The same, with a source's `storage_options` as written (`${ENV_VAR}` resolved
+    /// against this process's environment): how a process that receives a plan opens
+    /// its tables with its own credentials.
+    pub fn with_raw_options<'a>(
+        mut self,
+        written: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> std::result::Result<Self, String> {
+        self.options = Resolved::resolve(storage::family(self.url.scheme()), written)?;
+        Ok(self)
+    }
+
     /// Whether the table is on the local disk.
     pub fn is_local(&self) -> bool {
         self.url.scheme() == "file"
@@ -340,6 +351,33 @@ impl OpenTable {
             .map_err(|e| self.location.err(e))?;
         ctx.register_table(name, provider)?;
         Ok(())
+    }
+
+    /// A scan of only the data files `paths` of this version, projected, planned in
+    /// `state` (whose runtime gets the table's object store).
+    pub async fn scan_files(
+        &self,
+        state: &datafusion::execution::SessionState,
+        paths: Vec<String>,
+        projection: Option<&Vec<usize>>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.table
+            .update_datafusion_session(state)
+            .map_err(|e| self.location.err(e))?;
+        let provider = self
+            .table
+            .table_provider()
+            .with_file_paths(paths)
+            .await
+            .map_err(|e| self.location.err(e))?;
+        Ok(datafusion::catalog::TableProvider::scan(
+            provider.as_ref(),
+            state,
+            projection,
+            &[],
+            None,
+        )
+        .await?)
     }
 
     /// Register the table in `ctx` under `name`.

@@ -199,6 +199,7 @@ pub struct HistoricalFeatures<'a> {
     progress: Option<Arc<ScanProgress>>,
     udfs: Option<crate::udf::UdfRuntime>,
     scope: crate::plan::SourceScope,
+    portable: bool,
 }
 
 impl<'a> HistoricalFeatures<'a> {
@@ -212,7 +213,15 @@ impl<'a> HistoricalFeatures<'a> {
             udfs: None,
             scope: Default::default(),
             progress: None,
+            portable: false,
         }
+    }
+
+    /// Plan the sources' scans so that the physical plan can run in other processes
+    /// ([`crate::plan::portable`]; what a distributed engine needs).
+    pub fn with_portable_scans(mut self, yes: bool) -> Self {
+        self.portable = yes;
+        self
     }
 
     /// Entity rows from a CSV or Parquet file, or a Delta table folder.
@@ -367,7 +376,8 @@ impl<'a> HistoricalFeatures<'a> {
                     .clone()
                     .unwrap_or_else(|| self.store.udf_runtime().clone()),
             )
-            .with_scope(self.scope.clone());
+            .with_scope(self.scope.clone())
+            .with_portable_scans(self.portable);
         let mut uses = Vec::new();
         for (applied, feats) in &views {
             let spec =

@@ -91,6 +91,13 @@ impl PointInTimeExec {
     }
 }
 
+impl PointInTimeExec {
+    /// What the join computes.
+    pub fn spec(&self) -> &PitSpec {
+        &self.spec
+    }
+}
+
 impl DisplayAs for PointInTimeExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(

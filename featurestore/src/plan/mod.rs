@@ -17,9 +17,11 @@ mod exec;
 pub(crate) mod kernel;
 mod keys;
 mod node;
+pub mod portable;
 mod spec;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema, TimeUnit};
 use datafusion::common::{Column, ScalarValue};
@@ -160,6 +162,7 @@ pub struct Compiler {
     reads: Vec<TableRead>,
     udfs: Option<crate::udf::UdfRuntime>,
     scope: SourceScope,
+    portable: bool,
 }
 
 /// What a plan reads of its sources: the Delta version of each (by source name; the
@@ -185,7 +188,15 @@ impl Compiler {
             reads: Vec::new(),
             udfs: None,
             scope: SourceScope::default(),
+            portable: false,
         }
+    }
+
+    /// Scan sources with [`portable::DeltaFilesExec`] instead of delta-rs's own scan,
+    /// so the physical plan can be sent to another process ([`portable::QuiverCodec`]).
+    pub fn with_portable_scans(mut self, yes: bool) -> Self {
+        self.portable = yes;
+        self
     }
 
     /// Read the sources as `scope` says (default: every row at the newest version).
@@ -252,9 +263,21 @@ impl Compiler {
         let scratch = self.scratch();
         for s in &def.sources {
             let table = self.open(s).await?;
-            // The scratch session shares the runtime, so the table's object store is
-            // registered where the final plan runs too.
-            table.register(&scratch, &s.name.value).await?;
+            if self.portable {
+                let options = s
+                    .storage_options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect();
+                scratch.register_table(
+                    s.name.value.as_str(),
+                    Arc::new(portable::PortableDeltaTable::new(&table, options)?),
+                )?;
+            } else {
+                // The scratch session shares the runtime, so the table's object store
+                // is registered where the final plan runs too.
+                table.register(&scratch, &s.name.value).await?;
+            }
             let only = &self.scope.only_key;
             if !only.is_empty()
                 && only

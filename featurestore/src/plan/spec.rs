@@ -7,7 +7,7 @@ use super::kernel::{AggPlan, Input, Mode, SourceLayout, is_integer, is_numeric};
 use crate::spec::{AggFunction, EVENT_TS_SUFFIX, STATUS_SUFFIX};
 
 /// One aggregate feature of a point-in-time join.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub struct AggSpec {
     /// Output column name.
     pub output: String,
@@ -20,7 +20,7 @@ pub struct AggSpec {
 }
 
 /// How values are computed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub enum PitMode {
     /// Values of the newest row as of `t`: `(output name, source column)`.
     AsOf(Vec<(String, String)>),
@@ -29,7 +29,7 @@ pub enum PitMode {
 }
 
 /// A point-in-time join of an entity table (keys + time) with a source.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub struct PitSpec {
     /// View name: prefixes the status and event-time columns.
     pub view: String,

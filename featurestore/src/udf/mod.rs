@@ -32,7 +32,7 @@
 
 mod host;
 mod meta;
-mod scalar;
+pub(crate) mod scalar;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

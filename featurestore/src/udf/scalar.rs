@@ -211,3 +211,74 @@ impl ScalarUDFImpl for WasmUdf {
         }
     }
 }
+
+/// A WebAssembly UDF as a plan carries it to another process: the module itself (a
+/// view's modules are bounded by `MAX_MODULE_BYTES`), the function and the budget.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PortableUdf {
+    path: String,
+    sha256: String,
+    module_hex: String,
+    function: String,
+    deadline_ms: Option<u64>,
+    fuel: Option<u64>,
+}
+
+/// `udf` as bytes another process can rebuild it from (`None`: not a WebAssembly UDF).
+pub(crate) fn encode_portable(udf: &ScalarUDF) -> Option<Vec<u8>> {
+    let w = udf.inner().downcast_ref::<WasmUdf>()?;
+    let (deadline_ms, fuel) = match w.budget {
+        Budget::Deadline(d) => (Some(d.as_millis() as u64), None),
+        Budget::Fuel(f) => (None, Some(f)),
+    };
+    serde_json::to_vec(&PortableUdf {
+        path: w.module.path.clone(),
+        sha256: w.module.sha256.clone(),
+        module_hex: hex::encode(w.module.bytes()),
+        function: w.function.name.clone(),
+        deadline_ms,
+        fuel,
+    })
+    .ok()
+}
+
+/// Rebuild a UDF from [`encode_portable`]'s bytes in this process: the module is loaded
+/// (and checked: hash, ABI, limits) by the process's shared host. Its memory is held
+/// against an unbounded pool: the receiving side has no query context here.
+pub(crate) fn decode_portable(name: &str, buf: &[u8]) -> Result<ScalarUDF> {
+    let bad = |m: String| {
+        datafusion::error::DataFusionError::Execution(format!("UDF `{name}` received: {m}"))
+    };
+    let p: PortableUdf = serde_json::from_slice(buf).map_err(|e| bad(e.to_string()))?;
+    let bytes = hex::decode(&p.module_hex).map_err(|e| bad(e.to_string()))?;
+    if bytes.len() > super::MAX_MODULE_BYTES {
+        return Err(bad(format!(
+            "the module is over {} bytes",
+            super::MAX_MODULE_BYTES
+        )));
+    }
+    let host = UdfHost::shared();
+    let module = host.load(&p.path, &bytes).map_err(bad)?;
+    if module.sha256 != p.sha256 {
+        return Err(bad(format!("the module does not hash to {}", p.sha256)));
+    }
+    let function = module.function(&p.function).cloned().ok_or_else(|| {
+        bad(format!(
+            "module {} has no function `{}`",
+            p.path, p.function
+        ))
+    })?;
+    let budget = match (p.deadline_ms, p.fuel) {
+        (_, Some(f)) => Budget::Fuel(f),
+        (Some(ms), None) => Budget::Deadline(std::time::Duration::from_millis(ms)),
+        (None, None) => Budget::Deadline(host.config().deadline),
+    };
+    Ok(WasmUdf::udf(
+        host,
+        module,
+        function,
+        budget,
+        Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default()),
+        None,
+    ))
+}

@@ -19,6 +19,7 @@ mod online;
 mod parity;
 /// Property tests of the point-in-time operator against a naive reference.
 mod pit_props;
+mod portable;
 /// pyarrow's Flight client against `quiver serve`.
 mod pyarrow;
 /// Replicas over one table: scheduled materialization, freshness, restarts.

@@ -377,7 +377,9 @@ fn join_once(source: RecordBatch, entity: RecordBatch, spec: PitSpec) -> RecordB
 }
 
 /// Run a point-in-time join of `spec` through DataFusion over in-memory source
-/// partitions and an entity batch.
+/// partitions and an entity batch. Every case also runs the physical plan after a
+/// round trip through quiver's codec in a fresh session (as a distributed engine's
+/// executor would), and must give the same rows.
 fn join(parts: Vec<Vec<RecordBatch>>, entity: RecordBatch, spec: PitSpec) -> RecordBatch {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -396,8 +398,29 @@ fn join(parts: Vec<Vec<RecordBatch>>, entity: RecordBatch, spec: PitSpec) -> Rec
             .into_plan();
         let df = ctx.execute_logical_plan(node).await.unwrap();
         let schema = Arc::new(df.schema().as_arrow().clone());
+        let physical = df.clone().create_physical_plan().await.unwrap();
         let batches = df.collect().await.unwrap();
-        concat_batches(&schema, &batches).unwrap()
+        let local = concat_batches(&schema, &batches).unwrap();
+        let codec = quiver_featurestore::plan::portable::QuiverCodec;
+        let bytes =
+            datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(physical, &codec)
+                .unwrap();
+        let elsewhere = datafusion::prelude::SessionContext::new();
+        let decoded = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+            &bytes,
+            &elsewhere.task_ctx(),
+            &codec,
+        )
+        .unwrap();
+        let remote = datafusion::physical_plan::collect(decoded, elsewhere.task_ctx())
+            .await
+            .unwrap();
+        assert_eq!(
+            concat_batches(&schema, &remote).unwrap(),
+            local,
+            "the decoded plan gives the local rows"
+        );
+        local
     })
 }
 

@@ -1,0 +1,386 @@
+//! Plans another process can run (docs/scale-out.md): a Delta scan that travels as the
+//! table's URL, version and data files, and the codec that carries it and
+//! [`PointInTimeExec`] through DataFusion's physical plan protobuf (what a distributed
+//! engine such as Ballista sends from its scheduler to its executors).
+//!
+//! delta-rs's own scan node holds the table's kernel state and cannot be serialised, so
+//! a compiler asked for portable scans ([`super::Compiler::with_portable_scans`])
+//! registers each source as a [`PortableDeltaTable`]: its scans are
+//! [`DeltaFilesExec`]s, one partition per group of data files. The process that runs a
+//! partition opens the table at the same version itself, with its own credentials
+//! (storage options travel as written, `${ENV_VAR}` references and all, never
+//! resolved secrets), and scans exactly those files through delta-rs (deletion
+//! vectors, column mapping and partition values included). Filters are not pushed into
+//! the scan: DataFusion applies them above it, in plain serialisable nodes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::datasource::TableType;
+use datafusion::execution::TaskContext;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, SendableRecordBatchStream,
+};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::exec::PointInTimeExec;
+use super::spec::PitSpec;
+use crate::delta::{self, Location};
+
+/// Which table a portable scan reads: enough for another process to open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRef {
+    /// The table's URL.
+    pub url: String,
+    /// Its `storage_options` as written in the source (`${ENV_VAR}` for secrets),
+    /// resolved against the environment of the process that opens it.
+    pub options: Vec<(String, String)>,
+    /// The Delta version read.
+    pub version: i64,
+}
+
+impl TableRef {
+    fn location(&self) -> DfResult<Location> {
+        let url = url::Url::parse(&self.url).map_err(|e| {
+            DataFusionError::Execution(format!("portable scan of `{}`: {e}", self.url))
+        })?;
+        Location::from_url(url)
+            .with_raw_options(self.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| DataFusionError::Execution(format!("table {}: {e}", self.url)))
+    }
+}
+
+/// A Delta table at one version whose scans can run in another process: see the
+/// module docs.
+#[derive(Debug)]
+pub struct PortableDeltaTable {
+    table: TableRef,
+    schema: SchemaRef,
+    files: Vec<String>,
+}
+
+impl PortableDeltaTable {
+    /// `open` (a table at a fixed version), read from its `storage_options` as written.
+    pub fn new(open: &delta::OpenTable, options: Vec<(String, String)>) -> crate::Result<Self> {
+        Ok(Self {
+            table: TableRef {
+                url: open.location.url.to_string(),
+                options,
+                version: open.version,
+            },
+            schema: open.schema.clone(),
+            files: open.file_ids()?.into_iter().map(|(_, path)| path).collect(),
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for PortableDeltaTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let n = state
+            .config()
+            .target_partitions()
+            .clamp(1, self.files.len().max(1));
+        let mut groups = vec![Vec::new(); n];
+        for (i, f) in self.files.iter().enumerate() {
+            groups[i % n].push(f.clone());
+        }
+        Ok(Arc::new(DeltaFilesExec::try_new(
+            self.table.clone(),
+            self.schema.clone(),
+            groups,
+            projection.cloned(),
+        )?))
+    }
+}
+
+/// Scan of the data files of a Delta table version, one partition per group of files;
+/// see the module docs.
+#[derive(Debug)]
+pub struct DeltaFilesExec {
+    table: TableRef,
+    table_schema: SchemaRef,
+    groups: Vec<Vec<String>>,
+    projection: Option<Vec<usize>>,
+    props: Arc<PlanProperties>,
+}
+
+impl DeltaFilesExec {
+    /// Scan `groups` of data files of `table` (whose schema is `table_schema`),
+    /// projected to `projection`.
+    pub fn try_new(
+        table: TableRef,
+        table_schema: SchemaRef,
+        groups: Vec<Vec<String>>,
+        projection: Option<Vec<usize>>,
+    ) -> DfResult<Self> {
+        let schema = match &projection {
+            Some(p) => Arc::new(table_schema.project(p)?),
+            None => table_schema.clone(),
+        };
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(groups.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            table,
+            table_schema,
+            groups,
+            projection,
+            props,
+        })
+    }
+}
+
+impl DisplayAs for DeltaFilesExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "DeltaFilesExec: table={} version={} files={} partitions={}",
+            delta::display_url(&url::Url::parse(&self.table.url).map_err(|_| fmt::Error)?),
+            self.table.version,
+            self.groups.iter().map(Vec::len).sum::<usize>(),
+            self.groups.len()
+        )
+    }
+}
+
+impl ExecutionPlan for DeltaFilesExec {
+    fn name(&self) -> &str {
+        "DeltaFilesExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("DeltaFilesExec is a leaf".into()))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let schema = self.props.eq_properties.schema().clone();
+        let files = self.groups.get(partition).cloned().unwrap_or_default();
+        if files.is_empty() {
+            // delta-rs reads every file when given none: an empty group reads nothing.
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::empty(),
+            )));
+        }
+        let (table, projection, out) =
+            (self.table.clone(), self.projection.clone(), schema.clone());
+        let stream = futures::stream::once(async move {
+            let open = delta::open(table.location()?, Some(table.version))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let state = SessionStateBuilder::new()
+                .with_config(ctx.session_config().clone())
+                .with_runtime_env(ctx.runtime_env())
+                .with_default_features()
+                .build();
+            let plan = open
+                .scan_files(&state, files, projection.as_ref())
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > 1 {
+                Arc::new(CoalescePartitionsExec::new(plan))
+            } else {
+                plan
+            };
+            if plan.schema().fields() != out.fields() {
+                return Err(DataFusionError::Execution(format!(
+                    "table {} at version {} no longer has the schema it was planned with",
+                    table.url, table.version
+                )));
+            }
+            plan.execute(0, ctx)
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.boxed(),
+        )))
+    }
+}
+
+/// What the codec writes for each node it owns.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "node", rename_all = "snake_case")]
+enum Wire {
+    PointInTime {
+        spec: PitSpec,
+    },
+    DeltaFiles {
+        table: TableRef,
+        /// The table's schema, as an Arrow IPC stream with no batches, hex.
+        schema: String,
+        groups: Vec<Vec<String>>,
+        projection: Option<Vec<usize>>,
+    },
+}
+
+fn schema_to_hex(schema: &Schema) -> DfResult<String> {
+    let mut buf = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, schema)?;
+    w.finish()?;
+    drop(w);
+    Ok(hex::encode(buf))
+}
+
+fn schema_from_hex(text: &str) -> DfResult<SchemaRef> {
+    let bytes = hex::decode(text)
+        .map_err(|e| DataFusionError::Internal(format!("portable scan schema: {e}")))?;
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    Ok(reader.schema())
+}
+
+/// The physical extension codec of quiver's nodes: [`PointInTimeExec`] and
+/// [`DeltaFilesExec`]. Give it to both sides of a plan's journey (a distributed
+/// engine's scheduler and executors).
+#[derive(Debug, Default)]
+pub struct QuiverCodec;
+
+impl PhysicalExtensionCodec for QuiverCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let wire: Wire = serde_json::from_slice(buf)
+            .map_err(|e| DataFusionError::Internal(format!("quiver plan node: {e}")))?;
+        Ok(match wire {
+            Wire::PointInTime { spec } => {
+                let [entity, source] = inputs else {
+                    return Err(DataFusionError::Internal(format!(
+                        "PointInTimeExec takes 2 inputs, not {}",
+                        inputs.len()
+                    )));
+                };
+                Arc::new(PointInTimeExec::try_new(
+                    entity.clone(),
+                    source.clone(),
+                    spec,
+                )?)
+            }
+            Wire::DeltaFiles {
+                table,
+                schema,
+                groups,
+                projection,
+            } => Arc::new(DeltaFilesExec::try_new(
+                table,
+                schema_from_hex(&schema)?,
+                groups,
+                projection,
+            )?),
+        })
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let wire = if let Some(pit) = node.downcast_ref::<PointInTimeExec>() {
+            Wire::PointInTime {
+                spec: pit.spec().clone(),
+            }
+        } else if let Some(scan) = node.downcast_ref::<DeltaFilesExec>() {
+            Wire::DeltaFiles {
+                table: scan.table.clone(),
+                schema: schema_to_hex(&scan.table_schema)?,
+                groups: scan.groups.clone(),
+                projection: scan.projection.clone(),
+            }
+        } else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{} cannot travel to another process (quiver plans portable only with portable scans)",
+                node.name()
+            )));
+        };
+        serde_json::to_writer(buf, &wire)
+            .map_err(|e| DataFusionError::Internal(format!("quiver plan node: {e}")))
+    }
+
+    fn try_encode_udf(
+        &self,
+        node: &datafusion::logical_expr::ScalarUDF,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        // WebAssembly UDFs travel with their module; built-in functions by name.
+        if let Some(bytes) = crate::udf::scalar::encode_portable(node) {
+            buf.extend_from_slice(&bytes);
+        }
+        Ok(())
+    }
+
+    fn try_decode_udf(
+        &self,
+        name: &str,
+        buf: &[u8],
+    ) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
+        if buf.is_empty() {
+            return Err(DataFusionError::NotImplemented(format!(
+                "function `{name}` is not known here"
+            )));
+        }
+        Ok(Arc::new(crate::udf::scalar::decode_portable(name, buf)?))
+    }
+}
