@@ -1,9 +1,13 @@
 //! Offline retrieval: point-in-time training sets from Delta tables.
 
+mod engine;
 mod entities;
 mod retrieve;
 mod write;
 
+pub use engine::Engine;
+#[cfg(feature = "ballista")]
+pub use engine::ballista_codecs;
 pub use entities::EntityInput;
 pub use retrieve::{
     FeatureRef, HistoricalFeatures, Lineage, PreparedTrainingSet, TrainingSet, ViewUse,

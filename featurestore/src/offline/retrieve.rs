@@ -200,6 +200,7 @@ pub struct HistoricalFeatures<'a> {
     udfs: Option<crate::udf::UdfRuntime>,
     scope: crate::plan::SourceScope,
     portable: bool,
+    engine: super::Engine,
 }
 
 impl<'a> HistoricalFeatures<'a> {
@@ -214,7 +215,16 @@ impl<'a> HistoricalFeatures<'a> {
             scope: Default::default(),
             progress: None,
             portable: false,
+            engine: super::Engine::Local,
         }
+    }
+
+    /// Compute on `engine` (default: this process). A Ballista engine plans the
+    /// sources' scans portable and sends the plan to its scheduler; the rows are the
+    /// local engine's, row for row.
+    pub fn with_engine(mut self, engine: super::Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Plan the sources' scans so that the physical plan can run in other processes
@@ -365,8 +375,11 @@ impl<'a> HistoricalFeatures<'a> {
         if let Some(p) = &self.progress {
             config = config.with_extension(p.clone());
         }
-        let ctx = plan::session_with_config(config);
-        let batches = entities::read(&ctx, input, self.store.limits().max_entity_rows).await?;
+        // Entities are read here, whatever the engine: they travel inside the plan.
+        let local = plan::session_with_config(config.clone());
+        let batches = entities::read(&local, input, self.store.limits().max_entity_rows).await?;
+        let ctx = self.engine.session(config).await?;
+        let portable = self.portable || self.engine != super::Engine::Local;
         let (batch, max_t) = prepare_entities(batches, &self.timestamp_column, &views)?;
         let entity_rows = batch.num_rows();
         let mut plan = ctx.read_batch(batch)?.into_unoptimized_plan();
@@ -377,7 +390,7 @@ impl<'a> HistoricalFeatures<'a> {
                     .unwrap_or_else(|| self.store.udf_runtime().clone()),
             )
             .with_scope(self.scope.clone())
-            .with_portable_scans(self.portable);
+            .with_portable_scans(portable);
         let mut uses = Vec::new();
         for (applied, feats) in &views {
             let spec =

@@ -164,6 +164,14 @@ impl ExecutionPlan for PointInTimeExec {
         Some(self.metrics.clone_inner())
     }
 
+    /// Every source row of a key must reach the one task that joins it: both inputs
+    /// as one partition. DataFusion merges partitioned inputs in this process; a
+    /// distributed engine makes the merge a stage boundary, so the join never runs
+    /// on a share of the rows it needs.
+    fn required_input_distribution(&self) -> Vec<datafusion::physical_plan::Distribution> {
+        vec![datafusion::physical_plan::Distribution::SinglePartition; 2]
+    }
+
     fn execute(
         &self,
         partition: usize,

@@ -384,3 +384,177 @@ impl PhysicalExtensionCodec for QuiverCodec {
         Ok(Arc::new(crate::udf::scalar::decode_portable(name, buf)?))
     }
 }
+
+/// What the logical codec writes for each table it carries.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum TableWire {
+    Delta {
+        table: TableRef,
+        /// Arrow IPC stream with no batches, hex.
+        schema: String,
+        files: Vec<String>,
+    },
+    /// An in-memory table (the entity rows of a training set): Arrow IPC, hex, one
+    /// stream per partition.
+    Memory { partitions: Vec<String> },
+}
+
+fn batches_to_hex(schema: &SchemaRef, batches: &[arrow::array::RecordBatch]) -> DfResult<String> {
+    let mut buf = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, schema)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    drop(w);
+    Ok(hex::encode(buf))
+}
+
+fn batches_from_hex(text: &str) -> DfResult<Vec<arrow::array::RecordBatch>> {
+    let bytes = hex::decode(text)
+        .map_err(|e| DataFusionError::Internal(format!("portable memory table: {e}")))?;
+    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?
+        .map(|b| b.map_err(DataFusionError::from))
+        .collect()
+}
+
+/// The logical extension codec of quiver's plans: the point-in-time join node, the
+/// portable Delta tables, in-memory entity tables and WebAssembly UDFs. What a
+/// distributed engine's client sends its scheduler (Ballista plans there).
+#[derive(Debug, Default)]
+pub struct QuiverLogicalCodec;
+
+impl datafusion_proto::logical_plan::LogicalExtensionCodec for QuiverLogicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[datafusion::logical_expr::LogicalPlan],
+        _ctx: &TaskContext,
+    ) -> DfResult<datafusion::logical_expr::Extension> {
+        let wire: Wire = serde_json::from_slice(buf)
+            .map_err(|e| DataFusionError::Internal(format!("quiver plan node: {e}")))?;
+        let Wire::PointInTime { spec } = wire else {
+            return Err(DataFusionError::Internal(
+                "not a logical quiver node".into(),
+            ));
+        };
+        let [entity, source] = inputs else {
+            return Err(DataFusionError::Internal(format!(
+                "PointInTimeJoin takes 2 inputs, not {}",
+                inputs.len()
+            )));
+        };
+        Ok(datafusion::logical_expr::Extension {
+            node: Arc::new(super::PointInTimeNode::try_new(
+                entity.clone(),
+                source.clone(),
+                spec,
+            )?),
+        })
+    }
+
+    fn try_encode(
+        &self,
+        node: &datafusion::logical_expr::Extension,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        let Some(pit) = node.node.as_any().downcast_ref::<super::PointInTimeNode>() else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{} cannot travel to another process",
+                node.node.name()
+            )));
+        };
+        serde_json::to_writer(
+            buf,
+            &Wire::PointInTime {
+                spec: pit.spec().clone(),
+            },
+        )
+        .map_err(|e| DataFusionError::Internal(format!("quiver plan node: {e}")))
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        _table_ref: &datafusion::common::TableReference,
+        schema: SchemaRef,
+        _ctx: &TaskContext,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let wire: TableWire = serde_json::from_slice(buf)
+            .map_err(|e| DataFusionError::Internal(format!("quiver table: {e}")))?;
+        Ok(match wire {
+            TableWire::Delta {
+                table,
+                schema,
+                files,
+            } => Arc::new(PortableDeltaTable {
+                table,
+                schema: schema_from_hex(&schema)?,
+                files,
+            }),
+            TableWire::Memory { partitions } => {
+                let parts = partitions
+                    .iter()
+                    .map(|p| batches_from_hex(p))
+                    .collect::<DfResult<Vec<_>>>()?;
+                Arc::new(datafusion::datasource::MemTable::try_new(schema, parts)?)
+            }
+        })
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &datafusion::common::TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        let wire = if let Some(t) = node.downcast_ref::<PortableDeltaTable>() {
+            TableWire::Delta {
+                table: t.table.clone(),
+                schema: schema_to_hex(&t.schema)?,
+                files: t.files.clone(),
+            }
+        } else if let Some(m) = node.downcast_ref::<datafusion::datasource::MemTable>() {
+            let schema = m.schema();
+            let mut partitions = Vec::new();
+            for p in &m.batches {
+                let batches = p.try_read().map_err(|_| {
+                    DataFusionError::Internal("an in-memory table is being written".into())
+                })?;
+                partitions.push(batches_to_hex(&schema, &batches)?);
+            }
+            TableWire::Memory { partitions }
+        } else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "table `{table_ref}` cannot travel to another process (plan with portable scans)"
+            )));
+        };
+        serde_json::to_writer(buf, &wire)
+            .map_err(|e| DataFusionError::Internal(format!("quiver table: {e}")))
+    }
+
+    fn try_encode_udf(
+        &self,
+        node: &datafusion::logical_expr::ScalarUDF,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        if let Some(bytes) = crate::udf::scalar::encode_portable(node) {
+            buf.extend_from_slice(&bytes);
+        }
+        Ok(())
+    }
+
+    fn try_decode_udf(
+        &self,
+        name: &str,
+        buf: &[u8],
+    ) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
+        if buf.is_empty() {
+            return Err(DataFusionError::NotImplemented(format!(
+                "function `{name}` is not known here"
+            )));
+        }
+        Ok(Arc::new(crate::udf::scalar::decode_portable(name, buf)?))
+    }
+}

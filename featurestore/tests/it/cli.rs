@@ -157,6 +157,23 @@ fn user_errors_exit_1_with_located_messages() {
     assert!(err.contains("QUIVER_FOLLOW_TOKEN"), "{err}");
     let err = serve_follow("ftp://127.0.0.1:1", Some("t0123456789abcdef"));
     assert!(err.contains("expected http://HOST:PORT"), "{err}");
+    // An engine is `local` or a Ballista scheduler.
+    let out = quiver(
+        repo,
+        &[
+            "history",
+            "--entities",
+            "e.csv",
+            "--features",
+            "x",
+            "--out",
+            "o.parquet",
+            "--engine",
+            "spark://h:1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ballista://HOST:PORT"));
 }
 
 #[test]

@@ -19,10 +19,12 @@ pub(crate) async fn history(cli: &Cli) -> anyhow::Result<()> {
         full_names,
         timestamp_column,
         overwrite,
+        engine,
     } = &cli.command
     else {
         unreachable!("dispatched on history")
     };
+    let engine = quiver_featurestore::offline::Engine::parse(engine)?;
     let store = open(cli)?;
     let refs = parse_feature_refs(&features.join(","))?;
     let format = match format {
@@ -44,9 +46,12 @@ pub(crate) async fn history(cli: &Cli) -> anyhow::Result<()> {
         .with_feature_refs(refs)
         .with_full_feature_names(*full_names)
         .with_timestamp_column(timestamp_column)
-        .with_progress(progress.clone());
+        .with_progress(progress.clone())
+        .with_engine(engine.clone());
     // The bar's total opens every source table once more: only when a bar is drawn.
-    let total: u64 = if !crate::progress_visible(cli.output) {
+    let total: u64 = if !crate::progress_visible(cli.output)
+        || engine != quiver_featurestore::offline::Engine::Local
+    {
         0
     } else {
         let views = builder.resolve_views()?;

@@ -228,6 +228,16 @@ enum Command {
         /// Time column of the entity table.
         #[arg(long, default_value = "event_timestamp")]
         timestamp_column: String,
+        /// Where to compute: `local` (this process, the default) or
+        /// `ballista://HOST:PORT`, an Apache DataFusion Ballista scheduler running
+        /// quiver's binaries (docs/scale-out.md); the rows are the same either way.
+        #[arg(
+            long,
+            env = "QUIVER_ENGINE",
+            default_value = "local",
+            value_name = "ENGINE"
+        )]
+        engine: String,
         /// Replace --out if it exists.
         #[arg(long)]
         overwrite: bool,

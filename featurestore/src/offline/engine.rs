@@ -1,0 +1,258 @@
+//! Where a training set is computed: this process (DataFusion, the default) or an
+//! Apache DataFusion Ballista cluster (docs/scale-out.md).
+
+use crate::{Error, Result};
+
+/// A compute engine for training sets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// DataFusion in this process.
+    #[default]
+    Local,
+    /// A Ballista scheduler at `host:port`, whose executors run quiver's plan nodes
+    /// (the `quiver-ballista-scheduler` and `quiver-ballista-executor` binaries).
+    Ballista {
+        /// Host and port of the scheduler.
+        scheduler: String,
+    },
+}
+
+impl Engine {
+    /// `local`, or `ballista://HOST:PORT`.
+    ///
+    /// ```
+    /// use quiver_featurestore::offline::Engine;
+    /// assert_eq!(Engine::parse("local").unwrap(), Engine::Local);
+    /// assert_eq!(
+    ///     Engine::parse("ballista://10.0.0.5:50050").unwrap(),
+    ///     Engine::Ballista { scheduler: "10.0.0.5:50050".into() }
+    /// );
+    /// assert!(Engine::parse("spark://x:1").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self> {
+        if text == "local" {
+            return Ok(Engine::Local);
+        }
+        let bad = || {
+            Error::InvalidRequest(format!(
+                "engine `{text}`: expected `local` or `ballista://HOST:PORT`"
+            ))
+        };
+        let rest = text.strip_prefix("ballista://").ok_or_else(bad)?;
+        let url = url::Url::parse(&format!("http://{rest}")).map_err(|_| bad())?;
+        match (url.host_str(), url.port(), url.path()) {
+            (Some(h), Some(p), "/" | "") if !h.is_empty() => Ok(Engine::Ballista {
+                scheduler: format!("{h}:{p}"),
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// A session whose queries run on this engine, with `config`.
+    pub(crate) async fn session(
+        &self,
+        config: datafusion::prelude::SessionConfig,
+    ) -> Result<datafusion::prelude::SessionContext> {
+        match self {
+            Engine::Local => Ok(crate::plan::session_with_config(config)),
+            #[cfg(feature = "ballista")]
+            Engine::Ballista { scheduler } => {
+                use ballista::prelude::{SessionConfigExt, SessionContextExt};
+                use datafusion::execution::session_state::SessionStateBuilder;
+                use std::sync::Arc;
+                let config = config
+                    .upgrade_for_ballista()
+                    .with_ballista_logical_extension_codec(Arc::new(
+                        ballista_codecs::Logical::default(),
+                    ))
+                    .with_ballista_physical_extension_codec(Arc::new(
+                        ballista_codecs::Physical::default(),
+                    ));
+                let state = SessionStateBuilder::new()
+                    .with_config(config)
+                    .with_default_features()
+                    .build();
+                Ok(datafusion::prelude::SessionContext::remote_with_state(
+                    &format!("df://{scheduler}"),
+                    state,
+                )
+                .await?)
+            }
+            #[cfg(not(feature = "ballista"))]
+            Engine::Ballista { .. } => Err(Error::InvalidRequest(
+                "this build of quiver has no Ballista client; build it with the cargo feature `ballista`".into(),
+            )),
+        }
+    }
+}
+
+/// quiver's codecs composed with Ballista's: quiver's nodes, tables and UDFs first
+/// (their bytes marked), everything else (shuffle readers and writers, file formats)
+/// Ballista's. Client, scheduler and executors must all use these.
+#[cfg(feature = "ballista")]
+pub mod ballista_codecs {
+    use std::sync::Arc;
+
+    use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+    use datafusion::catalog::TableProvider;
+    use datafusion::common::{DataFusionError, Result, TableReference};
+    use datafusion::execution::TaskContext;
+    use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion_proto::logical_plan::LogicalExtensionCodec;
+    use datafusion_proto::physical_plan::{
+        PhysicalExtensionCodec, PhysicalProtoConverterExtension,
+    };
+
+    use crate::plan::portable::{QuiverCodec, QuiverLogicalCodec};
+
+    /// What starts the bytes quiver's codec wrote.
+    const MARK: &[u8] = b"quiver:";
+
+    fn marked(buf: &[u8]) -> Option<&[u8]> {
+        buf.strip_prefix(MARK)
+    }
+
+    /// Try quiver's encoder into a scratch buffer: `true` (and the marked bytes in
+    /// `buf`) when quiver owns the thing encoded.
+    fn ours(buf: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<bool> {
+        let mut mine = Vec::new();
+        match encode(&mut mine) {
+            Ok(()) => {
+                buf.extend_from_slice(MARK);
+                buf.extend_from_slice(&mine);
+                Ok(true)
+            }
+            Err(DataFusionError::NotImplemented(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The physical codec.
+    #[derive(Debug, Default)]
+    pub struct Physical {
+        ballista: BallistaPhysicalExtensionCodec,
+    }
+
+    impl PhysicalExtensionCodec for Physical {
+        fn try_decode(
+            &self,
+            buf: &[u8],
+            inputs: &[Arc<dyn ExecutionPlan>],
+            ctx: &TaskContext,
+            converter: &dyn PhysicalProtoConverterExtension,
+        ) -> Result<Arc<dyn ExecutionPlan>> {
+            match marked(buf) {
+                Some(b) => QuiverCodec.try_decode(b, inputs, ctx, converter),
+                None => self.ballista.try_decode(buf, inputs, ctx, converter),
+            }
+        }
+
+        fn try_encode(
+            &self,
+            node: Arc<dyn ExecutionPlan>,
+            buf: &mut Vec<u8>,
+            converter: &dyn PhysicalProtoConverterExtension,
+        ) -> Result<()> {
+            if ours(buf, |b| QuiverCodec.try_encode(node.clone(), b, converter))? {
+                return Ok(());
+            }
+            self.ballista.try_encode(node, buf, converter)
+        }
+
+        fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+            match marked(buf) {
+                Some(b) => QuiverCodec.try_decode_udf(name, b),
+                None => self.ballista.try_decode_udf(name, buf),
+            }
+        }
+
+        fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+            let mut mine = Vec::new();
+            QuiverCodec.try_encode_udf(node, &mut mine)?;
+            if mine.is_empty() {
+                self.ballista.try_encode_udf(node, buf)
+            } else {
+                buf.extend_from_slice(MARK);
+                buf.extend_from_slice(&mine);
+                Ok(())
+            }
+        }
+    }
+
+    /// The logical codec.
+    #[derive(Debug, Default)]
+    pub struct Logical {
+        ballista: BallistaLogicalExtensionCodec,
+    }
+
+    impl LogicalExtensionCodec for Logical {
+        fn try_decode(
+            &self,
+            buf: &[u8],
+            inputs: &[LogicalPlan],
+            ctx: &TaskContext,
+        ) -> Result<Extension> {
+            match marked(buf) {
+                Some(b) => QuiverLogicalCodec.try_decode(b, inputs, ctx),
+                None => self.ballista.try_decode(buf, inputs, ctx),
+            }
+        }
+
+        fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+            if ours(buf, |b| QuiverLogicalCodec.try_encode(node, b))? {
+                return Ok(());
+            }
+            self.ballista.try_encode(node, buf)
+        }
+
+        fn try_decode_table_provider(
+            &self,
+            buf: &[u8],
+            table_ref: &TableReference,
+            schema: arrow::datatypes::SchemaRef,
+            ctx: &TaskContext,
+        ) -> Result<Arc<dyn TableProvider>> {
+            match marked(buf) {
+                Some(b) => QuiverLogicalCodec.try_decode_table_provider(b, table_ref, schema, ctx),
+                None => self
+                    .ballista
+                    .try_decode_table_provider(buf, table_ref, schema, ctx),
+            }
+        }
+
+        fn try_encode_table_provider(
+            &self,
+            table_ref: &TableReference,
+            node: Arc<dyn TableProvider>,
+            buf: &mut Vec<u8>,
+        ) -> Result<()> {
+            if ours(buf, |b| {
+                QuiverLogicalCodec.try_encode_table_provider(table_ref, node.clone(), b)
+            })? {
+                return Ok(());
+            }
+            self.ballista
+                .try_encode_table_provider(table_ref, node, buf)
+        }
+
+        fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+            match marked(buf) {
+                Some(b) => QuiverLogicalCodec.try_decode_udf(name, b),
+                None => self.ballista.try_decode_udf(name, buf),
+            }
+        }
+
+        fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+            let mut mine = Vec::new();
+            QuiverLogicalCodec.try_encode_udf(node, &mut mine)?;
+            if mine.is_empty() {
+                self.ballista.try_encode_udf(node, buf)
+            } else {
+                buf.extend_from_slice(MARK);
+                buf.extend_from_slice(&mine);
+                Ok(())
+            }
+        }
+    }
+}
