@@ -228,4 +228,106 @@ async fn a_training_set_on_two_executors_equals_the_local_one_row_for_row() {
         }
     }
     assert_eq!(remote, local, "same rows, same order, same values");
+
+    // Materialization on the cluster: the online values equal a local run's, in full
+    // and after an incremental run over a new commit (only its files are sent).
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Int64,
+            false,
+        )])),
+        vec![Arc::new(Int64Array::from_iter_values(0..60))],
+    )
+    .unwrap();
+    let now = chrono::Utc::now().timestamp_micros();
+    let online = |store: &FeatureStore| {
+        let o = store.online().unwrap();
+        ["windows", "last", "daily"]
+            .iter()
+            .map(|v| o.get(v, None, &keys, now).unwrap().0)
+            .collect::<Vec<_>>()
+    };
+    let until = T0 + 60 * DAY;
+    let report = store
+        .materialize()
+        .with_full(true)
+        .with_until(until)
+        .await
+        .unwrap();
+    assert_eq!(report.views.len(), 3);
+    let want = online(&store);
+    let report = store
+        .materialize()
+        .with_full(true)
+        .with_until(until)
+        .with_engine(engine.clone())
+        .await
+        .unwrap();
+    assert!(report.views.iter().all(|v| v.mode == "full"), "{report:?}");
+    assert_eq!(
+        online(&store),
+        want,
+        "online values materialized on Ballista"
+    );
+
+    write_table_commit(&repo, 99).await;
+    let report = store
+        .materialize()
+        .with_until(until)
+        .with_engine(engine.clone())
+        .await
+        .unwrap();
+    let incremental = online(&store);
+    assert!(
+        report.views.iter().any(|v| v.mode == "incremental"),
+        "{report:?}"
+    );
+    store
+        .materialize()
+        .with_full(true)
+        .with_until(until)
+        .await
+        .unwrap();
+    assert_eq!(
+        incremental,
+        online(&store),
+        "incremental on Ballista = full local"
+    );
+}
+
+/// One more commit of 400 rows (file number `f`).
+async fn write_table_commit(dir: &std::path::Path, f: i64) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("ts", ts(), false),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("device_id", DataType::Utf8, true),
+    ]));
+    let rows: Vec<i64> = (0..400).map(|i| f * 400 + i).collect();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|i| i * 7 % 50),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    rows.iter().map(|i| T0 + 41 * DAY + (i % 1000) * 60_000_000),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|i| (i % 7) as f64),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|i| format!("n{}", i % 3)),
+            )),
+        ],
+    )
+    .unwrap();
+    let url = quiver_featurestore::delta::table_url(dir, "data/transactions").unwrap();
+    quiver_featurestore::delta::write(&url, vec![batch], deltalake::protocol::SaveMode::Append)
+        .await
+        .unwrap();
 }

@@ -83,6 +83,7 @@ pub struct Materialize<'a> {
     until: Option<i64>,
     full: bool,
     progress: Option<Arc<ScanProgress>>,
+    engine: crate::offline::Engine,
 }
 
 impl<'a> Materialize<'a> {
@@ -94,7 +95,16 @@ impl<'a> Materialize<'a> {
             until: None,
             full: false,
             progress: None,
+            engine: crate::offline::Engine::Local,
         }
+    }
+
+    /// Read and compute the views' rows on `engine` (default: this process); the
+    /// online records are built and stored here. A Ballista engine scans the sources
+    /// (only the new files of an incremental run) and runs SQL views on its executors.
+    pub fn with_engine(mut self, engine: crate::offline::Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Only these views (default: every applied view with `online: true`).
@@ -260,18 +270,50 @@ impl<'a> Materialize<'a> {
         };
 
         let t_collect = Instant::now();
-        let ctx = plan::session();
+        let ctx = self
+            .engine
+            .session(datafusion::prelude::SessionConfig::new())
+            .await?;
+        // On another engine each table travels as its URL, version and data files.
+        let remote = self.engine != crate::offline::Engine::Local;
+        let register = |t: &delta::OpenTable,
+                        s: &crate::spec::Source,
+                        name: &str,
+                        files: Option<Vec<String>>| {
+            let ctx = ctx.clone();
+            let (t, s, name) = (t.clone(), s.clone(), name.to_owned());
+            async move {
+                if remote {
+                    let options = s
+                        .storage_options
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.value.clone()))
+                        .collect();
+                    let mut table = plan::portable::PortableDeltaTable::new(&t, options)?;
+                    if let Some(f) = files {
+                        table = table.with_files(f);
+                    }
+                    ctx.register_table(name.as_str(), Arc::new(table))?;
+                    Ok::<_, Error>(())
+                } else {
+                    match files {
+                        Some(f) => t.register_files(&ctx, &name, f).await,
+                        None => t.register(&ctx, &name).await,
+                    }
+                }
+            }
+        };
         let (batches, schema) = match (&incremental, &def.view.body) {
             (_, ViewBody::Sql(body)) => {
                 for (s, t) in def.sources.iter().zip(&tables) {
-                    t.register(&ctx, &s.name.value).await?;
+                    register(t, s, &s.name.value, None).await?;
                 }
                 self.store.udf_runtime().register(&ctx, &def.udfs)?;
                 let df = plan::sql_frame(&ctx, &body.sql.value).await?;
                 self.collect(df, def, until, None).await?
             }
             (None, _) => {
-                tables[0].register(&ctx, "src").await?;
+                register(&tables[0], &def.sources[0], "src", None).await?;
                 self.collect(ctx.table("src").await?, def, until, None)
                     .await?
             }
@@ -280,9 +322,7 @@ impl<'a> Materialize<'a> {
                 let mut batches = Vec::new();
                 let mut schema = None;
                 if !added.is_empty() {
-                    tables[0]
-                        .register_files(&ctx, "src_new", added.clone())
-                        .await?;
+                    register(&tables[0], &def.sources[0], "src_new", Some(added.clone())).await?;
                     let (b, s) = self
                         .collect(ctx.table("src_new").await?, def, w.until_us, None)
                         .await?;
@@ -290,7 +330,7 @@ impl<'a> Materialize<'a> {
                     schema = Some(s);
                 }
                 if until > w.until_us || schema.is_none() {
-                    tables[0].register(&ctx, "src").await?;
+                    register(&tables[0], &def.sources[0], "src", None).await?;
                     let (b, s) = self
                         .collect(ctx.table("src").await?, def, until, Some(w.until_us))
                         .await?;

@@ -89,6 +89,15 @@ impl PortableDeltaTable {
     }
 }
 
+impl PortableDeltaTable {
+    /// The same, reading only the data files `files` of the version (an incremental
+    /// materialization's new files).
+    pub fn with_files(mut self, files: Vec<String>) -> Self {
+        self.files = files;
+        self
+    }
+}
+
 #[async_trait]
 impl TableProvider for PortableDeltaTable {
     fn schema(&self) -> SchemaRef {

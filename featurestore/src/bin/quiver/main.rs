@@ -131,6 +131,16 @@ enum Command {
         /// Admin token for --server.
         #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Where to read and compute the views' rows: `local` (default) or
+        /// `ballista://HOST:PORT` (docs/scale-out.md); records are stored here.
+        #[arg(
+            long,
+            env = "QUIVER_ENGINE",
+            default_value = "local",
+            value_name = "ENGINE",
+            conflicts_with = "server"
+        )]
+        engine: String,
     },
     /// Serve features over Arrow Flight, with Prometheus metrics.
     ///

@@ -16,10 +16,12 @@ pub(crate) async fn materialize(cli: &Cli) -> anyhow::Result<()> {
         full,
         server,
         token,
+        engine,
     } = &cli.command
     else {
         unreachable!("dispatched on materialize")
     };
+    let engine = quiver_featurestore::offline::Engine::parse(engine)?;
     let until_us = until.as_deref().map(parse_time).transpose()?;
     let report = match server {
         Some(url) => {
@@ -35,6 +37,7 @@ pub(crate) async fn materialize(cli: &Cli) -> anyhow::Result<()> {
             let mut m = store
                 .materialize()
                 .with_full(*full)
+                .with_engine(engine)
                 .with_progress(progress.clone());
             if !views.is_empty() {
                 m = m.with_views(views.clone());
