@@ -6,7 +6,7 @@
 use datafusion::prelude::SessionContext;
 use quiver_examples::fraud_data::{Config, bank_name, generate};
 use quiver_featurestore::FeatureStore;
-use quiver_featurestore::plan::portable::QuiverCodec;
+use quiver_featurestore::plan::portable;
 
 const VIEWS: &str = "user_txn_velocity,user_amount_stats,user_device_ip_stats,user_login_stats,user_last_txn,user_device_novelty";
 
@@ -50,16 +50,9 @@ async fn the_fraud_training_set_decoded_elsewhere_gives_the_local_rows() {
         .to_string();
     assert_eq!(text.matches("PointInTimeExec").count(), 6, "{text}");
     assert!(!text.contains("DeltaScanExec"), "{text}");
-    let bytes =
-        datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &QuiverCodec)
-            .unwrap();
+    let bytes = portable::to_bytes(plan).unwrap();
     let elsewhere = SessionContext::new();
-    let decoded = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
-        &bytes,
-        &elsewhere.task_ctx(),
-        &QuiverCodec,
-    )
-    .unwrap();
+    let decoded = portable::from_bytes(&bytes, &elsewhere.task_ctx()).unwrap();
     let batches = datafusion::physical_plan::collect(decoded, elsewhere.task_ctx())
         .await
         .unwrap();

@@ -266,6 +266,36 @@ impl ExecutionPlan for DeltaFilesExec {
     }
 }
 
+/// A WebAssembly UDF travels with its module; other functions by name (nothing
+/// written), found in the receiver's registry.
+fn encode_udf(node: &datafusion::logical_expr::ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+    if let Some(bytes) = crate::udf::scalar::encode_portable(node) {
+        buf.extend_from_slice(&bytes);
+    }
+    Ok(())
+}
+
+fn decode_udf(name: &str, buf: &[u8]) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
+    if buf.is_empty() {
+        return Err(DataFusionError::NotImplemented(format!(
+            "function `{name}` is not known here"
+        )));
+    }
+    Ok(Arc::new(crate::udf::scalar::decode_portable(name, buf)?))
+}
+
+/// `plan` as bytes another process can run ([`from_bytes`]): DataFusion's plan
+/// protobuf with [`QuiverCodec`].
+pub fn to_bytes(plan: Arc<dyn ExecutionPlan>) -> DfResult<bytes::Bytes> {
+    datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &QuiverCodec)
+}
+
+/// A plan from [`to_bytes`], ready to run in `ctx` (tables it scans are opened when it
+/// runs, with this process's credentials).
+pub fn from_bytes(bytes: &[u8], ctx: &TaskContext) -> DfResult<Arc<dyn ExecutionPlan>> {
+    datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &QuiverCodec)
+}
+
 /// What the codec writes for each node it owns.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "node", rename_all = "snake_case")]
@@ -373,11 +403,7 @@ impl PhysicalExtensionCodec for QuiverCodec {
         node: &datafusion::logical_expr::ScalarUDF,
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
-        // WebAssembly UDFs travel with their module; built-in functions by name.
-        if let Some(bytes) = crate::udf::scalar::encode_portable(node) {
-            buf.extend_from_slice(&bytes);
-        }
-        Ok(())
+        encode_udf(node, buf)
     }
 
     fn try_decode_udf(
@@ -385,12 +411,7 @@ impl PhysicalExtensionCodec for QuiverCodec {
         name: &str,
         buf: &[u8],
     ) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
-        if buf.is_empty() {
-            return Err(DataFusionError::NotImplemented(format!(
-                "function `{name}` is not known here"
-            )));
-        }
-        Ok(Arc::new(crate::udf::scalar::decode_portable(name, buf)?))
+        decode_udf(name, buf)
     }
 }
 
@@ -548,10 +569,7 @@ impl datafusion_proto::logical_plan::LogicalExtensionCodec for QuiverLogicalCode
         node: &datafusion::logical_expr::ScalarUDF,
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
-        if let Some(bytes) = crate::udf::scalar::encode_portable(node) {
-            buf.extend_from_slice(&bytes);
-        }
-        Ok(())
+        encode_udf(node, buf)
     }
 
     fn try_decode_udf(
@@ -559,11 +577,6 @@ impl datafusion_proto::logical_plan::LogicalExtensionCodec for QuiverLogicalCode
         name: &str,
         buf: &[u8],
     ) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
-        if buf.is_empty() {
-            return Err(DataFusionError::NotImplemented(format!(
-                "function `{name}` is not known here"
-            )));
-        }
-        Ok(Arc::new(crate::udf::scalar::decode_portable(name, buf)?))
+        decode_udf(name, buf)
     }
 }

@@ -401,17 +401,9 @@ fn join(parts: Vec<Vec<RecordBatch>>, entity: RecordBatch, spec: PitSpec) -> Rec
         let physical = df.clone().create_physical_plan().await.unwrap();
         let batches = df.collect().await.unwrap();
         let local = concat_batches(&schema, &batches).unwrap();
-        let codec = quiver_featurestore::plan::portable::QuiverCodec;
-        let bytes =
-            datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(physical, &codec)
-                .unwrap();
+        let bytes = plan::portable::to_bytes(physical).unwrap();
         let elsewhere = datafusion::prelude::SessionContext::new();
-        let decoded = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
-            &bytes,
-            &elsewhere.task_ctx(),
-            &codec,
-        )
-        .unwrap();
+        let decoded = plan::portable::from_bytes(&bytes, &elsewhere.task_ctx()).unwrap();
         let remote = datafusion::physical_plan::collect(decoded, elsewhere.task_ctx())
             .await
             .unwrap();

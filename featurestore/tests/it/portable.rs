@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use quiver_featurestore::FeatureStore;
-use quiver_featurestore::plan::portable::QuiverCodec;
+use quiver_featurestore::plan::portable;
 
 use crate::common::*;
 
@@ -52,16 +52,9 @@ async fn a_training_set_plan_decoded_elsewhere_gives_the_local_rows() {
     let text = plan_text(&plan);
     assert!(text.contains("DeltaFilesExec"), "{text}");
     assert!(!text.contains("DeltaScanExec"), "{text}");
-    let bytes =
-        datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &QuiverCodec)
-            .unwrap();
+    let bytes = portable::to_bytes(plan).unwrap();
     let elsewhere = SessionContext::new();
-    let decoded = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
-        &bytes,
-        &elsewhere.task_ctx(),
-        &QuiverCodec,
-    )
-    .unwrap();
+    let decoded = portable::from_bytes(&bytes, &elsewhere.task_ctx()).unwrap();
     let batches = datafusion::physical_plan::collect(decoded, elsewhere.task_ctx())
         .await
         .unwrap();
