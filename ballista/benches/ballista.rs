@@ -133,7 +133,12 @@ fn main() {
                         eprintln!("waiting for executors: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     }
-                    Err(e) => panic!("{e}"),
+                    Err(e) => {
+                        let log = dir.path().join(format!("work-{executors}")).join("executor-0.log");
+                        let text = std::fs::read_to_string(&log).unwrap_or_default();
+                        let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("rror")).take(8).collect();
+                        panic!("{e}\nscheduler errors:\n{}", errors.join("\n"))
+                    }
                 }
             }
             let mut secs = Vec::new();

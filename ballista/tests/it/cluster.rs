@@ -99,7 +99,8 @@ sources: [transactions]
 ttl: 10d
 sql: |
   SELECT user_id, ts, amount * 2 AS double_amount,
-         count(*) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS recent_n
+         count(*) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS recent_n,
+         array_to_string(array_agg(device_id) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW), ',') AS recent_devices
   FROM transactions
 ";
 

@@ -113,6 +113,16 @@ pub mod ballista_codecs {
         buf.strip_prefix(MARK)
     }
 
+    /// A function sent by name only: one of DataFusion's built-ins, found even where the
+    /// receiver's registry lacks it (Ballista's executors miss the nested ones).
+    fn builtin(name: &str, buf: &[u8]) -> Option<Arc<ScalarUDF>> {
+        if buf.is_empty() {
+            crate::plan::portable::builtin_udf(name)
+        } else {
+            None
+        }
+    }
+
     /// Try quiver's encoder into a scratch buffer: `true` (and the marked bytes in
     /// `buf`) when quiver owns the thing encoded.
     fn ours(buf: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<bool> {
@@ -163,7 +173,9 @@ pub mod ballista_codecs {
         fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
             match marked(buf) {
                 Some(b) => QuiverCodec.try_decode_udf(name, b),
-                None => self.ballista.try_decode_udf(name, buf),
+                None => {
+                    builtin(name, buf).map_or_else(|| self.ballista.try_decode_udf(name, buf), Ok)
+                }
             }
         }
 
@@ -239,7 +251,9 @@ pub mod ballista_codecs {
         fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
             match marked(buf) {
                 Some(b) => QuiverLogicalCodec.try_decode_udf(name, b),
-                None => self.ballista.try_decode_udf(name, buf),
+                None => {
+                    builtin(name, buf).map_or_else(|| self.ballista.try_decode_udf(name, buf), Ok)
+                }
             }
         }
 

@@ -277,11 +277,29 @@ fn encode_udf(node: &datafusion::logical_expr::ScalarUDF, buf: &mut Vec<u8>) -> 
 
 fn decode_udf(name: &str, buf: &[u8]) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
     if buf.is_empty() {
-        return Err(DataFusionError::NotImplemented(format!(
-            "function `{name}` is not known here"
-        )));
+        return builtin_udf(name).ok_or_else(|| {
+            DataFusionError::NotImplemented(format!("function `{name}` is not known here"))
+        });
     }
     Ok(Arc::new(crate::udf::scalar::decode_portable(name, buf)?))
+}
+
+/// One of DataFusion's built-in scalar functions (all of them, nested ones such as
+/// `array_to_string` included, whatever registry the receiving process was given).
+pub fn builtin_udf(name: &str) -> Option<Arc<datafusion::logical_expr::ScalarUDF>> {
+    static BUILTINS: std::sync::OnceLock<
+        std::collections::HashMap<String, Arc<datafusion::logical_expr::ScalarUDF>>,
+    > = std::sync::OnceLock::new();
+    BUILTINS
+        .get_or_init(|| {
+            SessionStateBuilder::new()
+                .with_default_features()
+                .build()
+                .scalar_functions()
+                .clone()
+        })
+        .get(name)
+        .cloned()
 }
 
 /// `plan` as bytes another process can run ([`from_bytes`]): DataFusion's plan
