@@ -340,8 +340,20 @@ impl OpenTable {
         name: &str,
         paths: Vec<String>,
     ) -> Result<()> {
+        let provider = self.files_provider(&ctx.state(), paths).await?;
+        ctx.register_table(name, provider)?;
+        Ok(())
+    }
+
+    /// The provider of only the data files `paths` of this version, with the table's
+    /// object store registered in `state`'s runtime.
+    async fn files_provider(
+        &self,
+        state: &datafusion::execution::SessionState,
+        paths: Vec<String>,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
         self.table
-            .update_datafusion_session(&ctx.state())
+            .update_datafusion_session(state)
             .map_err(|e| self.location.err(e))?;
         let provider = self
             .table
@@ -349,8 +361,7 @@ impl OpenTable {
             .with_file_paths(paths)
             .await
             .map_err(|e| self.location.err(e))?;
-        ctx.register_table(name, provider)?;
-        Ok(())
+        Ok(provider)
     }
 
     /// A scan of only the data files `paths` of this version, projected, planned in
@@ -361,15 +372,7 @@ impl OpenTable {
         paths: Vec<String>,
         projection: Option<&Vec<usize>>,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        self.table
-            .update_datafusion_session(state)
-            .map_err(|e| self.location.err(e))?;
-        let provider = self
-            .table
-            .table_provider()
-            .with_file_paths(paths)
-            .await
-            .map_err(|e| self.location.err(e))?;
+        let provider = self.files_provider(state, paths).await?;
         Ok(datafusion::catalog::TableProvider::scan(
             provider.as_ref(),
             state,

@@ -113,13 +113,36 @@ pub mod ballista_codecs {
         buf.strip_prefix(MARK)
     }
 
-    /// A function sent by name only: one of DataFusion's built-ins, found even where the
-    /// receiver's registry lacks it (Ballista's executors miss the nested ones).
-    fn builtin(name: &str, buf: &[u8]) -> Option<Arc<ScalarUDF>> {
-        if buf.is_empty() {
-            crate::plan::portable::builtin_udf(name)
-        } else {
-            None
+    /// A WebAssembly UDF as quiver writes it (marked), anything else as Ballista does.
+    fn encode_udf(
+        node: &ScalarUDF,
+        buf: &mut Vec<u8>,
+        ballista: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let mut mine = Vec::new();
+        crate::plan::portable::encode_udf(node, &mut mine)?;
+        if mine.is_empty() {
+            return ballista(buf);
+        }
+        buf.extend_from_slice(MARK);
+        buf.extend_from_slice(&mine);
+        Ok(())
+    }
+
+    /// quiver's decoding for marked bytes and for functions sent by name (DataFusion's
+    /// built-ins, nested ones included, which Ballista's executors lack); Ballista's
+    /// for the rest.
+    fn decode_udf(
+        name: &str,
+        buf: &[u8],
+        ballista: impl FnOnce(&[u8]) -> Result<Arc<ScalarUDF>>,
+    ) -> Result<Arc<ScalarUDF>> {
+        match marked(buf) {
+            Some(b) => crate::plan::portable::decode_udf(name, b),
+            None if buf.is_empty() => {
+                crate::plan::portable::decode_udf(name, buf).or_else(|_| ballista(buf))
+            }
+            None => ballista(buf),
         }
     }
 
@@ -171,24 +194,11 @@ pub mod ballista_codecs {
         }
 
         fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-            match marked(buf) {
-                Some(b) => QuiverCodec.try_decode_udf(name, b),
-                None => {
-                    builtin(name, buf).map_or_else(|| self.ballista.try_decode_udf(name, buf), Ok)
-                }
-            }
+            decode_udf(name, buf, |b| self.ballista.try_decode_udf(name, b))
         }
 
         fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
-            let mut mine = Vec::new();
-            QuiverCodec.try_encode_udf(node, &mut mine)?;
-            if mine.is_empty() {
-                self.ballista.try_encode_udf(node, buf)
-            } else {
-                buf.extend_from_slice(MARK);
-                buf.extend_from_slice(&mine);
-                Ok(())
-            }
+            encode_udf(node, buf, |b| self.ballista.try_encode_udf(node, b))
         }
     }
 
@@ -249,24 +259,11 @@ pub mod ballista_codecs {
         }
 
         fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-            match marked(buf) {
-                Some(b) => QuiverLogicalCodec.try_decode_udf(name, b),
-                None => {
-                    builtin(name, buf).map_or_else(|| self.ballista.try_decode_udf(name, buf), Ok)
-                }
-            }
+            decode_udf(name, buf, |b| self.ballista.try_decode_udf(name, b))
         }
 
         fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
-            let mut mine = Vec::new();
-            QuiverLogicalCodec.try_encode_udf(node, &mut mine)?;
-            if mine.is_empty() {
-                self.ballista.try_encode_udf(node, buf)
-            } else {
-                buf.extend_from_slice(MARK);
-                buf.extend_from_slice(&mine);
-                Ok(())
-            }
+            encode_udf(node, buf, |b| self.ballista.try_encode_udf(node, b))
         }
     }
 }

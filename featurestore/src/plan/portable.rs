@@ -268,14 +268,20 @@ impl ExecutionPlan for DeltaFilesExec {
 
 /// A WebAssembly UDF travels with its module; other functions by name (nothing
 /// written), found in the receiver's registry.
-fn encode_udf(node: &datafusion::logical_expr::ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+pub(crate) fn encode_udf(
+    node: &datafusion::logical_expr::ScalarUDF,
+    buf: &mut Vec<u8>,
+) -> DfResult<()> {
     if let Some(bytes) = crate::udf::scalar::encode_portable(node) {
         buf.extend_from_slice(&bytes);
     }
     Ok(())
 }
 
-fn decode_udf(name: &str, buf: &[u8]) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
+pub(crate) fn decode_udf(
+    name: &str,
+    buf: &[u8],
+) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
     if buf.is_empty() {
         return builtin_udf(name).ok_or_else(|| {
             DataFusionError::NotImplemented(format!("function `{name}` is not known here"))
