@@ -542,7 +542,12 @@ pub struct ConsistencySig {
     pub signature: Vec<u8>,
 }
 
-fn consistency_transcript(round: &RoundId, from: u32, survivors: &[u32]) -> Vec<u8> {
+fn consistency_transcript(
+    round: &RoundId,
+    from: u32,
+    survivors: &[u32],
+    _adverts: &[u8; 32],
+) -> Vec<u8> {
     transcript("consistency", round, from, &[&ids_bytes(survivors)])
 }
 
@@ -638,6 +643,8 @@ pub struct Client {
     /// Neighbours this client masked with.
     masked_with: BTreeSet<u32>,
     signed_survivors: Option<Vec<u32>>,
+    /// Digest of the advert set this client was shown ([`advert_digest`]).
+    adverts_seen: [u8; 32],
 }
 
 impl std::fmt::Debug for Client {
@@ -707,6 +714,7 @@ impl Client {
                 held: BTreeMap::new(),
                 masked_with: BTreeSet::new(),
                 signed_survivors: None,
+                adverts_seen: [0; 32],
             },
             msg,
         ))
@@ -715,6 +723,11 @@ impl Client {
     /// This client's id.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Digest of the advert set this client was shown at stage 1 (zeros before).
+    pub fn advert_digest(&self) -> [u8; 32] {
+        self.adverts_seen
     }
 
     fn expect(&self, stage: ClientStage, what: &str) -> Result<(), ProtocolError> {
@@ -965,6 +978,7 @@ impl Client {
                 &self.round,
                 self.id,
                 &list.survivors,
+                &self.adverts_seen,
             )),
         })
     }
@@ -1001,7 +1015,7 @@ impl Client {
             if survivors.contains(from)
                 && self.roster.verify(
                     *from,
-                    &consistency_transcript(&self.round, *from, &req.survivors),
+                    &consistency_transcript(&self.round, *from, &req.survivors, &self.adverts_seen),
                     sig,
                 )
             {
@@ -1359,7 +1373,7 @@ impl Server {
         }
         if !self.roster.verify(
             m.from,
-            &consistency_transcript(&self.round, m.from, &self.survivors),
+            &consistency_transcript(&self.round, m.from, &self.survivors, &[0; 32]),
             &m.signature,
         ) {
             return Err(self.reject(m.from, S, "bad signature of the survivor list"));
@@ -1669,5 +1683,291 @@ mod tests {
             share_nonce(2, 1).as_ref(),
             "a key shared by a pair must never reuse a nonce"
         );
+    }
+}
+
+/// Attacks by a coordinator that plays some banks itself, with the real crypto. These
+/// tests read the played banks' secrets (this module's private fields): the colluders
+/// are the test's own.
+#[cfg(test)]
+mod attacks {
+    use super::*;
+    use ring::signature::KeyPair;
+
+    fn identities(n: usize) -> (Vec<Arc<Ed25519KeyPair>>, Arc<Roster>) {
+        let rng = SystemRandom::new();
+        let ids: Vec<Arc<Ed25519KeyPair>> = (0..n)
+            .map(|_| {
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+                Arc::new(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap())
+            })
+            .collect();
+        let roster = Roster::new(
+            ids.iter()
+                .map(|k| k.public_key().as_ref().to_vec())
+                .collect(),
+        )
+        .unwrap();
+        (ids, Arc::new(roster))
+    }
+
+    /// A colluding bank follows no policy of its own.
+    const ANYTHING: ClientPolicy = ClientPolicy {
+        colluders: 0,
+        min_threshold: 0,
+        min_neighbours: 0,
+        min_peers: 0,
+    };
+
+    /// The colluders' adverts in one view of the round, with their secrets.
+    struct View {
+        colluders: BTreeMap<u32, Client>,
+        adverts: Vec<AdvertiseKeys>,
+    }
+
+    /// Fresh colluder adverts until the graph drawn from the view pleases `want`
+    /// (about a hundred tries for one bank's exact neighbourhood at n = 10).
+    fn grind(
+        ids: &[Arc<Ed25519KeyPair>],
+        roster: &Arc<Roster>,
+        params: &Params,
+        round: RoundId,
+        honest: &[AdvertiseKeys],
+        colluders: &[u32],
+        want: impl Fn(&[u8; 32]) -> bool,
+    ) -> View {
+        for _ in 0..100_000 {
+            let mut played = BTreeMap::new();
+            let mut adverts = honest.to_vec();
+            for c in colluders {
+                let (client, advert) = Client::new(
+                    *c,
+                    ids[*c as usize].clone(),
+                    roster.clone(),
+                    params.clone(),
+                    ANYTHING,
+                    round,
+                )
+                .unwrap();
+                played.insert(*c, client);
+                adverts.push(advert);
+            }
+            let all: Vec<&AdvertiseKeys> = adverts.iter().collect();
+            if want(&graph_seed(&round, &all)) {
+                return View {
+                    colluders: played,
+                    adverts,
+                };
+            }
+        }
+        panic!("grinding found no view");
+    }
+
+    /// The attack of issue 24 item 1 on a SecAgg+ round: banks 7–9 collude with the
+    /// coordinator; bank 0 is shown a view where 7, 8, 9 and one honest bank `h` are
+    /// its neighbours, `h` a view where 0, 7, 8, 9 are its own; then `h` is asked to
+    /// unmask under a list where 0 survived (seed share of 0) and bank 0 under a list
+    /// where `h` dropped (mask-key share of `h`). Returns bank 0's input if the
+    /// coordinator could rebuild it, or why it could not.
+    fn split_view_attack(x0: &[u32]) -> Result<Vec<u32>, String> {
+        let n = 10;
+        let params = Params {
+            clients: n,
+            threshold: 4,
+            neighbours: 4,
+            len: x0.len(),
+        };
+        let (ids, roster) = identities(n);
+        let round = RoundId {
+            session: [9; 16],
+            round: 1,
+        };
+        let colluders = [7u32, 8, 9];
+        let policy = ClientPolicy::for_roster(n);
+        assert!(policy.check(&params).is_ok(), "the default policy admits k = t = 4");
+        let mut honest = BTreeMap::new();
+        let mut honest_adverts = Vec::new();
+        for i in 0..7u32 {
+            let (c, a) = Client::new(
+                i,
+                ids[i as usize].clone(),
+                roster.clone(),
+                params.clone(),
+                policy,
+                round,
+            )
+            .unwrap();
+            honest.insert(i, c);
+            honest_adverts.push(a);
+        }
+        let has_colluders = |s: &[u8; 32], id: u32| {
+            let mine = neighbours(&params, s, id);
+            colluders.iter().all(|c| mine.contains(c))
+        };
+        let v0 = grind(&ids, &roster, &params, round, &honest_adverts, &colluders, |s| {
+            has_colluders(s, 0)
+        });
+        let seed0 = graph_seed(&round, &v0.adverts.iter().collect::<Vec<_>>());
+        let h = neighbours(&params, &seed0, 0)
+            .into_iter()
+            .find(|v| !colluders.contains(v))
+            .unwrap();
+        let vh = grind(&ids, &roster, &params, round, &honest_adverts, &colluders, |s| {
+            neighbours(&params, s, h) == vec![0, 7, 8, 9]
+        });
+        let mut v0 = v0;
+        let mut vh = vh;
+
+        // Stage 1: h sees its own view, every other honest bank bank 0's.
+        let mut sent: Vec<EncryptedShare> = Vec::new();
+        for (i, c) in honest.iter_mut() {
+            let view = if *i == h { &vh.adverts } else { &v0.adverts };
+            let m = c.share_keys(view).map_err(|e| e.to_string())?;
+            sent.extend(m.shares);
+        }
+        let mut played_sent: Vec<(bool, EncryptedShare)> = Vec::new();
+        for (view, is_h) in [(&mut v0, false), (&mut vh, true)] {
+            let adverts = view.adverts.clone();
+            for c in view.colluders.values_mut() {
+                let m = c.share_keys(&adverts).unwrap();
+                played_sent.extend(m.shares.into_iter().map(|s| (is_h, s)));
+            }
+        }
+        let inbox = |to: u32, h_view: bool| -> Vec<EncryptedShare> {
+            sent.iter()
+                .filter(|s| s.to == to)
+                .cloned()
+                .chain(
+                    played_sent
+                        .iter()
+                        .filter(|(v, s)| *v == h_view && s.to == to)
+                        .map(|(_, s)| s.clone()),
+                )
+                .collect()
+        };
+        // The colluders open what they were sent (their `held` is the coordinator's).
+        for (view, is_h) in [(&mut v0, false), (&mut vh, true)] {
+            for (c, client) in view.colluders.iter_mut() {
+                let _ = client.masked_input(&inbox(*c, is_h), &vec![0; x0.len()]);
+            }
+        }
+        // Stage 2: honest banks mask; some have too few peers and stop.
+        let mut masked = BTreeMap::new();
+        for (i, c) in honest.iter_mut() {
+            let input = if *i == 0 {
+                x0.to_vec()
+            } else {
+                vec![*i; x0.len()]
+            };
+            if let Ok(m) = c.masked_input(&inbox(*i, *i == h), &input) {
+                masked.insert(*i, m);
+            }
+        }
+        let y0 = masked.get(&0).ok_or("bank 0 stopped before masking")?.clone();
+        if !masked.contains_key(&h) {
+            return Err(format!("bank {h} stopped before masking"));
+        }
+        let others: Vec<u32> = masked.keys().copied().filter(|i| *i != 0 && *i != h).collect();
+        if others.len() < 2 {
+            return Err("fewer than two other honest banks masked".into());
+        }
+        let (g1, g2) = (others[0], others[1]);
+        // Stage 3: two lists, each signed by the colluders and two honest banks.
+        let sorted = |mut v: Vec<u32>| {
+            v.sort_unstable();
+            v
+        };
+        let list_a = sorted(vec![0, h, g1, 7, 8, 9]);
+        let list_b = sorted(vec![0, g2, 7, 8, 9]);
+        let mut request = |list: &Vec<u32>, signers: [u32; 2], view_of: u32| {
+            let sl = SurvivorList {
+                round,
+                survivors: list.clone(),
+            };
+            let mut sigs = Vec::new();
+            for s in signers {
+                let sig = honest
+                    .get_mut(&s)
+                    .unwrap()
+                    .consistency(&sl)
+                    .map_err(|e| e.to_string())?;
+                sigs.push((s, sig.signature));
+            }
+            // The colluders sign whatever the honest signers signed.
+            let view = if view_of == h { &vh } else { &v0 };
+            for c in colluders {
+                let digest = view.colluders[&c].advert_digest();
+                sigs.push((
+                    c,
+                    ids[c as usize]
+                        .sign(&consistency_transcript(&round, c, list, &digest))
+                        .as_ref()
+                        .to_vec(),
+                ));
+            }
+            Ok::<_, String>(UnmaskRequest {
+                round,
+                survivors: list.clone(),
+                dropped: (0..n as u32).filter(|i| !list.contains(i)).collect(),
+                signatures: sigs,
+            })
+        };
+        let req_a = request(&list_a, [h, g1], h)?;
+        let req_b = request(&list_b, [0, g2], 0)?;
+        // Stage 4: h reveals its share of 0's seed; 0 reveals its share of h's key.
+        let from_h = honest
+            .get_mut(&h)
+            .unwrap()
+            .unmask(&req_a)
+            .map_err(|e| format!("bank {h} refused: {e}"))?;
+        let from_0 = honest
+            .get_mut(&0)
+            .unwrap()
+            .unmask(&req_b)
+            .map_err(|e| format!("bank 0 refused: {e}"))?;
+        let mut seed_shares: Vec<Share> = v0
+            .colluders
+            .values()
+            .filter_map(|c| c.held.get(&0).map(|(b, _)| b.clone()))
+            .collect();
+        seed_shares.extend(from_h.seed_shares.iter().filter(|(o, _)| *o == 0).map(|(_, s)| s.clone()));
+        let mut key_shares: Vec<Share> = vh
+            .colluders
+            .values()
+            .filter_map(|c| c.held.get(&h).map(|(_, k)| k.clone()))
+            .collect();
+        key_shares.extend(from_0.key_shares.iter().filter(|(o, _)| *o == h).map(|(_, s)| s.clone()));
+        let b0 = shamir::combine(&seed_shares, 4).map_err(|e| e.to_string())?;
+        if commitment(&b0) != honest[&0].advert.seed_commitment {
+            return Err("bank 0's seed did not rebuild".into());
+        }
+        let sk_h = StaticSecret::from(shamir::combine(&key_shares, 4).map_err(|e| e.to_string())?);
+        let pk_0 = honest[&0].advert.mask_pk;
+        let mut x = y0.masked.clone();
+        MaskPrg::new(&b0).apply(&mut x, true);
+        for v in &honest[&0].masked_with {
+            let seed = if *v == h {
+                pair_seed(&sk_h, &pk_0, &round, h, 0)
+            } else {
+                pair_seed(&v0.colluders[v].mask_sk, &pk_0, &round, *v, 0)
+            };
+            MaskPrg::new(&seed).apply(&mut x, true);
+        }
+        Ok(x)
+    }
+
+    #[test]
+    fn colluders_grinding_views_and_splitting_lists_cannot_unmask_a_bank() {
+        let x0: Vec<u32> = (0..64).map(|i| 1_000_003u32.wrapping_mul(i + 17)).collect();
+        match split_view_attack(&x0) {
+            Ok(x) => {
+                assert_ne!(x, x0, "the coordinator rebuilt bank 0's input");
+                panic!("the attack ran to the end without the input: {x:?}");
+            }
+            Err(why) => {
+                // The honest banks refused to unmask: nothing of bank 0 was revealed.
+                assert!(why.contains("refused"), "{why}");
+            }
+        }
     }
 }
