@@ -9,11 +9,6 @@ pub const MAX_CLIENTS: usize = 254;
 /// Longest vector one round aggregates (words).
 pub const MAX_VECTOR_LEN: usize = 64 << 20;
 
-/// Most subsets of revealed shares the coordinator tries when rebuilding one secret.
-/// With `m` shares, threshold `t` and `b` bad shares, a good subset comes within the
-/// first `C(m, t)` tries; this bound keeps a hostile round's cost near a second of CPU.
-pub const MAX_REBUILD_TRIES: usize = 4096;
-
 /// Largest gRPC message the coordinator accepts and a bank sends (a masked vector of
 /// 16 M words).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

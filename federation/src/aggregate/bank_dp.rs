@@ -52,11 +52,15 @@ const BANK_DP_UNITS: f64 = 65_536.0;
 /// "The Skellam Mechanism for Differentially Private Federated Learning", NeurIPS 2021.
 ///
 /// Bank `k` clips `Δ_k` to `‖Δ_k‖ ≤ c`, scales it by `s = 2^16 / c`, rounds to
-/// integers and adds `Poisson(μ/2t) − Poisson(μ/2t)` to every value, `t` being the
-/// protocol's threshold. Skellam noise is closed under sums, so a round with `m ≥ t`
-/// banks carries noise of variance `m·μ/t ≥ μ` per value: the guarantee holds while
-/// at least `t` of the contributing banks are honest, the same assumption secure
-/// aggregation makes. The values are two's-complement words of Z_(2^32); the
+/// integers and adds `Poisson(μ/2h) − Poisson(μ/2h)` to every value, `h` being the
+/// fewest *honest* banks in any sum the bank accepts: [`Params::honest_survivors`]
+/// (the unmask quorum less the colluders its policy assumes). Skellam noise is closed
+/// under sums, and only honest banks' noise protects the sum (colluders know theirs
+/// and subtract it), so every sum a bank lets through carries honest noise of
+/// variance at least `h·μ/h = μ` per value, the variance the accountant analyses.
+/// (Dividing by the threshold `t` instead left `(t + 1 − c)/t·μ`, 0.71 μ at n = 10.)
+///
+/// [`Params::honest_survivors`]: crate::protocol::secagg::Params::honest_survivors The values are two's-complement words of Z_(2^32); the
 /// constructor checks that the sum plus 20 standard deviations of noise stays below
 /// 2^31, so it cannot wrap.
 ///
@@ -92,14 +96,16 @@ pub struct BankDpEncoding {
 }
 
 impl BankDpEncoding {
-    /// For models of `params` parameters, a round threshold `threshold` and at most
-    /// `max_contributors` banks.
+    /// For models of `params` parameters, at least `honest` honest banks in every sum
+    /// ([`Params::honest_survivors`](crate::protocol::secagg::Params::honest_survivors))
+    /// and at most `max_contributors` banks.
     pub fn new(
         params: usize,
         dp: BankDp,
-        threshold: usize,
+        honest: usize,
         max_contributors: usize,
     ) -> Result<Self, ProtocolError> {
+        let threshold = honest;
         dp.validate().map_err(ProtocolError::Config)?;
         if params == 0
             || threshold == 0
@@ -114,6 +120,7 @@ impl BankDpEncoding {
         let l2 = BANK_DP_UNITS + d.sqrt() / 2.0;
         let l1 = d.sqrt() * l2;
         let mu = (dp.noise_multiplier * l2).powi(2);
+        // Each bank's share: the `honest` banks that every accepted sum holds carry μ.
         let share = mu / threshold as f64;
         let n = max_contributors as f64;
         let worst = n * (BANK_DP_UNITS + 0.5) + 20.0 * (n * share).sqrt();
@@ -135,7 +142,8 @@ impl BankDpEncoding {
     }
 
     /// L1 and L2 sensitivity of one bank's integer vector, and the noise variance per
-    /// value of a round with at least `threshold` banks: the accountant's inputs.
+    /// value that the honest banks of every accepted sum carry: the accountant's
+    /// inputs.
     pub fn accounting(&self) -> (f64, f64, f64) {
         (self.l1, self.l2, self.mu)
     }

@@ -127,6 +127,31 @@ impl Params {
         self.threshold + 1
     }
 
+    /// Fewest distinct roster members whose signatures on one survivor list (and one
+    /// advert set) a client requires before it reveals anything: more than `(n + c)/2`
+    /// with `c` = [`Params::colluders_tolerated`], and at least `threshold + 1`.
+    ///
+    /// Why a roster majority and not `threshold + 1`: two quorums of this size share
+    /// more than `c` members, so at least one honest bank, which signs one list per
+    /// round. So two different lists (or advert sets) can never both be unmasked, for
+    /// any `neighbours`. With SecAgg+ (`neighbours < clients − 1`) `threshold + 1` is
+    /// far below that, and two disjoint groups could each gather it on their own list
+    /// (issue 24). A bank whose policy accepts the plan assumes at most `c` colluders,
+    /// so this quorum covers its assumption.
+    pub fn unmask_quorum(&self) -> usize {
+        let majority = (self.clients + self.colluders_tolerated()) / 2 + 1;
+        majority.max(self.min_clients()).min(self.clients)
+    }
+
+    /// Fewest honest banks in any sum that a bank assuming `colluders` colluding
+    /// banks lets through: every sum has at least [`Params::unmask_quorum`] survivors
+    /// (a bank reveals nothing with fewer signatures), of which at most `colluders`
+    /// collude. Bank-level DP divides its noise by this, so the honest noise in every
+    /// sum is at least the accounted μ.
+    pub fn honest_survivors(&self, colluders: usize) -> usize {
+        self.unmask_quorum().saturating_sub(colluders).max(1)
+    }
+
     /// The most banks that may collude with the coordinator without learning any other
     /// bank's individual input, whatever the neighbour graph: `2·threshold − neighbours
     /// − 1`. See [`ClientPolicy`].
@@ -397,6 +422,28 @@ pub fn graph_seed(round: &RoundId, adverts: &[&AdvertiseKeys]) -> [u8; 32] {
     out
 }
 
+/// Digest of an advert set: SHA-256 of the round and every advert with its signature,
+/// in id order. Each client signs the digest of the set it was shown inside its
+/// consistency signature, and reveals nothing unless a quorum signed the same digest:
+/// so every bank that unmasks drew the same neighbour graph from the same keys, and a
+/// coordinator cannot show each bank a view of its own.
+pub fn advert_digest(round: &RoundId, adverts: &[&AdvertiseKeys]) -> [u8; 32] {
+    let mut sorted: Vec<&&AdvertiseKeys> = adverts.iter().collect();
+    sorted.sort_by_key(|a| a.from);
+    let mut m = b"quiver-secagg-adverts-v1\0".to_vec();
+    m.extend_from_slice(&round.bytes());
+    for a in sorted {
+        let signed = a.signed();
+        m.extend_from_slice(&(signed.len() as u32).to_be_bytes());
+        m.extend_from_slice(&signed);
+        m.extend_from_slice(&(a.signature.len() as u32).to_be_bytes());
+        m.extend_from_slice(&a.signature);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, &m).as_ref());
+    out
+}
+
 /// The neighbours of `id`, sorted, in the graph drawn from `seed` (see [`graph_seed`];
 /// public: every party computes it).
 pub fn neighbours(params: &Params, seed: &[u8; 32], id: u32) -> Vec<u32> {
@@ -459,6 +506,10 @@ pub struct EncryptedShare {
     pub to: u32,
     /// ChaCha20-Poly1305 ciphertext of the two shares.
     pub ciphertext: Vec<u8>,
+    /// Commitment to the holder's share of the owner's self-mask seed.
+    pub seed_commitment: [u8; 32],
+    /// Commitment to the holder's share of the owner's mask key.
+    pub key_commitment: [u8; 32],
 }
 
 /// Stage 1: a client's encrypted shares, one per neighbour.
@@ -486,8 +537,10 @@ impl ShareKeys {
             body.extend_from_slice(&s.to.to_be_bytes());
             body.extend_from_slice(&(s.ciphertext.len() as u32).to_be_bytes());
             body.extend_from_slice(&s.ciphertext);
+            body.extend_from_slice(&s.seed_commitment);
+            body.extend_from_slice(&s.key_commitment);
         }
-        transcript("share", &self.round, self.from, &[&body])
+        transcript("share-v2", &self.round, self.from, &[&body])
     }
 }
 
@@ -542,13 +595,38 @@ pub struct ConsistencySig {
     pub signature: Vec<u8>,
 }
 
+/// What a consistency signature covers: the survivor list and the digest of the advert
+/// set the signer was shown ([`advert_digest`]).
 fn consistency_transcript(
     round: &RoundId,
     from: u32,
     survivors: &[u32],
-    _adverts: &[u8; 32],
+    adverts: &[u8; 32],
 ) -> Vec<u8> {
-    transcript("consistency", round, from, &[&ids_bytes(survivors)])
+    transcript(
+        "consistency-v2",
+        round,
+        from,
+        &[&ids_bytes(survivors), adverts],
+    )
+}
+
+/// Commitment to one share an owner hands one holder: SHA-256 over the round, owner,
+/// holder, which secret (`seed` or `key`) and the share. Signed by the owner at stage
+/// 1 and checked by the holder when it opens the share, so a revealed share that does
+/// not match it is the revealer's fault, named and dropped by itself.
+fn share_commitment(round: &RoundId, owner: u32, holder: u32, kind: &str, s: &Share) -> [u8; 32] {
+    let mut m = b"quiver-secagg-share-commit-v1\0".to_vec();
+    m.extend_from_slice(kind.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&round.bytes());
+    m.extend_from_slice(&owner.to_be_bytes());
+    m.extend_from_slice(&holder.to_be_bytes());
+    m.push(s.x);
+    m.extend_from_slice(&s.y);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, &m).as_ref());
+    out
 }
 
 /// Stage 4 (coordinator → clients): what to reveal.
@@ -575,6 +653,12 @@ pub struct UnmaskResponse {
     pub seed_shares: Vec<(u32, Share)>,
     /// Shares of dropped clients' mask keys, by owner.
     pub key_shares: Vec<(u32, Share)>,
+    /// The pairwise mask seed with each dropped neighbour the sender masked with, by
+    /// neighbour: the coordinator removes that mask directly when the dropped client's
+    /// key cannot be rebuilt (it dealt bad shares to too many holders). This reveals
+    /// no more than rebuilding the dropped client's key would (every pairwise seed of
+    /// that client), and nothing about a survivor.
+    pub pair_seeds: Vec<(u32, [u8; 32])>,
     /// Ed25519 signature.
     pub signature: Vec<u8>,
 }
@@ -596,11 +680,16 @@ impl UnmaskResponse {
                 })
                 .collect()
         };
+        let pairs: Vec<u8> = self
+            .pair_seeds
+            .iter()
+            .flat_map(|(v, s)| v.to_be_bytes().into_iter().chain(*s))
+            .collect();
         transcript(
-            "unmask",
+            "unmask-v2",
             &self.round,
             self.from,
-            &[&enc(&self.seed_shares), &enc(&self.key_shares)],
+            &[&enc(&self.seed_shares), &enc(&self.key_shares), &pairs],
         )
     }
 }
@@ -792,6 +881,7 @@ impl Client {
         }
         let all: Vec<&AdvertiseKeys> = keys.iter().collect();
         let seed = graph_seed(&self.round, &all);
+        self.adverts_seen = advert_digest(&self.round, &all);
         self.neighbours = neighbours(&self.params, &seed, self.id)
             .into_iter()
             .collect();
@@ -828,6 +918,8 @@ impl Client {
         let mut shares = Vec::with_capacity(peers.len());
         for ((v, bs), ks) in holders.iter().zip(&seed_shares).zip(&key_shares) {
             let peer = &peers[v];
+            let seed_commitment = share_commitment(&self.round, self.id, *v, "seed", bs);
+            let key_commitment = share_commitment(&self.round, self.id, *v, "key", ks);
             let mut plain = Vec::with_capacity(1 + 2 * SECRET_LEN);
             plain.push(bs.x);
             plain.extend_from_slice(&bs.y);
@@ -840,6 +932,8 @@ impl Client {
                 from: self.id,
                 to: *v,
                 ciphertext: plain,
+                seed_commitment,
+                key_commitment,
             });
         }
         self.peers = peers;
@@ -898,10 +992,19 @@ impl Client {
                     let mut ky = [0u8; 32];
                     by.copy_from_slice(&plain[1..33]);
                     ky.copy_from_slice(&plain[33..65]);
-                    self.held.insert(
-                        s.from,
-                        (Share { x: plain[0], y: by }, Share { x: plain[0], y: ky }),
-                    );
+                    let (bs, ks) = (Share { x: plain[0], y: by }, Share { x: plain[0], y: ky });
+                    // The owner signed these commitments; a share that does not match
+                    // them is the owner's fault, reported here, so a share revealed
+                    // later that does not match them is the revealer's.
+                    if share_commitment(&self.round, s.from, self.id, "seed", &bs)
+                        != s.seed_commitment
+                        || share_commitment(&self.round, s.from, self.id, "key", &ks)
+                            != s.key_commitment
+                    {
+                        rejected.insert(s.from);
+                        continue;
+                    }
+                    self.held.insert(s.from, (bs, ks));
                 }
                 _ => {
                     rejected.insert(s.from);
@@ -961,12 +1064,12 @@ impl Client {
         if !list.survivors.contains(&self.id) {
             return Err(refuse("this client is not on the survivor list".into()));
         }
-        if list.survivors.len() < self.params.min_clients() {
+        if list.survivors.len() < self.params.unmask_quorum() {
             self.stage = ClientStage::Done;
             return Err(ProtocolError::Aborted {
                 stage: "consistency check",
                 have: list.survivors.len(),
-                need: self.params.min_clients(),
+                need: self.params.unmask_quorum(),
             });
         }
         self.signed_survivors = Some(list.survivors.clone());
@@ -1022,11 +1125,13 @@ impl Client {
                 signers.insert(*from);
             }
         }
-        if signers.len() < self.params.min_clients() {
+        // A roster majority on this exact list and advert set: two lists (or two
+        // views of the adverts) can never both reach it (Params::unmask_quorum).
+        if signers.len() < self.params.unmask_quorum() {
             return Err(refuse(format!(
-                "{} valid signatures of the survivor list, {} needed",
+                "{} valid signatures of this survivor list and advert set, {} needed",
                 signers.len(),
-                self.params.min_clients()
+                self.params.unmask_quorum()
             )));
         }
         let dropped: BTreeSet<u32> = req.dropped.iter().copied().collect();
@@ -1039,33 +1144,29 @@ impl Client {
                 key_shares.push((*owner, ks.clone()));
             }
         }
+        let pair_seeds = self
+            .masked_with
+            .iter()
+            .filter(|v| dropped.contains(v))
+            .map(|v| {
+                let peer = &self.peers[v];
+                (
+                    *v,
+                    pair_seed(&self.mask_sk, &peer.mask_pk, &self.round, self.id, *v),
+                )
+            })
+            .collect();
         let mut msg = UnmaskResponse {
             from: self.id,
             round: self.round,
             seed_shares,
             key_shares,
+            pair_seeds,
             signature: Vec::new(),
         };
         msg.signature = self.sign(&msg.signed());
         Ok(msg)
     }
-}
-
-pub use crate::limits::MAX_REBUILD_TRIES;
-
-/// Step `pick` (sorted indices below `n`) to the next combination; false after the last.
-fn next_combination(pick: &mut [usize], n: usize) -> bool {
-    let k = pick.len();
-    for i in (0..k).rev() {
-        if pick[i] < n - k + i {
-            pick[i] += 1;
-            for j in i + 1..k {
-                pick[j] = pick[j - 1] + 1;
-            }
-            return true;
-        }
-    }
-    false
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1087,6 +1188,19 @@ pub struct Aggregate {
     pub contributors: Vec<u32>,
     /// Clients that dropped or were excluded after sharing keys.
     pub dropped: Vec<u32>,
+    /// Clients the coordinator caught breaking the protocol this round, with what they
+    /// did (see [`Server::misbehaving`]).
+    pub misbehaving: Vec<Misbehaviour>,
+}
+
+/// One client caught breaking the protocol, by a check the coordinator made itself
+/// (never on another client's word alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misbehaviour {
+    /// The client.
+    pub client: u32,
+    /// What it did.
+    pub reason: String,
 }
 
 /// The coordinator's side of one round. It sees public keys, ciphertexts it cannot
@@ -1105,6 +1219,10 @@ pub struct Server {
     dropped: Vec<u32>,
     signatures: BTreeMap<u32, Vec<u8>>,
     responses: BTreeMap<u32, UnmaskResponse>,
+    /// Digest of the advert set handed to every client at stage 1.
+    adverts_sent: [u8; 32],
+    misbehaving: Vec<Misbehaviour>,
+    excluded: BTreeSet<u32>,
 }
 
 impl std::fmt::Debug for Server {
@@ -1139,7 +1257,29 @@ impl Server {
             dropped: Vec::new(),
             signatures: BTreeMap::new(),
             responses: BTreeMap::new(),
+            adverts_sent: [0; 32],
+            misbehaving: Vec::new(),
+            excluded: BTreeSet::new(),
         })
+    }
+
+    /// Leave `clients` out of this round: their keys are refused (clients the
+    /// coordinator caught breaking the protocol in an earlier round of the run).
+    pub fn exclude(&mut self, clients: impl IntoIterator<Item = u32>) {
+        self.excluded.extend(clients);
+    }
+
+    /// Clients caught breaking the protocol so far this round: a client that accused
+    /// more neighbours than an honest one ever can (more than `neighbours −
+    /// threshold`: it would have stopped instead), or revealed a share that does not
+    /// match the commitment its owner signed (and its holder checked) at stage 1.
+    pub fn misbehaving(&self) -> &[Misbehaviour] {
+        &self.misbehaving
+    }
+
+    fn caught(&mut self, client: u32, reason: String) {
+        tracing::warn!(client, %reason, "secure aggregation: a client broke the protocol");
+        self.misbehaving.push(Misbehaviour { client, reason });
     }
 
     fn reject(&self, from: u32, stage: &'static str, reason: impl Into<String>) -> ProtocolError {
@@ -1191,6 +1331,13 @@ impl Server {
             &m.round,
             self.keys.contains_key(&m.from),
         )?;
+        if self.excluded.contains(&m.from) {
+            return Err(self.reject(
+                m.from,
+                "advertise keys",
+                "excluded from this run for breaking the protocol",
+            ));
+        }
         if !self.roster.verify(m.from, &m.signed(), &m.signature) {
             return Err(self.reject(m.from, "advertise keys", "bad signature"));
         }
@@ -1210,6 +1357,7 @@ impl Server {
         self.stage = ServerStage::Share;
         let all: Vec<&AdvertiseKeys> = self.keys.values().collect();
         let seed = graph_seed(&self.round, &all);
+        self.adverts_sent = advert_digest(&self.round, &all);
         self.graph = (0..self.params.clients as u32)
             .map(|i| neighbours(&self.params, &seed, i).into_iter().collect())
             .collect();
@@ -1251,11 +1399,11 @@ impl Server {
                 ),
             ));
         }
-        if let Some(s) = m
-            .shares
-            .iter()
-            .find(|s| s.from != m.from || s.ciphertext.len() != 1 + 2 * SECRET_LEN + 16)
-        {
+        if let Some(s) = m.shares.iter().find(|s| {
+            s.from != m.from
+                || s.ciphertext.len() != 1 + 2 * SECRET_LEN + 16
+                || s.seed_commitment == s.key_commitment
+        }) {
             return Err(self.reject(m.from, S, format!("malformed share for client {}", s.to)));
         }
         self.shares.insert(m.from, m);
@@ -1321,19 +1469,53 @@ impl Server {
         Ok(())
     }
 
-    /// Close stage 2: the survivor list. A client that reported a rejected share and
-    /// the client it accuses are both left out (their inputs are not summed; their
-    /// mask keys are recovered like a dropout's), since the coordinator cannot tell
-    /// which of the two lies.
+    /// Close stage 2: the survivor list.
+    ///
+    /// Accusations (shares a client reports as not opening or not matching their
+    /// commitments) cannot be checked by the coordinator, so their reach is bounded by
+    /// construction:
+    ///
+    /// - A client that accuses more than `neighbours − threshold` neighbours is
+    ///   excluded alone and named: an honest client with that many bad shares masks
+    ///   with fewer than `threshold` peers and stops instead of sending anything, so
+    ///   such a report can only come from a client breaking the protocol. Its
+    ///   accusations are ignored.
+    /// - Any other accusation excludes the accused (its input is left out; its mask
+    ///   key is recovered like a dropout's from the holders that accepted its share).
+    ///   The accuser stays. So one client can take at most `neighbours − threshold`
+    ///   others out of a round and never the round itself: at least `clients −
+    ///   neighbours + threshold ≥ threshold + 1` survive.
     pub fn close_masked(&mut self) -> Result<SurvivorList, ProtocolError> {
         if self.stage != ServerStage::Masked {
             return Err(ProtocolError::OutOfOrder("close_masked".into()));
         }
+        let most = self.params.neighbours - self.params.threshold;
+        let over: Vec<(u32, usize)> = self
+            .masked
+            .values()
+            .filter(|m| m.rejected.len() > most)
+            .map(|m| (m.from, m.rejected.len()))
+            .collect();
         let mut excluded = BTreeSet::new();
+        for (from, count) in over {
+            excluded.insert(from);
+            self.caught(
+                from,
+                format!(
+                    "accused {count} neighbours of bad shares; an honest bank stops at more than {most}"
+                ),
+            );
+        }
         for m in self.masked.values() {
-            if !m.rejected.is_empty() {
-                excluded.insert(m.from);
+            if !excluded.contains(&m.from) {
                 excluded.extend(m.rejected.iter().copied());
+            }
+        }
+        // Only accusations of the clients kept count in `holds` from here on.
+        let ignored: Vec<u32> = self.misbehaving.iter().map(|b| b.client).collect();
+        for u in ignored {
+            if let Some(m) = self.masked.get_mut(&u) {
+                m.rejected.clear();
             }
         }
         self.survivors = self
@@ -1348,8 +1530,13 @@ impl Server {
             .copied()
             .filter(|u| !self.survivors.contains(u))
             .collect();
-        if self.survivors.len() < self.params.min_clients() {
-            return Err(self.abort("masked input", self.survivors.len()));
+        if self.survivors.len() < self.params.unmask_quorum() {
+            self.stage = ServerStage::Done;
+            return Err(ProtocolError::Aborted {
+                stage: "masked input",
+                have: self.survivors.len(),
+                need: self.params.unmask_quorum(),
+            });
         }
         self.stage = ServerStage::Consistency;
         Ok(SurvivorList {
@@ -1373,7 +1560,7 @@ impl Server {
         }
         if !self.roster.verify(
             m.from,
-            &consistency_transcript(&self.round, m.from, &self.survivors, &[0; 32]),
+            &consistency_transcript(&self.round, m.from, &self.survivors, &self.adverts_sent),
             &m.signature,
         ) {
             return Err(self.reject(m.from, S, "bad signature of the survivor list"));
@@ -1387,8 +1574,13 @@ impl Server {
         if self.stage != ServerStage::Consistency {
             return Err(ProtocolError::OutOfOrder("close_consistency".into()));
         }
-        if self.signatures.len() < self.params.min_clients() {
-            return Err(self.abort("consistency check", self.signatures.len()));
+        if self.signatures.len() < self.params.unmask_quorum() {
+            self.stage = ServerStage::Done;
+            return Err(ProtocolError::Aborted {
+                stage: "consistency check",
+                have: self.signatures.len(),
+                need: self.params.unmask_quorum(),
+            });
         }
         self.stage = ServerStage::Unmask;
         Ok(UnmaskRequest {
@@ -1450,6 +1642,19 @@ impl Server {
                 ));
             }
         }
+        for (peer, _) in &m.pair_seeds {
+            if !self.dropped.contains(peer) || !self.holds(m.from, *peer) {
+                return Err(self.reject(
+                    m.from,
+                    S,
+                    format!("unexpected pairwise seed with client {peer}"),
+                ));
+            }
+        }
+        let peers: BTreeSet<u32> = m.pair_seeds.iter().map(|(p, _)| *p).collect();
+        if peers.len() != m.pair_seeds.len() {
+            return Err(self.reject(m.from, S, "two pairwise seeds with one client"));
+        }
         let owners: BTreeSet<u32> = m
             .seed_shares
             .iter()
@@ -1466,57 +1671,61 @@ impl Server {
         Ok(())
     }
 
-    /// Rebuild a secret from the shares revealed for `owner`, trying further subsets
-    /// (at most [`MAX_REBUILD_TRIES`]) when one does not pass `ok` (a client gave a bad
-    /// share).
-    fn rebuild(
-        &self,
-        owner: u32,
-        seed: bool,
-        ok: impl Fn(&[u8; 32]) -> bool,
-    ) -> Result<[u8; 32], ProtocolError> {
-        let shares: Vec<Share> = self
-            .responses
-            .values()
-            .filter_map(|r| {
-                let list = if seed { &r.seed_shares } else { &r.key_shares };
-                list.iter()
-                    .find(|(o, _)| *o == owner)
-                    .map(|(_, s)| s.clone())
+    /// Rebuild a secret of `owner` from the shares revealed for it. Each share is
+    /// checked against the commitment its owner signed for that holder at stage 1; a
+    /// share that does not match is dropped and its revealer named, one by one, so
+    /// bad shares cost one hash each (no search over subsets).
+    fn rebuild(&mut self, owner: u32, seed: bool) -> Result<[u8; 32], ProtocolError> {
+        let kind = if seed { "seed" } else { "key" };
+        let committed: BTreeMap<u32, [u8; 32]> = self.shares[&owner]
+            .shares
+            .iter()
+            .map(|s| {
+                (
+                    s.to,
+                    if seed {
+                        s.seed_commitment
+                    } else {
+                        s.key_commitment
+                    },
+                )
             })
             .collect();
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in self.responses.values() {
+            let list = if seed { &r.seed_shares } else { &r.key_shares };
+            let Some((_, share)) = list.iter().find(|(o, _)| *o == owner) else {
+                continue;
+            };
+            let commit = share_commitment(&self.round, owner, r.from, kind, share);
+            if committed.get(&r.from) == Some(&commit) {
+                good.push(share.clone());
+            } else {
+                bad.push(r.from);
+            }
+        }
+        for holder in bad {
+            self.caught(
+                holder,
+                format!(
+                    "revealed a {kind} share of client {owner} that does not match its commitment"
+                ),
+            );
+        }
         let t = self.params.threshold;
-        if shares.len() < t {
+        if good.len() < t {
             return Err(ProtocolError::Aborted {
                 stage: if seed {
                     "unmasking (self-mask seed)"
                 } else {
                     "unmasking (dropped client's key)"
                 },
-                have: shares.len(),
+                have: good.len(),
                 need: t,
             });
         }
-        // Every t-subset, in lexicographic order, up to a bound: one bad share
-        // anywhere (or several) is skipped as long as t good ones exist.
-        let mut pick: Vec<usize> = (0..t).collect();
-        let mut chosen = Vec::with_capacity(t);
-        for _ in 0..MAX_REBUILD_TRIES {
-            chosen.clear();
-            chosen.extend(pick.iter().map(|i| shares[*i].clone()));
-            let s = shamir::combine(&chosen, t)?;
-            if ok(&s) {
-                return Ok(s);
-            }
-            if !next_combination(&mut pick, shares.len()) {
-                break;
-            }
-        }
-        Err(ProtocolError::Aborted {
-            stage: "unmasking (shares do not rebuild a committed secret)",
-            have: shares.len(),
-            need: t,
-        })
+        shamir::combine(&good[..t], t)
     }
 
     /// Close stage 4: remove the masks and return the sum.
@@ -1538,12 +1747,28 @@ impl Server {
                 *a = a.wrapping_add(*y);
             }
         }
-        for u in &self.survivors {
-            let commit = self.keys[u].seed_commitment;
-            let seed = self.rebuild(*u, true, |s| commitment(s) == commit)?;
+        let survivors = self.survivors.clone();
+        for u in &survivors {
+            let seed = self.rebuild(*u, true)?;
+            // Every share used matches the commitment `u` signed for its holder, so a
+            // seed that does not match `u`'s own commitment is `u`'s doing: it dealt
+            // shares of no single secret. Its mask cannot be removed; the round stops
+            // (revealing nothing more) and `u` is named.
+            if commitment(&seed) != self.keys[u].seed_commitment {
+                self.caught(
+                    *u,
+                    "dealt seed shares that do not rebuild its committed seed".into(),
+                );
+                return Err(ProtocolError::Aborted {
+                    stage: "unmasking (a client's committed shares do not rebuild its seed)",
+                    have: 0,
+                    need: self.params.threshold,
+                });
+            }
             MaskPrg::new(&seed).apply(&mut sum, true);
         }
-        for d in &self.dropped {
+        let dropped = self.dropped.clone();
+        for d in &dropped {
             // Survivors that masked with d.
             let affected: Vec<u32> = self
                 .survivors
@@ -1554,13 +1779,39 @@ impl Server {
             if affected.is_empty() {
                 continue;
             }
+            // d's key from its holders' shares when they rebuild it; otherwise (d dealt
+            // bad shares to too many holders, or shares of no single key) each affected
+            // survivor's own pairwise seed with d.
             let mask_pk = self.keys[d].mask_pk;
-            let sk = self.rebuild(*d, false, |s| {
-                PublicKey::from(&StaticSecret::from(*s)).to_bytes() == mask_pk
-            })?;
-            let sk = StaticSecret::from(sk);
+            let sk = match self.rebuild(*d, false) {
+                Ok(sk) => {
+                    let sk = StaticSecret::from(sk);
+                    if PublicKey::from(&sk).to_bytes() == mask_pk {
+                        Some(sk)
+                    } else {
+                        self.caught(
+                            *d,
+                            "dealt key shares that do not rebuild its advertised mask key".into(),
+                        );
+                        None
+                    }
+                }
+                Err(_) => None,
+            };
             for u in affected {
-                let seed = pair_seed(&sk, &self.keys[&u].mask_pk, &self.round, *d, u);
+                let seed = match &sk {
+                    Some(sk) => pair_seed(sk, &self.keys[&u].mask_pk, &self.round, *d, u),
+                    None => self
+                        .responses
+                        .get(&u)
+                        .and_then(|r| r.pair_seeds.iter().find(|(v, _)| v == d))
+                        .map(|(_, s)| *s)
+                        .ok_or(ProtocolError::Aborted {
+                            stage: "unmasking (a dropped client's mask: its key does not rebuild and a survivor did not reveal its pairwise seed)",
+                            have: 0,
+                            need: self.params.threshold,
+                        })?,
+                };
                 // u added the mask if d > u, subtracted it if d < u: undo that.
                 MaskPrg::new(&seed).apply(&mut sum, *d > u);
             }
@@ -1569,6 +1820,7 @@ impl Server {
             sum,
             contributors: self.survivors.clone(),
             dropped: self.dropped.clone(),
+            misbehaving: self.misbehaving.clone(),
         })
     }
 }
@@ -1657,26 +1909,6 @@ mod tests {
     }
 
     #[test]
-    fn combinations_are_enumerated_once_in_order() {
-        let mut pick = vec![0, 1];
-        let mut seen = vec![pick.clone()];
-        while next_combination(&mut pick, 4) {
-            seen.push(pick.clone());
-        }
-        assert_eq!(
-            seen,
-            vec![
-                vec![0, 1],
-                vec![0, 2],
-                vec![0, 3],
-                vec![1, 2],
-                vec![1, 3],
-                vec![2, 3]
-            ]
-        );
-    }
-
-    #[test]
     fn share_nonces_differ_per_direction() {
         assert_ne!(
             share_nonce(1, 2).as_ref(),
@@ -1690,11 +1922,11 @@ mod tests {
 /// tests read the played banks' secrets (this module's private fields): the colluders
 /// are the test's own.
 #[cfg(test)]
-mod attacks {
+mod attacks_support {
     use super::*;
     use ring::signature::KeyPair;
 
-    fn identities(n: usize) -> (Vec<Arc<Ed25519KeyPair>>, Arc<Roster>) {
+    pub(super) fn identities(n: usize) -> (Vec<Arc<Ed25519KeyPair>>, Arc<Roster>) {
         let rng = SystemRandom::new();
         let ids: Vec<Arc<Ed25519KeyPair>> = (0..n)
             .map(|_| {
@@ -1710,6 +1942,12 @@ mod attacks {
         .unwrap();
         (ids, Arc::new(roster))
     }
+}
+
+#[cfg(test)]
+mod attacks {
+    use super::attacks_support::identities;
+    use super::*;
 
     /// A colluding bank follows no policy of its own.
     const ANYTHING: ClientPolicy = ClientPolicy {
@@ -1784,7 +2022,10 @@ mod attacks {
         };
         let colluders = [7u32, 8, 9];
         let policy = ClientPolicy::for_roster(n);
-        assert!(policy.check(&params).is_ok(), "the default policy admits k = t = 4");
+        assert!(
+            policy.check(&params).is_ok(),
+            "the default policy admits k = t = 4"
+        );
         let mut honest = BTreeMap::new();
         let mut honest_adverts = Vec::new();
         for i in 0..7u32 {
@@ -1804,17 +2045,29 @@ mod attacks {
             let mine = neighbours(&params, s, id);
             colluders.iter().all(|c| mine.contains(c))
         };
-        let v0 = grind(&ids, &roster, &params, round, &honest_adverts, &colluders, |s| {
-            has_colluders(s, 0)
-        });
+        let v0 = grind(
+            &ids,
+            &roster,
+            &params,
+            round,
+            &honest_adverts,
+            &colluders,
+            |s| has_colluders(s, 0),
+        );
         let seed0 = graph_seed(&round, &v0.adverts.iter().collect::<Vec<_>>());
         let h = neighbours(&params, &seed0, 0)
             .into_iter()
             .find(|v| !colluders.contains(v))
             .unwrap();
-        let vh = grind(&ids, &roster, &params, round, &honest_adverts, &colluders, |s| {
-            neighbours(&params, s, h) == vec![0, 7, 8, 9]
-        });
+        let vh = grind(
+            &ids,
+            &roster,
+            &params,
+            round,
+            &honest_adverts,
+            &colluders,
+            |s| neighbours(&params, s, h) == vec![0, 7, 8, 9],
+        );
         let mut v0 = v0;
         let mut vh = vh;
 
@@ -1863,23 +2116,31 @@ mod attacks {
                 masked.insert(*i, m);
             }
         }
-        let y0 = masked.get(&0).ok_or("bank 0 stopped before masking")?.clone();
+        let y0 = masked
+            .get(&0)
+            .ok_or("bank 0 stopped before masking")?
+            .clone();
         if !masked.contains_key(&h) {
             return Err(format!("bank {h} stopped before masking"));
         }
-        let others: Vec<u32> = masked.keys().copied().filter(|i| *i != 0 && *i != h).collect();
+        let others: Vec<u32> = masked
+            .keys()
+            .copied()
+            .filter(|i| *i != 0 && *i != h)
+            .collect();
         if others.len() < 2 {
             return Err("fewer than two other honest banks masked".into());
         }
-        let (g1, g2) = (others[0], others[1]);
-        // Stage 3: two lists, each signed by the colluders and two honest banks.
-        let sorted = |mut v: Vec<u32>| {
-            v.sort_unstable();
-            v
-        };
-        let list_a = sorted(vec![0, h, g1, 7, 8, 9]);
-        let list_b = sorted(vec![0, g2, 7, 8, 9]);
-        let mut request = |list: &Vec<u32>, signers: [u32; 2], view_of: u32| {
+        // Stage 3: two lists, each naming every bank that masked (so each is long
+        // enough to sign): in A bank h survives, in B it dropped. The honest banks are
+        // split between them; the colluders sign both.
+        let mut list_a: Vec<u32> = masked.keys().copied().chain(colluders).collect();
+        list_a.sort_unstable();
+        let list_b: Vec<u32> = list_a.iter().copied().filter(|i| *i != h).collect();
+        let half = others.len().div_ceil(2);
+        let signers_a: Vec<u32> = [h].into_iter().chain(others[..half].to_vec()).collect();
+        let signers_b: Vec<u32> = [0].into_iter().chain(others[half..].to_vec()).collect();
+        let mut request = |list: &Vec<u32>, signers: &[u32], view_of: u32| {
             let sl = SurvivorList {
                 round,
                 survivors: list.clone(),
@@ -1887,11 +2148,11 @@ mod attacks {
             let mut sigs = Vec::new();
             for s in signers {
                 let sig = honest
-                    .get_mut(&s)
+                    .get_mut(s)
                     .unwrap()
                     .consistency(&sl)
                     .map_err(|e| e.to_string())?;
-                sigs.push((s, sig.signature));
+                sigs.push((*s, sig.signature));
             }
             // The colluders sign whatever the honest signers signed.
             let view = if view_of == h { &vh } else { &v0 };
@@ -1912,8 +2173,8 @@ mod attacks {
                 signatures: sigs,
             })
         };
-        let req_a = request(&list_a, [h, g1], h)?;
-        let req_b = request(&list_b, [0, g2], 0)?;
+        let req_a = request(&list_a, &signers_a, h)?;
+        let req_b = request(&list_b, &signers_b, 0)?;
         // Stage 4: h reveals its share of 0's seed; 0 reveals its share of h's key.
         let from_h = honest
             .get_mut(&h)
@@ -1930,13 +2191,25 @@ mod attacks {
             .values()
             .filter_map(|c| c.held.get(&0).map(|(b, _)| b.clone()))
             .collect();
-        seed_shares.extend(from_h.seed_shares.iter().filter(|(o, _)| *o == 0).map(|(_, s)| s.clone()));
+        seed_shares.extend(
+            from_h
+                .seed_shares
+                .iter()
+                .filter(|(o, _)| *o == 0)
+                .map(|(_, s)| s.clone()),
+        );
         let mut key_shares: Vec<Share> = vh
             .colluders
             .values()
             .filter_map(|c| c.held.get(&h).map(|(_, k)| k.clone()))
             .collect();
-        key_shares.extend(from_0.key_shares.iter().filter(|(o, _)| *o == h).map(|(_, s)| s.clone()));
+        key_shares.extend(
+            from_0
+                .key_shares
+                .iter()
+                .filter(|(o, _)| *o == h)
+                .map(|(_, s)| s.clone()),
+        );
         let b0 = shamir::combine(&seed_shares, 4).map_err(|e| e.to_string())?;
         if commitment(&b0) != honest[&0].advert.seed_commitment {
             return Err("bank 0's seed did not rebuild".into());
@@ -1967,7 +2240,222 @@ mod attacks {
             Err(why) => {
                 // The honest banks refused to unmask: nothing of bank 0 was revealed.
                 assert!(why.contains("refused"), "{why}");
+                assert!(
+                    why.contains("signatures of this survivor list and advert set"),
+                    "{why}"
+                );
             }
         }
+    }
+
+    /// One consistent round of 10 banks with `k = t = 4` up to the unmask request.
+    fn signed_round() -> (BTreeMap<u32, Client>, UnmaskRequest) {
+        let params = Params {
+            clients: 10,
+            threshold: 4,
+            neighbours: 4,
+            len: 8,
+        };
+        let (ids, roster) = identities(10);
+        let round = RoundId {
+            session: [3; 16],
+            round: 2,
+        };
+        let mut server = Server::new(params.clone(), round, roster.clone()).unwrap();
+        let mut clients = BTreeMap::new();
+        for i in 0..10u32 {
+            let (c, a) = Client::new(
+                i,
+                ids[i as usize].clone(),
+                roster.clone(),
+                params.clone(),
+                ClientPolicy::for_roster(10),
+                round,
+            )
+            .unwrap();
+            server.receive_keys(a).unwrap();
+            clients.insert(i, c);
+        }
+        for (i, ks) in server.close_keys().unwrap() {
+            let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+            server.receive_shares(m).unwrap();
+        }
+        for (i, inbox) in server.close_shares().unwrap() {
+            let m = clients
+                .get_mut(&i)
+                .unwrap()
+                .masked_input(&inbox, &[i; 8])
+                .unwrap();
+            server.receive_masked(m).unwrap();
+        }
+        let list = server.close_masked().unwrap();
+        for i in &list.survivors {
+            let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
+            server.receive_consistency(m).unwrap();
+        }
+        (clients, server.close_consistency().unwrap())
+    }
+
+    #[test]
+    fn an_unmask_request_needs_a_roster_majority_of_signatures_whatever_k() {
+        let params = Params {
+            clients: 10,
+            threshold: 4,
+            neighbours: 4,
+            len: 1,
+        };
+        // More than (n + c)/2 with c = 3: 7, where t + 1 is only 5.
+        assert_eq!(params.unmask_quorum(), 7);
+        assert_eq!(Params::secagg(10, 7, 1).unmask_quorum(), 8);
+        assert_eq!(Params::secagg(3, 2, 1).unmask_quorum(), 3);
+        let (mut clients, req) = signed_round();
+        assert_eq!(req.signatures.len(), 10);
+        let six = UnmaskRequest {
+            signatures: req.signatures[..6].to_vec(),
+            ..req.clone()
+        };
+        let e = clients.get_mut(&9).unwrap().unmask(&six).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("6 valid signatures of this survivor list and advert set, 7 needed"),
+            "{e}"
+        );
+        let seven = UnmaskRequest {
+            signatures: req.signatures[..7].to_vec(),
+            ..req
+        };
+        assert!(clients.get_mut(&8).unwrap().unmask(&seven).is_ok());
+    }
+
+    #[test]
+    fn signatures_over_another_advert_set_do_not_count() {
+        let (mut clients, mut req) = signed_round();
+        // Bank 0 was shown other adverts: its digest differs from everyone else's.
+        clients.get_mut(&0).unwrap().adverts_seen = [0xAB; 32];
+        let e = clients.get_mut(&0).unwrap().unmask(&req).unwrap_err();
+        assert!(e.to_string().contains("0 valid signatures"), "{e}");
+        // And a signature is bound to its list: the same signatures on another list
+        // are no signatures at all.
+        req.survivors.pop();
+        req.dropped.push(9);
+        let e = clients.get_mut(&1).unwrap().unmask(&req).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("differs from the one this client signed"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod dealing {
+    use super::attacks_support::identities;
+    use super::*;
+
+    #[test]
+    fn a_bank_dealing_shares_of_another_seed_is_named() {
+        // Bank 2 commits to one self-mask seed at stage 0 and deals shares of another
+        // (each share matching the commitment it signed for its holder). Its mask
+        // cannot be removed, so the round stops, and bank 2 is named: the shares were
+        // its own, so no holder can be blamed.
+        let params = Params::secagg(5, 3, 8);
+        let (ids, roster) = identities(5);
+        let round = RoundId {
+            session: [5; 16],
+            round: 1,
+        };
+        let mut server = Server::new(params.clone(), round, roster.clone()).unwrap();
+        let mut clients = BTreeMap::new();
+        for i in 0..5u32 {
+            let (c, a) = Client::new(
+                i,
+                ids[i as usize].clone(),
+                roster.clone(),
+                params.clone(),
+                ClientPolicy::for_roster(5),
+                round,
+            )
+            .unwrap();
+            server.receive_keys(a).unwrap();
+            clients.insert(i, c);
+        }
+        for (i, ks) in server.close_keys().unwrap() {
+            let c = clients.get_mut(&i).unwrap();
+            let real = c.seed;
+            if i == 2 {
+                c.seed = [0x42; 32];
+            }
+            let m = c.share_keys(&ks).unwrap();
+            c.seed = real;
+            server.receive_shares(m).unwrap();
+        }
+        for (i, inbox) in server.close_shares().unwrap() {
+            let m = clients
+                .get_mut(&i)
+                .unwrap()
+                .masked_input(&inbox, &[i; 8])
+                .unwrap();
+            server.receive_masked(m).unwrap();
+        }
+        let list = server.close_masked().unwrap();
+        for i in &list.survivors {
+            let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
+            server.receive_consistency(m).unwrap();
+        }
+        let req = server.close_consistency().unwrap();
+        for i in &list.survivors {
+            let m = clients.get_mut(i).unwrap().unmask(&req).unwrap();
+            server.receive_unmask(m).unwrap();
+        }
+        assert!(matches!(
+            server.finish(),
+            Err(ProtocolError::Aborted { .. })
+        ));
+        assert_eq!(server.misbehaving().len(), 1);
+        assert_eq!(server.misbehaving()[0].client, 2);
+        assert!(server.misbehaving()[0].reason.contains("committed seed"));
+    }
+}
+
+#[cfg(test)]
+mod noise {
+    use super::*;
+
+    #[test]
+    fn bank_level_noise_covers_every_sum_a_bank_lets_through() {
+        // For every plan a bank's default policy accepts, the sum with the fewest
+        // honest banks it still unmasks (the quorum, `c` of them colluders) carries
+        // at least the accounted variance μ of honest noise.
+        for n in 3..=40 {
+            let policy = ClientPolicy::for_roster(n);
+            let c = policy.colluders;
+            for k in (2..n - 1).step_by(2).chain([n - 1]) {
+                for t in 1..=k {
+                    let p = Params {
+                        clients: n,
+                        threshold: t,
+                        neighbours: k,
+                        len: 1,
+                    };
+                    if p.validate().is_err() || policy.check(&p).is_err() {
+                        continue;
+                    }
+                    let mu = 1.0;
+                    let share = mu / p.honest_survivors(c) as f64;
+                    let worst_honest = p.unmask_quorum() - c;
+                    assert!(
+                        worst_honest as f64 * share >= mu - 1e-12,
+                        "{p:?}: {worst_honest} honest banks carry {}",
+                        worst_honest as f64 * share
+                    );
+                }
+            }
+        }
+        // n = 10, default plan: dividing by t left (t + 1 − c)/t · μ = 0.71 μ.
+        let p = Params::secagg(10, 7, 1);
+        let c = ClientPolicy::for_roster(10).colluders;
+        assert!(((p.threshold + 1 - c) as f64 / p.threshold as f64) < 0.72);
+        assert_eq!(p.honest_survivors(c), 5);
+        assert!((p.unmask_quorum() - c) as f64 / p.honest_survivors(c) as f64 >= 1.0);
     }
 }

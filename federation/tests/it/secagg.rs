@@ -474,7 +474,11 @@ fn broken_and_malicious_clients_are_rejected_and_the_round_completes() {
     }
     assert_eq!(accused_by.len(), 1);
     let list = server.close_masked().unwrap();
-    let out: BTreeSet<u32> = [8, 9, 10, 11, accused_by[0]].into_iter().collect();
+    // The accused (9) is left out; its accuser stays (one accusation is within what an
+    // honest bank can report), so one bank cannot take out more than k - t others.
+    assert!(!list.survivors.contains(&9));
+    assert!(list.survivors.contains(&accused_by[0]));
+    let out: BTreeSet<u32> = [8, 9, 10, 11].into_iter().collect();
     let expect: Vec<u32> = (0..n as u32).filter(|i| !out.contains(i)).collect();
     assert_eq!(list.survivors, expect);
     for i in &list.survivors {
@@ -772,12 +776,33 @@ fn the_secagg_plus_graph_comes_from_the_adverts_not_the_session_id() {
     assert_ne!(graph_of(), graph_of());
 }
 
+/// Every survivor of a full round reveals; `corrupt` (if any) flips a byte of every
+/// seed share it reveals and signs the result, so only the commitments can tell.
+fn unmask_all(
+    b: &Banks,
+    clients: &mut BTreeMap<u32, Client>,
+    server: &mut Server,
+    req: &UnmaskRequest,
+    corrupt: Option<u32>,
+) -> Aggregate {
+    for i in &req.survivors {
+        let mut m = clients.get_mut(i).unwrap().unmask(req).unwrap();
+        if Some(*i) == corrupt {
+            for (_, s) in m.seed_shares.iter_mut() {
+                s.y[0] ^= 0x5a;
+            }
+            m.sign(&b.ids[*i as usize]);
+        }
+        server.receive_unmask(m).unwrap();
+    }
+    server.finish().unwrap()
+}
+
 #[test]
 fn one_bad_share_anywhere_does_not_abort_the_round() {
     // Five banks, t = 3: each secret has four holders. Client 1 reveals a corrupted
-    // seed share of every survivor, properly signed, so the coordinator cannot tell it
-    // from a good one. Every t-subset is tried, so the round still completes; trying
-    // only contiguous windows fails for owners whose shares have the bad one inside.
+    // seed share of every survivor, properly signed. Each share is checked against the
+    // commitment its owner signed at stage 1, so client 1's are dropped and it is named.
     let n = 5;
     let b = banks(n);
     let params = Params::secagg(n, 3, 40);
@@ -785,17 +810,115 @@ fn one_bad_share_anywhere_does_not_abort_the_round() {
     let (mut clients, mut server) = advertise(&b, &params, policy(&params), round(8));
     let list = share_and_mask(&mut clients, &mut server, &x, &[]);
     let req = sign_list(&mut clients, &mut server, &list);
-    for i in &list.survivors {
-        let mut m = clients.get_mut(i).unwrap().unmask(&req).unwrap();
-        if *i == 1 {
-            for (_, s) in m.seed_shares.iter_mut() {
-                s.y[0] ^= 0x5a;
-            }
-            m.sign(&b.ids[1]);
-        }
-        server.receive_unmask(m).unwrap();
-    }
-    let agg = server.finish().unwrap();
+    let agg = unmask_all(&b, &mut clients, &mut server, &req, Some(1));
     let all: Vec<u32> = (0..n as u32).collect();
     assert_eq!(agg.sum, plain_sum(&x, &all));
+    assert!(!agg.misbehaving.is_empty());
+    assert!(
+        agg.misbehaving.iter().all(|m| m.client == 1),
+        "{:?}",
+        agg.misbehaving
+    );
+}
+
+#[test]
+fn a_bank_corrupting_every_seed_share_it_reveals_among_twenty_is_named_and_the_sum_exact() {
+    // Plain SecAgg at n = 20, t = 13: a search over t-subsets of the 19 revealed shares
+    // (C(19, 13) = 27,132 per owner) is what the old rebuild would have needed. With
+    // commitments each bad share costs one hash.
+    let n = 20;
+    let b = banks(n);
+    let params = Params::secagg(n, 13, 32);
+    assert!(ClientPolicy::for_roster(n).check(&params).is_ok());
+    let x = inputs(n, 32, 5);
+    let (mut clients, mut server) = advertise(&b, &params, ClientPolicy::for_roster(n), round(12));
+    let list = share_and_mask(&mut clients, &mut server, &x, &[]);
+    let req = sign_list(&mut clients, &mut server, &list);
+    let agg = unmask_all(&b, &mut clients, &mut server, &req, Some(4));
+    let all: Vec<u32> = (0..n as u32).collect();
+    assert_eq!(agg.sum, plain_sum(&x, &all));
+    // One named entry per owner whose share it corrupted (everyone but itself).
+    assert_eq!(agg.misbehaving.len(), n - 1);
+    assert!(
+        agg.misbehaving
+            .iter()
+            .all(|m| m.client == 4 && m.reason.contains("commitment"))
+    );
+}
+
+#[test]
+fn a_bank_accusing_all_its_neighbours_is_excluded_alone() {
+    // n = 10, plain SecAgg with the default threshold: bank 3 reports every neighbour's
+    // share as bad. An honest bank with more than k - t bad shares stops instead, so
+    // the report itself is the misbehaviour: bank 3 is excluded and named, and the
+    // other nine are summed.
+    let n = 10;
+    let b = banks(n);
+    let params = Params::secagg(n, 7, 16);
+    let x = inputs(n, 16, 3);
+    let (mut clients, mut server) = advertise(&b, &params, ClientPolicy::for_roster(n), round(13));
+    for (i, ks) in server.close_keys().unwrap() {
+        let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+        server.receive_shares(m).unwrap();
+    }
+    for (i, s) in server.close_shares().unwrap() {
+        let mut m = clients
+            .get_mut(&i)
+            .unwrap()
+            .masked_input(&s, &x[i as usize])
+            .unwrap();
+        if i == 3 {
+            m.rejected = (0..n as u32).filter(|v| *v != 3).collect();
+            m.sign(&b.ids[3]);
+        }
+        server.receive_masked(m).unwrap();
+    }
+    let list = server.close_masked().unwrap();
+    let nine: Vec<u32> = (0..n as u32).filter(|i| *i != 3).collect();
+    assert_eq!(list.survivors, nine);
+    assert_eq!(server.misbehaving().len(), 1);
+    assert_eq!(server.misbehaving()[0].client, 3);
+    let req = sign_list(&mut clients, &mut server, &list);
+    let agg = unmask_all(&b, &mut clients, &mut server, &req, None);
+    assert_eq!(agg.sum, plain_sum(&x, &nine));
+    assert_eq!(agg.dropped, vec![3]);
+}
+
+#[test]
+fn a_bank_dealing_bad_shares_to_more_than_k_minus_t_holders_only_leaves_itself_out() {
+    // n = 10, t = 7: bank 5 sends four of its nine holders shares that do not open.
+    // Each of the four accuses it (one accusation each, within what an honest bank can
+    // report), so bank 5 is left out; only five holders kept its shares, fewer than t,
+    // so its mask key cannot be rebuilt: the five survivors that masked with it reveal
+    // their pairwise seeds with it instead, and the round completes.
+    let n = 10;
+    let b = banks(n);
+    let params = Params::secagg(n, 7, 24);
+    let x = inputs(n, 24, 8);
+    let (mut clients, mut server) = advertise(&b, &params, ClientPolicy::for_roster(n), round(14));
+    for (i, ks) in server.close_keys().unwrap() {
+        let mut m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
+        if i == 5 {
+            for s in m.shares.iter_mut().take(4) {
+                s.ciphertext[3] ^= 0x40;
+            }
+            m.sign(&b.ids[5]);
+        }
+        server.receive_shares(m).unwrap();
+    }
+    for (i, s) in server.close_shares().unwrap() {
+        let m = clients
+            .get_mut(&i)
+            .unwrap()
+            .masked_input(&s, &x[i as usize])
+            .unwrap();
+        server.receive_masked(m).unwrap();
+    }
+    let list = server.close_masked().unwrap();
+    let nine: Vec<u32> = (0..n as u32).filter(|i| *i != 5).collect();
+    assert_eq!(list.survivors, nine);
+    let req = sign_list(&mut clients, &mut server, &list);
+    let agg = unmask_all(&b, &mut clients, &mut server, &req, None);
+    assert_eq!(agg.sum, plain_sum(&x, &nine));
+    assert_eq!(agg.dropped, vec![5]);
 }

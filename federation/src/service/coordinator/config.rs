@@ -214,7 +214,15 @@ impl CoordinatorConfig {
         self.budget.validate()?;
         if let Some(dp) = self.bank_dp {
             let np = self.architecture.num_params(self.features.len());
-            BankDpEncoding::new(np, dp, self.params(1)?.threshold, n)?;
+            BankDpEncoding::new(
+                np,
+                dp,
+                {
+                    let p = self.params(1)?;
+                    p.honest_survivors(p.colluders_tolerated())
+                },
+                n,
+            )?;
         }
         let d = &self.deadlines;
         for (name, v) in [

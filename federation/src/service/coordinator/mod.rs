@@ -84,6 +84,7 @@ impl Coordinator {
                 history: Vec::new(),
                 rejected: Vec::new(),
                 rejected_total: 0,
+                excluded: BTreeMap::new(),
                 stage_seconds: Vec::new(),
                 received: [0; 5],
                 sent: [0; 5],

@@ -2,7 +2,7 @@
 //! from the securely aggregated sums, one record per round, and the final model
 //! registered with its lineage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use super::summary::{RoundRecord, RunSummary};
 use crate::aggregate::{BankDpEncoding, FeatureMoments, ServerOptimizer, UpdateEncoding};
 use crate::dp::RdpAccountant;
 use crate::protocol::ProtocolError;
-use crate::protocol::secagg::{RoundId, Server};
+use crate::protocol::secagg::{Misbehaviour, RoundId, Server};
 use crate::service::rpc::{Work, pb};
 use crate::service::{BankReport, RoundKind, RoundPlan, ServiceError};
 
@@ -75,9 +75,36 @@ fn to_all(to: &[u32], work: Work) -> BTreeMap<u32, Arc<Work>> {
     to.iter().map(|i| (*i, work.clone())).collect()
 }
 
-/// One secure aggregation; returns the sum, contributors and dropped.
-#[tracing::instrument(name = "federation_round", skip_all, fields(round, kind = ?plan.kind))]
+/// One secure aggregation; returns the sum, contributors and dropped, and in either
+/// case the banks the protocol caught breaking it. Those are recorded in the shared
+/// state's `excluded` and left out of every later round (their own signed messages
+/// prove what they did, so no honest bank can be excluded this way).
 async fn aggregate(
+    s: &Shared,
+    round: u64,
+    session: [u8; 16],
+    plan: &RoundPlan,
+) -> (
+    Result<crate::protocol::secagg::Aggregate, ServiceError>,
+    Vec<Misbehaviour>,
+) {
+    let out = aggregate_stages(s, round, session, plan).await;
+    let mut st = lock(s);
+    let caught = st
+        .server
+        .take()
+        .map(|sv| sv.misbehaving().to_vec())
+        .unwrap_or_default();
+    for m in &caught {
+        st.excluded
+            .entry(m.client)
+            .or_insert_with(|| format!("round {round}: {}", m.reason));
+    }
+    (out, caught)
+}
+
+#[tracing::instrument(name = "federation_round", skip_all, fields(round, kind = ?plan.kind))]
+async fn aggregate_stages(
     s: &Shared,
     round: u64,
     session: [u8; 16],
@@ -85,7 +112,9 @@ async fn aggregate(
 ) -> Result<crate::protocol::secagg::Aggregate, ServiceError> {
     let params = s.cfg.params(plan.len)?;
     let rid = RoundId { session, round };
-    let server = Server::new(params, rid, s.roster.clone())?;
+    let mut server = Server::new(params, rid, s.roster.clone())?;
+    let excluded: BTreeSet<u32> = lock(s).excluded.keys().copied().collect();
+    server.exclude(excluded.iter().copied());
     let d = s.cfg.deadlines;
     {
         let mut st = lock(s);
@@ -98,7 +127,9 @@ async fn aggregate(
         plan_json: serde_json::to_string(plan).expect("plans serialise"),
         global: plan.global.clone(),
     });
-    let all: Vec<u32> = (0..s.names.len() as u32).collect();
+    let all: Vec<u32> = (0..s.names.len() as u32)
+        .filter(|i| !excluded.contains(i))
+        .collect();
     run_stage(
         s,
         0,
@@ -128,9 +159,7 @@ async fn aggregate(
     let to = req.survivors.clone();
     let to = to_all(&to, Work::Unmask(req.into()));
     run_stage(s, 4, to, stage_d).await;
-    let agg = with_server(s, |sv| sv.finish())?;
-    lock(s).server = None;
-    Ok(agg)
+    with_server(s, |sv| sv.finish())
 }
 
 fn with_server<T>(
@@ -202,13 +231,31 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
         strategy: cfg.strategy,
         bank_dp: cfg.bank_dp,
     };
+    // Round ids are spent once each: a round that fails because a bank broke the
+    // protocol is recorded, the bank is excluded, and the next round gets a new id.
+    let mut next_round = 0u64;
+    // Each failed attempt that goes on excludes at least one more bank.
+    let max_rounds = cfg.rounds + n as u64;
     // Round 0: feature statistics.
     let moments = FeatureMoments::new(dim, cfg.max_rows, n)?;
     plan.len = moments.layout().len();
-    let t = Instant::now();
-    let agg = aggregate(s, 0, session, &plan).await?;
+    let agg = loop {
+        let round = next_round;
+        next_round += 1;
+        plan.round = round;
+        let t = Instant::now();
+        let (out, caught) = aggregate(s, round, session, &plan).await;
+        match out {
+            Ok(agg) => break (agg, t),
+            Err(e) if !caught.is_empty() && next_round < max_rounds => {
+                record_failed(s, round, &caught, &e, t);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let (agg, t) = agg;
     let (standardizer, rows) = moments.decode(&agg.sum, agg.contributors.len());
-    record(s, 0, &agg, rows, None, 0, 0, None, t);
+    record(s, plan.round, &agg, rows, None, 0, 0, None, t);
     tracing::info!(
         rows,
         banks = agg.contributors.len(),
@@ -219,9 +266,14 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
     let enc = UpdateEncoding::new(np, cfg.update_clip, cfg.max_rows, n)?;
     // Bank-level DP: the coordinator accounts it itself from public parameters (the
     // banks do too, and refuse rounds past their own budgets).
+    // Noise is divided as the banks divide it at most: by the fewest honest banks in a
+    // sum when as many banks collude as the plan withstands (the wrap check is then
+    // conservative for banks assuming fewer).
+    let p = cfg.params(1)?;
+    let honest = p.honest_survivors(p.colluders_tolerated());
     let mut bank_dp = cfg
         .bank_dp
-        .map(|dp| BankDpEncoding::new(np, dp, plan.threshold, n))
+        .map(|dp| BankDpEncoding::new(np, dp, honest, n))
         .transpose()?
         .map(|enc| (enc, RdpAccountant::for_skellam()));
     let mut global = cfg.architecture.init(dim, cfg.seed);
@@ -234,7 +286,10 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
     plan.standardizer = Some(standardizer.clone());
     let mut stopped = "rounds".to_string();
     let mut done = 0;
-    for round in 1..=cfg.rounds {
+    let quorum = cfg.params(1)?.unmask_quorum();
+    while done < cfg.rounds && next_round < max_rounds {
+        let round = next_round;
+        next_round += 1;
         if let Some((b, acc)) = &bank_dp {
             let (l1, l2, mu) = b.accounting();
             let next = acc.epsilon_after_skellam(l1, l2, mu, 1, cfg.budget.delta)?;
@@ -249,24 +304,32 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
         plan.round = round;
         plan.global = global.clone();
         let t = Instant::now();
-        let agg = match aggregate(s, round, session, &plan).await {
+        let (out, caught) = aggregate(s, round, session, &plan).await;
+        let agg = match out {
             Ok(a) => a,
             Err(e) => {
-                // Banks that refused for their budget end the run with the model so far.
-                let refused: Vec<String> = lock(s)
-                    .reports
-                    .iter()
-                    .filter_map(|(i, r)| {
-                        r.refused
-                            .as_ref()
-                            .map(|why| format!("{}: {why}", s.names[*i as usize]))
-                    })
-                    .collect();
-                if refused.is_empty() {
-                    return Err(e);
+                // Banks that sit out for their own budget end the run with the model
+                // so far only when too few banks are left for a round.
+                let st = lock(s);
+                if let Some(why) = budget_stop(
+                    &st.reports,
+                    n,
+                    &st.excluded,
+                    cfg.budget.epsilon,
+                    quorum,
+                    &s.names,
+                    true,
+                ) {
+                    drop(st);
+                    stopped = why;
+                    break;
                 }
-                stopped = format!("budget: {}", refused.join("; "));
-                break;
+                drop(st);
+                if !caught.is_empty() {
+                    record_failed(s, round, &caught, &e, t);
+                    continue;
+                }
+                return Err(e);
             }
         };
         let (sum, bank_eps) = match &mut bank_dp {
@@ -307,13 +370,19 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
             bank_eps,
             t,
         );
-        done = round;
+        done += 1;
         let st = lock(s);
-        let next = st
-            .reports
-            .values()
-            .map(|r| r.epsilon_next)
-            .fold(0.0, f64::max);
+        // One bank's report decides only for that bank (it sits out when its own
+        // budget is spent); the run stops when too few banks are left for a round.
+        let budget_out = budget_stop(
+            &st.reports,
+            n,
+            &st.excluded,
+            cfg.budget.epsilon,
+            quorum,
+            &s.names,
+            false,
+        );
         let eps = st.history.last().map_or(0.0, |h| h.epsilon);
         drop(st);
         tracing::info!(
@@ -323,13 +392,18 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
             bank_epsilon = bank_eps,
             "round done"
         );
-        if round < cfg.rounds && next > cfg.budget.epsilon {
-            stopped = format!(
-                "budget: one more round would spend ε = {next:.3} > {}",
-                cfg.budget.epsilon
-            );
+        if done < cfg.rounds
+            && let Some(why) = budget_out
+        {
+            stopped = why;
             break;
         }
+    }
+    if done < cfg.rounds && stopped == "rounds" {
+        stopped = format!(
+            "attempts: {next_round} rounds tried, {done} completed; banks excluded for breaking the protocol: {}",
+            excluded_names(s)
+        );
     }
     let model = cfg
         .architecture
@@ -388,10 +462,22 @@ fn record(
     t: Instant,
 ) {
     let mut st = lock(s);
-    let epsilon = st.reports.values().map(|r| r.epsilon).fold(0.0, f64::max);
+    // The largest ε any bank in the sum reports for itself.
+    let epsilon = st
+        .reports
+        .iter()
+        .filter(|(i, _)| agg.contributors.contains(i))
+        .map(|(_, r)| r.epsilon)
+        .fold(0.0, f64::max);
     let name = |i: &u32| s.names[*i as usize].clone();
     let rec = RoundRecord {
         round,
+        misbehaving: agg
+            .misbehaving
+            .iter()
+            .map(|m| format!("{}: {}", name(&m.client), m.reason))
+            .collect(),
+        failed: None,
         contributors: agg.contributors.iter().map(name).collect(),
         // Every bank of the roster not in the sum: dropped mid-round, late, or
         // sitting the round out (its budget).
@@ -412,6 +498,86 @@ fn record(
         stage_seconds: st.stage_seconds.clone(),
     };
     st.history.push(rec);
+}
+
+/// A round that failed after the protocol caught banks breaking it: its id is spent,
+/// the banks are excluded from here on, and the run goes on.
+fn record_failed(s: &Shared, round: u64, caught: &[Misbehaviour], e: &ServiceError, t: Instant) {
+    let mut st = lock(s);
+    let name = |i: &u32| s.names[*i as usize].clone();
+    tracing::warn!(round, error = %e, "round failed; the banks that broke the protocol are excluded from the rest of the run");
+    let epsilon = st.history.last().map_or(0.0, |h| h.epsilon);
+    let rec = RoundRecord {
+        round,
+        contributors: Vec::new(),
+        dropped: s.names.clone(),
+        misbehaving: caught
+            .iter()
+            .map(|m| format!("{}: {}", name(&m.client), m.reason))
+            .collect(),
+        failed: Some(e.to_string()),
+        rows: 0,
+        loss_before: None,
+        epsilon,
+        bank_epsilon: None,
+        clipped_values: 0,
+        clipped_examples: 0,
+        seconds: t.elapsed().as_secs_f64(),
+        stage_seconds: st.stage_seconds.clone(),
+    };
+    st.history.push(rec);
+}
+
+fn excluded_names(s: &Shared) -> String {
+    let st = lock(s);
+    if st.excluded.is_empty() {
+        return "none".into();
+    }
+    st.excluded
+        .iter()
+        .map(|(i, why)| format!("{} ({why})", s.names[*i as usize]))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why the run must stop for the privacy budget, if it must: fewer than `quorum`
+/// banks of the roster can take part in one more round (`failed`: in the round that
+/// just failed). A bank cannot take part when it is excluded, sits the round out for
+/// its own budget (`refused`), or reports that one more round would pass the run's
+/// budget. So one bank's report (true or not) decides only for that bank.
+pub(super) fn budget_stop(
+    reports: &BTreeMap<u32, BankReport>,
+    banks: usize,
+    excluded: &BTreeMap<u32, String>,
+    budget: f64,
+    quorum: usize,
+    names: &[String],
+    failed: bool,
+) -> Option<String> {
+    let mut out = Vec::new();
+    for i in 0..banks as u32 {
+        if excluded.contains_key(&i) {
+            continue;
+        }
+        let Some(r) = reports.get(&i) else { continue };
+        let name = names.get(i as usize).map_or("?", String::as_str);
+        if let Some(why) = &r.refused {
+            out.push(format!("{name}: {why}"));
+        } else if !failed && !(r.epsilon_next <= budget) {
+            out.push(format!(
+                "{name}: one more round would spend ε = {:.3} > {budget}",
+                r.epsilon_next
+            ));
+        }
+    }
+    let can = banks - excluded.len() - out.len();
+    if out.is_empty() || can >= quorum {
+        return None;
+    }
+    Some(format!(
+        "budget: {can} banks can take part in another round, {quorum} needed ({})",
+        out.join("; ")
+    ))
 }
 
 /// Register the final model with lineage: a `federation_run` node with the banks,
@@ -478,4 +644,63 @@ fn register(
     }
     let mv = store.models()?.register(r, &reg.signer, &key)?;
     Ok(format!("{}@{}", mv.manifest.model, mv.manifest.version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(epsilon_next: f64) -> BankReport {
+        BankReport {
+            epsilon: 1.0,
+            epsilon_next,
+            delta: 1e-5,
+            ..BankReport::default()
+        }
+    }
+
+    #[test]
+    fn one_bank_claiming_its_budget_is_spent_does_not_end_the_run() {
+        let names: Vec<String> = (0..10).map(|i| format!("bank{i}")).collect();
+        let quorum = crate::protocol::secagg::Params::secagg(10, 7, 1).unmask_quorum();
+        let mut reports: BTreeMap<u32, BankReport> = (0..10).map(|i| (i, report(1.5))).collect();
+        let none = BTreeMap::new();
+        // One bank says one more round would cost it ε = 1e9: only it sits out.
+        reports.insert(4, report(1e9));
+        assert_eq!(
+            budget_stop(&reports, 10, &none, 2.5, quorum, &names, false),
+            None
+        );
+        reports.insert(5, report(f64::NAN));
+        assert_eq!(
+            budget_stop(&reports, 10, &none, 2.5, quorum, &names, false),
+            None
+        );
+        // A third bank past its budget leaves 7 of 10, below the quorum of 8: stop.
+        reports.insert(6, report(3.0));
+        let why = budget_stop(&reports, 10, &none, 2.5, quorum, &names, false).unwrap();
+        assert!(
+            why.contains("7 banks can take part in another round, 8 needed"),
+            "{why}"
+        );
+        assert!(why.contains("bank4") && why.contains("bank6"), "{why}");
+        // A failed round stops for the budget only when refusals leave too few.
+        let mut failed: BTreeMap<u32, BankReport> = (0..10).map(|i| (i, report(1.5))).collect();
+        failed.insert(
+            2,
+            BankReport {
+                refused: Some("budget".into()),
+                ..report(3.0)
+            },
+        );
+        assert_eq!(
+            budget_stop(&failed, 10, &none, 2.5, quorum, &names, true),
+            None
+        );
+        // Excluded banks do not count as able to go on.
+        let excluded: BTreeMap<u32, String> = [(0, "x".to_string()), (1, "y".to_string())]
+            .into_iter()
+            .collect();
+        assert!(budget_stop(&failed, 10, &excluded, 2.5, quorum, &names, true).is_some());
+    }
 }

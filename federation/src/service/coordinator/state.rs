@@ -34,6 +34,9 @@ pub(super) struct State {
     pub(super) history: Vec<RoundRecord>,
     pub(super) rejected: Vec<String>,
     pub(super) rejected_total: u64,
+    /// Banks proven to have broken the protocol (by their own signed messages), by
+    /// client id, with what they did: left out of every later round of the run.
+    pub(super) excluded: BTreeMap<u32, String>,
     /// The current round's stage wall times so far.
     pub(super) stage_seconds: Vec<f64>,
     /// Protocol message bytes per stage, received and sent.

@@ -17,6 +17,16 @@ pub struct RoundRecord {
     pub contributors: Vec<String>,
     /// Banks that dropped or were excluded.
     pub dropped: Vec<String>,
+    /// Banks the coordinator caught breaking the protocol in this round (each by a
+    /// check of its own signed messages: an accusation no honest bank can make, a
+    /// revealed share that does not match its commitment), with what they did. They
+    /// are left out of every later round of the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub misbehaving: Vec<String>,
+    /// Why the round failed, when it did (its number is spent; the run goes on
+    /// without the banks named in `misbehaving`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
     /// Rows over the contributors.
     pub rows: u64,
     /// Row-weighted log-loss of the global model before the round (train rounds).

@@ -140,6 +140,8 @@ impl From<EncryptedShare> for pb::EncryptedShare {
             from: m.from,
             to: m.to,
             ciphertext: m.ciphertext,
+            seed_commitment: m.seed_commitment.to_vec(),
+            key_commitment: m.key_commitment.to_vec(),
         }
     }
 }
@@ -147,14 +149,13 @@ impl From<EncryptedShare> for pb::EncryptedShare {
 impl TryFrom<pb::EncryptedShare> for EncryptedShare {
     type Error = MessageError;
     fn try_from(m: pb::EncryptedShare) -> Result<Self, MessageError> {
+        let c = Check("encrypted share");
         Ok(Self {
             from: m.from,
             to: m.to,
-            ciphertext: Check("encrypted share").bytes(
-                "ciphertext",
-                m.ciphertext,
-                MAX_CIPHERTEXT,
-            )?,
+            ciphertext: c.bytes("ciphertext", m.ciphertext, MAX_CIPHERTEXT)?,
+            seed_commitment: c.fixed("seed_commitment", m.seed_commitment)?,
+            key_commitment: c.fixed("key_commitment", m.key_commitment)?,
         })
     }
 }
@@ -295,6 +296,14 @@ impl From<UnmaskResponse> for pb::UnmaskResponse {
             seed_shares: owned_shares(m.seed_shares),
             key_shares: owned_shares(m.key_shares),
             signature: m.signature,
+            pair_seeds: m
+                .pair_seeds
+                .into_iter()
+                .map(|(peer, seed)| pb::PairSeed {
+                    peer,
+                    seed: seed.to_vec(),
+                })
+                .collect(),
         }
     }
 }
@@ -308,6 +317,11 @@ impl TryFrom<pb::UnmaskResponse> for UnmaskResponse {
             round: c.round(m.round)?,
             seed_shares: c.owned_shares("seed_shares", m.seed_shares)?,
             key_shares: c.owned_shares("key_shares", m.key_shares)?,
+            pair_seeds: c
+                .count("pair_seeds", m.pair_seeds, MAX_CLIENTS)?
+                .into_iter()
+                .map(|p| Ok((p.peer, c.fixed("pair_seeds.seed", p.seed)?)))
+                .collect::<Result<_, MessageError>>()?,
             signature: c.signature(m.signature)?,
         })
     }
@@ -385,10 +399,15 @@ mod tests {
             round: rid(),
             seed_shares: vec![(0, Share { x: 1, y: [3; 32] })],
             key_shares: vec![],
+            pair_seeds: vec![(2, [7; 32])],
             signature: vec![1; 64],
         };
         let back = UnmaskResponse::try_from(pb::UnmaskResponse::from(u.clone())).unwrap();
         assert_eq!(back, u);
+        let mut short = pb::UnmaskResponse::from(u.clone());
+        short.pair_seeds[0].seed.pop();
+        let e = UnmaskResponse::try_from(short).unwrap_err();
+        assert!(e.reason.contains("`pair_seeds.seed` is 31 bytes"), "{e}");
         let r = UnmaskRequest {
             round: rid(),
             survivors: vec![0, 1],
@@ -439,9 +458,18 @@ mod tests {
             from: 0,
             to: 1,
             ciphertext: vec![0; MAX_CIPHERTEXT + 1],
+            seed_commitment: vec![0; 32],
+            key_commitment: vec![1; 32],
         };
-        let e = EncryptedShare::try_from(share).unwrap_err();
+        let e = EncryptedShare::try_from(share.clone()).unwrap_err();
         assert!(e.reason.contains("ciphertext"), "{e}");
+        let short = pb::EncryptedShare {
+            ciphertext: vec![0; 97],
+            key_commitment: vec![1; 31],
+            ..share
+        };
+        let e = EncryptedShare::try_from(short).unwrap_err();
+        assert!(e.reason.contains("`key_commitment` is 31 bytes"), "{e}");
 
         let survivors = pb::SurvivorList {
             round: round(rid()),
@@ -462,6 +490,7 @@ mod tests {
                 y: vec![0; 32],
             }],
             key_shares: vec![],
+            pair_seeds: vec![],
             signature: vec![],
         };
         let e = UnmaskResponse::try_from(resp).unwrap_err();

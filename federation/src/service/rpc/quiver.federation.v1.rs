@@ -201,6 +201,12 @@ pub struct EncryptedShare {
     /// At most 1024 bytes.
     #[prost(bytes = "vec", tag = "3")]
     pub ciphertext: ::prost::alloc::vec::Vec<u8>,
+    /// SHA-256 commitments (32 bytes each) to the holder's share of the owner's
+    /// self-mask seed and of its mask key, signed by the owner with the ShareKeys.
+    #[prost(bytes = "vec", tag = "4")]
+    pub seed_commitment: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub key_commitment: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -294,6 +300,18 @@ pub struct UnmaskResponse {
     pub key_shares: ::prost::alloc::vec::Vec<OwnedShare>,
     #[prost(bytes = "vec", tag = "5")]
     pub signature: ::prost::alloc::vec::Vec<u8>,
+    /// The pairwise mask seed with each dropped neighbour this bank masked with.
+    #[prost(message, repeated, tag = "6")]
+    pub pair_seeds: ::prost::alloc::vec::Vec<PairSeed>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PairSeed {
+    #[prost(uint32, tag = "1")]
+    pub peer: u32,
+    /// 32 bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub seed: ::prost::alloc::vec::Vec<u8>,
 }
 /// Generated client implementations.
 pub mod coordinator_client {

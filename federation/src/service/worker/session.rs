@@ -208,7 +208,12 @@ impl BankSession {
                 };
                 let bank_dp = match plan.bank_dp {
                     Some(dp) => {
-                        let enc = BankDpEncoding::new(plan.global.len(), dp, plan.threshold, n)?;
+                        let enc = BankDpEncoding::new(
+                            plan.global.len(),
+                            dp,
+                            params.honest_survivors(self.policy.colluders),
+                            n,
+                        )?;
                         let (l1, l2, mu) = enc.accounting();
                         let after = spend.bank.epsilon_after_skellam(l1, l2, mu, 1, b.delta)?;
                         if after > b.epsilon {
