@@ -226,13 +226,72 @@ pub struct Trace {
     pub verdict: Verdict,
     /// Why, in one line.
     pub reason: String,
-    /// A command that replays exactly this trace.
+    /// A command that replays exactly this trace: built by [`Trace::reproduce`] from
+    /// the structured fields above and [`Trace::origin`], every argument shell-quoted.
+    /// Readers rebuild it rather than trust the text (a trace folder or a server's
+    /// answer could carry any string here).
     pub command: String,
+    /// Where the trace was replayed, as the reproducing command names it:
+    /// `["--repo", PATH]` or `["--server", URL]`.
+    #[serde(default)]
+    pub origin: Vec<String>,
     /// Wall time of the replay, milliseconds.
     pub elapsed_ms: f64,
 }
 
+/// `s` as one shell word: unchanged when it holds only characters no POSIX shell
+/// treats specially, else in single quotes (each `'` written `'\''`).
+///
+/// ```
+/// use quiver_featurestore::explain::shell_quote;
+/// assert_eq!(shell_quote("user_id=42"), "user_id=42");
+/// assert_eq!(shell_quote("a b;rm -rf ~"), "'a b;rm -rf ~'");
+/// assert_eq!(shell_quote("it's"), "'it'\\''s'");
+/// assert_eq!(shell_quote(""), "''");
+/// ```
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@,+%".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 impl Trace {
+    /// The command that replays exactly this trace, from its structured fields: view
+    /// and version, as-of time, entity keys and every table version, after
+    /// [`Trace::origin`] (`--repo .` when it is empty). Every argument is
+    /// shell-quoted, so whatever the fields hold, pasting the command runs
+    /// `quiver-debug trace` with exactly these arguments and nothing else.
+    pub fn reproduce(&self) -> String {
+        let mut args: Vec<String> = vec!["quiver-debug".into(), "trace".into()];
+        match self.origin.as_slice() {
+            [flag, value] if flag == "--repo" || flag == "--server" => {
+                args.push(flag.clone());
+                args.push(value.clone());
+            }
+            _ => args.extend(["--repo".to_string(), ".".to_string()]),
+        }
+        args.push(format!("{}@{}", self.view, self.view_version));
+        args.push("--at".into());
+        args.push(self.at.clone());
+        for (k, v) in &self.entity {
+            args.push("--entity".into());
+            args.push(format!("{k}={v}"));
+        }
+        for t in &self.tables {
+            args.push("--table-version".into());
+            args.push(format!("{}={}", t.source, t.version));
+        }
+        args.iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Each step's rows as Arrow IPC files (`steps/NNN.arrow`, and `steps/NNN-out.arrow`
     /// for a UDF call's output), naming them in the steps: what a trace folder holds
     /// beside `trace.json`, and what the `explain` action sends.
@@ -907,19 +966,7 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         },
     };
 
-    let mut command = format!(
-        "quiver-debug trace --repo {} {name}@{} --at {}",
-        req.repo_display,
-        applied.version,
-        format_time(req.at_us)
-    );
-    for (k, v) in entity.iter() {
-        command.push_str(&format!(" --entity {k}={v}"));
-    }
-    for t in &tables {
-        command.push_str(&format!(" --table-version {}={}", t.source, t.version));
-    }
-    Ok(Trace {
+    let mut trace = Trace {
         format: TRACE_FORMAT.into(),
         version: TRACE_VERSION,
         view: name,
@@ -946,7 +993,10 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         online,
         verdict,
         reason,
-        command,
+        command: String::new(),
+        origin: vec!["--repo".into(), req.repo_display.clone()],
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-    })
+    };
+    trace.command = trace.reproduce();
+    Ok(trace)
 }

@@ -17,7 +17,9 @@ pub const MAX_TRACE_JSON: u64 = 64 << 20;
 pub const MAX_STEP_FILE: u64 = 256 << 20;
 
 /// Write `trace` into the folder `dir` (created; an existing trace there is replaced
-/// whole: the new one is written beside it and renamed over it). Sets each step's
+/// whole: the new one is written beside it under a random name, the old one renamed
+/// aside, the new one into place, then the old one removed; if the last rename fails
+/// the old one is put back, so `dir` is never left with neither). Sets each step's
 /// file names.
 pub fn write(dir: &Path, trace: &mut Trace) -> anyhow::Result<()> {
     let files = trace.step_files()?;
@@ -42,8 +44,7 @@ pub fn write_with_files(
         .context("the trace folder needs a name")?
         .to_string_lossy()
         .into_owned();
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = parent.join(format!(".{name}.partial-{}", random_hex()?));
     std::fs::create_dir_all(tmp.join("steps"))?;
     let written = (|| -> anyhow::Result<()> {
         for (rel, bytes) in files {
@@ -72,10 +73,44 @@ pub fn write_with_files(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+    let aside = parent.join(format!(".{name}.old-{}", random_hex()?));
+    replace(dir, &tmp, &aside, |from, to| std::fs::rename(from, to))
+}
+
+fn random_hex() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+    Ok(hex::encode(b))
+}
+
+/// Put the folder `new` at `dir`, moving an existing `dir` to `aside` first and
+/// removing it only once `new` is in place; if that fails, `dir` is restored.
+fn replace(
+    dir: &Path,
+    new: &Path,
+    aside: &Path,
+    rename: impl Fn(&Path, &Path) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let had_old = dir.exists();
+    if had_old {
+        if let Err(e) = rename(dir, aside) {
+            let _ = std::fs::remove_dir_all(new);
+            return Err(e).with_context(|| format!("moving the old trace {} aside", dir.display()));
+        }
     }
-    std::fs::rename(&tmp, dir).with_context(|| format!("moving the trace to {}", dir.display()))?;
+    if let Err(e) = rename(new, dir) {
+        if had_old {
+            let _ = rename(aside, dir);
+        }
+        let _ = std::fs::remove_dir_all(new);
+        return Err(e).with_context(|| format!("moving the trace to {}", dir.display()));
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(aside);
+    }
     Ok(())
 }
 
@@ -116,12 +151,15 @@ pub fn read(dir: &Path) -> anyhow::Result<TraceDir> {
             path.display()
         );
     }
-    let trace: Trace = serde_json::from_value(head).with_context(|| {
+    let mut trace: Trace = serde_json::from_value(head).with_context(|| {
         format!(
             "{} does not match trace format {TRACE_VERSION}",
             path.display()
         )
     })?;
+    // Shown and copied from here on: rebuilt from the structured fields, every
+    // argument quoted, whatever text the file held.
+    trace.command = trace.reproduce();
     Ok(TraceDir {
         dir: dir.to_owned(),
         trace,
@@ -152,5 +190,48 @@ impl TraceDir {
         let schema = reader.schema();
         let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
         Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_replacement_leaves_the_old_trace_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("trace");
+        let new = d.path().join(".trace.partial");
+        let aside = d.path().join(".trace.old");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("trace.json"), "old").unwrap();
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("trace.json"), "new").unwrap();
+        // The second rename (new into place) fails, as on a full or read-only disk.
+        let calls = std::cell::Cell::new(0);
+        let e = replace(&dir, &new, &aside, |a, b| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 2 {
+                Err(std::io::Error::other("disk full"))
+            } else {
+                std::fs::rename(a, b)
+            }
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("disk full"), "{e:#}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("trace.json")).unwrap(),
+            "old"
+        );
+        assert!(!aside.exists() && !new.exists());
+        // And when it works, the new one is in place and nothing is left beside it.
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("trace.json"), "new").unwrap();
+        replace(&dir, &new, &aside, |a, b| std::fs::rename(a, b)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("trace.json")).unwrap(),
+            "new"
+        );
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

