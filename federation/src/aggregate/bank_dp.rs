@@ -53,16 +53,16 @@ const BANK_DP_UNITS: f64 = 65_536.0;
 ///
 /// Bank `k` clips `Δ_k` to `‖Δ_k‖ ≤ c`, scales it by `s = 2^16 / c`, rounds to
 /// integers and adds `Poisson(μ/2h) − Poisson(μ/2h)` to every value, `h` being the
-/// fewest *honest* banks in any sum the bank accepts: [`Params::honest_survivors`]
-/// (the unmask quorum less the colluders its policy assumes). Skellam noise is closed
-/// under sums, and only honest banks' noise protects the sum (colluders know theirs
-/// and subtract it), so every sum a bank lets through carries honest noise of
-/// variance at least `h·μ/h = μ` per value, the variance the accountant analyses.
-/// (Dividing by the threshold `t` instead left `(t + 1 − c)/t·μ`, 0.71 μ at n = 10.)
+/// fewest *honest* banks in any sum a coordinator colluding with the banks its
+/// policy assumes can compute: [`Params::honest_survivors`]. Skellam noise is closed
+/// under sums, and only honest banks' noise protects a sum (colluders know theirs and
+/// subtract it), so every sum that can come out carries honest noise of variance at
+/// least `h·μ/h = μ` per value, the variance the accountant analyses. (Dividing by the
+/// threshold `t` instead left `(t + 1 − c)/t·μ`, 0.71 μ at n = 10.) The values are
+/// two's-complement words of Z_(2^32); the constructor checks that the sum plus 20
+/// standard deviations of noise stays below 2^31, so it cannot wrap.
 ///
-/// [`Params::honest_survivors`]: crate::protocol::secagg::Params::honest_survivors The values are two's-complement words of Z_(2^32); the
-/// constructor checks that the sum plus 20 standard deviations of noise stays below
-/// 2^31, so it cannot wrap.
+/// [`Params::honest_survivors`]: crate::protocol::secagg::Params::honest_survivors
 ///
 /// Sensitivities of one bank's integer vector: `Δ2 = 2^16 + √d/2` (clip plus rounding)
 /// and `Δ1 = √d·Δ2`; `μ = (z·Δ2)²`. Banks are weighted equally (a row count would be

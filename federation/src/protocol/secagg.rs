@@ -143,13 +143,25 @@ impl Params {
         majority.max(self.min_clients()).min(self.clients)
     }
 
-    /// Fewest honest banks in any sum that a bank assuming `colluders` colluding
-    /// banks lets through: every sum has at least [`Params::unmask_quorum`] survivors
-    /// (a bank reveals nothing with fewer signatures), of which at most `colluders`
-    /// collude. Bank-level DP divides its noise by this, so the honest noise in every
-    /// sum is at least the accounted μ.
+    /// Fewest honest banks in any sum a coordinator colluding with `colluders` banks
+    /// can compute from a round. Bank-level DP divides its noise by this, so the
+    /// honest noise in every such sum is at least the accounted μ.
+    ///
+    /// Why: masking is symmetric (every bank masks with every neighbour in the one
+    /// advert set the unmasking quorum saw), so a set `T` of honest survivors whose sum
+    /// comes out must hold every surviving honest neighbour of its members (their pair
+    /// masks cancel only inside the sum); each member's seed is rebuilt from `t` shares
+    /// of surviving holders, which are colluders or members of `T`: `|T| ≥ t − c + 1`.
+    /// With plain SecAgg every survivor neighbours every other, so `T` is all honest
+    /// survivors: at least [`Params::unmask_quorum`] − `c`.
     pub fn honest_survivors(&self, colluders: usize) -> usize {
-        self.unmask_quorum().saturating_sub(colluders).max(1)
+        let by_seed = (self.threshold + 1).saturating_sub(colluders);
+        let bound = if self.neighbours + 1 >= self.clients {
+            self.unmask_quorum().saturating_sub(colluders).max(by_seed)
+        } else {
+            by_seed
+        };
+        bound.max(1)
     }
 
     /// The most banks that may collude with the coordinator without learning any other
@@ -413,7 +425,10 @@ pub fn graph_seed(round: &RoundId, adverts: &[&AdvertiseKeys]) -> [u8; 32] {
     let mut m = b"quiver-secagg-graph-v2\0".to_vec();
     m.extend_from_slice(&round.bytes());
     for a in sorted {
-        m.extend_from_slice(&a.signed());
+        m.extend_from_slice(&a.from.to_be_bytes());
+        m.extend_from_slice(&a.cipher_pk);
+        m.extend_from_slice(&a.mask_pk);
+        m.extend_from_slice(&a.seed_commitment);
         m.extend_from_slice(&(a.signature.len() as u32).to_be_bytes());
         m.extend_from_slice(&a.signature);
     }
@@ -433,9 +448,10 @@ pub fn advert_digest(round: &RoundId, adverts: &[&AdvertiseKeys]) -> [u8; 32] {
     let mut m = b"quiver-secagg-adverts-v1\0".to_vec();
     m.extend_from_slice(&round.bytes());
     for a in sorted {
-        let signed = a.signed();
-        m.extend_from_slice(&(signed.len() as u32).to_be_bytes());
-        m.extend_from_slice(&signed);
+        m.extend_from_slice(&a.from.to_be_bytes());
+        m.extend_from_slice(&a.cipher_pk);
+        m.extend_from_slice(&a.mask_pk);
+        m.extend_from_slice(&a.seed_commitment);
         m.extend_from_slice(&(a.signature.len() as u32).to_be_bytes());
         m.extend_from_slice(&a.signature);
     }
@@ -469,7 +485,10 @@ pub fn neighbours(params: &Params, seed: &[u8; 32], id: u32) -> Vec<u32> {
     out
 }
 
-/// Stage 0: a client's public keys and seed commitment.
+/// Stage 0: a client's public keys and seed commitment, signed together with the
+/// round's plan (clients, threshold, neighbours, length), so every advert a client
+/// accepts, and so every bank that unmasks under one advert digest, was made for the
+/// same plan: a coordinator cannot show banks different thresholds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdvertiseKeys {
     /// Sender.
@@ -482,17 +501,30 @@ pub struct AdvertiseKeys {
     pub mask_pk: [u8; 32],
     /// SHA-256 commitment to the self-mask seed.
     pub seed_commitment: [u8; 32],
-    /// Ed25519 signature of all the above.
+    /// Ed25519 signature of all the above and of the plan ([`Params`]).
     pub signature: Vec<u8>,
 }
 
+fn plan_bytes(p: &Params) -> Vec<u8> {
+    [p.clients, p.threshold, p.neighbours, p.len]
+        .iter()
+        .flat_map(|v| (*v as u64).to_be_bytes())
+        .collect()
+}
+
 impl AdvertiseKeys {
-    fn signed(&self) -> Vec<u8> {
+    /// What the signature covers, for the plan `params` the verifier holds.
+    fn signed_for(&self, params: &Params) -> Vec<u8> {
         transcript(
-            "advertise",
+            "advertise-v2",
             &self.round,
             self.from,
-            &[&self.cipher_pk, &self.mask_pk, &self.seed_commitment],
+            &[
+                &self.cipher_pk,
+                &self.mask_pk,
+                &self.seed_commitment,
+                &plan_bytes(params),
+            ],
         )
     }
 }
@@ -783,7 +815,7 @@ impl Client {
             seed_commitment: commitment(&seed),
             signature: Vec::new(),
         };
-        msg.signature = identity.sign(&msg.signed()).as_ref().to_vec();
+        msg.signature = identity.sign(&msg.signed_for(&params)).as_ref().to_vec();
         Ok((
             Self {
                 id,
@@ -859,7 +891,9 @@ impl Client {
             if k.round != self.round
                 || k.from as usize >= self.params.clients
                 || !seen.insert(k.from)
-                || !self.roster.verify(k.from, &k.signed(), &k.signature)
+                || !self
+                    .roster
+                    .verify(k.from, &k.signed_for(&self.params), &k.signature)
             {
                 self.stage = ClientStage::Done;
                 return Err(refuse(format!(
@@ -1011,24 +1045,27 @@ impl Client {
                 }
             }
         }
-        // A neighbour whose share did not arrive dropped before the coordinator closed
-        // the stage: not masked with, not accused. Only shares that arrived and failed
-        // are reported.
+        // Only shares that arrived and failed are reported; a neighbour whose share did
+        // not arrive is not accused.
         rejected.retain(|v| self.peers.contains_key(v));
-        self.masked_with = self
-            .held
-            .keys()
-            .copied()
-            .filter(|v| *v != self.id && !rejected.contains(v))
-            .collect();
-        if self.masked_with.len() < self.min_peers() {
+        // An honest bank never reports more than `neighbours − threshold` bad shares
+        // (the coordinator excludes a bank that does): with more, it stops.
+        let most = self.params.neighbours - self.params.threshold;
+        if rejected.len() > most {
             self.stage = ClientStage::Done;
             return Err(ProtocolError::Aborted {
-                stage: "masked input",
-                have: self.masked_with.len(),
-                need: self.min_peers(),
+                stage: "masked input (bad shares)",
+                have: self.peers.len() - rejected.len(),
+                need: self.params.threshold,
             });
         }
+        // Masking is symmetric by construction: this client masks with every neighbour
+        // in the advert set, whether or not its share arrived or opened, and so does
+        // every neighbour that saw the same set (the digest every unmasking bank
+        // signed). A coordinator withholding shares cannot make one side of a pair mask
+        // without the other; a dropped neighbour's mask is removed with its rebuilt
+        // key or this client's pairwise seed with it (revealed at unmasking).
+        self.masked_with = self.peers.keys().copied().collect();
         let mut y = input.to_vec();
         MaskPrg::new(&self.seed).apply(&mut y, false);
         for v in &self.masked_with {
@@ -1269,6 +1306,20 @@ impl Server {
         self.excluded.extend(clients);
     }
 
+    /// Clients whose masked input accused a neighbour this round (whether or not the
+    /// coordinator acted on it). An accusation cannot be checked, so when a round
+    /// fails without anyone caught, the coordinator runs the next one without them.
+    pub fn accusers(&self) -> Vec<u32> {
+        self.masked
+            .values()
+            .filter(|m| !m.rejected.is_empty())
+            .map(|m| m.from)
+            .chain(self.misbehaving.iter().map(|m| m.client))
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect()
+    }
+
     /// Clients caught breaking the protocol so far this round: a client that accused
     /// more neighbours than an honest one ever can (more than `neighbours −
     /// threshold`: it would have stopped instead), or revealed a share that does not
@@ -1338,8 +1389,15 @@ impl Server {
                 "excluded from this run for breaking the protocol",
             ));
         }
-        if !self.roster.verify(m.from, &m.signed(), &m.signature) {
-            return Err(self.reject(m.from, "advertise keys", "bad signature"));
+        if !self
+            .roster
+            .verify(m.from, &m.signed_for(&self.params), &m.signature)
+        {
+            return Err(self.reject(
+                m.from,
+                "advertise keys",
+                "bad signature (or keys made for another plan)",
+            ));
         }
         self.keys.insert(m.from, m);
         Ok(())
@@ -1524,8 +1582,10 @@ impl Server {
             .copied()
             .filter(|u| !excluded.contains(u))
             .collect();
+        // Every client that advertised keys and is not summed: its neighbours masked
+        // with it (masking follows the advert set), so its masks must come off.
         self.dropped = self
-            .shares
+            .keys
             .keys()
             .copied()
             .filter(|u| !self.survivors.contains(u))
@@ -1595,6 +1655,12 @@ impl Server {
         })
     }
 
+    /// Whether `u` masked with `v`: a neighbour in the advert set (every client masks
+    /// with all of those, symmetrically).
+    fn masks(&self, u: u32, v: u32) -> bool {
+        u != v && self.graph[u as usize].contains(&v) && self.keys.contains_key(&v)
+    }
+
     /// Whether client `holder` should hold shares of `owner`: a neighbour that
     /// received them and did not reject them (never the owner itself).
     fn holds(&self, holder: u32, owner: u32) -> bool {
@@ -1643,7 +1709,7 @@ impl Server {
             }
         }
         for (peer, _) in &m.pair_seeds {
-            if !self.dropped.contains(peer) || !self.holds(m.from, *peer) {
+            if !self.dropped.contains(peer) || !self.masks(m.from, *peer) {
                 return Err(self.reject(
                     m.from,
                     S,
@@ -1774,7 +1840,7 @@ impl Server {
                 .survivors
                 .iter()
                 .copied()
-                .filter(|u| u != d && self.holds(*u, *d))
+                .filter(|u| self.masks(*u, *d))
                 .collect();
             if affected.is_empty() {
                 continue;
@@ -1783,7 +1849,13 @@ impl Server {
             // bad shares to too many holders, or shares of no single key) each affected
             // survivor's own pairwise seed with d.
             let mask_pk = self.keys[d].mask_pk;
-            let sk = match self.rebuild(*d, false) {
+            // A client that advertised but never shared has no key shares to rebuild.
+            let rebuilt = if self.shares.contains_key(d) {
+                self.rebuild(*d, false)
+            } else {
+                Err(ProtocolError::OutOfOrder("no shares".into()))
+            };
+            let sk = match rebuilt {
                 Ok(sk) => {
                     let sk = StaticSecret::from(sk);
                     if PublicKey::from(&sk).to_bytes() == mask_pk {
@@ -2248,6 +2320,127 @@ mod attacks {
         }
     }
 
+    /// The attack of the review of issue 24's fix (finding F1): with the default plan
+    /// at n = 10 (t = 7, q = 8), banks 7–9 collude; the coordinator withholds the
+    /// shares of banks 5 and 6 from banks 0, 1, 2 (so they would not mask with them),
+    /// lists 3 and 4 as dropped and 0, 1, 2, 5, 6, 7, 8, 9 as survivors. Banks 5 and 6
+    /// still hold 0–2's shares, so 0–2's seeds are rebuilt; 0–2 reveal their pairwise
+    /// seeds with 3 and 4. Returns what the coordinator computes for x0 + x1 + x2: the
+    /// sum of three honest banks alone, with three banks' share of bank-level noise.
+    fn isolate_three(x: &[Vec<u32>]) -> Vec<u32> {
+        let n = 10;
+        let len = x[0].len();
+        let params = Params::secagg(n, 7, len);
+        let (ids, roster) = identities(n);
+        let round = RoundId {
+            session: [4; 16],
+            round: 3,
+        };
+        let mut clients = BTreeMap::new();
+        let mut adverts = Vec::new();
+        for i in 0..n as u32 {
+            let policy = if i >= 7 {
+                ANYTHING
+            } else {
+                ClientPolicy::for_roster(n)
+            };
+            let (c, a) = Client::new(
+                i,
+                ids[i as usize].clone(),
+                roster.clone(),
+                params.clone(),
+                policy,
+                round,
+            )
+            .unwrap();
+            clients.insert(i, c);
+            adverts.push(a);
+        }
+        let (t_set, a_set, b_set) = ([0u32, 1, 2], [3u32, 4], [5u32, 6]);
+        let mut sent = Vec::new();
+        for c in clients.values_mut() {
+            sent.extend(c.share_keys(&adverts).unwrap().shares);
+        }
+        let mut masked = BTreeMap::new();
+        for (i, c) in clients.iter_mut() {
+            let inbox: Vec<EncryptedShare> = sent
+                .iter()
+                .filter(|s| s.to == *i)
+                .filter(|s| !(t_set.contains(i) && b_set.contains(&s.from)))
+                .cloned()
+                .collect();
+            masked.insert(*i, c.masked_input(&inbox, &x[*i as usize]).unwrap());
+        }
+        let survivors: Vec<u32> = (0..n as u32).filter(|i| !a_set.contains(i)).collect();
+        let list = SurvivorList {
+            round,
+            survivors: survivors.clone(),
+        };
+        let mut sigs = Vec::new();
+        for i in &survivors {
+            sigs.push((
+                *i,
+                clients
+                    .get_mut(i)
+                    .unwrap()
+                    .consistency(&list)
+                    .unwrap()
+                    .signature,
+            ));
+        }
+        let req = UnmaskRequest {
+            round,
+            survivors: survivors.clone(),
+            dropped: a_set.to_vec(),
+            signatures: sigs,
+        };
+        let mut responses = BTreeMap::new();
+        for i in &survivors {
+            responses.insert(*i, clients.get_mut(i).unwrap().unmask(&req).unwrap());
+        }
+        let mut sum = vec![0u32; len];
+        for h in t_set {
+            for (a, y) in sum.iter_mut().zip(&masked[&h].masked) {
+                *a = a.wrapping_add(*y);
+            }
+            let shares: Vec<Share> = responses
+                .values()
+                .filter_map(|r| r.seed_shares.iter().find(|(o, _)| *o == h))
+                .map(|(_, s)| s.clone())
+                .collect();
+            let b = shamir::combine(&shares[..7.min(shares.len())], 7).unwrap();
+            MaskPrg::new(&b).apply(&mut sum, true);
+            let pk = clients[&h].advert.mask_pk;
+            for v in &clients[&h].masked_with {
+                let seed = if t_set.contains(v) {
+                    continue; // cancels inside the sum
+                } else if *v >= 7 {
+                    pair_seed(&clients[v].mask_sk, &pk, &round, *v, h)
+                } else if let Some((_, s)) = responses[&h].pair_seeds.iter().find(|(p, _)| p == v) {
+                    *s
+                } else {
+                    continue; // a mask the coordinator cannot remove
+                };
+                MaskPrg::new(&seed).apply(&mut sum, *v > h);
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn withholding_shares_cannot_isolate_a_few_honest_banks() {
+        let len = 16;
+        let x: Vec<Vec<u32>> = (0..10u32)
+            .map(|i| (0..len as u32).map(|j| 1000 * i + j).collect())
+            .collect();
+        let target: Vec<u32> = (0..len)
+            .map(|j| x[0][j].wrapping_add(x[1][j]).wrapping_add(x[2][j]))
+            .collect();
+        // Every bank masks with every neighbour in the advert set, share or not, so
+        // the masks 0–2 share with 5 and 6 stay on: the result is noise, not the sum.
+        assert_ne!(isolate_three(&x), target);
+    }
+
     /// One consistent round of 10 banks with `k = t = 4` up to the unmask request.
     fn signed_round() -> (BTreeMap<u32, Client>, UnmaskRequest) {
         let params = Params {
@@ -2442,7 +2635,13 @@ mod noise {
                     }
                     let mu = 1.0;
                     let share = mu / p.honest_survivors(c) as f64;
-                    let worst_honest = p.unmask_quorum() - c;
+                    // The smallest honest set a sum can isolate (see honest_survivors).
+                    let by_seed = p.threshold + 1 - c;
+                    let worst_honest = if k == n - 1 {
+                        (p.unmask_quorum() - c).max(by_seed)
+                    } else {
+                        by_seed
+                    };
                     assert!(
                         worst_honest as f64 * share >= mu - 1e-12,
                         "{p:?}: {worst_honest} honest banks carry {}",
@@ -2456,6 +2655,14 @@ mod noise {
         let c = ClientPolicy::for_roster(10).colluders;
         assert!(((p.threshold + 1 - c) as f64 / p.threshold as f64) < 0.72);
         assert_eq!(p.honest_survivors(c), 5);
-        assert!((p.unmask_quorum() - c) as f64 / p.honest_survivors(c) as f64 >= 1.0);
+        // SecAgg+ with k = t = 4: two neighbouring honest banks walled in by the three
+        // colluders and dropped banks can come out as a sum of their own.
+        let plus = Params {
+            clients: 10,
+            threshold: 4,
+            neighbours: 4,
+            len: 1,
+        };
+        assert_eq!(plus.honest_survivors(c), 2);
     }
 }

@@ -84,23 +84,25 @@ async fn aggregate(
     round: u64,
     session: [u8; 16],
     plan: &RoundPlan,
+    sit_out: &BTreeSet<u32>,
 ) -> (
     Result<crate::protocol::secagg::Aggregate, ServiceError>,
     Vec<Misbehaviour>,
+    Vec<u32>,
 ) {
-    let out = aggregate_stages(s, round, session, plan).await;
+    let out = aggregate_stages(s, round, session, plan, sit_out).await;
     let mut st = lock(s);
-    let caught = st
+    let (caught, accusers) = st
         .server
         .take()
-        .map(|sv| sv.misbehaving().to_vec())
+        .map(|sv| (sv.misbehaving().to_vec(), sv.accusers()))
         .unwrap_or_default();
     for m in &caught {
         st.excluded
             .entry(m.client)
             .or_insert_with(|| format!("round {round}: {}", m.reason));
     }
-    (out, caught)
+    (out, caught, accusers)
 }
 
 #[tracing::instrument(name = "federation_round", skip_all, fields(round, kind = ?plan.kind))]
@@ -109,11 +111,13 @@ async fn aggregate_stages(
     round: u64,
     session: [u8; 16],
     plan: &RoundPlan,
+    sit_out: &BTreeSet<u32>,
 ) -> Result<crate::protocol::secagg::Aggregate, ServiceError> {
     let params = s.cfg.params(plan.len)?;
     let rid = RoundId { session, round };
     let mut server = Server::new(params, rid, s.roster.clone())?;
-    let excluded: BTreeSet<u32> = lock(s).excluded.keys().copied().collect();
+    let mut excluded: BTreeSet<u32> = lock(s).excluded.keys().copied().collect();
+    excluded.extend(sit_out.iter().copied());
     server.exclude(excluded.iter().copied());
     let d = s.cfg.deadlines;
     {
@@ -231,31 +235,33 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
         strategy: cfg.strategy,
         bank_dp: cfg.bank_dp,
     };
-    // Round ids are spent once each: a round that fails because a bank broke the
-    // protocol is recorded, the bank is excluded, and the next round gets a new id.
-    let mut next_round = 0u64;
-    // Each failed attempt that goes on excludes at least one more bank.
-    let max_rounds = cfg.rounds + n as u64;
-    // Round 0: feature statistics.
+    // Round 0: feature statistics. Never retried: its inputs are exact, so two sums
+    // over different survivors would give a bank's statistics by difference (banks
+    // refuse a second one). A bank caught breaking the protocol here ends the run,
+    // named; the next run leaves it out of its roster.
     let moments = FeatureMoments::new(dim, cfg.max_rows, n)?;
     plan.len = moments.layout().len();
-    let agg = loop {
-        let round = next_round;
-        next_round += 1;
-        plan.round = round;
-        let t = Instant::now();
-        let (out, caught) = aggregate(s, round, session, &plan).await;
-        match out {
-            Ok(agg) => break (agg, t),
-            Err(e) if !caught.is_empty() && next_round < max_rounds => {
-                record_failed(s, round, &caught, &e, t);
-            }
-            Err(e) => return Err(e),
+    let t = Instant::now();
+    let (out, caught, _) = aggregate(s, 0, session, &plan, &BTreeSet::new()).await;
+    let agg = match out {
+        Ok(agg) => agg,
+        Err(e) if !caught.is_empty() => {
+            record_failed(s, 0, &caught, &e, t);
+            return Err(ServiceError::Failed(format!(
+                "{e}; banks that broke the protocol: {}",
+                excluded_names(s)
+            )));
         }
+        Err(e) => return Err(e),
     };
-    let (agg, t) = agg;
     let (standardizer, rows) = moments.decode(&agg.sum, agg.contributors.len());
-    record(s, plan.round, &agg, rows, None, 0, 0, None, t);
+    record(s, 0, &agg, rows, None, 0, 0, None, t);
+    // Round ids are spent once each (banks refuse one they have seen): a training
+    // round that fails because a bank broke the protocol is recorded, the bank is
+    // excluded, and the next round gets a new id.
+    let mut next_round = 1u64;
+    // Each failed attempt that goes on excludes at least one more bank.
+    let max_rounds = cfg.rounds + n as u64 + 1;
     tracing::info!(
         rows,
         banks = agg.contributors.len(),
@@ -287,6 +293,10 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
     let mut stopped = "rounds".to_string();
     let mut done = 0;
     let quorum = cfg.params(1)?.unmask_quorum();
+    // Banks that sit out the next attempt only: the accusers of a round that failed
+    // with nobody caught (an accusation cannot be checked, so one bank accusing
+    // others and then falling silent could otherwise fail every round).
+    let mut sit_out = BTreeSet::new();
     while done < cfg.rounds && next_round < max_rounds {
         let round = next_round;
         next_round += 1;
@@ -304,7 +314,9 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
         plan.round = round;
         plan.global = global.clone();
         let t = Instant::now();
-        let (out, caught) = aggregate(s, round, session, &plan).await;
+        let (out, caught, accusers) = aggregate(s, round, session, &plan, &sit_out).await;
+        let retried = !sit_out.is_empty();
+        sit_out.clear();
         let agg = match out {
             Ok(a) => a,
             Err(e) => {
@@ -327,6 +339,12 @@ async fn drive_inner(s: &Shared) -> Result<RunSummary, ServiceError> {
                 drop(st);
                 if !caught.is_empty() {
                     record_failed(s, round, &caught, &e, t);
+                    continue;
+                }
+                if !accusers.is_empty() && !retried {
+                    record_failed(s, round, &[], &e, t);
+                    tracing::warn!(round, accusers = ?accusers, "round failed with accusations and nobody caught; the accusers sit out the next attempt");
+                    sit_out = accusers.into_iter().collect();
                     continue;
                 }
                 return Err(e);

@@ -50,6 +50,13 @@ pub(crate) struct BankSession {
     /// The training rows on the device, for the run's statistics and model family.
     prepared: Option<(Standardizer, LocalTrainer)>,
     round: Option<RoundState>,
+    /// The run's session id (the first plan's), its highest round id so far, and
+    /// whether this bank already sent its feature statistics: a coordinator cannot
+    /// start a round twice (two sums over different survivors would give one bank's
+    /// exact statistics by difference) or move to another session mid-run.
+    session: Option<String>,
+    last_round: Option<u64>,
+    moments_sent: bool,
     /// Rounds this bank completed.
     pub(crate) joined: u64,
 }
@@ -118,6 +125,9 @@ impl BankSession {
             data: None,
             prepared: None,
             round: None,
+            session: None,
+            last_round: None,
+            moments_sent: false,
             joined: 0,
         })
     }
@@ -142,6 +152,31 @@ impl BankSession {
             return Err(ServiceError::Failed(
                 "the plan's roster is not this bank's roster; refusing".into(),
             ));
+        }
+        if self.session.as_ref().is_some_and(|s| *s != plan.session) {
+            return Err(ServiceError::Failed(format!(
+                "the plan is of session {}, this bank's run is session {}; refusing",
+                plan.session,
+                self.session.as_deref().unwrap_or("")
+            )));
+        }
+        if let Some(last) = self.last_round
+            && plan.round <= last
+        {
+            return Err(ServiceError::Failed(format!(
+                "round {} again (this bank is past round {last}); each round id is used once, refusing",
+                plan.round
+            )));
+        }
+        if plan.kind == RoundKind::Moments && self.moments_sent {
+            return Err(ServiceError::Failed(
+                "a second feature-statistics round in one run (its inputs are exact; two sums would give this bank's by difference); refusing".into(),
+            ));
+        }
+        self.session = Some(plan.session.clone());
+        self.last_round = Some(plan.round);
+        if plan.kind == RoundKind::Moments {
+            self.moments_sent = true;
         }
         let params = Params {
             clients: plan.roster.len(),
@@ -407,5 +442,80 @@ impl BankSession {
             holdout_auc,
             rounds_joined: self.joined,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::pki;
+
+    fn session(dir: &Path) -> (BankSession, RoundPlan) {
+        let names: Vec<String> = ["bank_a", "bank_b", "bank_c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let fed = pki::init(dir, &names).unwrap();
+        let cfg = WorkerConfig {
+            name: "bank_a".into(),
+            identity: "bank_a.identity".into(),
+            roster: fed.roster.clone(),
+            ..WorkerConfig::default()
+        };
+        let load: Loader = Box::new(|_, _| {
+            Ok(BankData {
+                columns: vec![(0..50).map(f64::from).collect()],
+                labels: (0..50).map(|i| f64::from(i % 2)).collect(),
+                training_set: None,
+                views: Vec::new(),
+            })
+        });
+        let s = BankSession::open(cfg, dir, load).unwrap();
+        let moments = FeatureMoments::new(1, 1_000, 3).unwrap();
+        let plan = RoundPlan {
+            session: "00112233445566778899aabbccddeeff".into(),
+            round: 0,
+            kind: RoundKind::Moments,
+            roster: fed.roster,
+            threshold: 2,
+            neighbours: 2,
+            len: moments.layout().len(),
+            features: vec!["amount".into()],
+            label: "y".into(),
+            architecture: crate::train::Architecture::LogisticRegression,
+            max_rows: 1_000,
+            update_clip: 1.0,
+            local: crate::train::LocalConfig::default(),
+            standardizer: None,
+            global: Vec::new(),
+            strategy: crate::aggregate::Strategy::FedAvg,
+            bank_dp: None,
+        };
+        (s, plan)
+    }
+
+    #[test]
+    fn a_bank_takes_each_round_id_once_and_one_statistics_round_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, plan) = session(dir.path());
+        let json = |p: &RoundPlan| serde_json::to_string(p).unwrap();
+        s.plan(&json(&plan), Vec::new()).unwrap();
+        // The same round again: a second sum over other survivors would give this
+        // bank's exact statistics by difference.
+        let e = s.plan(&json(&plan), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("round 0 again"), "{e}");
+        let again = RoundPlan {
+            round: 5,
+            ..plan.clone()
+        };
+        let e = s.plan(&json(&again), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("second feature-statistics round"), "{e}");
+        let other = RoundPlan {
+            session: "ffeeddccbbaa99887766554433221100".into(),
+            round: 9,
+            ..plan
+        };
+        let e = s.plan(&json(&other), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("of session ffeedd"), "{e}");
     }
 }
