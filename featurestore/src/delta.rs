@@ -247,6 +247,7 @@ pub async fn open(location: impl Into<Location>, version: Option<i64>) -> Result
     }
     let table = builder.load().await.map_err(|e| location.err(e))?;
     let version = table.version().map_or(-1, |v| v as i64);
+    check_files_inside(&table, version).map_err(|e| location.err(e))?;
     let provider = table.table_provider().await.map_err(|e| location.err(e))?;
     let num_rows = table.snapshot().ok().map(|s| {
         s.log_data()
@@ -261,6 +262,73 @@ pub async fn open(location: impl Into<Location>, version: Option<i64>) -> Result
         num_rows,
         table: Arc::new(table),
     })
+}
+
+/// Refuse a table version whose log names a data file or a deletion vector outside the
+/// table: an absolute path, a URL (`file:///…`, another bucket), or a relative path that
+/// leaves the table root (`../`, also percent-encoded). The Delta protocol allows
+/// absolute paths (shallow clones); quiver does not, because the reader would fetch
+/// them through whatever store and credentials the session holds, so whoever can write
+/// one table's log could make it read another's files. Checked on every open, before
+/// any file is read; the error names the version and the path.
+fn check_files_inside(table: &DeltaTable, version: i64) -> std::result::Result<(), String> {
+    let Ok(snapshot) = table.snapshot() else {
+        return Ok(());
+    };
+    for f in snapshot.log_data().iter() {
+        let path = f.path();
+        if !relative_inside(&path) {
+            return Err(format!(
+                "version {version} names the data file `{path}`, outside the table (absolute, another store, or leaving the table root); quiver reads only files inside a table"
+            ));
+        }
+        if let Some(dv) = f.deletion_vector_descriptor() {
+            let kind = dv.storage_type.to_string();
+            let inside = match kind.as_str() {
+                // Inline bitmap, or a file named by a UUID (with an optional prefix)
+                // in the table root.
+                "i" => true,
+                "u" => relative_inside(&dv.path_or_inline_dv),
+                _ => false,
+            };
+            if !inside {
+                return Err(format!(
+                    "version {version} gives `{path}` the deletion vector `{}{}`, outside the table; quiver reads only deletion vectors inside a table",
+                    kind, dv.path_or_inline_dv
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` (as a Delta log writes it: relative, percent-encoded) stays inside
+/// the table root: resolved against a root URL it keeps that root, and no segment,
+/// decoded, is `..`.
+fn relative_inside(path: &str) -> bool {
+    if path.is_empty() || path.starts_with('/') || path.contains('\\') {
+        return false;
+    }
+    let decoded: String =
+        url::form_urlencoded::parse(format!("p={}", path.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+    if decoded.starts_with('/')
+        || decoded.contains('\\')
+        || decoded.split('/').any(|seg| seg == ".." || seg == ".")
+    {
+        return false;
+    }
+    let root = Url::parse("quiver-table://root/table/").expect("a valid URL");
+    match root.join(path) {
+        Ok(u) => {
+            u.scheme() == root.scheme()
+                && u.host_str() == root.host_str()
+                && u.path().starts_with(root.path())
+        }
+        Err(_) => false,
+    }
 }
 
 /// How a table's data files changed between two versions.
@@ -485,4 +553,36 @@ pub async fn write_with(
         }
     })?;
     Ok(table.version().map_or(0, |v| v as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_inside;
+
+    #[test]
+    fn only_relative_paths_inside_the_table_pass() {
+        for ok in [
+            "part-0001.parquet",
+            "ts=2024-01-01%2000%3A00%3A00/part-1.parquet",
+            "bank=a/day=1/part-1.snappy.parquet",
+            "a b/c.parquet",
+        ] {
+            assert!(relative_inside(ok), "{ok}");
+        }
+        for bad in [
+            "/etc/passwd",
+            "file:///etc/passwd",
+            "s3://other-bank/t/part-0.parquet",
+            "//other-host/t/part-0.parquet",
+            "../secret/part-0.parquet",
+            "a/../../secret/part-0.parquet",
+            "%2E%2E/secret/part-0.parquet",
+            "%2e./secret/part-0.parquet",
+            "a%2F..%2F..%2Fsecret",
+            "..\\secret\\part-0.parquet",
+            "",
+        ] {
+            assert!(!relative_inside(bad), "{bad}");
+        }
+    }
 }

@@ -225,3 +225,111 @@ async fn bad_storage_options_are_located_and_never_echo_a_secret() {
     }
     assert!(!e.contains("hunter2"), "{e}");
 }
+
+/// A Delta table whose log was written by hand: version 1 adds a data file named by
+/// `path`. The table's own version 0 holds one row (user 1); `../secret` beside it
+/// holds another table's row (user 666).
+async fn crafted_log(
+    path_of: impl Fn(&std::path::Path) -> String,
+) -> (tempfile::TempDir, url::Url) {
+    use quiver_featurestore::delta;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    let table = dir.path().join("table");
+    let one = |user: i64| crate::common::keys(&[user]);
+    delta::write(
+        url::Url::from_directory_path(&secret).unwrap(),
+        vec![one(666)],
+        deltalake::protocol::SaveMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    delta::write(
+        url::Url::from_directory_path(&table).unwrap(),
+        vec![one(1)],
+        deltalake::protocol::SaveMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let parquet = std::fs::read_dir(&secret)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    let size = std::fs::metadata(&parquet).unwrap().len();
+    let add = serde_json::json!({
+        "add": {
+            "path": path_of(&parquet),
+            "partitionValues": {},
+            "size": size,
+            "modificationTime": 1_700_000_000_000i64,
+            "dataChange": true
+        }
+    });
+    let commit = serde_json::json!({
+        "commitInfo": { "timestamp": 1_700_000_000_001i64, "operation": "WRITE" }
+    });
+    std::fs::write(
+        table.join("_delta_log/00000000000000000001.json"),
+        format!("{add}\n{commit}\n"),
+    )
+    .unwrap();
+    let url = url::Url::from_directory_path(&table).unwrap();
+    (dir, url)
+}
+
+/// Rows of the table at `url`, or the error opening or reading it.
+async fn read_all(url: &url::Url) -> Result<Vec<String>, String> {
+    use quiver_featurestore::delta;
+    let t = delta::open(url.clone(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ctx = datafusion::prelude::SessionContext::new();
+    t.register(&ctx, "t").await.map_err(|e| e.to_string())?;
+    let batches = ctx
+        .sql("SELECT user_id FROM t ORDER BY user_id")
+        .await
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(batches
+        .iter()
+        .flat_map(|b| crate::common::column_strings(b, "user_id"))
+        .collect())
+}
+
+#[tokio::test]
+async fn a_delta_log_naming_a_file_outside_the_table_is_refused() {
+    let absolute = |p: &std::path::Path| url::Url::from_file_path(p).unwrap().to_string();
+    let plain_absolute = |p: &std::path::Path| p.display().to_string();
+    let escaping =
+        |p: &std::path::Path| format!("../secret/{}", p.file_name().unwrap().to_string_lossy());
+    let encoded =
+        |p: &std::path::Path| format!("%2E%2E/secret/{}", p.file_name().unwrap().to_string_lossy());
+    let other_bucket =
+        |_: &std::path::Path| "s3://other-bank/transactions/part-0.parquet".to_string();
+    let cases: [(&str, &dyn Fn(&std::path::Path) -> String); 5] = [
+        ("file URL", &absolute),
+        ("absolute path", &plain_absolute),
+        ("relative path leaving the table", &escaping),
+        ("percent-encoded ..", &encoded),
+        ("another bucket", &other_bucket),
+    ];
+    for (what, path_of) in cases {
+        let (_dir, url) = crafted_log(path_of).await;
+        match read_all(&url).await {
+            Ok(rows) => {
+                assert!(
+                    !rows.contains(&"666".to_string()),
+                    "{what}: the table read another table's rows: {rows:?}"
+                );
+                panic!("{what}: the crafted log was not refused (rows {rows:?})");
+            }
+            Err(e) => {
+                assert!(e.contains("outside the table"), "{what}: {e}");
+                assert!(e.contains("version") || e.contains("path"), "{what}: {e}");
+            }
+        }
+    }
+}
