@@ -55,6 +55,13 @@ pub struct HostConfig {
     pub pool_slots: u32,
     /// Keep compiled modules by hash (off: every load compiles again).
     pub cache: bool,
+    /// Most bytes the compiled-module cache holds (each module counted as its source
+    /// plus its compiled code); the least recently used modules go first.
+    pub cache_bytes: usize,
+    /// Longest one module may take to compile. A module crafted to be slow to compile
+    /// fails validation with its name after this; the compiler thread finishes in the
+    /// background and the process goes on serving.
+    pub compile_deadline: Duration,
 }
 
 impl Default for HostConfig {
@@ -69,6 +76,8 @@ impl Default for HostConfig {
             pooling: true,
             pool_slots: 128,
             cache: true,
+            cache_bytes: 256 << 20,
+            compile_deadline: Duration::from_secs(20),
         }
     }
 }
@@ -170,12 +179,62 @@ impl ResourceLimiter for GuestState {
 /// Runs UDF modules: two engines (deadlines; fuel), compiled modules by hash, a clock
 /// for deadlines. One per process is enough ([`UdfHost::shared`]); tests make their
 /// own to compare configurations.
+///
+/// Guarantees: nothing starts until a module is loaded (a process without UDFs never
+/// reserves the engines' address space); an engine that cannot reserve its pool
+/// (a limited address space) falls back to allocation on demand, and one that cannot
+/// start at all is an error of the load, never a panic. Floating-point results do not
+/// depend on the CPU: NaNs are canonicalized and relaxed SIMD is deterministic, so a
+/// replica or a Ballista executor on another CPU computes the same values.
 pub struct UdfHost {
     config: HostConfig,
-    deadline_engine: Engine,
+    deadline_engine: OnceLock<Result<Engine, String>>,
     fuel_engine: OnceLock<Result<Engine, String>>,
-    cache: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    cache: Mutex<ModuleCache>,
     stop: Arc<AtomicBool>,
+}
+
+/// Compiled modules by hash, least recently used first out, bounded in bytes.
+#[derive(Default)]
+struct ModuleCache {
+    entries: HashMap<String, (Arc<LoadedModule>, usize, u64)>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl ModuleCache {
+    fn get(&mut self, sha256: &str) -> Option<Arc<LoadedModule>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(sha256).map(|(m, _, used)| {
+            *used = tick;
+            m.clone()
+        })
+    }
+
+    fn insert(&mut self, sha256: String, module: Arc<LoadedModule>, size: usize, max: usize) {
+        if size > max {
+            return;
+        }
+        self.tick += 1;
+        if let Some((_, old, _)) = self.entries.insert(sha256, (module, size, self.tick)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.bytes > max {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some((_, size, _)) = self.entries.remove(&oldest) {
+                self.bytes -= size;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for UdfHost {
@@ -193,14 +252,47 @@ impl Drop for UdfHost {
 }
 
 fn engine(config: &HostConfig, fuel: bool) -> Result<Engine, String> {
+    let pooled = if config.pooling {
+        match Engine::new(&engine_config(config, fuel, true)) {
+            Ok(e) => return Ok(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the UDF pool cannot reserve its address space; UDF instances are allocated on demand");
+                Some(e.to_string())
+            }
+        }
+    } else {
+        None
+    };
+    Engine::new(&engine_config(config, fuel, false)).map_err(|e| match pooled {
+        Some(p) => {
+            format!("cannot start the WebAssembly engine: {e} (with the pooling allocator: {p})")
+        }
+        None => format!("cannot start the WebAssembly engine: {e}"),
+    })
+}
+
+fn engine_config(config: &HostConfig, fuel: bool, pooling: bool) -> Config {
     let mut c = Config::new();
     c.wasm_multi_memory(false).max_wasm_stack(512 * 1024);
+    // The same bits on every CPU: "deterministic" UDFs run on replicas and Ballista
+    // executors that may be other machines.
+    c.cranelift_nan_canonicalization(true);
+    c.relaxed_simd_deterministic(true);
     if fuel {
         c.consume_fuel(true);
     } else {
         c.epoch_interruption(true);
     }
-    if config.pooling {
+    if !pooling {
+        // On demand, each instance reserves only its memory cap (with explicit bounds
+        // checks), not the 4 GiB + guard of the default: it fits a limited address
+        // space.
+        let cap = (config.max_memory_bytes as u64).div_ceil(65536) * 65536;
+        c.memory_reservation(cap)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0);
+    }
+    if pooling {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_core_instances(config.pool_slots)
             .total_memories(config.pool_slots)
@@ -214,39 +306,52 @@ fn engine(config: &HostConfig, fuel: bool) -> Result<Engine, String> {
             .table_keep_resident(64 << 10);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
-    Engine::new(&c).map_err(|e| format!("cannot start the WebAssembly engine: {e}"))
+    c
 }
 
 static SHARED: OnceLock<Arc<UdfHost>> = OnceLock::new();
 
 impl UdfHost {
-    /// A host with `config`.
+    /// A host with `config`. Nothing starts yet: the engines and the deadline clock
+    /// start when the first module is loaded.
     pub fn new(config: HostConfig) -> Result<Arc<Self>, String> {
-        let deadline_engine = engine(&config, false)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (e, s) = (deadline_engine.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("quiver-udf-clock".into())
-            .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    e.increment_epoch();
-                }
-            })
-            .map_err(|e| format!("cannot start the UDF deadline clock: {e}"))?;
-        Ok(Arc::new(Self {
-            config,
-            deadline_engine,
-            fuel_engine: OnceLock::new(),
-            cache: Mutex::new(HashMap::new()),
-            stop,
-        }))
+        Ok(Arc::new(Self::lazy(config)))
     }
 
     /// The process's host, with the default configuration.
     pub fn shared() -> Arc<Self> {
         SHARED
-            .get_or_init(|| Self::new(HostConfig::default()).expect("the default UDF host starts"))
+            .get_or_init(|| Arc::new(Self::lazy(HostConfig::default())))
+            .clone()
+    }
+
+    fn lazy(config: HostConfig) -> Self {
+        Self {
+            config,
+            deadline_engine: OnceLock::new(),
+            fuel_engine: OnceLock::new(),
+            cache: Mutex::new(ModuleCache::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The engine for deadlines, started (with its clock) on first use.
+    fn deadline_engine(&self) -> Result<Engine, String> {
+        self.deadline_engine
+            .get_or_init(|| {
+                let e = engine(&self.config, false)?;
+                let (clock, stop) = (e.clone(), self.stop.clone());
+                std::thread::Builder::new()
+                    .name("quiver-udf-clock".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(TICK);
+                            clock.increment_epoch();
+                        }
+                    })
+                    .map_err(|e| format!("cannot start the UDF deadline clock: {e}"))?;
+                Ok(e)
+            })
             .clone()
     }
 
@@ -257,7 +362,12 @@ impl UdfHost {
 
     /// A module already loaded, by hash.
     pub fn cached(&self, sha256: &str) -> Option<Arc<LoadedModule>> {
-        self.cache.lock().ok()?.get(sha256).cloned()
+        self.cache.lock().ok()?.get(sha256)
+    }
+
+    /// Bytes the compiled-module cache holds now.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.bytes)
     }
 
     /// Validate and compile `bytes` (a `.wasm` binary or `.wat` text). Everything the
@@ -271,7 +381,9 @@ impl UdfHost {
         }
         let binary = to_binary(bytes)?;
         let metadata = meta::inspect(&binary)?;
-        let deadline = self.compile(&self.deadline_engine, &binary)?;
+        let deadline = self.compile(&self.deadline_engine()?, &binary)?;
+        let image = deadline.module().image_range();
+        let size = bytes.len() + (image.end as usize).saturating_sub(image.start as usize);
         let module = Arc::new(LoadedModule {
             path: path.to_owned(),
             sha256: sha256.clone(),
@@ -283,13 +395,32 @@ impl UdfHost {
         if self.config.cache
             && let Ok(mut c) = self.cache.lock()
         {
-            c.insert(sha256, module.clone());
+            c.insert(sha256, module.clone(), size, self.config.cache_bytes);
         }
         Ok(module)
     }
 
     fn compile(&self, engine: &Engine, binary: &[u8]) -> Result<InstancePre<GuestState>, String> {
-        let module = Module::new(engine, binary).map_err(|e| format!("does not compile: {e}"))?;
+        // Compiled on a thread of its own under a deadline: a module crafted to be slow
+        // to compile fails here, and the caller goes on (the thread finishes alone).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (e, b) = (engine.clone(), binary.to_vec());
+        std::thread::Builder::new()
+            .name("quiver-udf-compile".into())
+            .spawn(move || {
+                let _ = tx.send(Module::new(&e, &b));
+            })
+            .map_err(|e| format!("cannot start a compiler thread: {e}"))?;
+        let limit = self.config.compile_deadline;
+        let module = match rx.recv_timeout(limit) {
+            Ok(m) => m.map_err(|e| format!("does not compile: {e}"))?,
+            Err(_) => {
+                return Err(format!(
+                    "took more than {} ms to compile (a module's compile time is bounded); make it smaller",
+                    limit.as_millis()
+                ));
+            }
+        };
         let mut linker: Linker<GuestState> = Linker::new(engine);
         linker
             .func_wrap(meta::LOG_IMPORT.0, meta::LOG_IMPORT.1, log)
@@ -343,6 +474,9 @@ impl UdfHost {
         let started = Instant::now();
         let budget = Budget::Deadline(self.config.deadline);
         let mut store = self.store(module.deadline.module().engine(), budget)?;
+        // A start function, data and element segments and the initial memory and
+        // tables run and are allocated here, under the same deadline and caps as a
+        // call.
         module.deadline.instantiate(&mut store).map_err(|e| {
             explain(
                 "instantiation",

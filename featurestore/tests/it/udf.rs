@@ -713,3 +713,211 @@ fn rust_udf_gives_the_values_of_the_wat_one() {
         .unwrap();
     assert_eq!(floats(&got.output), floats(&want.output));
 }
+
+/// `quiver validate` and `quiver plan` with the address space limited to 4 GiB
+/// (`ulimit -v`, as container runtimes and shared hosts set it): the UDF host starts
+/// only when a view needs it, and then falls back from the pooling allocator (which
+/// reserves every slot's address space up front) to allocation on demand.
+#[tokio::test]
+async fn commands_run_under_a_4_gib_address_space_limit() {
+    let run = |repo: &std::path::Path, cmd: &str| {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v 4194304 && exec \"$0\" --repo \"$1\" {cmd}"
+            ))
+            .arg(env!("CARGO_BIN_EXE_quiver"))
+            .arg(repo)
+            .env_remove("QUIVER_REPO")
+            .env_remove("QUIVER_REGISTRY")
+            .output()
+            .unwrap()
+    };
+    // Without any UDF: the engine never starts.
+    let plain = crate::common::example_repo().await;
+    let o = run(plain.path(), "validate");
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // With UDFs: the engine starts on demand, without the pool's reservation.
+    let repo = Repo::new();
+    repo.write("f.yaml", VIEW_REPO);
+    repo.write("udfs/jaccard.wat", JACCARD);
+    repo.write("udfs/ratio.wat", RATIO);
+    repo.delta("data/transactions", vec![transactions(&device_rows())])
+        .await;
+    for cmd in ["validate", "plan"] {
+        let o = run(repo.path(), cmd);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(101), "{cmd} panicked: {err}");
+        assert!(
+            o.status.success(),
+            "{cmd}: exit {:?}: {err}",
+            o.status.code()
+        );
+    }
+}
+
+/// A module with no prelude: `memory` pages of memory, a start function `start` (wat
+/// instructions) and the ABI's exports doing nothing.
+fn bare_module(memory: u32, start: &str) -> String {
+    format!(
+        "(module (@custom \"quiver.udf.v1\" \"{}\") (memory (export \"memory\") {memory})
+          (func $start {start}) (start $start)
+          (func (export \"quiver_abi_version\") (result i32) (i32.const 1))
+          (func (export \"alloc\") (param i32) (result i32) (i32.const 8))
+          (func (export \"dealloc\") (param i32 i32))
+          {})",
+        F_META.replace('"', "\\\""),
+        call_body("(i64.const 0)")
+    )
+}
+
+#[tokio::test]
+async fn instantiation_is_bounded_like_a_call() {
+    let host = hostile_host();
+    // A start function that never returns stops at the deadline, at instantiation.
+    let looping = host
+        .load(
+            "udfs/start_loop.wat",
+            bare_module(1, "(loop $l (br $l))").as_bytes(),
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = host.instantiate(&looping).unwrap_err();
+    assert!(e.contains("ran past its deadline of 300ms"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let e = run_sql(&host, &looping, "SELECT f(x) FROM t")
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("udfs/start_loop.wat") && e.contains("deadline"),
+        "{e}"
+    );
+    // An initial memory over the cap (2,000 pages, 125 MiB, against 32 MiB) is refused
+    // when the instance is made, before any code runs.
+    // The pool refuses it when the module is compiled; on demand, the memory limiter
+    // when the instance is made.
+    let e = host
+        .load("udfs/big_memory.wat", bare_module(2000, "").as_bytes())
+        .unwrap_err();
+    assert!(e.contains("memory"), "{e}");
+    let mut c = HostConfig::default();
+    c.pooling = false;
+    c.max_memory_bytes = 32 << 20;
+    let on_demand = UdfHost::new(c).unwrap();
+    let big = on_demand
+        .load("udfs/big_memory.wat", bare_module(2000, "").as_bytes())
+        .unwrap();
+    let e = on_demand.instantiate(&big).unwrap_err();
+    assert!(e.contains("over the cap of 33554432 bytes"), "{e}");
+    // The host still runs a good module.
+    let good = host.load("udfs/ratio.wat", RATIO.as_bytes()).unwrap();
+    assert!(host.instantiate(&good).is_ok());
+}
+
+#[test]
+fn compiling_is_bounded_in_time_and_the_host_goes_on() {
+    let mut c = HostConfig::default();
+    c.compile_deadline = Duration::from_millis(1);
+    let host = host(c);
+    // About 120,000 instructions in one function: milliseconds to compile, not one.
+    let body: String = (0..40_000)
+        .map(|_| "(local.set $a (i32.add (local.get $a) (i32.const 7)))")
+        .collect();
+    let slow = wat(
+        F_META,
+        "",
+        &call_body(&format!("(local $a i32) {body} (i64.const 0)")),
+    );
+    let e = host.load("udfs/slow.wat", slow.as_bytes()).unwrap_err();
+    assert!(e.contains("took more than 1 ms to compile"), "{e}");
+    // A small module still compiles under a generous deadline on another host, and
+    // this one still answers (the slow compile finishes on its own thread).
+    let ok = UdfHost::new(HostConfig::default()).unwrap();
+    assert!(ok.load("udfs/ratio.wat", RATIO.as_bytes()).is_ok());
+    assert!(host.cached("nothing").is_none());
+}
+
+#[test]
+fn the_module_cache_is_bounded_in_bytes() {
+    let probe = host(HostConfig::default());
+    probe.load("udfs/ratio.wat", RATIO.as_bytes()).unwrap();
+    let one = probe.cached_bytes();
+    assert!(one > RATIO.len(), "{one}");
+    // Room for about one module: loading a second evicts the first.
+    let mut c = HostConfig::default();
+    c.cache_bytes = one + one / 2;
+    let host = host(c);
+    let ratio = host.load("udfs/ratio.wat", RATIO.as_bytes()).unwrap();
+    let jaccard = host.load("udfs/jaccard.wat", JACCARD.as_bytes()).unwrap();
+    assert!(
+        host.cached_bytes() <= one + one / 2,
+        "{}",
+        host.cached_bytes()
+    );
+    assert!(
+        host.cached(&ratio.sha256).is_none(),
+        "the older module was evicted"
+    );
+    assert!(host.cached(&jaccard.sha256).is_some() || host.cached_bytes() == 0);
+    // Using a module keeps it: the least recently used goes.
+    let mut c = HostConfig::default();
+    c.cache_bytes = 64 << 20;
+    let roomy = host_with(c);
+    for i in 0..50 {
+        let text = RATIO.replace("a / (b + 1)", &format!("variant {i}"));
+        roomy
+            .load(&format!("udfs/r{i}.wat"), text.as_bytes())
+            .unwrap();
+    }
+    assert!(roomy.cached_bytes() <= 64 << 20);
+}
+
+fn host_with(c: HostConfig) -> Arc<UdfHost> {
+    host(c)
+}
+
+#[tokio::test]
+async fn nan_results_are_the_same_bits_on_every_cpu() {
+    // (x − x) / (x − x) at run time: x86 gives a negative quiet NaN, ARM a positive
+    // one. With NaN canonicalization every CPU returns the canonical 0x7ff8….
+    let host = hostile_host();
+    let module = host
+        .load(
+            "udfs/nan.wat",
+            wat(
+                F_META,
+                "",
+                &call_body(
+                    "(local $x i32) (local $o i32) (local $end i32)
+                     (drop (call $read (local.get $p) (local.get $len)))
+                     (local.set $x (call $buf (i32.const 1)))
+                     (local.set $o (call $out_begin (global.get $rows)))
+                     (local.set $end (i32.add (local.get $o) (i32.shl (global.get $rows) (i32.const 3))))
+                     (block $done (loop $row
+                       (br_if $done (i32.ge_u (local.get $o) (local.get $end)))
+                       (f64.store (local.get $o)
+                         (f64.div (f64.sub (f64.load (local.get $x)) (f64.load (local.get $x)))
+                                  (f64.sub (f64.load (local.get $x)) (f64.load (local.get $x)))))
+                       (local.set $o (i32.add (local.get $o) (i32.const 8)))
+                       (local.set $x (i32.add (local.get $x) (i32.const 8)))
+                       (br $row)))
+                     (call $out_finish)",
+                ),
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let batches = run_sql(&host, &module, "SELECT f(x) AS v FROM t")
+        .await
+        .unwrap();
+    let v = batches[0].column(0).as_primitive::<Float64Type>();
+    assert_eq!(v.len(), 3);
+    for i in 0..3 {
+        assert_eq!(v.value(i).to_bits(), 0x7ff8_0000_0000_0000, "row {i}");
+    }
+}
