@@ -165,7 +165,8 @@ pub(crate) fn score_batch(
         for &row in rows {
             x.extend(layout[k].iter().map(|&i| columns[i][row]));
         }
-        let scored = server.score_rows_on(d, served[k], &x, rows.len(), opts.explain)?;
+        let scored =
+            server.score_rows_on(d, served[k], opts.tenant, &x, rows.len(), opts.explain)?;
         for (s, &row) in scored.into_iter().zip(rows) {
             results[row] = Some((s, k));
         }

@@ -79,6 +79,8 @@ pub enum Change {
         /// Model.
         model: String,
     },
+    /// The registry's canary routing key made (once, with the first local write).
+    RoutingKey,
 }
 
 /// A change with the records a follower needs to repeat it.
@@ -120,6 +122,12 @@ pub enum Event {
         /// The policy.
         policy: Option<crate::RolloutPolicy>,
     },
+    /// The secret key of canary routing (32 bytes, hex), so every replica routes an
+    /// entity to the same side without the routing being computable by a tenant.
+    RoutingKey {
+        /// The key.
+        key: String,
+    },
 }
 
 /// An event with its place in the primary's log.
@@ -147,6 +155,15 @@ const HEAD: &[u8] = b"head";
 const ID: &[u8] = b"id";
 const PRIMARY: &[u8] = b"primary";
 const CURSOR: &[u8] = b"cursor";
+const ROUTING_KEY: &[u8] = b"routing_key";
+
+/// The registry's canary routing key, once it has one.
+pub(crate) fn routing_key(meta: &sled::Tree) -> Option<[u8; 32]> {
+    meta.get(ROUTING_KEY)
+        .ok()
+        .flatten()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
+}
 
 /// Append `change` to the log inside a transaction over `changes` and `meta`
 /// (`change_meta`); returns its seq.
@@ -183,6 +200,21 @@ pub(crate) fn local_log_tx(
                 String::from_utf8_lossy(&primary)
             ),
         )));
+    }
+    // The first local write of a primary makes its canary routing key: in the log
+    // before anything that could need it, so followers import it first. (Never at
+    // open: a registry about to follow another must start with no history.)
+    if meta.get(ROUTING_KEY)?.is_none() {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
+            |_| {
+                ConflictableTransactionError::Abort(Error::Crypto(
+                    "the system's random source failed".into(),
+                ))
+            },
+        )?;
+        meta.insert(ROUTING_KEY, &key)?;
+        log_tx(changes, meta, &Change::RoutingKey)?;
     }
     log_tx(changes, meta, change)
 }
@@ -427,6 +459,11 @@ impl Replication {
                 model: model.clone(),
                 policy: self.models.policy(model)?,
             },
+            Change::RoutingKey => Event::RoutingKey {
+                key: hex::encode(
+                    routing_key(&self.meta).ok_or_else(|| missing("the routing key".into()))?,
+                ),
+            },
             Change::Tags { model, version } => Event::Tags {
                 model: model.clone(),
                 version: *version,
@@ -611,6 +648,21 @@ impl Replication {
                         mark(cmeta)
                     },
                 )
+            }
+            Event::RoutingKey { key } => {
+                let key: [u8; 32] = hex::decode(key)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        Error::Replication(format!(
+                            "{what}: the routing key is not 32 bytes of hex"
+                        ))
+                    })?;
+                (&self.changes, &self.meta).transaction(|(changes, cmeta)| {
+                    cmeta.insert(ROUTING_KEY, &key)?;
+                    log_tx(changes, cmeta, &Change::RoutingKey)?;
+                    mark(cmeta)
+                })
             }
             Event::Policy { model, policy } => {
                 if let Some(p) = policy {

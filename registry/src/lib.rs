@@ -67,9 +67,9 @@ pub use native::{Activation, Contributions, DenseLayer, IG_STEPS, InputTransform
 #[cfg(feature = "onnx")]
 pub use onnx::{EXACT_SHAPLEY_MAX_FEATURES, OnnxModel, SHAPLEY_PERMUTATIONS};
 pub use serving::{
-    CHALLENGER, CHAMPION, Deployment, LatencyHistogram, MetricsSnapshot, ModelServer, Rollback,
-    RollbackForward, RolloutPolicy, Scored, Served, VersionMetrics, WatchHandle, entity_hash,
-    histogram_psi,
+    CHALLENGER, CHAMPION, Deployment, LatencyHistogram, MAX_TENANTS_TRACKED, MetricsSnapshot,
+    ModelServer, Rollback, RollbackForward, RolloutPolicy, Scored, Served, TenantMetrics,
+    VersionMetrics, WatchHandle, entity_hash, histogram_psi, routing_bucket,
 };
 pub use signing::{SigningKey, verify_signature};
 pub use store::{

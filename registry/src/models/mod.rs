@@ -649,6 +649,12 @@ impl ModelRegistry {
         check_model_inputs(&model, &m.input)
     }
 
+    /// The registry's canary routing key (made with its first local write, imported
+    /// by followers), if it has one yet.
+    pub fn routing_key(&self) -> Option<[u8; 32]> {
+        crate::changes::routing_key(&self.change_meta)
+    }
+
     /// The rollout policy stored for `model`, if one was set.
     pub fn policy(&self, model: &str) -> Result<Option<crate::RolloutPolicy>> {
         match self

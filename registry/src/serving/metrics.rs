@@ -60,6 +60,31 @@ impl LatencyHistogram {
         self.counts[Self::slot(us)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The count in every slot (to merge histograms).
+    pub(super) fn counts(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The `q` quantile of slot counts as [`LatencyHistogram::counts`] gives them.
+    pub(super) fn quantile_of(counts: &[u64], q: f64) -> u64 {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let target = ((total as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (slot, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Self::upper(slot);
+            }
+        }
+        u64::MAX
+    }
+
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
@@ -68,24 +93,7 @@ impl LatencyHistogram {
     /// The `q` quantile (0..=1) as an upper bound in µs (0 when empty): the true value
     /// is at most 3.1% lower.
     pub fn quantile(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let target = ((total as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                return Self::upper(i);
-            }
-        }
-        u64::MAX
+        Self::quantile_of(&self.counts(), q)
     }
 }
 
@@ -149,6 +157,79 @@ impl VersionMetrics {
             score_sum: self.score_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         }
     }
+}
+
+/// Most tenants whose traffic a served version counts apart; the rest share one
+/// entry (named `*`), so a flood of tenant names costs bounded memory.
+pub const MAX_TENANTS_TRACKED: usize = 64;
+
+/// One version's counters per tenant (see [`ModelServer::judge`] for why).
+#[derive(Debug, Default)]
+pub struct TenantMetrics {
+    by: Mutex<BTreeMap<String, Arc<VersionMetrics>>>,
+}
+
+impl TenantMetrics {
+    /// The counters of `tenant` (made on first use; past [`MAX_TENANTS_TRACKED`]
+    /// tenants, the shared `*` entry).
+    pub(super) fn of(&self, tenant: &str) -> Arc<VersionMetrics> {
+        let mut by = self.by.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = by.get(tenant) {
+            return m.clone();
+        }
+        let name = if by.len() < MAX_TENANTS_TRACKED {
+            tenant
+        } else {
+            "*"
+        };
+        by.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// `(tenant, requests, errors, latency slot counts, score counts)` of every tenant.
+    pub(super) fn parts(&self) -> Vec<TenantPart> {
+        let by = self.by.lock().unwrap_or_else(|p| p.into_inner());
+        by.iter()
+            .map(|(t, m)| TenantPart {
+                tenant: t.clone(),
+                requests: m.requests.load(Ordering::Relaxed),
+                errors: m.errors.load(Ordering::Relaxed),
+                latency: m.latency.counts(),
+                scores: m.score_counts(),
+            })
+            .collect()
+    }
+}
+
+/// One tenant's share of a version's traffic.
+#[derive(Debug, Clone)]
+pub(super) struct TenantPart {
+    pub(super) tenant: String,
+    pub(super) requests: u64,
+    pub(super) errors: u64,
+    pub(super) latency: Vec<u64>,
+    pub(super) scores: Vec<u64>,
+}
+
+/// The traffic of every part but those `skip` names, merged.
+pub(super) fn merged(parts: &[TenantPart], skip: Option<&str>) -> TenantPart {
+    let mut out = TenantPart {
+        tenant: String::new(),
+        requests: 0,
+        errors: 0,
+        latency: vec![0; LATENCY_SLOTS],
+        scores: vec![0; SCORE_BINS],
+    };
+    for p in parts.iter().filter(|p| Some(p.tenant.as_str()) != skip) {
+        out.requests += p.requests;
+        out.errors += p.errors;
+        for (a, b) in out.latency.iter_mut().zip(&p.latency) {
+            *a += b;
+        }
+        for (a, b) in out.scores.iter_mut().zip(&p.scores) {
+            *a += b;
+        }
+    }
+    out
 }
 
 /// Plain copy of [`VersionMetrics`].

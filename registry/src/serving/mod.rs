@@ -10,15 +10,21 @@
 //! before it keeps serving. [`ModelServer::watch`] runs `reload` on every alias move
 //! (sled's watch), so a promotion is live within milliseconds.
 //!
-//! Routing: FNV-1a 64 of the entity key, modulo 10,000, below `challenger_percent ×
-//! 100` goes to the challenger. The same key always lands on the same side.
+//! Routing: HMAC-SHA256 of the entity key under the registry's routing key (a secret
+//! made with the registry's first write and imported by every follower), its first 8
+//! bytes modulo 10,000, below `challenger_percent × 100` goes to the challenger. The
+//! same key always lands on the same side, on every replica, and a tenant cannot tell
+//! which of its keys the challenger serves (an unkeyed hash let one tenant pick them).
 //!
 //! Rollback: after every [`RolloutPolicy::check_every`] challenger requests (once it has
 //! [`RolloutPolicy::min_requests`]) the challenger is compared with the policy: error
 //! rate, p99 latency, and PSI of its score distribution against the champion's scores
 //! in the same period. Past a threshold, the `challenger` alias is removed with the
 //! reason recorded in the alias history (by `rollout`), and all traffic goes back to
-//! the champion.
+//! the champion. Traffic is counted per tenant, and with more than one tenant the
+//! threshold must also be passed by the traffic of all tenants but any one of them
+//! ([`ModelServer::judge`]): no single tenant's requests can roll back a challenger
+//! for everyone.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +60,8 @@ pub struct Served {
     pub metrics: VersionMetrics,
     /// Drift of the inputs it scored against its training statistics.
     pub drift: LiveDrift,
+    /// Its counters per tenant (what the rollback is judged on).
+    pub tenants: TenantMetrics,
     /// When it went live.
     pub since: Instant,
 }
@@ -74,6 +82,9 @@ pub struct Deployment {
     pub challenger: Option<Arc<Served>>,
     /// Share of entities for the challenger (0 when there is none).
     pub challenger_percent: f64,
+    /// The registry's routing key ([`ModelRegistry::routing_key`]); without one (a
+    /// follower before it imported it) every entity goes to the champion.
+    pub routing_key: Option<[u8; 32]>,
 }
 
 /// A rollback that happened, for reports.
@@ -100,7 +111,20 @@ pub struct Scored {
     pub contributions: Option<Contributions>,
 }
 
-/// FNV-1a 64 of `key`: stable across processes, platforms and releases.
+/// The canary bucket of `entity_key` (0 to 9,999) under `routing_key`: HMAC-SHA256,
+/// first 8 bytes, big-endian, modulo 10,000. Stable across processes, replicas and
+/// releases for one registry; unpredictable without its key.
+pub fn routing_bucket(routing_key: &[u8; 32], entity_key: &[u8]) -> u64 {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, routing_key);
+    let tag = ring::hmac::sign(&key, entity_key);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&tag.as_ref()[..8]);
+    u64::from_be_bytes(first) % 10_000
+}
+
+/// FNV-1a 64 of `key`: stable across processes, platforms and releases (partitioning,
+/// where nothing depends on it being unpredictable; canary routing uses
+/// [`routing_bucket`]).
 pub fn entity_hash(key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key {
@@ -166,6 +190,7 @@ impl ModelServer {
                 champion: None,
                 challenger: None,
                 challenger_percent: 0.0,
+                routing_key: None,
             }),
             reload_lock: Mutex::new(()),
             rollbacks: Mutex::new(Vec::new()),
@@ -215,6 +240,7 @@ impl ModelServer {
                     alias,
                     loaded,
                     metrics: VersionMetrics::default(),
+                    tenants: TenantMetrics::default(),
                     drift,
                     since: Instant::now(),
                 })))
@@ -284,6 +310,7 @@ impl ModelServer {
             },
             champion,
             challenger,
+            routing_key: self.registry.routing_key(),
         });
         self.current.store(next.clone());
         Ok(next)
@@ -334,24 +361,36 @@ impl ModelServer {
 
     /// Pick the version for `entity_key` from `d`.
     pub fn route<'a>(&self, d: &'a Deployment, entity_key: &[u8]) -> Option<&'a Arc<Served>> {
-        if let Some(c) = &d.challenger
-            && ((entity_hash(entity_key) % 10_000) as f64) < d.challenger_percent * 100.0
+        if let (Some(c), Some(key)) = (&d.challenger, &d.routing_key)
+            && (routing_bucket(key, entity_key) as f64) < d.challenger_percent * 100.0
         {
             return Some(c);
         }
         d.champion.as_ref().or(d.challenger.as_ref())
     }
 
-    /// Score one row for `entity_key`. `x` holds the inputs in the model's order (NaN
-    /// for missing). Counts the request on the version that served it and, for the
-    /// challenger, checks the rollout policy.
+    /// Score one row for `entity_key`, asked by this process itself (no tenant). `x`
+    /// holds the inputs in the model's order (NaN for missing). Counts the request on
+    /// the version that served it and, for the challenger, checks the rollout policy.
     pub fn score(&self, entity_key: &[u8], x: &[f64], explain: bool) -> Result<Scored> {
+        self.score_as("", entity_key, x, explain)
+    }
+
+    /// [`score`](Self::score) asked by `tenant`: its request counts in that tenant's
+    /// traffic (see [`judge`](Self::judge)).
+    pub fn score_as(
+        &self,
+        tenant: &str,
+        entity_key: &[u8],
+        x: &[f64],
+        explain: bool,
+    ) -> Result<Scored> {
         let d = self.current.load_full();
         let served = self
             .route(&d, entity_key)
             .ok_or_else(|| self.no_deployment())?
             .clone();
-        self.score_on(&d, &served, x, explain)
+        self.score_on(&d, &served, tenant, x, explain)
     }
 
     /// The error for a model with neither alias.
@@ -371,6 +410,7 @@ impl ModelServer {
         &self,
         d: &Deployment,
         served: &Served,
+        tenant: &str,
         x: &[f64],
         explain: bool,
     ) -> Result<Scored> {
@@ -399,9 +439,9 @@ impl ModelServer {
                 })
             })
         };
-        served
-            .metrics
-            .observe(started.elapsed(), result.as_ref().ok().map(|s| s.score));
+        let score = result.as_ref().ok().map(|s| s.score);
+        served.metrics.observe(started.elapsed(), score);
+        served.tenants.of(tenant).observe(started.elapsed(), score);
         if result.is_ok() {
             served.drift.observe(x);
         }
@@ -425,6 +465,7 @@ impl ModelServer {
         &self,
         d: &Deployment,
         served: &Served,
+        tenant: &str,
         x: &[f64],
         n: usize,
         explain: bool,
@@ -464,14 +505,19 @@ impl ModelServer {
         };
         let per_row = started.elapsed() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
         let before = served.metrics.requests.load(Ordering::Relaxed);
+        let by_tenant = served.tenants.of(tenant);
         match &result {
             Ok(scored) => {
                 for (i, s) in scored.iter().enumerate() {
                     served.metrics.observe(per_row, Some(s.score));
+                    by_tenant.observe(per_row, Some(s.score));
                     served.drift.observe(&x[i * width..(i + 1) * width]);
                 }
             }
-            Err(_) => (0..n).for_each(|_| served.metrics.observe(per_row, None)),
+            Err(_) => (0..n).for_each(|_| {
+                served.metrics.observe(per_row, None);
+                by_tenant.observe(per_row, None);
+            }),
         }
         if served.alias == CHALLENGER {
             let after = served.metrics.requests.load(Ordering::Relaxed);
@@ -485,39 +531,61 @@ impl ModelServer {
 
     /// Compare the challenger with the policy; roll back if it fails. Returns the
     /// rollback, if one happened.
+    ///
+    /// Guarantee: no single tenant's traffic rolls a challenger back for everyone.
+    /// Counters are kept per tenant; with traffic from more than one tenant, the
+    /// challenger must fail the policy on the pooled traffic *and* on the traffic of
+    /// all tenants but `X`, for every tenant `X` (champion scores for the PSI likewise
+    /// without `X`). A tenant crafting inputs for the challenger (or the champion) so
+    /// moves only its own share. Traffic of one tenant alone (a single-tenant
+    /// deployment, or requests this process makes itself) is judged as it is. The
+    /// rollback's reason records the tenant mix of the challenger's traffic, also for
+    /// rollbacks a replica sends to its primary.
     pub fn judge(&self, d: &Deployment) -> Option<Rollback> {
         let c = d.challenger.as_ref()?;
-        let m = c.metrics.snapshot();
-        if m.requests < self.policy.load().min_requests {
+        let policy = self.policy.load_full();
+        let parts = c.tenants.parts();
+        let base = d
+            .champion
+            .as_ref()
+            .map(|ch| ch.tenants.parts())
+            .unwrap_or_default();
+        let pooled = merged(&parts, None);
+        if pooled.requests < policy.min_requests {
             return None;
         }
-        let error_rate = m.errors as f64 / m.requests as f64;
-        let reason = if error_rate > self.policy.load().max_error_rate {
-            Some(format!(
-                "error rate {:.2}% > {:.2}%",
-                error_rate * 100.0,
-                self.policy.load().max_error_rate * 100.0
-            ))
-        } else if m.p99_us > self.policy.load().max_p99.as_micros() as u64 {
-            Some(format!(
-                "p99 latency {} us > {} us",
-                m.p99_us,
-                self.policy.load().max_p99.as_micros()
-            ))
-        } else {
-            d.champion.as_ref().and_then(|ch| {
-                let base = ch.metrics.score_counts();
-                let psi = histogram_psi(&base, &m.score_counts);
-                (base.iter().sum::<u64>() >= self.policy.load().min_requests
-                    && psi > self.policy.load().max_score_psi)
-                    .then(|| {
-                        format!(
-                            "score PSI {psi:.3} against the champion > {}",
-                            self.policy.load().max_score_psi
-                        )
-                    })
+        let reason = verdict(&policy, &pooled, &merged(&base, None))?;
+        let active: Vec<&TenantPart> = parts.iter().filter(|p| p.requests > 0).collect();
+        if active.len() > 1 {
+            for p in &active {
+                let rest = merged(&parts, Some(&p.tenant));
+                let fails = rest.requests >= policy.min_requests
+                    && verdict(&policy, &rest, &merged(&base, Some(&p.tenant))).is_some();
+                if !fails {
+                    tracing::info!(model = %self.model, version = c.version(), tenant = %p.tenant, %reason,
+                        "the challenger fails the policy only with this tenant's traffic; it stays");
+                    return None;
+                }
+            }
+        }
+        let mix: Vec<String> = active
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.0}%",
+                    if p.tenant.is_empty() {
+                        "(local)"
+                    } else {
+                        &p.tenant
+                    },
+                    100.0 * p.requests as f64 / pooled.requests as f64
+                )
             })
-        }?;
+            .collect();
+        let reason = format!(
+            "{reason} (challenger traffic by tenant: {})",
+            mix.join(", ")
+        );
         let version = c.version();
         if let Some(forward) = &self.forward {
             {
@@ -622,6 +690,35 @@ impl ModelServer {
             .map(|c| c.loaded.version.manifest.training_stats.clone())
             .unwrap_or_default()
     }
+}
+
+/// Why `m` (the challenger's traffic) fails `policy` against `base` (the champion's),
+/// if it does.
+fn verdict(policy: &RolloutPolicy, m: &TenantPart, base: &TenantPart) -> Option<String> {
+    let error_rate = m.errors as f64 / m.requests.max(1) as f64;
+    let p99 = LatencyHistogram::quantile_of(&m.latency, 0.99);
+    if error_rate > policy.max_error_rate {
+        return Some(format!(
+            "error rate {:.2}% > {:.2}%",
+            error_rate * 100.0,
+            policy.max_error_rate * 100.0
+        ));
+    }
+    if p99 > policy.max_p99.as_micros() as u64 {
+        return Some(format!(
+            "p99 latency {p99} us > {} us",
+            policy.max_p99.as_micros()
+        ));
+    }
+    let psi = histogram_psi(&base.scores, &m.scores);
+    (base.scores.iter().sum::<u64>() >= policy.min_requests && psi > policy.max_score_psi).then(
+        || {
+            format!(
+                "score PSI {psi:.3} against the champion > {}",
+                policy.max_score_psi
+            )
+        },
+    )
 }
 
 /// Stops the alias watcher when dropped.

@@ -108,12 +108,15 @@ fn a_follower_replays_the_log_into_the_same_registry() {
     let log = p.log();
     assert_eq!(
         log.head().unwrap(),
-        8,
-        "3 applies, 2 versions, 2 moves, 1 retag"
+        9,
+        "the routing key, 3 applies, 2 versions, 2 moves, 1 retag"
     );
     let f = Side::new();
     f.reg.trust("alice", &key.public_key_hex()).unwrap();
-    assert_eq!(follow(&log, &f.log()), 8);
+    assert_eq!(follow(&log, &f.log()), 9);
+    // The canary routing key came first, so replicas route as the primary does.
+    assert!(p.reg.routing_key().is_some());
+    assert_eq!(f.reg.routing_key(), p.reg.routing_key());
 
     // Same definitions at the same versions, same apply log.
     assert_eq!(f.store.applies().unwrap(), p.store.applies().unwrap());
@@ -149,7 +152,7 @@ fn a_follower_replays_the_log_into_the_same_registry() {
     );
     assert_eq!(f.reg.load("fraud", 2).unwrap().version.manifest.version, 2);
     let cursor = f.log().cursor().unwrap();
-    assert_eq!((cursor.primary, cursor.seq), (Some(log.id().unwrap()), 8));
+    assert_eq!((cursor.primary, cursor.seq), (Some(log.id().unwrap()), 9));
 
     // A follower's registry changes only by import: local writes are refused.
     let mut c = ChangeSet::new();
@@ -174,7 +177,7 @@ fn a_follower_replays_the_log_into_the_same_registry() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(f.log().head().unwrap(), 8);
+    assert_eq!(f.log().head().unwrap(), 9);
 
     // Later writes arrive as the next events; nothing is repeated.
     let mut strict = quiver_registry::RolloutPolicy::default();
@@ -204,7 +207,8 @@ fn a_follower_replays_the_log_into_the_same_registry() {
     // A follower can itself be followed: its own log holds the same changes.
     let g = Side::new();
     g.reg.trust("alice", &key.public_key_hex()).unwrap();
-    assert_eq!(follow(&f.log(), &g.log()), 11);
+    assert_eq!(follow(&f.log(), &g.log()), 12);
+    assert_eq!(g.reg.routing_key(), p.reg.routing_key());
     assert_eq!(
         g.reg.alias("fraud", "champion").unwrap().unwrap().version,
         1
@@ -229,20 +233,29 @@ fn a_follower_stores_a_version_it_does_not_trust_but_never_loads_it() {
 fn events_out_of_order_from_another_registry_or_tampered_are_refused() {
     let (p, key) = primary_with_history();
     let log = p.log();
-    let events = log.events_after(0, 100).unwrap();
+    let all = log.events_after(0, 100).unwrap();
     let f = Side::new();
     f.reg.trust("alice", &key.public_key_hex()).unwrap();
     let here = f.log();
+    // The routing key first (a key that is not 32 bytes of hex is refused).
+    let mut short = all[0].clone();
+    if let Event::RoutingKey { key } = &mut short.event {
+        key.pop();
+    }
+    assert!(here.import(&short, None).is_err());
+    assert_eq!(here.cursor().unwrap().seq, 0);
+    here.import(&all[0], None).unwrap();
+    let events = &all[1..];
     let refused = |ev: &Sequenced, artifact: Option<&[u8]>, want: &str| {
         match here.import(ev, artifact) {
             Err(e) => assert!(e.to_string().contains(want), "{e}"),
             Ok(()) => panic!("imported {ev:?}"),
         }
-        assert_eq!(here.cursor().unwrap().seq, 0, "nothing written");
+        assert_eq!(here.cursor().unwrap().seq, 1, "nothing written");
         assert!(f.store.applies().unwrap().is_empty());
     };
     // Skipping the first event.
-    refused(&events[1], None, "arrived after event 0");
+    refused(&events[1], None, "arrived after event 1");
     // A definition whose content does not hash to its recorded hash.
     let mut bad = events[0].clone();
     if let Event::Apply { definitions, .. } = &mut bad.event {
@@ -307,12 +320,14 @@ fn a_registry_written_before_the_log_gets_one_in_dependency_order() {
         .unwrap();
     let log = Replication::new(&store, &reg).unwrap();
     let rebuilt = log.events_after(0, 100).unwrap();
-    // The retag is not rebuilt: a version's event carries its tags as they are now.
-    assert_eq!(rebuilt.len(), want.len() - 1);
+    // The retag is not rebuilt: a version's event carries its tags as they are now;
+    // nor is the routing key, which an older registry never had (it gets one with its
+    // next write).
+    assert_eq!(rebuilt.len(), want.len() - 2);
     // Applies first, then versions, then alias moves: a follower can import them all.
     let f = Side::new();
     f.reg.trust("alice", &key.public_key_hex()).unwrap();
-    assert_eq!(follow(&log, &f.log()), want.len() - 1);
+    assert_eq!(follow(&log, &f.log()), want.len() - 2);
     assert_eq!(
         f.reg.alias("fraud", "champion").unwrap().unwrap().version,
         2

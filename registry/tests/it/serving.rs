@@ -240,3 +240,111 @@ fn a_tampered_promotion_is_refused_and_the_old_version_keeps_serving() {
     assert_eq!(server.refused_loads.load(Ordering::Relaxed), 1);
     assert_eq!(server.score(b"u", &[1.0, 1.0], true).unwrap().version, v1);
 }
+
+#[test]
+fn one_tenants_crafted_traffic_cannot_roll_the_challenger_back_for_everyone() {
+    // The challenger equals the champion (same intercept): only crafted inputs make
+    // its scores differ. Tenant `evil` scores keys routed to the challenger with
+    // extreme features; tenants `a` and `b` send ordinary traffic.
+    let fx = fx();
+    let policy = {
+        let mut c = RolloutPolicy::default();
+        c.challenger_percent = 50.0;
+        c.min_requests = 100;
+        c.check_every = 50;
+        c
+    };
+    let (_, v2, server) = canary(&fx, -1.0, -1.0, policy);
+    let d = server.deployment();
+    let challenger_keys: Vec<String> = (0..100_000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| server.route(&d, k.as_bytes()).map(|s| s.version()) == Some(v2))
+        .take(3_000)
+        .collect();
+    for (i, k) in challenger_keys.iter().enumerate() {
+        let ordinary = [(i % 5) as f64, (i % 3) as f64];
+        let tenant = ["a", "b"][i % 2];
+        server
+            .score_as(tenant, format!("o{i}").as_bytes(), &ordinary, false)
+            .unwrap();
+        // Scores near 1 on the challenger only: alone, a PSI far over the policy.
+        server
+            .score_as("evil", k.as_bytes(), &[40.0, -40.0], false)
+            .unwrap();
+    }
+    assert!(
+        server.rollbacks().is_empty(),
+        "one tenant rolled the challenger back: {:?}",
+        server.rollbacks()
+    );
+    assert_eq!(
+        server.deployment().challenger.as_ref().map(|c| c.version()),
+        Some(v2),
+        "the challenger stays"
+    );
+    // The same traffic from one tenant alone (nobody else scoring) is judged as it is.
+    let fx2 = fixture("ci");
+    let (_, _, alone) = canary(&fx2, -1.0, -1.0, {
+        let mut c = RolloutPolicy::default();
+        c.challenger_percent = 50.0;
+        c.min_requests = 100;
+        c.check_every = 50;
+        c
+    });
+    let d2 = alone.deployment();
+    for i in 0..4_000 {
+        let k = format!("k{i}");
+        let on_challenger = alone.route(&d2, k.as_bytes()).map(|s| s.alias) == Some("challenger");
+        let x = if on_challenger {
+            [40.0, -40.0]
+        } else {
+            [(i % 5) as f64, (i % 3) as f64]
+        };
+        alone.score_as("only", k.as_bytes(), &x, false).unwrap();
+        if alone.deployment().challenger.is_none() {
+            break;
+        }
+    }
+    let rb = alone.rollbacks();
+    assert_eq!(rb.len(), 1);
+    assert!(
+        rb[0]
+            .reason
+            .contains("(challenger traffic by tenant: only 100%)"),
+        "{}",
+        rb[0].reason
+    );
+}
+
+#[test]
+fn canary_routing_is_keyed_by_the_registrys_secret() {
+    // An unkeyed hash let a tenant compute which keys the challenger serves. Two
+    // registries (two secrets) route the same keys differently; one registry routes a
+    // key the same way every time, and only with its key known.
+    let (fx1, fx2) = (fx(), fx());
+    let policy = {
+        let mut c = RolloutPolicy::default();
+        c.challenger_percent = 50.0;
+        c
+    };
+    let (_, _, s1) = canary(&fx1, -1.0, 1.0, policy.clone());
+    let (_, _, s2) = canary(&fx2, -1.0, 1.0, policy);
+    let (d1, d2) = (s1.deployment(), s2.deployment());
+    let key1 = d1
+        .routing_key
+        .expect("a registry with models has a routing key");
+    assert_ne!(Some(key1), d2.routing_key);
+    let side = |s: &ModelServer, d: &quiver_registry::Deployment, k: &str| {
+        s.route(d, k.as_bytes()).unwrap().alias
+    };
+    let differ = (0..2_000)
+        .filter(|i| side(&s1, &d1, &format!("u{i}")) != side(&s2, &d2, &format!("u{i}")))
+        .count();
+    assert!((800..1_200).contains(&differ), "{differ} of 2000 differ");
+    for i in 0..200 {
+        let k = format!("u{i}");
+        assert_eq!(side(&s1, &d1, &k), side(&s1, &s1.deployment(), &k));
+        let bucket = quiver_registry::routing_bucket(&key1, k.as_bytes());
+        assert_eq!(side(&s1, &d1, &k) == "challenger", bucket < 5_000);
+    }
+}
