@@ -62,6 +62,25 @@ pub struct ExplainRequest {
     pub fuel: u64,
     /// How the repo is named in the reproducing command.
     pub repo_display: String,
+    /// Which steps the trace keeps ([`TraceScope::ViewOutput`] unless set).
+    pub scope: TraceScope,
+}
+
+/// Which steps a trace keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TraceScope {
+    /// Only what the view itself exposes: the windows and TTL decision (counts), the
+    /// value (the view's own output rows for the entity) and the online value. Source
+    /// rows, plan stages and UDF inputs and outputs are withheld, and so are the
+    /// physical plan text and the tables' locations: a pooled source holds other
+    /// tenants' rows and columns the view does not expose, and old Delta versions
+    /// hold rows since deleted. The default, and what a server gives every tenant
+    /// that is not an admin.
+    #[default]
+    ViewOutput,
+    /// Every step, raw source rows included: for whoever holds the repo and its
+    /// storage anyway (the local `quiver-debug trace --repo`, a server's admins).
+    All,
 }
 
 impl ExplainRequest {
@@ -82,7 +101,14 @@ impl ExplainRequest {
             max_rows_per_step: 1_000,
             fuel: crate::udf::HostConfig::default().fuel,
             repo_display: ".".into(),
+            scope: TraceScope::ViewOutput,
         }
+    }
+
+    /// Keep every step, raw source rows included ([`TraceScope::All`]).
+    pub fn with_all_steps(mut self) -> Self {
+        self.scope = TraceScope::All;
+        self
     }
 }
 
@@ -290,6 +316,29 @@ impl Trace {
             .map(|a| shell_quote(a))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// Keep only the steps that show what the view exposes ([`TraceScope::ViewOutput`]):
+    /// source, plan-stage and UDF-call steps go (their rows with them), as do the plan
+    /// text and table locations; one note says what was withheld.
+    pub fn withhold_raw_steps(&mut self) {
+        let before = self.steps.len();
+        self.steps.retain(|s| {
+            matches!(
+                s.kind,
+                StepKind::Decision | StepKind::Value | StepKind::Online
+            )
+        });
+        for (i, s) in self.steps.iter_mut().enumerate() {
+            s.index = i;
+        }
+        self.plan = format!(
+            "(withheld: {} source, plan-stage and UDF steps; a trace for a tenant shows what the view exposes, its raw steps are for admins)",
+            before - self.steps.len()
+        );
+        for t in &mut self.tables {
+            t.location = String::new();
+        }
     }
 
     /// Each step's rows as Arrow IPC files (`steps/NNN.arrow`, and `steps/NNN-out.arrow`
@@ -998,5 +1047,8 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
     };
     trace.command = trace.reproduce();
+    if req.scope == TraceScope::ViewOutput {
+        trace.withhold_raw_steps();
+    }
     Ok(trace)
 }

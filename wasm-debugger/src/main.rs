@@ -168,7 +168,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|e| pair(e, "--entity"))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let mut req = ExplainRequest::new(view, entity, at_us);
+            // Local: whoever runs this holds the repo and its storage, so every step.
+            let mut req = ExplainRequest::new(view, entity, at_us).with_all_steps();
             for tv in &table_version {
                 let (k, v) = pair(tv, "--table-version")?;
                 let v: i64 = v

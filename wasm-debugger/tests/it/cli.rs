@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{DAY, HOUR, UNTIL, repo, rows, write};
+use crate::common::{DAY, HOUR, T0, UNTIL, repo, rows, write};
 
 pub(crate) fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_quiver-debug"))
@@ -347,19 +347,19 @@ async fn trace_against_a_running_server_is_for_the_owner_only() {
     let stdout = crate::common::success(&o);
     assert!(stdout.starts_with("MATCH novelty@2 user_id=9"), "{stdout}");
     assert!(stdout.contains(&format!("--server {url}")), "{stdout}");
+    // The owner is no admin: its trace shows what the view exposes (decision, value,
+    // online value), not the source rows, plan stages or UDF inputs.
     let t = quiver_wasm_debugger::folder::read(&out).unwrap();
-    let udf = t
+    let kinds: Vec<String> = t
         .trace
         .steps
         .iter()
-        .find(|s| s.output_file.is_some())
-        .unwrap();
-    assert!(
-        t.rows(udf.output_file.as_ref().unwrap())
-            .unwrap()
-            .num_rows()
-            > 0
-    );
+        .map(|s| format!("{:?}", s.kind))
+        .collect();
+    assert_eq!(kinds, ["Decision", "Value", "Online"], "{kinds:?}");
+    let value = &t.trace.steps[1];
+    assert!(t.rows(value.file.as_ref().unwrap()).unwrap().num_rows() > 0);
+    assert!(t.trace.plan.starts_with("(withheld"), "{}", t.trace.plan);
 
     let o = run(
         "token-b-0123456789abcdef",
@@ -375,5 +375,145 @@ async fn trace_against_a_running_server_is_for_the_owner_only() {
         "{err}"
     );
     assert!(!dir.path().join("b").exists());
+    drop(server);
+}
+
+/// A pooled source with two banks' rows and a `card_number` column, and a SQL view of
+/// bank_b's rows owned by bank_b: bank_b's trace from the server holds no bank_a row
+/// and no `card_number`, in `trace.json` or any step file.
+#[tokio::test]
+async fn a_tenants_trace_of_a_pooled_source_shows_only_what_its_view_exposes() {
+    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use quiver_featurestore::serve::{ServeConfig, Tokens};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(
+        root.join("f.yaml"),
+        "kind: Entity
+name: user
+join_keys: [user_id]
+---
+kind: Source
+name: pooled
+delta: data/pooled
+timestamp: ts
+---
+kind: FeatureView
+name: b_spend
+entity: user
+sources: [pooled]
+owner: bank_b
+sql: |
+  SELECT user_id, ts, amount AS spend FROM pooled WHERE bank = 'bank_b'
+",
+    )
+    .unwrap();
+    // User 7 has rows at both banks (ids are not unique across a pooled source).
+    let mut rows: Vec<(i64, i64, &str, &str, f64)> = Vec::new();
+    for i in 0..10i64 {
+        rows.push((
+            7,
+            T0 + i * HOUR,
+            "bank_a",
+            "4111111111111111",
+            900.0 + i as f64,
+        ));
+        rows.push((
+            7,
+            T0 + i * HOUR + 1,
+            "bank_b",
+            "5500000000000004",
+            10.0 + i as f64,
+        ));
+    }
+    let batch = arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("bank", DataType::Utf8, false),
+            Field::new("card_number", DataType::Utf8, false),
+            Field::new("amount", DataType::Float64, false),
+        ])),
+        vec![
+            std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            std::sync::Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                    .with_timezone("UTC"),
+            ),
+            std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+            std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3))),
+            std::sync::Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.4))),
+        ],
+    )
+    .unwrap();
+    let url = quiver_featurestore::delta::table_url(root, "data/pooled").unwrap();
+    quiver_featurestore::delta::write(&url, vec![batch], deltalake::protocol::SaveMode::Overwrite)
+        .await
+        .unwrap();
+    let store = quiver_featurestore::FeatureStore::open(root).unwrap();
+    store.apply().await.unwrap();
+    store.materialize().with_until(T0 + DAY).await.unwrap();
+    let tokens = Tokens::new()
+        .with("token-b-0123456789abcdef", "bank_b", false)
+        .unwrap();
+    let server = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens)
+        .spawn(store)
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr());
+    let out = root.join("trace-b");
+    let o = {
+        let (url, out) = (url.clone(), out.clone());
+        tokio::task::spawn_blocking(move || {
+            bin()
+                .args([
+                    "trace",
+                    "--server",
+                    &url,
+                    "--token",
+                    "token-b-0123456789abcdef",
+                ])
+                .args(["b_spend", "--entity", "user_id=7", "--at"])
+                .arg(quiver_featurestore::cli::format_time(T0 + DAY))
+                .args(["--out", out.to_str().unwrap()])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    crate::common::success(&o);
+    let mut seen =
+        String::from_utf8_lossy(&std::fs::read(out.join("trace.json")).unwrap()).into_owned();
+    let t = quiver_wasm_debugger::folder::read(&out).unwrap();
+    for step in &t.trace.steps {
+        for f in [&step.file, &step.output_file].into_iter().flatten() {
+            let b = t.rows(f).unwrap();
+            seen.push_str(&format!("{:?}", b.schema()));
+            seen.push_str(
+                &arrow::util::pretty::pretty_format_batches(&[b])
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    // bank_b's own value as of the time (its last row: 10 + 9) is there.
+    assert!(seen.contains("\"spend\": 19.0"), "{seen}");
+    for secret in [
+        "bank_a",
+        "card_number",
+        "4111111111111111",
+        "5500000000000004",
+    ] {
+        assert!(
+            !seen.contains(secret),
+            "`{secret}` in bank_b's trace:\n{seen}"
+        );
+    }
     drop(server);
 }

@@ -14,7 +14,7 @@ async fn a_replay_records_every_step_and_matches_the_online_value() {
     for view in ["spend", "novelty"] {
         let t = explain(
             &store,
-            &ExplainRequest::new(view, [("user_id", "7")], UNTIL),
+            &ExplainRequest::new(view, [("user_id", "7")], UNTIL).with_all_steps(),
         )
         .await
         .unwrap();
@@ -74,7 +74,7 @@ async fn verdicts_name_what_is_different() {
     let store = FeatureStore::open(root).unwrap();
     let t = explain(
         &store,
-        &ExplainRequest::new("spend", [("user_id", "2")], UNTIL + DAY),
+        &ExplainRequest::new("spend", [("user_id", "2")], UNTIL + DAY).with_all_steps(),
     )
     .await
     .unwrap();
@@ -102,7 +102,7 @@ async fn verdicts_name_what_is_different() {
     let store = FeatureStore::open(root).unwrap();
     let t = explain(
         &store,
-        &ExplainRequest::new("spend", [("user_id", "23")], UNTIL),
+        &ExplainRequest::new("spend", [("user_id", "23")], UNTIL).with_all_steps(),
     )
     .await
     .unwrap();
@@ -112,7 +112,7 @@ async fn verdicts_name_what_is_different() {
     // comes from after it.
     let t = explain(
         &store,
-        &ExplainRequest::new("novelty", [("user_id", "4")], UNTIL - 2 * DAY),
+        &ExplainRequest::new("novelty", [("user_id", "4")], UNTIL - 2 * DAY).with_all_steps(),
     )
     .await
     .unwrap();
@@ -132,14 +132,14 @@ async fn verdicts_name_what_is_different() {
     let store = FeatureStore::open(root).unwrap();
     let t = explain(
         &store,
-        &ExplainRequest::new("spend", [("user_id", "5")], UNTIL),
+        &ExplainRequest::new("spend", [("user_id", "5")], UNTIL).with_all_steps(),
     )
     .await
     .unwrap();
     assert_eq!(t.verdict, Verdict::ValueDiff, "{}", t.reason);
     assert!(t.reason.contains("feature `sum_3d`"), "{}", t.reason);
     // Pinned to the version the online store was built from, it matches again.
-    let mut req = ExplainRequest::new("spend", [("user_id", "5")], UNTIL);
+    let mut req = ExplainRequest::new("spend", [("user_id", "5")], UNTIL).with_all_steps();
     req.table_versions.insert("transactions".into(), 0);
     let t = explain(&store, &req).await.unwrap();
     assert_eq!(t.verdict, Verdict::Match, "{}", t.reason);
@@ -183,7 +183,7 @@ async fn verdicts_name_what_is_different() {
     let store = FeatureStore::open(root).unwrap();
     let t = explain(
         &store,
-        &ExplainRequest::new("spend", [("user_id", "6")], UNTIL),
+        &ExplainRequest::new("spend", [("user_id", "6")], UNTIL).with_all_steps(),
     )
     .await
     .unwrap();
@@ -193,14 +193,14 @@ async fn verdicts_name_what_is_different() {
     // Bad requests name what is wrong.
     let err = explain(
         &store,
-        &ExplainRequest::new("spend", [("account", "5")], UNTIL),
+        &ExplainRequest::new("spend", [("account", "5")], UNTIL).with_all_steps(),
     )
     .await
     .unwrap_err();
     assert!(err.to_string().contains("keyed by user_id"), "{err}");
     let err = explain(
         &store,
-        &ExplainRequest::new("nope", [("user_id", "5")], UNTIL),
+        &ExplainRequest::new("nope", [("user_id", "5")], UNTIL).with_all_steps(),
     )
     .await
     .unwrap_err();

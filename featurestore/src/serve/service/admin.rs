@@ -228,6 +228,13 @@ impl FeatureService {
                 req.table_versions = body.table_versions;
                 req.max_rows_per_step = body.max_rows.unwrap_or(1_000).clamp(1, 10_000);
                 req.repo_display = "<server>".into();
+                // Raw source rows and intermediate stages are for admins; every other
+                // tenant sees what the view exposes (docs/debugger.md).
+                req.scope = if tenant.admin {
+                    crate::explain::TraceScope::All
+                } else {
+                    crate::explain::TraceScope::ViewOutput
+                };
                 let mut trace = crate::explain::explain(store, &req).await?;
                 let files: Vec<(String, String)> = trace
                     .step_files()?
