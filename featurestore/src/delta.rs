@@ -24,19 +24,22 @@ pub struct Location {
 
 impl Location {
     /// The table a source reads: its `delta:` text against the repo root, with its
-    /// `storage_options:` resolved against the environment.
+    /// `storage_options:` resolved against the environment (as received options in a
+    /// process that follows another's definitions: [`storage::set_receiver_process`]).
     pub fn of_source(root: &Path, source: &crate::spec::Source) -> Result<Self> {
         let fail = |message: String| Error::Delta {
             table: source.delta.value.clone(),
             message,
         };
         let url = table_url(root, &source.delta.value).map_err(fail)?;
-        let options = Resolved::resolve(
+        let options = Resolved::resolve_source(
             storage::family(url.scheme()),
+            &source.name.value,
             source
                 .storage_options
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.value.as_str())),
+            storage::definition_origin(),
         )
         .map_err(|m| fail(format!("source `{}`: {m}", source.name.value)))?;
         Ok(Self { url, options })
@@ -92,14 +95,21 @@ impl Location {
         Ok(self)
     }
 
-    /// The same, with a source's `storage_options` as written (`${ENV_VAR}` resolved
-    /// against this process's environment): how a process that receives a plan opens
-    /// its tables with its own credentials.
-    pub fn with_raw_options<'a>(
+    /// The same, with the `storage_options` of source `source` as another process
+    /// wrote them (`${ENV_VAR}` resolved against this process's environment, host
+    /// options from this process's own configuration: [`storage::Origin::Received`]):
+    /// how a process that receives a plan opens its tables with its own credentials.
+    pub fn with_received_options<'a>(
         mut self,
+        source: &str,
         written: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> std::result::Result<Self, String> {
-        self.options = Resolved::resolve(storage::family(self.url.scheme()), written)?;
+        self.options = Resolved::resolve_source(
+            storage::family(self.url.scheme()),
+            source,
+            written,
+            storage::Origin::Received,
+        )?;
         Ok(self)
     }
 

@@ -10,6 +10,16 @@
 //!   environment when a table is opened. Every error and log line quiver prints
 //!   passes through [`redact`], which removes the secret values resolved so far and
 //!   those of the cloud credential variables of the environment.
+//! - **Whoever writes a source's options cannot choose where this process's secrets
+//!   go.** `${NAME}` is read only for secret keys, and only a name this process allows
+//!   (the key's own, `aws_secret_access_key` → `AWS_SECRET_ACCESS_KEY`, or one listed
+//!   in `QUIVER_STORAGE_ENV`), so no option can carry another key's secret. Where
+//!   requests go and which local file or service supplies credentials (endpoints,
+//!   proxies, credential URIs, token and key files, `allow_http`: [`is_host_key`]) is
+//!   this process's own configuration for a source name (`QUIVER_STORAGE_CONFIG`), never
+//!   taken from options it received: a plan decoded from another process
+//!   ([`Origin::Received`]) or a definition a replica follows. Every value read from
+//!   the environment is remembered for redaction.
 //! - **Commits to object storage are atomic.** quiver always passes
 //!   `AWS_S3_ALLOW_UNSAFE_RENAME=false`, whatever the environment says, so an S3 commit
 //!   is a conditional put (`If-None-Match: *`) or goes through a DynamoDB lock; Azure
@@ -100,6 +110,133 @@ const CLIENT_KEYS: &[&str] = &[
     "http2_only",
     "randomize_addresses",
 ];
+
+/// Keys that say where requests go or which local file or service supplies
+/// credentials: endpoints, proxies, credential URIs, token and key files, certificates,
+/// plain HTTP. A process takes these only from its own configuration for a source
+/// (`QUIVER_STORAGE_CONFIG`) when the options come from elsewhere ([`Origin::Received`]):
+/// whoever writes them otherwise chooses where the receiver's credentials are sent.
+pub fn is_host_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let unprefixed = ["aws_", "azure_", "google_"]
+        .iter()
+        .find_map(|p| key.strip_prefix(p))
+        .unwrap_or(&key);
+    const CLIENT_HOST: &[&str] = &[
+        "allow_http",
+        "allow_invalid_certificates",
+        "proxy_url",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+    ];
+    CLIENT_HOST.contains(&unprefixed)
+        || [
+            "endpoint",
+            "_uri",
+            "_url",
+            "_file",
+            "_path",
+            "authority_host",
+            "application_credentials",
+            "use_azure_cli",
+            "use_emulator",
+            "fabric_workload_host",
+            "profile",
+            "imdsv1_fallback",
+            "metadata",
+        ]
+        .iter()
+        .any(|part| key.contains(part))
+}
+
+/// Who wrote the options being resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// This process's own repo or code.
+    Local,
+    /// Another process: a plan decoded here, or a definition followed from a primary.
+    /// Host keys ([`is_host_key`]) among them are refused; this process's own
+    /// configuration for the source supplies them.
+    Received,
+}
+
+static RECEIVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Mark this process as one that runs definitions written elsewhere (a replica
+/// following a primary): from now on every source's options resolve as
+/// [`Origin::Received`].
+pub fn set_receiver_process() {
+    RECEIVER.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// How this process resolves the options of definitions: [`Origin::Received`] after
+/// [`set_receiver_process`], else [`Origin::Local`].
+pub fn definition_origin() -> Origin {
+    if RECEIVER.load(std::sync::atomic::Ordering::SeqCst) {
+        Origin::Received
+    } else {
+        Origin::Local
+    }
+}
+
+/// This process's own storage configuration, from its environment:
+/// `QUIVER_STORAGE_ENV` (comma-separated variable names a secret option may read
+/// besides its key's own) and `QUIVER_STORAGE_CONFIG` (a JSON file: source name →
+/// options, which win over a definition's and are the only source of host keys for
+/// received options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessConfig {
+    allowed_env: std::collections::BTreeSet<String>,
+    sources: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Largest `QUIVER_STORAGE_CONFIG` file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+impl ProcessConfig {
+    /// Read from `env` (the process environment in [`ProcessConfig::from_env`]).
+    pub fn read(env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut out = Self::default();
+        if let Some(list) = env("QUIVER_STORAGE_ENV") {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    return Err(format!(
+                        "QUIVER_STORAGE_ENV: `{name}` is not a variable name (A-Z, 0-9, _)"
+                    ));
+                }
+                out.allowed_env.insert(name.to_owned());
+            }
+        }
+        if let Some(path) = env("QUIVER_STORAGE_CONFIG") {
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| format!("QUIVER_STORAGE_CONFIG {path}: {e}"))?;
+            if meta.len() > MAX_CONFIG_BYTES {
+                return Err(format!(
+                    "QUIVER_STORAGE_CONFIG {path} is {} bytes, over {MAX_CONFIG_BYTES}",
+                    meta.len()
+                ));
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("QUIVER_STORAGE_CONFIG {path}: {e}"))?;
+            out.sources = serde_json::from_str(&text).map_err(|e| {
+                format!("QUIVER_STORAGE_CONFIG {path}: {e} (write {{\"SOURCE\": {{\"KEY\": \"VALUE\"}}}})")
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// [`ProcessConfig::read`] of this process's environment.
+    pub fn from_env() -> Result<Self, String> {
+        Self::read(|n| std::env::var(n).ok())
+    }
+
+    fn allows(&self, key: &str, name: &str) -> bool {
+        name == key.to_ascii_uppercase() || self.allowed_env.contains(name)
+    }
+}
 
 /// A key of `storage_options:`: lower-case, and one this family's store reads.
 /// The error names the nearest known key.
@@ -297,9 +434,18 @@ impl OptionValue {
 }
 
 /// The value of option `key` as written ([`OptionValue::parse`]), refused when `key` is
-/// a secret written literally. The key itself is checked by [`check_key`].
+/// a secret written literally, or is not a secret and reads the environment (only
+/// secrets are `${NAME}`, so no option can be pointed at a secret variable). The key
+/// itself is checked by [`check_key`].
 pub fn parse_value(key: &str, value: &str) -> Result<OptionValue, String> {
     let parsed = OptionValue::parse(value)?;
+    if !is_secret(key)
+        && let OptionValue::Env(name) = &parsed
+    {
+        return Err(format!(
+            "`{key}` is not a secret: write its value; `${{{name}}}` is read only for secret options"
+        ));
+    }
     if is_secret(key) && matches!(parsed, OptionValue::Literal(_)) {
         return Err(format!(
             "`{key}` is a secret and may only be read from the environment: write `{key}: ${{{}}}`; a literal would be stored in the registry and printed by `quiver plan`",
@@ -331,32 +477,52 @@ impl fmt::Debug for Resolved {
 }
 
 impl Resolved {
-    /// Resolve the options of a source (`key` → value as written) for a table of
-    /// `family` (`None`: a local table, which takes no options).
+    /// Resolve options written in this process (`key` → value as written) for a table
+    /// of `family` (`None`: a local table, which takes no options).
     pub fn resolve<'a>(
         family: Option<Family>,
         written: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, String> {
-        Self::resolve_with(family, written, |name| std::env::var(name).ok())
+        let cfg = ProcessConfig::from_env()?;
+        Self::resolve_with(family, None, written, Origin::Local, &cfg, |name| {
+            std::env::var(name).ok()
+        })
     }
 
-    /// [`Resolved::resolve`] with the environment given as a function.
+    /// Resolve the options of source `source` as written by `origin`, against this
+    /// process's environment and configuration ([`ProcessConfig::from_env`]).
+    pub fn resolve_source<'a>(
+        family: Option<Family>,
+        source: &str,
+        written: impl IntoIterator<Item = (&'a str, &'a str)>,
+        origin: Origin,
+    ) -> Result<Self, String> {
+        let cfg = ProcessConfig::from_env()?;
+        Self::resolve_with(family, Some(source), written, origin, &cfg, |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// [`Resolved::resolve_source`] with the configuration and environment given.
     pub fn resolve_with<'a>(
         family: Option<Family>,
+        source: Option<&str>,
         written: impl IntoIterator<Item = (&'a str, &'a str)>,
+        origin: Origin,
+        cfg: &ProcessConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
         let mut out = Resolved::default();
-        for (key, value) in written {
-            let Some(family) = family else {
-                return Err(format!(
-                    "`storage_options` apply to object-store tables (s3://, az://, abfss://, gs://); `{key}` was given for a local table"
-                ));
-            };
-            check_key(family, key)?;
-            let value = match parse_value(key, value)? {
-                OptionValue::Literal(v) => v,
+        let value_of = |key: &str, value: &str| -> Result<String, String> {
+            match parse_value(key, value)? {
+                OptionValue::Literal(v) => Ok(v),
                 OptionValue::Env(name) => {
+                    if !cfg.allows(key, &name) {
+                        return Err(format!(
+                            "`{key}` reads `${{{name}}}`, which this process does not allow: a secret option reads its own variable (`${{{}}}`) or one listed in QUIVER_STORAGE_ENV",
+                            key.to_ascii_uppercase()
+                        ));
+                    }
                     let v = env(&name).ok_or_else(|| {
                         format!("`{key}` reads the environment variable `{name}`, which is not set")
                     })?;
@@ -366,13 +532,37 @@ impl Resolved {
                             v.len()
                         ));
                     }
-                    if is_secret(key) {
-                        remember_secret(&v)?;
-                    }
-                    v
+                    remember_secret(&v)?;
+                    Ok(v)
                 }
+            }
+        };
+        for (key, value) in written {
+            let Some(family) = family else {
+                return Err(format!(
+                    "`storage_options` apply to object-store tables (s3://, az://, abfss://, gs://); `{key}` was given for a local table"
+                ));
             };
-            out.options.insert(key.to_owned(), value);
+            check_key(family, key)?;
+            if origin == Origin::Received && is_host_key(key) {
+                return Err(format!(
+                    "`{key}` of source `{}` says where requests go or which local file supplies credentials: this process takes it from its own configuration (QUIVER_STORAGE_CONFIG, under the source's name), never from a plan or definition it received",
+                    source.unwrap_or("?")
+                ));
+            }
+            out.options.insert(key.to_owned(), value_of(key, value)?);
+        }
+        // This process's own options for the source win over what was written.
+        if let (Some(family), Some(own)) = (family, source.and_then(|s| cfg.sources.get(s))) {
+            for (key, value) in own {
+                check_key(family, key).map_err(|e| {
+                    format!(
+                        "QUIVER_STORAGE_CONFIG, source `{}`: {e}",
+                        source.unwrap_or("?")
+                    )
+                })?;
+                out.options.insert(key.clone(), value_of(key, value)?);
+            }
         }
         if family == Some(Family::S3) {
             // Whatever the environment says: commits are conditional puts or locked.
@@ -500,12 +690,17 @@ mod tests {
     #[test]
     fn resolution_reads_the_environment_redacts_and_forbids_unsafe_renames() {
         let env = |name: &str| (name == "MY_SECRET").then(|| "s3cr3t-value-1234".to_owned());
+        let cfg = ProcessConfig::read(|n| (n == "QUIVER_STORAGE_ENV").then(|| "MY_SECRET".into()))
+            .unwrap();
         let r = Resolved::resolve_with(
             Some(Family::S3),
+            None,
             [
                 ("aws_region", "us-east-1"),
                 ("aws_secret_access_key", "${MY_SECRET}"),
             ],
+            Origin::Local,
+            &cfg,
             env,
         )
         .unwrap();
@@ -518,11 +713,131 @@ mod tests {
         assert!(!format!("{r:?}").contains("s3cr3t"));
         let e = Resolved::resolve_with(
             Some(Family::S3),
-            [("aws_session_token", "${QUIVER_UNSET_X}")],
+            None,
+            [("aws_session_token", "${AWS_SESSION_TOKEN}")],
+            Origin::Local,
+            &cfg,
             env,
         )
         .unwrap_err();
-        assert!(e.contains("QUIVER_UNSET_X") && e.contains("not set"), "{e}");
+        assert!(
+            e.contains("AWS_SESSION_TOKEN") && e.contains("not set"),
+            "{e}"
+        );
         assert!(Resolved::resolve(None, [("aws_region", "x")]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod received {
+    use super::*;
+
+    fn resolve(
+        written: &[(&str, &str)],
+        origin: Origin,
+        cfg: &ProcessConfig,
+    ) -> Result<Resolved, String> {
+        let env = |n: &str| match n {
+            "AWS_SECRET_ACCESS_KEY" => Some("canary-secret-key-1".to_owned()),
+            "AWS_SESSION_TOKEN" => Some("canary-session-tok".to_owned()),
+            _ => None,
+        };
+        Resolved::resolve_with(
+            Some(Family::S3),
+            Some("transactions"),
+            written.iter().copied(),
+            origin,
+            cfg,
+            env,
+        )
+    }
+
+    #[test]
+    fn no_option_can_carry_another_keys_secret() {
+        let cfg = ProcessConfig::default();
+        // A secret option reads its own variable only.
+        let e = resolve(
+            &[("aws_session_token", "${AWS_SECRET_ACCESS_KEY}")],
+            Origin::Local,
+            &cfg,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("does not allow") && e.contains("${AWS_SESSION_TOKEN}"),
+            "{e}"
+        );
+        // A non-secret option never reads the environment.
+        let e = resolve(
+            &[("aws_region", "${AWS_SECRET_ACCESS_KEY}")],
+            Origin::Local,
+            &cfg,
+        )
+        .unwrap_err();
+        assert!(e.contains("not a secret"), "{e}");
+        let e = resolve(
+            &[("user_agent", "${AWS_SESSION_TOKEN}")],
+            Origin::Local,
+            &cfg,
+        )
+        .unwrap_err();
+        assert!(e.contains("not a secret"), "{e}");
+        assert!(
+            resolve(
+                &[("aws_session_token", "${AWS_SESSION_TOKEN}")],
+                Origin::Local,
+                &cfg
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn host_options_are_the_receivers_own() {
+        for key in [
+            "aws_endpoint",
+            "aws_endpoint_url",
+            "aws_container_credentials_full_uri",
+            "aws_container_authorization_token_file",
+            "aws_web_identity_token_file",
+            "aws_metadata_endpoint",
+            "aws_allow_http",
+            "proxy_url",
+            "allow_invalid_certificates",
+            "azure_storage_endpoint",
+            "azure_msi_endpoint",
+            "azure_federated_token_file",
+            "azure_storage_authority_host",
+            "google_service_account_path",
+            "google_application_credentials",
+        ] {
+            assert!(is_host_key(key), "{key}");
+        }
+        for key in [
+            "aws_region",
+            "aws_bucket",
+            "aws_secret_access_key",
+            "azure_storage_account_name",
+        ] {
+            assert!(!is_host_key(key), "{key}");
+        }
+        let cfg = ProcessConfig::default();
+        let evil = [("aws_endpoint", "http://127.0.0.1:9"), ("aws_region", "x")];
+        assert!(resolve(&evil, Origin::Local, &cfg).is_ok());
+        let e = resolve(&evil, Origin::Received, &cfg).unwrap_err();
+        assert!(e.contains("`aws_endpoint` of source `transactions`"), "{e}");
+        // The receiver's own configuration for the source supplies them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("storage.json");
+        std::fs::write(
+            &path,
+            r#"{"transactions": {"aws_endpoint": "http://127.0.0.1:9000", "aws_allow_http": "true"}}"#,
+        )
+        .unwrap();
+        let p = path.display().to_string();
+        let cfg =
+            ProcessConfig::read(|n| (n == "QUIVER_STORAGE_CONFIG").then(|| p.clone())).unwrap();
+        let r = resolve(&[("aws_region", "eu-west-1")], Origin::Received, &cfg).unwrap();
+        assert_eq!(r.to_map()["aws_endpoint"], "http://127.0.0.1:9000");
+        assert_eq!(r.to_map()["aws_region"], "eu-west-1");
     }
 }

@@ -289,7 +289,8 @@ impl<'a> Materialize<'a> {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.value.clone()))
                         .collect();
-                    let mut table = plan::portable::PortableDeltaTable::new(&t, options)?;
+                    let mut table =
+                        plan::portable::PortableDeltaTable::new(&t, &s.name.value, options)?;
                     if let Some(f) = files {
                         table = table.with_files(f);
                     }

@@ -271,7 +271,11 @@ impl Compiler {
                     .collect();
                 scratch.register_table(
                     s.name.value.as_str(),
-                    Arc::new(portable::PortableDeltaTable::new(&table, options)?),
+                    Arc::new(portable::PortableDeltaTable::new(
+                        &table,
+                        &s.name.value,
+                        options,
+                    )?),
                 )?;
             } else {
                 // The scratch session shares the runtime, so the table's object store

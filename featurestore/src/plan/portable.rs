@@ -43,8 +43,12 @@ use super::spec::PitSpec;
 use crate::delta::{self, Location};
 
 /// Which table a portable scan reads: enough for another process to open it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableRef {
+    /// The source's name: the receiving process takes the table's endpoint, proxy and
+    /// credential-file options from its own configuration for this name.
+    #[serde(default)]
+    pub source: String,
     /// The table's URL.
     pub url: String,
     /// Its `storage_options` as written in the source (`${ENV_VAR}` for secrets),
@@ -60,7 +64,10 @@ impl TableRef {
             DataFusionError::Execution(format!("portable scan of `{}`: {e}", self.url))
         })?;
         Location::from_url(url)
-            .with_raw_options(self.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .with_received_options(
+                &self.source,
+                self.options.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .map_err(|e| DataFusionError::Execution(format!("table {}: {e}", self.url)))
     }
 }
@@ -75,10 +82,16 @@ pub struct PortableDeltaTable {
 }
 
 impl PortableDeltaTable {
-    /// `open` (a table at a fixed version), read from its `storage_options` as written.
-    pub fn new(open: &delta::OpenTable, options: Vec<(String, String)>) -> crate::Result<Self> {
+    /// `open` (a table at a fixed version) of source `source`, read from its
+    /// `storage_options` as written.
+    pub fn new(
+        open: &delta::OpenTable,
+        source: &str,
+        options: Vec<(String, String)>,
+    ) -> crate::Result<Self> {
         Ok(Self {
             table: TableRef {
+                source: source.to_owned(),
                 url: open.location.url.to_string(),
                 options,
                 version: open.version,

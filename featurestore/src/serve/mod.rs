@@ -237,6 +237,10 @@ impl ServeConfig {
         let (follow, rollbacks) = match &self.follow {
             Some(f) => {
                 follow::check_can_follow(&store)?;
+                // Definitions arrive from the primary: their storage options resolve
+                // as received ones here (host options from this process's own
+                // configuration; docs/object-storage.md).
+                crate::storage::set_receiver_process();
                 let (state, rx) = follow::FollowState::new(f.primary.clone());
                 (Some(state), Some(rx))
             }

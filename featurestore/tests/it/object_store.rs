@@ -304,7 +304,11 @@ async fn pair(kind: Kind, name: &str) -> Pair {
         local,
         remote,
         table,
-        env: vec![(SECRET_VAR.to_owned(), kind.secret())],
+        env: vec![
+            (SECRET_VAR.to_owned(), kind.secret()),
+            // A secret option reads its own variable, or one this process allows.
+            ("QUIVER_STORAGE_ENV".to_owned(), SECRET_VAR.to_owned()),
+        ],
         rest,
     }
 }
@@ -567,7 +571,10 @@ async fn a_bad_credential_names_the_source_and_never_the_secret() {
         let out = quiver_env(
             &p.remote,
             &["-vv", "validate"],
-            &[(SECRET_VAR.to_owned(), wrong.clone())],
+            &[
+                (SECRET_VAR.to_owned(), wrong.clone()),
+                ("QUIVER_STORAGE_ENV".to_owned(), SECRET_VAR.to_owned()),
+            ],
         );
         let err = String::from_utf8_lossy(&out.stderr).to_string()
             + &String::from_utf8_lossy(&out.stdout);
@@ -580,13 +587,27 @@ async fn a_bad_credential_names_the_source_and_never_the_secret() {
         );
 
         // No variable at all: named, and nothing is read.
-        let out = quiver_env(&p.remote, &["validate"], &[]);
+        let out = quiver_env(
+            &p.remote,
+            &["validate"],
+            &[("QUIVER_STORAGE_ENV".to_owned(), SECRET_VAR.to_owned())],
+        );
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(
             err.contains(SECRET_VAR) && err.contains("not set"),
             "{kind:?}: {err}"
         );
     }
+    // A secret read from a variable this process does not allow is refused, named.
+    let p = pair(Kind::S3, "unallowed").await;
+    let out = quiver_env(&p.remote, &["validate"], &p.env[..1]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("does not allow") && err.contains("QUIVER_STORAGE_ENV"),
+        "{err}"
+    );
+    assert!(!err.contains(&Kind::S3.secret()), "{err}");
     // A secret written into the YAML is refused where it stands, and not echoed.
     let p = pair(Kind::S3, "literal").await;
     let yaml = std::fs::read_to_string(p.remote.join("features.yaml")).unwrap();
