@@ -38,6 +38,7 @@ use quiver_featurestore::serve::{RunningServer, ServeConfig, Tokens};
 use quiver_registry::{NativeModel, Registration, SigningKey};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
+const FOLLOWER: &str = "bench-follower-0123456789abcdef";
 
 fn repo_yaml(table: &std::path::Path) -> String {
     format!(
@@ -78,7 +79,11 @@ fn keys(ids: Vec<i64>) -> RecordBatch {
 }
 
 fn tokens() -> Tokens {
-    Tokens::new().with(TOKEN, "bench", true).unwrap()
+    Tokens::new()
+        .with(TOKEN, "bench", true)
+        .unwrap()
+        .with_follower(FOLLOWER, "replica")
+        .unwrap()
 }
 
 async fn client(addr: SocketAddr) -> Client {
@@ -216,7 +221,11 @@ fn main() {
             .move_alias("fraud", "champion", Some(1), None, "bench", "start")
             .unwrap();
         drop(registry);
+        let follow_key = SigningKey::generate(dir.path().join("follow.key")).unwrap();
+        let pin_key = follow_key.public_key_hex();
+        let registry_id = store.replication().unwrap().id().unwrap();
         let primary = ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens())
+            .with_follow_signing_key(follow_key)
             .spawn(store)
             .await
             .unwrap();
@@ -236,7 +245,7 @@ fn main() {
                 .unwrap();
             replicas.push(
                 ServeConfig::new("127.0.0.1:0".parse().unwrap(), tokens())
-                    .with_follow(primary_url.clone(), TOKEN)
+                    .with_follow(primary_url.clone(), FOLLOWER, &pin_key, &registry_id)
                     .with_materialize_every(Duration::from_secs(30))
                     .spawn(store)
                     .await

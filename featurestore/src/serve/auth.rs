@@ -21,6 +21,9 @@ pub struct Tenant {
     pub name: String,
     /// May run `apply` and `materialize`.
     pub admin: bool,
+    /// A replica's credential: may only `follow`, fetch `blob`s and report a
+    /// `rollback` of a challenger; every other call is refused (docs/replicas.md).
+    pub follower: bool,
 }
 
 /// Accepted tokens.
@@ -43,6 +46,8 @@ struct TokenEntry {
     tenant: String,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    follower: bool,
 }
 
 /// Whether two secrets are equal, compared through their SHA-256 digests so the time
@@ -88,12 +93,24 @@ impl Tokens {
             Tenant {
                 name: tenant.to_owned(),
                 admin,
+                follower: false,
             },
         );
         Ok(self)
     }
 
-    /// Read `{"tokens": [{"token": "...", "tenant": "bank_a", "admin": false}]}`.
+    /// Accept `token` as the credential of replica `name`: it may follow this
+    /// server's registry and report rollbacks, nothing else.
+    pub fn with_follower(self, token: &str, name: &str) -> Result<Self> {
+        let mut t = self.with(token, name, false)?;
+        if let Some(e) = t.by_digest.get_mut(&digest(token)) {
+            e.follower = true;
+        }
+        Ok(t)
+    }
+
+    /// Read `{"tokens": [{"token": "...", "tenant": "bank_a", "admin": false}]}`
+    /// (`"follower": true` for a replica's credential).
     pub fn from_file(path: &Path) -> Result<Self> {
         let file: TokenFile =
             quiver_registry::read_json_config(path, 1024 * 1024).map_err(|e| {
@@ -101,12 +118,17 @@ impl Tokens {
                     "{e}; write {{\"tokens\": [{{\"token\": \"...\", \"tenant\": \"bank_a\"}}]}}"
                 ))
             })?;
-        file.tokens
-            .iter()
-            .try_fold(Tokens::new(), |t, e| t.with(&e.token, &e.tenant, e.admin))
+        file.tokens.iter().try_fold(Tokens::new(), |t, e| match (e.admin, e.follower) {
+            (true, true) => Err(Error::InvalidRequest(format!(
+                "the token of `{}` is both admin and follower; a replica's credential is only a follower",
+                e.tenant
+            ))),
+            (_, true) => t.with_follower(&e.token, &e.tenant),
+            _ => t.with(&e.token, &e.tenant, e.admin),
+        })
     }
 
-    /// Read `TOKEN=TENANT[:admin],...` (the `QUIVER_TOKENS` format).
+    /// Read `TOKEN=TENANT[:admin|:follower],...` (the `QUIVER_TOKENS` format).
     pub fn from_env_value(value: &str) -> Result<Self> {
         let mut t = Tokens::new();
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -115,16 +137,16 @@ impl Tokens {
                     "QUIVER_TOKENS entries look like TOKEN=TENANT or TOKEN=TENANT:admin".into(),
                 ));
             };
-            let (tenant, admin) = match who.split_once(':') {
-                Some((tenant, "admin")) => (tenant, true),
+            t = match who.split_once(':') {
+                Some((tenant, "admin")) => t.with(token, tenant, true)?,
+                Some((tenant, "follower")) => t.with_follower(token, tenant)?,
                 Some((_, other)) => {
                     return Err(Error::InvalidRequest(format!(
-                        "unknown token role `{other}`; only `admin` exists"
+                        "unknown token role `{other}`; the roles are `admin` and `follower`"
                     )));
                 }
-                None => (who, false),
+                None => t.with(token, who, false)?,
             };
-            t = t.with(token, tenant, admin)?;
         }
         Ok(t)
     }
@@ -145,6 +167,7 @@ impl Tokens {
             return Ok(Tenant {
                 name: "anonymous".into(),
                 admin: true,
+                follower: false,
             });
         }
         let header = request.metadata().get("authorization").ok_or_else(|| {
@@ -181,7 +204,8 @@ mod tests {
             t.authenticate(&r).unwrap(),
             Tenant {
                 name: "bank_b".into(),
-                admin: false
+                admin: false,
+                follower: false,
             }
         );
         let mut r = Request::new(());

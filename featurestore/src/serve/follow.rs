@@ -4,12 +4,17 @@
 //!
 //! | side | what runs |
 //! |---|---|
-//! | primary | the `follow` action: a server stream of [`FollowMessage`]s, one per event of the registry's change log after the seq asked for, then a heartbeat every second carrying the log's head; the `blob` action: an artifact or UDF module by SHA-256, in chunks (admin tokens only: the log names every tenant's views and models) |
-//! | follower | one task: connect, ask for the events after its cursor, fetch what an event needs (a version's artifact, the UDF modules a view pins), import it ([`quiver_registry::Replication::import`], one transaction with the cursor), materialize after an apply; on any failure keep serving, back off and resume from the cursor |
+//! | primary | the `follow` action: a server stream of [`FollowMessage`]s, one per event of the registry's change log after the seq asked for, each signed with the primary's follow key, then a heartbeat every second carrying the log's head; the `blob` action: an artifact or UDF module by SHA-256, in chunks (admin and follower tokens only: the log names every tenant's views and models) |
+//! | follower | one task: connect, ask for the events after its cursor, check each event's signature against the key it pinned and its registry against the id it pinned, fetch what an event needs (a version's artifact, the UDF modules a view pins), import it ([`quiver_registry::Replication::import`], one transaction with the cursor), materialize after an apply; on any failure keep serving, back off and resume from the cursor |
 //!
-//! A follower never writes its registry otherwise: `apply` and `alias` are refused
-//! there, and an automatic rollback is sent to the primary as an `alias` move (the
-//! challenger is held out of routing here at once).
+//! Guarantees (nothing is taken on trust): a replica imports an event only if it is
+//! signed by the follow key and comes from the registry id it was set up with (a fake
+//! or compromised path cannot inject one, and nothing is written otherwise); it follows
+//! over plain HTTP only on loopback; and it holds a follower credential, which may
+//! only `follow`, fetch `blob`s and report a `rollback` of a challenger. A follower
+//! never writes its registry otherwise: `apply` and `alias` are refused there, and an
+//! automatic rollback is sent to the primary as a `rollback` report (the challenger is
+//! held out of routing here at once).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -46,18 +51,125 @@ pub(crate) struct FollowMessage {
     registry: String,
     /// The last seq of the primary's log when the message was sent.
     head: u64,
-    /// The next event, or none for a heartbeat.
+    /// The next event ([`Sequenced`] as JSON text: the signed bytes), or none for a
+    /// heartbeat.
     #[serde(default)]
-    event: Option<Sequenced>,
+    event: Option<String>,
+    /// Ed25519 signature (hex) of the primary's follow key over
+    /// [`signed_event`]`(registry, event)`.
+    #[serde(default)]
+    signature: Option<String>,
 }
 
-/// Which registry a replica follows.
+/// An event or message a replica refuses.
+fn refused(message: String) -> Error {
+    Error::Registry(quiver_registry::Error::Replication(message))
+}
+
+/// What the follow key signs: a domain tag, the registry id and the event's bytes.
+fn signed_event(registry: &str, event: &str) -> Vec<u8> {
+    let mut m = b"quiver-follow-event-v1\0".to_vec();
+    m.extend_from_slice(registry.as_bytes());
+    m.push(0);
+    m.extend_from_slice(event.as_bytes());
+    m
+}
+
+/// Which registry a replica follows, and what it pins of it.
 #[derive(Clone)]
 pub struct FollowConfig {
-    /// The primary's Flight URL (`http://host:port` or `https://`).
+    /// The primary's Flight URL (`https://host:port`, or `http://` on loopback only).
     pub primary: String,
-    /// An admin token of the primary.
+    /// A follower token of the primary.
     pub token: String,
+    /// The primary's follow key (Ed25519 public key, hex): every event must carry its
+    /// signature.
+    pub primary_key: String,
+    /// The primary's registry id: events of any other registry are refused.
+    pub registry: String,
+}
+
+impl FollowConfig {
+    /// Check what a replica is set up with before it connects: plain HTTP only to a
+    /// loopback host (a token and the change log would travel in clear), a pinned key
+    /// of 64 hex digits and a registry id.
+    pub fn check(&self) -> Result<()> {
+        let url = url::Url::parse(&self.primary)
+            .map_err(|e| Error::InvalidRequest(format!("--follow `{}`: {e}", self.primary)))?;
+        match url.scheme() {
+            "https" => {}
+            "http" => {
+                let loopback = match url.host() {
+                    Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                    Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                };
+                if !loopback {
+                    return Err(Error::InvalidRequest(format!(
+                        "--follow `{}`: plain http only to a loopback host; follow another host over https:// (the follower token and the change log would travel in clear)",
+                        self.primary
+                    )));
+                }
+            }
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "--follow `{}`: scheme `{other}`; expected https://HOST:PORT (or http:// on loopback)",
+                    self.primary
+                )));
+            }
+        }
+        if self.primary_key.len() != 64 || !self.primary_key.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Error::InvalidRequest(
+                "a replica pins its primary's follow key: 64 hex digits (the primary logs it at start and in `health`)".into(),
+            ));
+        }
+        if self.registry.is_empty() || self.registry.len() > 64 {
+            return Err(Error::InvalidRequest(
+                "a replica pins its primary's registry id (the primary logs it at start and in `health`)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A message of the stream, checked: from the pinned registry and, when it
+    /// carries an event, signed by the pinned key. Nothing is imported otherwise.
+    pub(crate) fn verified(&self, body: &[u8]) -> Result<(u64, Option<Sequenced>)> {
+        let m: FollowMessage =
+            serde_json::from_slice(body).map_err(|e| remote("a message of the primary", e))?;
+        if m.registry != self.registry {
+            return Err(refused(format!(
+                "the primary at {} sends registry {}, this replica follows registry {}; refusing",
+                self.primary, m.registry, self.registry
+            )));
+        }
+        let Some(text) = m.event else {
+            return Ok((m.head, None));
+        };
+        let sig = m.signature.ok_or_else(|| {
+            refused("an event of the primary carries no signature; refusing it".into())
+        })?;
+        quiver_registry::verify_signature(
+            &self.primary_key,
+            &signed_event(&m.registry, &text),
+            &sig,
+        )
+        .map_err(|e| {
+            refused(format!(
+                "an event of the primary is not signed by its pinned follow key ({e}); refusing it"
+            ))
+        })?;
+        let ev: Sequenced =
+            serde_json::from_str(&text).map_err(|e| remote("an event of the primary", e))?;
+        if ev.registry != self.registry {
+            return Err(refused(format!(
+                "a signed event names registry {}, not {}; refusing it",
+                ev.registry, self.registry
+            )));
+        }
+        Ok((m.head, Some(ev)))
+    }
 }
 
 impl std::fmt::Debug for FollowConfig {
@@ -65,6 +177,8 @@ impl std::fmt::Debug for FollowConfig {
         f.debug_struct("FollowConfig")
             .field("primary", &self.primary)
             .field("token", &"<redacted>")
+            .field("primary_key", &self.primary_key)
+            .field("registry", &self.registry)
             .finish()
     }
 }
@@ -142,6 +256,11 @@ pub(crate) fn events(
 ) -> Result<super::service::FlightStream<arrow_flight::Result>> {
     let log = shared.store.replication()?;
     let registry = log.id()?;
+    let key = shared.follow_key.clone().ok_or_else(|| {
+        Error::InvalidRequest(
+            "this server has no follow key, and replicas import only signed events: start it with --follow-signing-key FILE".into(),
+        )
+    })?;
     // Subscribe before the first read: a change committed in between still wakes us.
     let sub = log.watch();
     let stop = shared.stopping.clone();
@@ -153,8 +272,10 @@ pub(crate) fn events(
         sub: sled::Subscriber,
         stop: watch::Receiver<bool>,
         limit: usize,
+        key: Arc<quiver_registry::SigningKey>,
     }
     let state = State {
+        key,
         log,
         registry,
         after,
@@ -174,10 +295,13 @@ pub(crate) fn events(
                 if let Some(ev) = s.pending.pop_front() {
                     s.after = ev.seq;
                     let head = s.log.head().unwrap_or(ev.seq);
+                    let text = serde_json::to_string(&ev).expect("events serialise");
+                    let signature = s.key.sign(&signed_event(&s.registry, &text));
                     let body = serde_json::to_vec(&FollowMessage {
                         registry: s.registry.clone(),
                         head,
-                        event: Some(ev),
+                        event: Some(text),
+                        signature: Some(signature),
                     })
                     .expect("messages serialise");
                     if body.len() > s.limit {
@@ -214,6 +338,7 @@ pub(crate) fn events(
                     registry: s.registry.clone(),
                     head: s.log.head().unwrap_or(s.after),
                     event: None,
+                    signature: None,
                 })
                 .expect("messages serialise");
                 return Some((Ok(arrow_flight::Result { body: body.into() }), Some(s)));
@@ -341,21 +466,19 @@ async fn session(
                     Ok(Some(Err(e))) => return Err(e.into()),
                     Ok(Some(Ok(b))) => b,
                 };
-                let m: FollowMessage = serde_json::from_slice(&body)
-                    .map_err(|e| remote("a message of the primary", e))?;
-                state.primary_head.store(m.head, Ordering::Relaxed);
+                let (head, event) = config.verified(&body)?;
+                state.primary_head.store(head, Ordering::Relaxed);
                 state.last_contact_us.store(super::service::now_us(), Ordering::Relaxed);
-                if let Some(ev) = m.event {
+                if let Some(ev) = event {
                     import(shared, &log, &mut client, ev).await?;
                 }
-                shared.metrics.follow_position(log.cursor()?.seq, m.head);
+                shared.metrics.follow_position(log.cursor()?.seq, head);
             }
             Some((model, version, reason)) = rollbacks.recv() => {
                 let body = serde_json::json!({
-                    "model": model, "alias": quiver_registry::CHALLENGER, "to": null,
-                    "expect": version, "reason": reason,
+                    "model": model, "version": version, "reason": reason,
                 });
-                match client.action("alias", body).await {
+                match client.action("rollback", body).await {
                     Ok(_) => tracing::warn!(%model, version, "rollback sent to the primary"),
                     // Moved meanwhile: the primary's decision stands and reaches us.
                     Err(e) => tracing::info!(%model, version, error = %e, "the primary did not take the rollback"),
@@ -437,4 +560,115 @@ async fn import(
         shared.materialize_scheduled().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(key: &quiver_registry::SigningKey) -> FollowConfig {
+        FollowConfig {
+            primary: "http://127.0.0.1:1".into(),
+            token: "t".into(),
+            primary_key: key.public_key_hex(),
+            registry: "aaaa".into(),
+        }
+    }
+
+    fn message(
+        registry: &str,
+        event: &Sequenced,
+        key: Option<&quiver_registry::SigningKey>,
+    ) -> Vec<u8> {
+        let text = serde_json::to_string(event).unwrap();
+        serde_json::to_vec(&FollowMessage {
+            registry: registry.into(),
+            head: event.seq,
+            signature: key.map(|k| k.sign(&signed_event(registry, &text))),
+            event: Some(text),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_events_signed_by_the_pinned_key_from_the_pinned_registry_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = quiver_registry::SigningKey::generate(dir.path().join("k")).unwrap();
+        let other = quiver_registry::SigningKey::generate(dir.path().join("o")).unwrap();
+        let cfg = config(&key);
+        let ev = Sequenced {
+            registry: "aaaa".into(),
+            seq: 1,
+            event: Event::RoutingKey {
+                key: "00".repeat(32),
+            },
+        };
+        assert!(
+            cfg.verified(&message("aaaa", &ev, Some(&key)))
+                .unwrap()
+                .1
+                .is_some()
+        );
+        let refused = |body: Vec<u8>, want: &str| {
+            let e = cfg.verified(&body).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        refused(message("aaaa", &ev, None), "carries no signature");
+        refused(
+            message("aaaa", &ev, Some(&other)),
+            "not signed by its pinned follow key",
+        );
+        refused(
+            message("bbbb", &ev, Some(&key)),
+            "this replica follows registry aaaa",
+        );
+        // Signed, then changed on the way.
+        let body = message("aaaa", &ev, Some(&key));
+        let tampered = String::from_utf8(body)
+            .unwrap()
+            .replace("\\\"seq\\\":1", "\\\"seq\\\":2");
+        refused(tampered.into_bytes(), "not signed by its pinned follow key");
+        // A signed event that names another registry inside.
+        let inside = Sequenced {
+            registry: "bbbb".into(),
+            ..ev
+        };
+        refused(message("aaaa", &inside, Some(&key)), "names registry bbbb");
+        // Heartbeats carry no event and need no signature.
+        let beat = serde_json::to_vec(&FollowMessage {
+            registry: "aaaa".into(),
+            head: 7,
+            event: None,
+            signature: None,
+        })
+        .unwrap();
+        assert_eq!(cfg.verified(&beat).unwrap(), (7, None));
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = quiver_registry::SigningKey::generate(dir.path().join("k")).unwrap();
+        let mut cfg = config(&key);
+        for ok in [
+            "http://127.0.0.1:8815",
+            "http://localhost:1",
+            "http://[::1]:2",
+            "https://primary.bank:8815",
+        ] {
+            cfg.primary = ok.into();
+            assert!(cfg.check().is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://primary.bank:8815",
+            "http://10.0.0.5:8815",
+            "ftp://127.0.0.1:1",
+        ] {
+            cfg.primary = bad.into();
+            assert!(cfg.check().is_err(), "{bad}");
+        }
+        cfg.primary = "https://p:1".into();
+        cfg.primary_key = "short".into();
+        assert!(cfg.check().is_err());
+    }
 }

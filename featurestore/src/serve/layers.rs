@@ -33,8 +33,24 @@ impl Interceptor for Authenticate {
     }
 }
 
-/// The tenant [`Authenticate`] found for `request`.
+/// The tenant [`Authenticate`] found for `request`. A replica's credential
+/// ([`Tenant::follower`]) is refused here: every handler reads its caller through this
+/// function, so a follower token reaches nothing but the replication actions, which
+/// read it through [`tenant_or_follower`].
 pub(crate) fn tenant<T>(request: &Request<T>) -> Result<Tenant, Status> {
+    let t = tenant_or_follower(request)?;
+    if t.follower {
+        return Err(Status::permission_denied(format!(
+            "`{}` holds a replica's credential: it may only follow this registry and report rollbacks",
+            t.name
+        )));
+    }
+    Ok(t)
+}
+
+/// [`tenant`], a replica's credential included: for `do_action` only, which admits a
+/// follower to `follow`, `blob` and `rollback` alone.
+pub(crate) fn tenant_or_follower<T>(request: &Request<T>) -> Result<Tenant, Status> {
     request
         .extensions()
         .get::<Tenant>()

@@ -88,6 +88,9 @@ pub struct ServeConfig {
     /// Follow another server's registry: its definitions, model versions and aliases
     /// (`None`: this server's registry is its own).
     pub follow: Option<FollowConfig>,
+    /// The key this server signs its change log with for its followers (`None`: it
+    /// cannot be followed).
+    pub follow_key: Option<Arc<quiver_registry::SigningKey>>,
 }
 
 /// Read a policies file: a JSON object from model name to [`quiver_registry::RolloutPolicy`]
@@ -141,18 +144,35 @@ impl ServeConfig {
             materialize_every: None,
             policies: Default::default(),
             follow: None,
+            follow_key: None,
         }
     }
 
-    /// Follow the registry of the server at `primary` (an admin `token` of it): this
-    /// server imports its change log (definitions, model versions, aliases) and never
-    /// writes its own registry otherwise (docs/replicas.md). Start it on an empty
-    /// repo folder.
-    pub fn with_follow(mut self, primary: impl Into<String>, token: impl Into<String>) -> Self {
+    /// Follow the registry of the server at `primary` (a follower `token` of it),
+    /// pinning its follow key (`primary_key`, hex) and its `registry` id: this server
+    /// imports its change log (definitions, model versions, aliases), each event
+    /// checked against both, and never writes its own registry otherwise
+    /// (docs/replicas.md). Start it on an empty repo folder.
+    pub fn with_follow(
+        mut self,
+        primary: impl Into<String>,
+        token: impl Into<String>,
+        primary_key: impl Into<String>,
+        registry: impl Into<String>,
+    ) -> Self {
         self.follow = Some(FollowConfig {
             primary: primary.into(),
             token: token.into(),
+            primary_key: primary_key.into(),
+            registry: registry.into(),
         });
+        self
+    }
+
+    /// Let replicas follow this server: every event of its change log is signed with
+    /// `key`, whose public half each replica pins.
+    pub fn with_follow_signing_key(mut self, key: quiver_registry::SigningKey) -> Self {
+        self.follow_key = Some(Arc::new(key));
         self
     }
 
@@ -236,6 +256,7 @@ impl ServeConfig {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (follow, rollbacks) = match &self.follow {
             Some(f) => {
+                f.check()?;
                 follow::check_can_follow(&store)?;
                 // Definitions arrive from the primary: their storage options resolve
                 // as received ones here (host options from this process's own
@@ -246,14 +267,23 @@ impl ServeConfig {
             }
             None => (None, None),
         };
-        let shared = Arc::new(service::Shared::new(
+        let mut shared = service::Shared::new(
             store,
             metrics.clone(),
             audit,
             self.policies.clone(),
             stop_rx.clone(),
             follow,
-        )?);
+        )?;
+        shared.follow_key = self.follow_key.clone();
+        if let Some(k) = &shared.follow_key {
+            tracing::info!(
+                follow_key = %k.public_key_hex(),
+                registry = %shared.store.replication()?.id()?,
+                "replicas may follow this server; they pin this key and registry id"
+            );
+        }
+        let shared = Arc::new(shared);
         let svc = FeatureService {
             shared: shared.clone(),
         };

@@ -144,6 +144,10 @@ fn user_errors_exit_1_with_located_messages() {
             "none",
             "--follow",
             url,
+            "--follow-key",
+            &"ab".repeat(32),
+            "--follow-registry",
+            "0123456789abcdef0123456789abcdef",
         ])
         .env_remove("QUIVER_FOLLOW_TOKEN");
         if let Some(t) = token {
@@ -157,6 +161,9 @@ fn user_errors_exit_1_with_located_messages() {
     assert!(err.contains("QUIVER_FOLLOW_TOKEN"), "{err}");
     let err = serve_follow("ftp://127.0.0.1:1", Some("t0123456789abcdef"));
     assert!(err.contains("expected http://HOST:PORT"), "{err}");
+    // Plain http carries the token and the change log in clear: loopback only.
+    let err = serve_follow("http://192.0.2.10:8815", Some("t0123456789abcdef"));
+    assert!(err.contains("plain http only to a loopback host"), "{err}");
     // An engine is `local` or a Ballista scheduler.
     let out = quiver(
         repo,

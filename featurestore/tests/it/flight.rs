@@ -18,6 +18,8 @@ use crate::common::{DAY, HOUR, Repo, column_strings, keys, transactions, ts_type
 
 pub(crate) const TOKEN_A: &str = "token-bank-a-0123456789";
 pub(crate) const TOKEN_B: &str = "token-bank-b-0123456789";
+/// A replica's credential: follow, blobs and rollback reports only.
+pub(crate) const TOKEN_FOLLOWER: &str = "token-replica-0123456789";
 
 const REPO: &str = "kind: Entity
 name: user
@@ -96,6 +98,8 @@ impl Fixture {
             .with(TOKEN_A, "bank_a", true)
             .unwrap()
             .with(TOKEN_B, "bank_b", false)
+            .unwrap()
+            .with_follower(TOKEN_FOLLOWER, "replica")
             .unwrap()
     }
 

@@ -12,7 +12,7 @@ use quiver_featurestore::delta;
 use quiver_featurestore::serve::{RunningServer, ServeConfig};
 
 use crate::common::{HOUR, Repo, column_strings, keys, transactions};
-use crate::flight::{Fixture, TOKEN_A, TOKEN_B, http_get};
+use crate::flight::{Fixture, TOKEN_A, TOKEN_B, TOKEN_FOLLOWER, http_get};
 
 const EVERY: Duration = Duration::from_millis(200);
 
@@ -45,13 +45,43 @@ features:
     repo
 }
 
+/// The follow key of the server on `repo` (kept beside it, so a restart signs alike).
+fn follow_key(repo: &Repo) -> quiver_registry::SigningKey {
+    let path = repo.path().join(".follow.key");
+    if path.exists() {
+        quiver_registry::SigningKey::load(&path).unwrap()
+    } else {
+        quiver_registry::SigningKey::generate(&path).unwrap()
+    }
+}
+
 async fn serve(repo: &Repo) -> RunningServer {
     let store = FeatureStore::open(repo.path()).unwrap();
     ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
         .with_materialize_every(EVERY)
+        .with_follow_signing_key(follow_key(repo))
         .spawn(store)
         .await
         .unwrap()
+}
+
+/// What a replica pins of its primary: its follow key and registry id (from `health`).
+#[derive(Clone)]
+struct Pins {
+    key: String,
+    registry: String,
+}
+
+async fn pins(primary: &RunningServer) -> Pins {
+    let h = client(primary.addr(), TOKEN_A)
+        .await
+        .action("health", serde_json::Value::Null)
+        .await
+        .unwrap();
+    Pins {
+        key: h["follow_key"].as_str().unwrap().to_owned(),
+        registry: h["registry"].as_str().unwrap().to_owned(),
+    }
 }
 
 async fn client(addr: std::net::SocketAddr, token: &str) -> Client {
@@ -317,11 +347,11 @@ fn remote_code(e: quiver_featurestore::Error) -> String {
     }
 }
 
-async fn follower(repo: &Repo, primary: &str) -> RunningServer {
+async fn follower(repo: &Repo, primary: &str, pins: &Pins) -> RunningServer {
     let store = FeatureStore::open(repo.path()).unwrap();
     ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
         .with_materialize_every(EVERY)
-        .with_follow(primary, TOKEN_A)
+        .with_follow(primary, TOKEN_FOLLOWER, &pins.key, &pins.registry)
         .spawn(store)
         .await
         .unwrap()
@@ -415,12 +445,13 @@ async fn three_replicas_follow_one_registry_and_keep_serving_without_it() {
     let primary = serve(&primary_repo).await;
     let primary_addr = primary.addr();
     let primary_url = format!("http://{primary_addr}");
+    let pins = pins(&primary).await;
 
     // Three replicas on empty folders; each trusts the signer itself.
     let repos = replica_folders(3, &key);
     let mut replicas = Vec::new();
     for r in &repos {
-        replicas.push(follower(r, &primary_url).await);
+        replicas.push(follower(r, &primary_url, &pins).await);
     }
     for s in &replicas {
         eventually(
@@ -539,7 +570,7 @@ async fn three_replicas_follow_one_registry_and_keep_serving_without_it() {
     // A replica restarted on its intact folder serves at once, the primary still down.
     let s0 = replicas.remove(0);
     s0.shutdown().await;
-    let restarted = follower(&repos[0], &primary_url).await;
+    let restarted = follower(&repos[0], &primary_url, &pins).await;
     let mut c = client(restarted.addr(), TOKEN_A).await;
     assert_eq!(
         served_version(&mut c).await,
@@ -552,6 +583,7 @@ async fn three_replicas_follow_one_registry_and_keep_serving_without_it() {
     // The primary comes back on its address: replicas resume from their cursors.
     let store = FeatureStore::open(primary_repo.path()).unwrap();
     let primary = ServeConfig::new(primary_addr, Fixture::tokens())
+        .with_follow_signing_key(follow_key(&primary_repo))
         .spawn(store)
         .await
         .unwrap();
@@ -578,7 +610,7 @@ async fn three_replicas_follow_one_registry_and_keep_serving_without_it() {
     // A folder with a registry of its own cannot become a replica.
     let store = FeatureStore::open(primary_repo.path()).unwrap();
     let e = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
-        .with_follow(primary_url, TOKEN_A)
+        .with_follow(primary_url, TOKEN_FOLLOWER, &pins.key, &pins.registry)
         .spawn(store)
         .await
         .unwrap_err();
@@ -595,9 +627,10 @@ async fn a_rollback_on_a_replica_is_made_by_the_primary_and_followed_by_every_re
     } = setup().await;
     let primary = serve(&primary_repo).await;
     let primary_url = format!("http://{}", primary.addr());
+    let pins = pins(&primary).await;
     let repos = replica_folders(2, &key);
-    let judged = follower(&repos[0], &primary_url).await;
-    let other = follower(&repos[1], &primary_url).await;
+    let judged = follower(&repos[0], &primary_url, &pins).await;
+    let other = follower(&repos[1], &primary_url, &pins).await;
     // The policy is stored in the primary's registry and followed: every entity goes
     // to the challenger, which cannot meet a 1 µs p99.
     let mut admin = client(primary.addr(), TOKEN_A).await;
@@ -678,11 +711,136 @@ async fn a_rollback_on_a_replica_is_made_by_the_primary_and_followed_by_every_re
             .unwrap();
         let last = history.last().unwrap();
         assert_eq!(last.to, None, "{history:?}");
-        assert_eq!(last.by, "bank_a");
+        // Made with the replica's follower credential (the primary records its name).
+        assert_eq!(last.by, "replica");
         assert!(
             last.reason.starts_with("automatic rollback: p99 latency"),
             "{}",
             last.reason
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicas_credential_can_follow_and_report_a_rollback_and_nothing_else() {
+    let Setup {
+        data: _data,
+        primary_repo,
+        ..
+    } = setup().await;
+    let primary = serve(&primary_repo).await;
+    let mut f = client(primary.addr(), TOKEN_FOLLOWER).await;
+    // It cannot move an alias, set a policy, apply, or read anything.
+    for (action, body) in [
+        (
+            "alias",
+            serde_json::json!({"model": "fraud", "alias": "champion", "to": 2}),
+        ),
+        (
+            "policy",
+            serde_json::json!({"model": "fraud", "policy": {"challenger_percent": 100}}),
+        ),
+        ("apply", serde_json::Value::Null),
+        ("list", serde_json::Value::Null),
+        ("health", serde_json::Value::Null),
+    ] {
+        let e = f.action(action, body).await.unwrap_err();
+        assert_eq!(remote_code(e), "PermissionDenied", "{action}");
+    }
+    let e = f
+        .get_online_features("stats", None, &keys(&[1]))
+        .await
+        .unwrap_err();
+    assert_eq!(remote_code(e), "PermissionDenied");
+    let e = f.score("fraud", &keys(&[1]), false).await.unwrap_err();
+    assert_eq!(remote_code(e), "PermissionDenied");
+    // The champion did not move.
+    let addr = primary.addr();
+    eventually(15, "the primary serves its champion", || async move {
+        let mut c = client(addr, TOKEN_A).await;
+        served_version(&mut c).await == Ok(1)
+    })
+    .await;
+    let mut admin = client(primary.addr(), TOKEN_A).await;
+    // A rollback report removes a challenger only if it still names that version.
+    admin
+        .action(
+            "alias",
+            serde_json::json!({"model": "fraud", "alias": "challenger", "to": 2}),
+        )
+        .await
+        .unwrap();
+    let e = f
+        .action(
+            "rollback",
+            serde_json::json!({"model": "fraud", "version": 1, "reason": "stale"}),
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(remote_code(e), "PermissionDenied");
+    f.action(
+        "rollback",
+        serde_json::json!({"model": "fraud", "version": 2, "reason": "automatic rollback: test"}),
+    )
+    .await
+    .unwrap();
+    let status = admin
+        .action("model-status", serde_json::json!({"model": "fraud"}))
+        .await
+        .unwrap();
+    assert!(status.to_string().contains("champion"), "{status}");
+    primary.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_not_signed_by_the_pinned_key_or_of_another_registry_are_refused() {
+    let Setup {
+        data: _data,
+        primary_repo,
+        key,
+        ..
+    } = setup().await;
+    // A primary on 127.0.0.1 whose follow key is not the one the replicas pinned: it
+    // stands for a fake primary, or anyone on the path rewriting its messages.
+    let primary = serve(&primary_repo).await;
+    let url = format!("http://{}", primary.addr());
+    let real = pins(&primary).await;
+    let other_key = quiver_registry::SigningKey::generate(_data.path().join("other.key")).unwrap();
+    let wrong_key = Pins {
+        key: other_key.public_key_hex(),
+        registry: real.registry.clone(),
+    };
+    let wrong_registry = Pins {
+        key: real.key.clone(),
+        registry: "0123456789abcdef0123456789abcdef".into(),
+    };
+    let repos = replica_folders(2, &key);
+    let a = follower(&repos[0], &url, &wrong_key).await;
+    let b = follower(&repos[1], &url, &wrong_registry).await;
+    for (s, want) in [
+        (&a, "not signed by its pinned follow key"),
+        (&b, "this replica follows registry 0123456789abcdef"),
+    ] {
+        let addr = s.addr();
+        eventually(
+            15,
+            "the replica reports the refused events",
+            || async move {
+                let mut c = client(addr, TOKEN_A).await;
+                let h = c.action("health", serde_json::Value::Null).await.unwrap();
+                h["follow"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(want))
+            },
+        )
+        .await;
+        // Nothing was imported: no view, no model, cursor 0.
+        let mut c = client(addr, TOKEN_A).await;
+        let h = c.action("health", serde_json::Value::Null).await.unwrap();
+        assert_eq!(h["follow"]["cursor"], 0, "{h}");
+        assert!(served_version(&mut c).await.is_err());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    primary.shutdown().await;
 }

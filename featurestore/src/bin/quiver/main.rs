@@ -202,15 +202,29 @@ enum Command {
         /// definitions, model versions and aliases arrive as they change there, and
         /// this server refuses `apply` and alias moves of its own. Start it on an
         /// empty repo folder; it verifies every model version against its own trusted
-        /// signers (`quiver registry trust` before serving). The primary's admin token
-        /// comes from --follow-token-file or QUIVER_FOLLOW_TOKEN.
-        /// Example: quiver serve --repo replica1 --follow http://primary:8815 --materialize-every 30s
-        #[arg(long, value_name = "URL")]
+        /// signers (`quiver registry trust` before serving), and imports only events
+        /// signed by the primary's follow key from the registry id it pins
+        /// (--follow-key, --follow-registry; the primary logs both at start and shows
+        /// them in `health`). Plain http:// only to a loopback host. A follower token
+        /// of the primary comes from --follow-token-file or QUIVER_FOLLOW_TOKEN.
+        /// Example: quiver serve --repo replica1 --follow https://primary:8815 --follow-key 3b6a...
+        /// --follow-registry 9f2c... --materialize-every 30s
+        #[arg(long, value_name = "URL", requires_all = ["follow_key", "follow_registry"])]
         follow: Option<String>,
-        /// File holding an admin token of the primary (env QUIVER_FOLLOW_TOKEN gives
+        /// File holding a follower token of the primary (env QUIVER_FOLLOW_TOKEN gives
         /// the token itself).
         #[arg(long, requires = "follow")]
         follow_token_file: Option<PathBuf>,
+        /// The primary's follow key (64 hex digits): every event must be signed by it.
+        #[arg(long, value_name = "HEX", requires = "follow")]
+        follow_key: Option<String>,
+        /// The primary's registry id: events of another registry are refused.
+        #[arg(long, value_name = "ID", requires = "follow")]
+        follow_registry: Option<String>,
+        /// Let replicas follow this server: sign its change log with the Ed25519 key in
+        /// FILE (made there, mode 0600, when missing). Replicas pin its public key.
+        #[arg(long, value_name = "FILE")]
+        follow_signing_key: Option<PathBuf>,
     },
     /// Build a point-in-time correct training set.
     ///

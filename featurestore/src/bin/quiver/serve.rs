@@ -94,6 +94,9 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
         policies,
         follow,
         follow_token_file,
+        follow_key,
+        follow_registry,
+        follow_signing_key,
     } = &cli.command
     else {
         unreachable!("dispatched on serve")
@@ -159,7 +162,7 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
                 .to_owned(),
             None => std::env::var("QUIVER_FOLLOW_TOKEN").map_err(|_| {
                 Error::InvalidRequest(
-                    "--follow needs an admin token of the primary: --follow-token-file FILE or QUIVER_FOLLOW_TOKEN".into(),
+                    "--follow needs a follower token of the primary: --follow-token-file FILE or QUIVER_FOLLOW_TOKEN".into(),
                 )
             })?,
         };
@@ -168,7 +171,20 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
                 "--follow `{url}`: expected http://HOST:PORT or https://HOST:PORT"
             )));
         }
-        config = config.with_follow(url.clone(), token);
+        config = config.with_follow(
+            url.clone(),
+            token,
+            follow_key.clone().unwrap_or_default(),
+            follow_registry.clone().unwrap_or_default(),
+        );
+    }
+    if let Some(path) = follow_signing_key {
+        let key = if path.exists() {
+            quiver_registry::SigningKey::load(path)?
+        } else {
+            quiver_registry::SigningKey::generate(path)?
+        };
+        config = config.with_follow_signing_key(key);
     }
     let mut store = open(cli)?;
     if let Some(k) = max_keys {

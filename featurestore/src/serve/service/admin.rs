@@ -50,9 +50,9 @@ impl FeatureService {
         if !matches!(action.r#type.as_str(), "follow" | "blob") {
             return Ok(None);
         }
-        if !tenant.admin {
+        if !(tenant.admin || tenant.follower) {
             return Err(Status::permission_denied(format!(
-                "tenant `{}` may not run `{}`; replicas follow with an admin token",
+                "tenant `{}` may not run `{}`; replicas follow with a follower token",
                 tenant.name, action.r#type
             )));
         }
@@ -137,6 +137,11 @@ impl FeatureService {
                 }
                 let f = self.shared.freshness(body.max_lag_seconds, Some(tenant))?;
                 let mut answer = serde_json::to_value(f).unwrap_or_default();
+                // What a replica pins (public facts): the registry id and follow key.
+                answer["registry"] = store.replication()?.id().map_err(Error::from)?.into();
+                if let Some(k) = &self.shared.follow_key {
+                    answer["follow_key"] = k.public_key_hex().into();
+                }
                 if let Some(follow) = &self.shared.follow {
                     let cursor = store.replication()?.cursor().map_err(Error::from)?.seq;
                     answer["follow"] = follow.report(cursor);
@@ -261,6 +266,43 @@ impl FeatureService {
                 let _guard = self.shared.admin.lock().await;
                 json(serde_json::to_value(store.apply().await?).unwrap_or_default())
             }
+            "rollback" => {
+                // A replica's report: remove the challenger alias of `model` if it still
+                // names `version`; nothing else (a follower credential can do no more).
+                if !(tenant.admin || tenant.follower) {
+                    return Err(Status::permission_denied(format!(
+                        "tenant `{}` may not run `rollback`; it is a replica's report",
+                        tenant.name
+                    )));
+                }
+                self.not_on_a_follower("rollback")?;
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    model: String,
+                    version: u64,
+                    #[serde(default)]
+                    reason: String,
+                }
+                let body: Body = self.body(
+                    &action,
+                    None,
+                    "{\"model\": \"fraud\", \"version\": 3, \"reason\": \"...\"}",
+                )?;
+                if body.reason.len() > 1024 {
+                    return Err(Status::invalid_argument("`reason` is over 1024 bytes"));
+                }
+                let _guard = self.shared.admin.lock().await;
+                let event = store.move_alias(
+                    &body.model,
+                    quiver_registry::CHALLENGER,
+                    None,
+                    Some(Some(body.version)),
+                    &tenant.name,
+                    &body.reason,
+                )?;
+                json(serde_json::to_value(event).unwrap_or_default())
+            }
             "alias" => {
                 admin()?;
                 self.not_on_a_follower("alias")?;
@@ -372,7 +414,7 @@ impl FeatureService {
     }
 }
 
-pub(in crate::serve) const ACTIONS: [(&str, &str); 11] = [
+pub(in crate::serve) const ACTIONS: [(&str, &str); 12] = [
     (
         "health",
         "Is the server up, and how fresh is its online store: {\"status\": \"ok\"|\"behind\", \"views\": [...]}; body {\"max_lag_seconds\": N} optional",
@@ -402,10 +444,14 @@ pub(in crate::serve) const ACTIONS: [(&str, &str); 11] = [
     ),
     (
         "follow",
-        "Stream the registry's change log after a seq, then heartbeats: what replicas follow; body {\"after\": SEQ} (admin)",
+        "Stream the registry's change log after a seq, each event signed by this server's follow key, then heartbeats: what replicas follow; body {\"after\": SEQ} (admin or follower)",
     ),
     (
         "blob",
-        "An artifact or applied UDF module by SHA-256, in chunks; body {\"kind\": \"artifact\"|\"udf_module\", \"sha256\"} (admin)",
+        "An artifact or applied UDF module by SHA-256, in chunks; body {\"kind\": \"artifact\"|\"udf_module\", \"sha256\"} (admin or follower)",
+    ),
+    (
+        "rollback",
+        "A replica's report: remove a model's challenger alias if it still names VERSION; body {\"model\", \"version\", \"reason\"} (admin or follower)",
     ),
 ];

@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     /// Set on a replica that follows another registry.
     pub(crate) follow: Option<crate::serve::follow::FollowState>,
+    /// The key this server signs its change log with for followers (`None`: it
+    /// cannot be followed).
+    pub(crate) follow_key: Option<Arc<quiver_registry::SigningKey>>,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ impl Shared {
             policies,
             stopping,
             follow,
+            follow_key: None,
             online: store.online()?,
             limits: store.limits().clone(),
             store,
@@ -721,8 +725,14 @@ impl FlightService for FeatureService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let tenant = tenant(&request)?;
+        let tenant = crate::serve::layers::tenant_or_follower(&request)?;
         let action = request.into_inner();
+        if tenant.follower && !matches!(action.r#type.as_str(), "follow" | "blob" | "rollback") {
+            return Err(Status::permission_denied(format!(
+                "`{}` holds a replica's credential: it may run `follow`, `blob` and `rollback`, not `{}`",
+                tenant.name, action.r#type
+            )));
+        }
         if let Some(stream) = self.streaming_action(&tenant, &action)? {
             return Ok(Response::new(stream));
         }
