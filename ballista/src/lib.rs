@@ -20,9 +20,31 @@ use datafusion::prelude::SessionConfig;
 pub use quiver_featurestore::offline::ballista_codecs;
 
 /// The scheduler's session: quiver's query planner (the point-in-time join's physical
-/// planner) on the configuration Ballista gives.
+/// planner) on the configuration Ballista gives, behind
+/// [`quiver_featurestore::plan::check_received_plan`]: a client's plan reads only
+/// quiver's portable tables and in-memory entity tables, and writes and declares
+/// nothing (no listing table over another job's shuffle files or a bucket).
 pub fn scheduler_session(config: SessionConfig) -> datafusion::common::Result<SessionState> {
-    Ok(quiver_featurestore::plan::session_with_config(config).state())
+    Ok(quiver_featurestore::plan::received_plans_session(config).state())
+}
+
+/// Ballista's flags with `--bind-host 127.0.0.1` added when none is given: the
+/// scheduler and executors listen on loopback unless told otherwise (they take no
+/// credentials of their own; see docs/scale-out.md).
+pub fn loopback_by_default(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let given = args
+        .iter()
+        .any(|a| a == "--bind-host" || a.to_string_lossy().starts_with("--bind-host="));
+    let help = args
+        .iter()
+        .any(|a| a == "--help" || a == "-h" || a == "--version" || a == "-V");
+    if !given && !help && !args.is_empty() {
+        args.splice(1..1, ["--bind-host".into(), "127.0.0.1".into()]);
+    }
+    args
 }
 
 /// The logical and physical codecs, as Ballista's configuration takes them.
@@ -152,5 +174,32 @@ pub mod local_cluster {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_by_default;
+
+    #[test]
+    fn the_binaries_listen_on_loopback_unless_told_otherwise() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let out = loopback_by_default(args(&["scheduler", "--bind-port", "50050"]));
+        assert_eq!(
+            out,
+            args(&[
+                "scheduler",
+                "--bind-host",
+                "127.0.0.1",
+                "--bind-port",
+                "50050"
+            ])
+        );
+        let given = args(&["executor", "--bind-host", "0.0.0.0"]);
+        assert_eq!(loopback_by_default(given.clone()), given);
+        let eq = args(&["executor", "--bind-host=10.0.0.2"]);
+        assert_eq!(loopback_by_default(eq.clone()), eq);
+        let help = args(&["executor", "--help"]);
+        assert_eq!(loopback_by_default(help.clone()), help);
     }
 }

@@ -45,6 +45,7 @@ pub mod delta;
 pub mod diff;
 mod error;
 pub mod explain;
+pub mod ipc;
 mod limits;
 pub mod model_inputs;
 pub mod offline;

@@ -3,12 +3,10 @@
 //! UDF calls, the output). Format name and version are in `trace.json`
 //! (`"format": "quiver-trace", "version": 1`); `docs/debugger.md` describes every field.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use arrow::array::RecordBatch;
-use arrow::ipc::reader::FileReader;
 use quiver_featurestore::explain::{TRACE_FORMAT, TRACE_VERSION, Trace};
 
 /// Largest `trace.json` read back.
@@ -186,9 +184,12 @@ impl TraceDir {
                 meta.len()
             );
         }
-        let reader = FileReader::try_new(File::open(&path)?, None)?;
-        let schema = reader.schema();
-        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
+        // A trace folder may come from anyone: the file is checked before arrow
+        // decodes it (no compression, every size inside the file).
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let (schema, batches) =
+            quiver_featurestore::ipc::read_file(&bytes, &path.display().to_string())
+                .map_err(anyhow::Error::msg)?;
         Ok(arrow::compute::concat_batches(&schema, &batches)?)
     }
 }

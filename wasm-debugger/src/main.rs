@@ -212,7 +212,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .context("the server's step files")?;
                     let files = files
                         .into_iter()
-                        .map(|(n, h)| Ok((n, hex::decode(h).context("a step file is not hex")?)))
+                        .map(|(n, h)| {
+                            let bytes = hex::decode(h).context("a step file is not hex")?;
+                            // Bytes from another process: checked before anything decodes
+                            // them (no compression, sizes inside the file).
+                            quiver_featurestore::ipc::check_file(&bytes, &format!("step file {n}"))
+                                .map_err(anyhow::Error::msg)?;
+                            Ok((n, bytes))
+                        })
                         .collect::<anyhow::Result<Vec<_>>>()?;
                     folder::write_with_files(&out, &trace, &files)?;
                     trace

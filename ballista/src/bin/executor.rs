@@ -12,7 +12,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ballista_core::error::Result<()> {
     quiver_ballista::init_logging();
-    let opt = Config::parse();
+    let opt = Config::parse_from(quiver_ballista::loopback_by_default(std::env::args_os()));
     let mut config: ExecutorProcessConfig = opt.try_into()?;
     let (logical, physical) = quiver_ballista::codecs();
     config.override_logical_codec = Some(logical);

@@ -16,7 +16,7 @@ fn main() -> ballista_core::error::Result<()> {
         .build()
         .map_err(|e| ballista_core::error::BallistaError::General(e.to_string()))?;
     runtime.block_on(async {
-        let opt = Config::parse();
+        let opt = Config::parse_from(quiver_ballista::loopback_by_default(std::env::args_os()));
         let addr = format!("{}:{}", opt.bind_host, opt.bind_port)
             .parse()
             .map_err(|e: std::net::AddrParseError| {

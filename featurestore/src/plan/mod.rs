@@ -33,7 +33,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 use serde::Serialize;
 
 pub use exec::{PointInTimeExec, ScanProgress};
-pub use node::{PointInTimeNode, session, session_with_config};
+pub use node::{
+    PointInTimeNode, check_received_plan, received_plans_session, session, session_with_config,
+};
 pub(crate) use spec::column_list;
 pub use spec::{AggSpec, PitMode, PitSpec, aggregate_type};
 

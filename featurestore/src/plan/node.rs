@@ -179,6 +179,84 @@ impl QueryPlanner for QuiverQueryPlanner {
     }
 }
 
+/// Plans another process sent to be run here (a Ballista scheduler's clients): only
+/// quiver's own tables are read, and nothing is written or declared.
+#[derive(Debug)]
+struct ReceivedPlanPlanner;
+
+#[async_trait]
+impl QueryPlanner for ReceivedPlanPlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        state: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        check_received_plan(plan)?;
+        QuiverQueryPlanner.create_physical_plan(plan, state).await
+    }
+}
+
+/// Refuse a logical plan another process sent unless it reads only quiver's portable
+/// Delta tables and in-memory entity tables, through DataFusion's own operators and
+/// quiver's point-in-time join: no listing tables (any path or URL a client names),
+/// no writes (`COPY`, `INSERT`), no DDL or statements, no other extension nodes. The
+/// error names what was refused.
+pub fn check_received_plan(plan: &LogicalPlan) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut refused: Option<String> = None;
+    plan.apply_with_subqueries(|node| {
+        let why = match node {
+            LogicalPlan::TableScan(scan) => {
+                let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+                let ours = provider
+                    .downcast_ref::<super::portable::PortableDeltaTable>()
+                    .is_some()
+                    || provider
+                        .downcast_ref::<datafusion::datasource::MemTable>()
+                        .is_some();
+                (!ours).then(|| {
+                    format!(
+                        "table `{}` is not one of quiver's portable tables (a listing table or another provider a client declared)",
+                        scan.table_name
+                    )
+                })
+            }
+            LogicalPlan::Extension(e) => (e.node.as_any().downcast_ref::<PointInTimeNode>().is_none())
+                .then(|| format!("the extension node `{}`", e.node.name())),
+            LogicalPlan::Ddl(_)
+            | LogicalPlan::Dml(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::DescribeTable(_) => {
+                Some(format!("a `{}` plan", node.display()))
+            }
+            _ => None,
+        };
+        if let Some(w) = why {
+            refused = Some(w);
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match refused {
+        Some(w) => {
+            datafusion::common::plan_err!("this engine runs quiver's plans only: refusing {w}")
+        }
+        None => Ok(()),
+    }
+}
+
+/// [`session_with_config`] for a process that runs plans others send (a Ballista
+/// scheduler): every plan is checked by [`check_received_plan`] before it is planned.
+pub fn received_plans_session(config: SessionConfig) -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_query_planner(Arc::new(ReceivedPlanPlanner))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
 /// A DataFusion session that can plan point-in-time joins.
 ///
 /// ```
@@ -197,4 +275,65 @@ pub fn session_with_config(config: SessionConfig) -> SessionContext {
         .with_query_planner(Arc::new(QuiverQueryPlanner))
         .build();
     SessionContext::new_with_state(state)
+}
+
+#[cfg(test)]
+mod received {
+    use super::*;
+
+    #[tokio::test]
+    async fn received_plans_read_only_quivers_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("other_jobs_shuffle.csv");
+        std::fs::write(&csv, "a,b\n1,2\n").unwrap();
+        let ctx = received_plans_session(SessionConfig::new());
+        // A client declares a table over any path: reading it is refused.
+        ctx.sql(&format!(
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+            csv.display()
+        ))
+        .await
+        .unwrap();
+        let e = ctx
+            .sql("SELECT * FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("table `t` is not one of quiver's portable tables"),
+            "{e}"
+        );
+        // Writing files is refused too.
+        let out = dir.path().join("out");
+        let e = match ctx
+            .sql(&format!(
+                "COPY (SELECT 1) TO '{}' STORED AS CSV",
+                out.display()
+            ))
+            .await
+        {
+            Ok(df) => df.collect().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(e.to_string().contains("refusing"), "{e}");
+        assert!(!out.exists());
+        // An in-memory table (a training set's entity rows) is read.
+        let batch = arrow::array::RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(arrow::array::Int64Array::from(vec![1, 2])) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        ctx.register_batch("m", batch).unwrap();
+        let rows = ctx
+            .sql("SELECT * FROM m")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(rows[0].num_rows(), 2);
+    }
 }

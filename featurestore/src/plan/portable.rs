@@ -360,8 +360,9 @@ fn schema_to_hex(schema: &Schema) -> DfResult<String> {
 fn schema_from_hex(text: &str) -> DfResult<SchemaRef> {
     let bytes = hex::decode(text)
         .map_err(|e| DataFusionError::Internal(format!("portable scan schema: {e}")))?;
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
-    Ok(reader.schema())
+    let (schema, _) = crate::ipc::read_stream(&bytes, "a portable scan's schema")
+        .map_err(DataFusionError::Execution)?;
+    Ok(schema)
 }
 
 /// The physical extension codec of quiver's nodes: [`PointInTimeExec`] and
@@ -481,9 +482,11 @@ fn batches_to_hex(schema: &SchemaRef, batches: &[arrow::array::RecordBatch]) -> 
 fn batches_from_hex(text: &str) -> DfResult<Vec<arrow::array::RecordBatch>> {
     let bytes = hex::decode(text)
         .map_err(|e| DataFusionError::Internal(format!("portable memory table: {e}")))?;
-    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?
-        .map(|b| b.map_err(DataFusionError::from))
-        .collect()
+    // Checked before arrow decodes anything (compressed buffers declare sizes the
+    // decoder would allocate): see crate::ipc.
+    let (_, batches) = crate::ipc::read_stream(&bytes, "an in-memory table of a plan")
+        .map_err(DataFusionError::Execution)?;
+    Ok(batches)
 }
 
 /// The logical extension codec of quiver's plans: the point-in-time join node, the
@@ -615,5 +618,30 @@ impl datafusion_proto::logical_plan::LogicalExtensionCodec for QuiverLogicalCode
         buf: &[u8],
     ) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
         decode_udf(name, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion_proto::logical_plan::LogicalExtensionCodec;
+
+    #[test]
+    fn a_plans_compressed_batch_declaring_2_pow_62_bytes_is_a_clean_error() {
+        let wire = serde_json::to_vec(&TableWire::Memory {
+            partitions: vec![hex::encode(crate::ipc::tests::lz4_bomb())],
+        })
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+            "x",
+            arrow::datatypes::DataType::Int64,
+            true,
+        )]));
+        let ctx = datafusion::prelude::SessionContext::new();
+        let e = QuiverLogicalCodec
+            .try_decode_table_provider(&wire, &"t".into(), schema, &ctx.task_ctx())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("compressed IPC"), "{e}");
     }
 }

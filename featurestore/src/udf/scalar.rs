@@ -268,10 +268,14 @@ pub(crate) fn decode_portable(name: &str, buf: &[u8]) -> Result<ScalarUDF> {
             p.path, p.function
         ))
     })?;
+    // The sender's budget is a wish: never more than this process's own bounds.
+    let own = host.config();
     let budget = match (p.deadline_ms, p.fuel) {
-        (_, Some(f)) => Budget::Fuel(f),
-        (Some(ms), None) => Budget::Deadline(std::time::Duration::from_millis(ms)),
-        (None, None) => Budget::Deadline(host.config().deadline),
+        (_, Some(f)) => Budget::Fuel(f.min(own.fuel)),
+        (Some(ms), None) => {
+            Budget::Deadline(std::time::Duration::from_millis(ms).min(own.deadline))
+        }
+        (None, None) => Budget::Deadline(own.deadline),
     };
     Ok(WasmUdf::udf(
         host,
@@ -281,4 +285,39 @@ pub(crate) fn decode_portable(name: &str, buf: &[u8]) -> Result<ScalarUDF> {
         Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default()),
         None,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_received_udf_runs_under_the_receivers_own_budget() {
+        let wat = include_str!("../../../udfs/ratio.wat");
+        let body = |deadline_ms: Option<u64>, fuel: Option<u64>| {
+            serde_json::json!({
+                "path": "udfs/ratio.wat",
+                "sha256": quiver_registry::sha256_hex(wat.as_bytes()),
+                "module_hex": hex::encode(wat.as_bytes()),
+                "function": "ratio",
+                "deadline_ms": deadline_ms,
+                "fuel": fuel,
+            })
+            .to_string()
+        };
+        let own = UdfHost::shared().config().clone();
+        let budget = |buf: String| {
+            let udf = decode_portable("ratio", buf.as_bytes()).unwrap();
+            udf.inner().downcast_ref::<WasmUdf>().unwrap().budget
+        };
+        assert_eq!(
+            budget(body(Some(u64::MAX), None)),
+            Budget::Deadline(own.deadline)
+        );
+        assert_eq!(budget(body(None, Some(u64::MAX))), Budget::Fuel(own.fuel));
+        assert_eq!(
+            budget(body(Some(5), None)),
+            Budget::Deadline(std::time::Duration::from_millis(5))
+        );
+    }
 }
