@@ -2014,11 +2014,33 @@ mod attacks_support {
         .unwrap();
         (ids, Arc::new(roster))
     }
+
+    /// Every bank of a fresh roster under its default policy has advertised its keys
+    /// for `round`, and the coordinator has taken them.
+    pub(super) fn advertised(params: &Params, round: RoundId) -> (BTreeMap<u32, Client>, Server) {
+        let (ids, roster) = identities(params.clients);
+        let mut server = Server::new(params.clone(), round, roster.clone()).unwrap();
+        let mut clients = BTreeMap::new();
+        for i in 0..params.clients as u32 {
+            let (c, a) = Client::new(
+                i,
+                ids[i as usize].clone(),
+                roster.clone(),
+                params.clone(),
+                ClientPolicy::for_roster(params.clients),
+                round,
+            )
+            .unwrap();
+            server.receive_keys(a).unwrap();
+            clients.insert(i, c);
+        }
+        (clients, server)
+    }
 }
 
 #[cfg(test)]
 mod attacks {
-    use super::attacks_support::identities;
+    use super::attacks_support::{advertised, identities};
     use super::*;
 
     /// A colluding bank follows no policy of its own.
@@ -2449,26 +2471,11 @@ mod attacks {
             neighbours: 4,
             len: 8,
         };
-        let (ids, roster) = identities(10);
         let round = RoundId {
             session: [3; 16],
             round: 2,
         };
-        let mut server = Server::new(params.clone(), round, roster.clone()).unwrap();
-        let mut clients = BTreeMap::new();
-        for i in 0..10u32 {
-            let (c, a) = Client::new(
-                i,
-                ids[i as usize].clone(),
-                roster.clone(),
-                params.clone(),
-                ClientPolicy::for_roster(10),
-                round,
-            )
-            .unwrap();
-            server.receive_keys(a).unwrap();
-            clients.insert(i, c);
-        }
+        let (mut clients, mut server) = advertised(&params, round);
         for (i, ks) in server.close_keys().unwrap() {
             let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
             server.receive_shares(m).unwrap();
@@ -2542,7 +2549,7 @@ mod attacks {
 
 #[cfg(test)]
 mod dealing {
-    use super::attacks_support::identities;
+    use super::attacks_support::advertised;
     use super::*;
 
     #[test]
@@ -2552,26 +2559,11 @@ mod dealing {
         // cannot be removed, so the round stops, and bank 2 is named: the shares were
         // its own, so no holder can be blamed.
         let params = Params::secagg(5, 3, 8);
-        let (ids, roster) = identities(5);
         let round = RoundId {
             session: [5; 16],
             round: 1,
         };
-        let mut server = Server::new(params.clone(), round, roster.clone()).unwrap();
-        let mut clients = BTreeMap::new();
-        for i in 0..5u32 {
-            let (c, a) = Client::new(
-                i,
-                ids[i as usize].clone(),
-                roster.clone(),
-                params.clone(),
-                ClientPolicy::for_roster(5),
-                round,
-            )
-            .unwrap();
-            server.receive_keys(a).unwrap();
-            clients.insert(i, c);
-        }
+        let (mut clients, mut server) = advertised(&params, round);
         for (i, ks) in server.close_keys().unwrap() {
             let c = clients.get_mut(&i).unwrap();
             let real = c.seed;
