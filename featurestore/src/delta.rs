@@ -298,7 +298,15 @@ fn check_files_inside(table: &DeltaTable, version: i64) -> std::result::Result<(
                 // Inline bitmap, or a file named by a UUID (with an optional prefix)
                 // in the table root.
                 "i" => true,
-                "u" => relative_inside(&dv.path_or_inline_dv),
+                // A UUID (20 characters of Z85) after an optional prefix the reader
+                // makes a folder of: the prefix may hold letters and digits only.
+                "u" => {
+                    let p = &dv.path_or_inline_dv;
+                    p.len() >= 20
+                        && p.as_bytes()[..p.len() - 20]
+                            .iter()
+                            .all(|b| b.is_ascii_alphanumeric())
+                }
                 _ => false,
             };
             if !inside {

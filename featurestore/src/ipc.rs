@@ -45,10 +45,34 @@ fn message_at(bytes: &[u8], pos: usize, what: &str) -> Result<Option<(usize, i64
     aligned.extend_from_slice(&bytes[start..end]);
     let message = arrow::ipc::root_as_message(&aligned)
         .map_err(|e| format!("{what}: an unreadable message at byte {pos}: {e}"))?;
+    if let Some(d) = message.header_as_dictionary_batch()
+        && d.isDelta()
+    {
+        return Err(format!(
+            "{what}: a delta dictionary at byte {pos}; only whole dictionaries are read from another process"
+        ));
+    }
     let batch = message
         .header_as_record_batch()
         .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+    let body_len = message.bodyLength();
     if let Some(b) = batch {
+        // Every buffer lies inside the body (the reader slices without checking).
+        for buf in b.buffers().into_iter().flatten() {
+            let inside = buf.offset() >= 0
+                && buf.length() >= 0
+                && buf
+                    .offset()
+                    .checked_add(buf.length())
+                    .is_some_and(|end| end <= body_len);
+            if !inside {
+                return Err(format!(
+                    "{what}: a buffer [{}, +{}) outside the body of {body_len} bytes at byte {pos}",
+                    buf.offset(),
+                    buf.length()
+                ));
+            }
+        }
         if let Some(c) = b.compression() {
             return Err(format!(
                 "{what}: compressed IPC ({:?}) at byte {pos}; only uncompressed batches are read from another process",
@@ -114,9 +138,21 @@ pub fn check_file(bytes: &[u8], what: &str) -> Result<(), String> {
             .ok()
             .filter(|p| *p < bytes.len())
             .ok_or_else(|| format!("{what}: a footer block outside the file"))?;
+        let meta = usize::try_from(b.metaDataLength())
+            .ok()
+            .filter(|m| pos.checked_add(*m).is_some_and(|e| e <= bytes.len()))
+            .ok_or_else(|| format!("{what}: a footer block whose metadata runs past the file"))?;
         let Some((next, body)) = message_at(bytes, pos, what)? else {
             return Err(format!("{what}: a footer block that names no message"));
         };
+        // The reader reads `metaDataLength` bytes at the block: they must be the
+        // message's own (its prefix, header and padding), nothing larger.
+        if meta > next - pos {
+            return Err(format!(
+                "{what}: a footer block declaring {meta} bytes of metadata for a message of {}",
+                next - pos
+            ));
+        }
         if body != b.bodyLength() || next > bytes.len() {
             return Err(format!(
                 "{what}: a footer block whose body ({} bytes) is not its message's ({body})",

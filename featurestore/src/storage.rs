@@ -144,9 +144,42 @@ pub fn is_host_key(key: &str) -> bool {
             "profile",
             "imdsv1_fallback",
             "metadata",
+            // Which credential file, role or identity the receiver uses.
+            "service_account",
+            "role_arn",
+            "role_session_name",
+            "client_id",
+            "object_id",
+            "msi_resource_id",
         ]
         .iter()
         .any(|part| key.contains(part))
+            && !key.ends_with("service_account_key")
+}
+
+/// Keys whose values become part of a host name or path the store builds
+/// (`{account}.blob.core.windows.net`, `s3.{region}.amazonaws.com`, a bucket): they hold
+/// a name, never a character that could end the host or start a path, port or user
+/// (`/`, `@`, `:`, `#`, `?`, `%`, spaces).
+fn is_name_key(key: &str) -> bool {
+    ["account_name", "region", "bucket", "container_name"]
+        .iter()
+        .any(|part| key.contains(part))
+}
+
+fn check_name(key: &str, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{key}` is a name the store puts into a host name or path: letters, digits, `-`, `_` and `.` only"
+        ))
+    }
 }
 
 /// Who wrote the options being resolved.
@@ -550,7 +583,11 @@ impl Resolved {
                     source.unwrap_or("?")
                 ));
             }
-            out.options.insert(key.to_owned(), value_of(key, value)?);
+            let v = value_of(key, value)?;
+            if is_name_key(key) {
+                check_name(key, &v)?;
+            }
+            out.options.insert(key.to_owned(), v);
         }
         // This process's own options for the source win over what was written.
         if let (Some(family), Some(own)) = (family, source.and_then(|s| cfg.sources.get(s))) {
@@ -813,14 +850,35 @@ mod received {
             assert!(is_host_key(key), "{key}");
         }
         for key in [
+            "google_service_account",
+            "aws_s3_assume_role_arn",
+            "aws_role_arn",
+            "azure_storage_client_id",
+            "azure_object_id",
+            "azure_msi_resource_id",
+        ] {
+            assert!(is_host_key(key), "{key}");
+        }
+        for key in [
             "aws_region",
             "aws_bucket",
             "aws_secret_access_key",
             "azure_storage_account_name",
+            "google_service_account_key",
         ] {
             assert!(!is_host_key(key), "{key}");
         }
         let cfg = ProcessConfig::default();
+        // Names that become part of a host cannot end it or start a path.
+        for (key, evil) in [
+            ("aws_bucket_name", "evil.example/x"),
+            ("aws_region", "x@internal.host/#"),
+            ("aws_bucket", "b?x=1"),
+        ] {
+            let e = resolve(&[(key, evil)], Origin::Local, &cfg).unwrap_err();
+            assert!(e.contains("host name or path"), "{key}: {e}");
+        }
+        assert!(resolve(&[("aws_region", "eu-west-1")], Origin::Local, &cfg).is_ok());
         let evil = [("aws_endpoint", "http://127.0.0.1:9"), ("aws_region", "x")];
         assert!(resolve(&evil, Origin::Local, &cfg).is_ok());
         let e = resolve(&evil, Origin::Received, &cfg).unwrap_err();

@@ -155,14 +155,25 @@ impl FeatureStoreBuilder {
             self.udf_host.unwrap_or_else(UdfHost::shared),
             Some(udf_modules),
         );
-        Ok(FeatureStore {
+        let store = FeatureStore {
             root: self.root,
             registry,
             udfs,
             limits: self.limits,
             online_path,
             online: Arc::new(Mutex::new(None)),
-        })
+        };
+        // A registry that follows another holds definitions written elsewhere: every
+        // command on it (a replica's server, or `quiver materialize` on its folder)
+        // resolves their storage options as received ones (docs/object-storage.md).
+        if store
+            .replication()
+            .and_then(|l| Ok(l.cursor()?))
+            .is_ok_and(|c| c.primary.is_some())
+        {
+            crate::storage::set_receiver_process();
+        }
+        Ok(store)
     }
 }
 

@@ -87,6 +87,9 @@ pub struct FollowConfig {
     pub primary_key: String,
     /// The primary's registry id: events of any other registry are refused.
     pub registry: String,
+    /// The CA certificate (PEM) the primary's TLS certificate must chain to; needed for
+    /// `https://`.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl FollowConfig {
@@ -97,6 +100,12 @@ impl FollowConfig {
         let url = url::Url::parse(&self.primary)
             .map_err(|e| Error::InvalidRequest(format!("--follow `{}`: {e}", self.primary)))?;
         match url.scheme() {
+            "https" if self.ca_pem.is_none() => {
+                return Err(Error::InvalidRequest(format!(
+                    "--follow `{}`: following over https needs the CA the primary's certificate chains to (--follow-ca FILE)",
+                    self.primary
+                )));
+            }
             "https" => {}
             "http" => {
                 let loopback = match url.host() {
@@ -442,7 +451,19 @@ async fn session(
     rollbacks: &mut mpsc::UnboundedReceiver<(String, u64, String)>,
 ) -> Result<()> {
     let log = shared.store.replication()?;
-    let mut client = tokio::time::timeout(SILENCE, Client::connect(&config.primary))
+    let connect = async {
+        match &config.ca_pem {
+            Some(ca) if config.primary.starts_with("https://") => {
+                let host = url::Url::parse(&config.primary)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
+                Client::connect_tls(&config.primary, ca, host.trim_matches(['[', ']'])).await
+            }
+            _ => Client::connect(&config.primary).await,
+        }
+    };
+    let mut client = tokio::time::timeout(SILENCE, connect)
         .await
         .map_err(|_| remote("connecting to the primary", "no answer within 5 s"))??
         .with_token(&config.token)?;
@@ -572,6 +593,7 @@ mod tests {
             token: "t".into(),
             primary_key: key.public_key_hex(),
             registry: "aaaa".into(),
+            ca_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
         }
     }
 

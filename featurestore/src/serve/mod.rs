@@ -165,7 +165,16 @@ impl ServeConfig {
             token: token.into(),
             primary_key: primary_key.into(),
             registry: registry.into(),
+            ca_pem: None,
         });
+        self
+    }
+
+    /// Trust `ca_pem` (PEM) for the followed primary's TLS certificate (`https://`).
+    pub fn with_follow_ca(mut self, ca_pem: Vec<u8>) -> Self {
+        if let Some(f) = &mut self.follow {
+            f.ca_pem = Some(ca_pem);
+        }
         self
     }
 

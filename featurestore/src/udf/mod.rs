@@ -183,6 +183,17 @@ impl UdfRuntime {
     /// `sha256` and load (the host checks its ABI, metadata and limits) before it is
     /// kept, so an applied view never pins a module that was not checked here.
     pub fn import_module(&self, path: &str, sha256: &str, bytes: &[u8]) -> Result<()> {
+        // The hash first: bytes that are not the pinned module are never compiled.
+        let got = quiver_registry::sha256_hex(bytes);
+        if got != sha256 {
+            return Err(Error::Udf {
+                module: path.into(),
+                function: None,
+                message: format!(
+                    "the module received has sha256 {got}, not the {sha256} its view pins"
+                ),
+            });
+        }
         let m = self.host.load(path, bytes).map_err(|message| Error::Udf {
             module: path.into(),
             function: None,

@@ -257,11 +257,11 @@ pub(crate) fn decode_portable(name: &str, buf: &[u8]) -> Result<ScalarUDF> {
             super::MAX_MODULE_BYTES
         )));
     }
-    let host = UdfHost::shared();
-    let module = host.load(&p.path, &bytes).map_err(bad)?;
-    if module.sha256 != p.sha256 {
+    if quiver_registry::sha256_hex(&bytes) != p.sha256 {
         return Err(bad(format!("the module does not hash to {}", p.sha256)));
     }
+    let host = UdfHost::shared();
+    let module = host.load(&p.path, &bytes).map_err(bad)?;
     let function = module.function(&p.function).cloned().ok_or_else(|| {
         bad(format!(
             "module {} has no function `{}`",

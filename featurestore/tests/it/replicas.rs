@@ -844,3 +844,68 @@ async fn events_not_signed_by_the_pinned_key_or_of_another_registry_are_refused(
     b.shutdown().await;
     primary.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_follows_its_primary_over_tls() {
+    use quiver_featurestore::serve::TlsConfig;
+    let Setup {
+        data: _data,
+        primary_repo,
+        key,
+        ..
+    } = setup().await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca = cert.cert.pem().into_bytes();
+    let store = FeatureStore::open(primary_repo.path()).unwrap();
+    let primary = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_tls(TlsConfig {
+            cert_pem: ca.clone(),
+            key_pem: cert.signing_key.serialize_pem().into_bytes(),
+        })
+        .with_follow_signing_key(follow_key(&primary_repo))
+        .spawn(store)
+        .await
+        .unwrap();
+    let url = format!("https://localhost:{}", primary.addr().port());
+    let h = Client::connect_tls(&url, &ca, "localhost")
+        .await
+        .unwrap()
+        .with_token(TOKEN_A)
+        .unwrap()
+        .action("health", serde_json::Value::Null)
+        .await
+        .unwrap();
+    let pins = Pins {
+        key: h["follow_key"].as_str().unwrap().to_owned(),
+        registry: h["registry"].as_str().unwrap().to_owned(),
+    };
+    let repos = replica_folders(1, &key);
+    // Without the CA, https is refused before anything connects.
+    let store = FeatureStore::open(repos[0].path()).unwrap();
+    let e = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_follow(url.clone(), TOKEN_FOLLOWER, &pins.key, &pins.registry)
+        .spawn(store)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--follow-ca"), "{e}");
+    let store = FeatureStore::open(repos[0].path()).unwrap();
+    let replica = ServeConfig::new("127.0.0.1:0".parse().unwrap(), Fixture::tokens())
+        .with_materialize_every(EVERY)
+        .with_follow(url, TOKEN_FOLLOWER, &pins.key, &pins.registry)
+        .with_follow_ca(ca)
+        .spawn(store)
+        .await
+        .unwrap();
+    let addr = replica.addr();
+    eventually(
+        15,
+        "the replica serves the primary's champion",
+        || async move {
+            let mut c = client(addr, TOKEN_A).await;
+            served_version(&mut c).await == Ok(1)
+        },
+    )
+    .await;
+    replica.shutdown().await;
+    primary.shutdown().await;
+}

@@ -221,6 +221,10 @@ enum Command {
         /// The primary's registry id: events of another registry are refused.
         #[arg(long, value_name = "ID", requires = "follow")]
         follow_registry: Option<String>,
+        /// The CA certificate (PEM) the primary's TLS certificate chains to, for
+        /// --follow https://.
+        #[arg(long, value_name = "FILE", requires = "follow")]
+        follow_ca: Option<PathBuf>,
         /// Let replicas follow this server: sign its change log with the Ed25519 key in
         /// FILE (made there, mode 0600, when missing). Replicas pin its public key.
         #[arg(long, value_name = "FILE")]

@@ -96,6 +96,7 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
         follow_token_file,
         follow_key,
         follow_registry,
+        follow_ca,
         follow_signing_key,
     } = &cli.command
     else {
@@ -177,6 +178,11 @@ pub(crate) async fn serve(cli: &Cli) -> anyhow::Result<()> {
             follow_key.clone().unwrap_or_default(),
             follow_registry.clone().unwrap_or_default(),
         );
+        if let Some(ca) = follow_ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::InvalidRequest(format!("--follow-ca {}: {e}", ca.display())))?;
+            config = config.with_follow_ca(pem);
+        }
     }
     if let Some(path) = follow_signing_key {
         let key = if path.exists() {

@@ -190,12 +190,26 @@ impl FeatureService {
                         })
                     })
                     .collect();
+                // The tenant mix of a rollback names other tenants and their shares of
+                // traffic: for admins only.
+                let rollbacks: Vec<quiver_registry::Rollback> = server
+                    .rollbacks()
+                    .into_iter()
+                    .map(|mut r| {
+                        if !tenant.admin
+                            && let Some(i) = r.reason.find(" (challenger traffic by tenant:")
+                        {
+                            r.reason.truncate(i);
+                        }
+                        r
+                    })
+                    .collect();
                 json(serde_json::json!({
                     "model": server.model(),
                     "challenger_percent": d.challenger_percent,
                     "policy": policy,
                     "versions": versions,
-                    "rollbacks": server.rollbacks(),
+                    "rollbacks": rollbacks,
                 }))
             }
             "explain" => {
