@@ -191,8 +191,18 @@ pub struct UdfHost {
     deadline_engine: OnceLock<Result<Engine, String>>,
     fuel_engine: OnceLock<Result<Engine, String>>,
     cache: Mutex<ModuleCache>,
+    /// Modules that failed to compile (or ran past the compile deadline), by hash: not
+    /// compiled again (at most [`MAX_FAILED_KEPT`]).
+    failed: Mutex<HashMap<String, String>>,
     stop: Arc<AtomicBool>,
 }
+
+/// Compiler threads running at once in a process, stragglers past their deadline
+/// included; more compiles wait for none, they fail clearly.
+const MAX_COMPILING: usize = 4;
+static COMPILING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Failed modules remembered per host.
+const MAX_FAILED_KEPT: usize = 256;
 
 /// Compiled modules by hash, least recently used first out, bounded in bytes.
 #[derive(Default)]
@@ -331,6 +341,7 @@ impl UdfHost {
             deadline_engine: OnceLock::new(),
             fuel_engine: OnceLock::new(),
             cache: Mutex::new(ModuleCache::default()),
+            failed: Mutex::new(HashMap::new()),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -379,9 +390,29 @@ impl UdfHost {
         {
             return Ok(m);
         }
+        if let Some(why) = self
+            .failed
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&sha256).cloned())
+        {
+            return Err(why);
+        }
         let binary = to_binary(bytes)?;
         let metadata = meta::inspect(&binary)?;
-        let deadline = self.compile(&self.deadline_engine()?, &binary)?;
+        let deadline = match self.compile(&self.deadline_engine()?, &binary) {
+            Ok(d) => d,
+            Err(e) => {
+                // A busy compiler is no verdict on the module: not remembered.
+                if !e.contains("modules are compiling already")
+                    && let Ok(mut f) = self.failed.lock()
+                    && f.len() < MAX_FAILED_KEPT
+                {
+                    f.insert(sha256.clone(), e.clone());
+                }
+                return Err(e);
+            }
+        };
         let image = deadline.module().image_range();
         let size = bytes.len() + (image.end as usize).saturating_sub(image.start as usize);
         let module = Arc::new(LoadedModule {
@@ -405,12 +436,22 @@ impl UdfHost {
         // to compile fails here, and the caller goes on (the thread finishes alone).
         let (tx, rx) = std::sync::mpsc::channel();
         let (e, b) = (engine.clone(), binary.to_vec());
+        if COMPILING.fetch_add(1, Ordering::SeqCst) >= MAX_COMPILING {
+            COMPILING.fetch_sub(1, Ordering::SeqCst);
+            return Err(format!(
+                "{MAX_COMPILING} modules are compiling already (slow ones included); try again later"
+            ));
+        }
         std::thread::Builder::new()
             .name("quiver-udf-compile".into())
             .spawn(move || {
                 let _ = tx.send(Module::new(&e, &b));
+                COMPILING.fetch_sub(1, Ordering::SeqCst);
             })
-            .map_err(|e| format!("cannot start a compiler thread: {e}"))?;
+            .map_err(|e| {
+                COMPILING.fetch_sub(1, Ordering::SeqCst);
+                format!("cannot start a compiler thread: {e}")
+            })?;
         let limit = self.config.compile_deadline;
         let module = match rx.recv_timeout(limit) {
             Ok(m) => m.map_err(|e| format!("does not compile: {e}"))?,

@@ -835,6 +835,11 @@ fn compiling_is_bounded_in_time_and_the_host_goes_on() {
     );
     let e = host.load("udfs/slow.wat", slow.as_bytes()).unwrap_err();
     assert!(e.contains("took more than 1 ms to compile"), "{e}");
+    // The same module again is refused at once, without another compiler thread.
+    let started = std::time::Instant::now();
+    let again = host.load("udfs/slow.wat", slow.as_bytes()).unwrap_err();
+    assert_eq!(again, e);
+    assert!(started.elapsed() < Duration::from_millis(500));
     // A small module still compiles under a generous deadline on another host, and
     // this one still answers (the slow compile finishes on its own thread).
     let ok = UdfHost::new(HostConfig::default()).unwrap();
