@@ -56,7 +56,8 @@ pub(crate) struct FollowMessage {
     #[serde(default)]
     event: Option<String>,
     /// Ed25519 signature (hex) of the primary's follow key over
-    /// [`signed_event`]`(registry, event)`.
+    /// [`signed_message`]`(registry, nonce, head, event)`: every message, heartbeats
+    /// included, bound to the follower's session nonce.
     #[serde(default)]
     signature: Option<String>,
 }
@@ -66,12 +67,25 @@ fn refused(message: String) -> Error {
     Error::Registry(quiver_registry::Error::Replication(message))
 }
 
-/// What the follow key signs: a domain tag, the registry id and the event's bytes.
-fn signed_event(registry: &str, event: &str) -> Vec<u8> {
-    let mut m = b"quiver-follow-event-v1\0".to_vec();
+/// What the follow key signs: a domain tag, the registry id, the nonce the follower
+/// chose for this stream, the log's head and the event's bytes (empty for a
+/// heartbeat). A message of another stream, or a heartbeat replayed or made up on the
+/// path, does not verify: a replica is never held at an old state while it believes
+/// itself current.
+fn signed_message(registry: &str, nonce: &str, head: u64, event: Option<&str>) -> Vec<u8> {
+    let mut m = b"quiver-follow-message-v2\0".to_vec();
     m.extend_from_slice(registry.as_bytes());
     m.push(0);
-    m.extend_from_slice(event.as_bytes());
+    m.extend_from_slice(nonce.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&head.to_be_bytes());
+    match event {
+        Some(e) => {
+            m.push(1);
+            m.extend_from_slice(e.as_bytes());
+        }
+        None => m.push(0),
+    }
     m
 }
 
@@ -142,9 +156,10 @@ impl FollowConfig {
         Ok(())
     }
 
-    /// A message of the stream, checked: from the pinned registry and, when it
-    /// carries an event, signed by the pinned key. Nothing is imported otherwise.
-    pub(crate) fn verified(&self, body: &[u8]) -> Result<(u64, Option<Sequenced>)> {
+    /// A message of the stream with session `nonce`, checked: from the pinned registry
+    /// and signed by the pinned key for this stream, heartbeats included. Nothing is
+    /// imported otherwise.
+    pub(crate) fn verified(&self, body: &[u8], nonce: &str) -> Result<(u64, Option<Sequenced>)> {
         let m: FollowMessage =
             serde_json::from_slice(body).map_err(|e| remote("a message of the primary", e))?;
         if m.registry != self.registry {
@@ -153,22 +168,22 @@ impl FollowConfig {
                 self.primary, m.registry, self.registry
             )));
         }
-        let Some(text) = m.event else {
-            return Ok((m.head, None));
-        };
         let sig = m.signature.ok_or_else(|| {
-            refused("an event of the primary carries no signature; refusing it".into())
+            refused("a message of the primary carries no signature; refusing it".into())
         })?;
         quiver_registry::verify_signature(
             &self.primary_key,
-            &signed_event(&m.registry, &text),
+            &signed_message(&m.registry, nonce, m.head, m.event.as_deref()),
             &sig,
         )
         .map_err(|e| {
             refused(format!(
-                "an event of the primary is not signed by its pinned follow key ({e}); refusing it"
+                "a message of the primary is not signed by its pinned follow key for this stream ({e}); refusing it"
             ))
         })?;
+        let Some(text) = m.event else {
+            return Ok((m.head, None));
+        };
         let ev: Sequenced =
             serde_json::from_str(&text).map_err(|e| remote("an event of the primary", e))?;
         if ev.registry != self.registry {
@@ -262,7 +277,13 @@ impl FollowState {
 pub(crate) fn events(
     shared: Arc<Shared>,
     after: u64,
+    nonce: String,
 ) -> Result<super::service::FlightStream<arrow_flight::Result>> {
+    if nonce.len() < 16 || nonce.len() > 128 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidRequest(
+            "`nonce` must be 16 to 128 hex digits, fresh for each follow stream".into(),
+        ));
+    }
     let log = shared.store.replication()?;
     let registry = log.id()?;
     let key = shared.follow_key.clone().ok_or_else(|| {
@@ -282,9 +303,11 @@ pub(crate) fn events(
         stop: watch::Receiver<bool>,
         limit: usize,
         key: Arc<quiver_registry::SigningKey>,
+        nonce: String,
     }
     let state = State {
         key,
+        nonce,
         log,
         registry,
         after,
@@ -305,7 +328,9 @@ pub(crate) fn events(
                     s.after = ev.seq;
                     let head = s.log.head().unwrap_or(ev.seq);
                     let text = serde_json::to_string(&ev).expect("events serialise");
-                    let signature = s.key.sign(&signed_event(&s.registry, &text));
+                    let signature =
+                        s.key
+                            .sign(&signed_message(&s.registry, &s.nonce, head, Some(&text)));
                     let body = serde_json::to_vec(&FollowMessage {
                         registry: s.registry.clone(),
                         head,
@@ -343,11 +368,15 @@ pub(crate) fn events(
                     }
                     _ = s.stop.changed() => return None,
                 }
+                let head = s.log.head().unwrap_or(s.after);
                 let body = serde_json::to_vec(&FollowMessage {
                     registry: s.registry.clone(),
-                    head: s.log.head().unwrap_or(s.after),
+                    head,
                     event: None,
-                    signature: None,
+                    signature: Some(
+                        s.key
+                            .sign(&signed_message(&s.registry, &s.nonce, head, None)),
+                    ),
                 })
                 .expect("messages serialise");
                 return Some((Ok(arrow_flight::Result { body: body.into() }), Some(s)));
@@ -468,7 +497,14 @@ async fn session(
         .map_err(|_| remote("connecting to the primary", "no answer within 5 s"))??
         .with_token(&config.token)?;
     let after = log.cursor()?.seq;
-    let body = serde_json::json!({ "after": after }).to_string();
+    // A fresh nonce per stream: the primary signs every message of it with this.
+    let nonce = {
+        let mut b = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .map_err(|_| remote("the random source", "failed"))?;
+        hex::encode(b)
+    };
+    let body = serde_json::json!({ "after": after, "nonce": nonce }).to_string();
     let mut stream = tokio::time::timeout(
         SILENCE,
         client.flight().do_action(Action::new("follow", body)),
@@ -487,7 +523,7 @@ async fn session(
                     Ok(Some(Err(e))) => return Err(e.into()),
                     Ok(Some(Ok(b))) => b,
                 };
-                let (head, event) = config.verified(&body)?;
+                let (head, event) = config.verified(&body, &nonce)?;
                 state.primary_head.store(head, Ordering::Relaxed);
                 state.last_contact_us.store(super::service::now_us(), Ordering::Relaxed);
                 if let Some(ev) = event {
@@ -597,6 +633,8 @@ mod tests {
         }
     }
 
+    const NONCE: &str = "00112233445566778899aabbccddeeff";
+
     fn message(
         registry: &str,
         event: &Sequenced,
@@ -606,8 +644,19 @@ mod tests {
         serde_json::to_vec(&FollowMessage {
             registry: registry.into(),
             head: event.seq,
-            signature: key.map(|k| k.sign(&signed_event(registry, &text))),
+            signature: key
+                .map(|k| k.sign(&signed_message(registry, NONCE, event.seq, Some(&text)))),
             event: Some(text),
+        })
+        .unwrap()
+    }
+
+    fn heartbeat(head: u64, nonce: &str, key: Option<&quiver_registry::SigningKey>) -> Vec<u8> {
+        serde_json::to_vec(&FollowMessage {
+            registry: "aaaa".into(),
+            head,
+            event: None,
+            signature: key.map(|k| k.sign(&signed_message("aaaa", nonce, head, None))),
         })
         .unwrap()
     }
@@ -626,19 +675,19 @@ mod tests {
             },
         };
         assert!(
-            cfg.verified(&message("aaaa", &ev, Some(&key)))
+            cfg.verified(&message("aaaa", &ev, Some(&key)), NONCE)
                 .unwrap()
                 .1
                 .is_some()
         );
         let refused = |body: Vec<u8>, want: &str| {
-            let e = cfg.verified(&body).unwrap_err().to_string();
+            let e = cfg.verified(&body, NONCE).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         };
         refused(message("aaaa", &ev, None), "carries no signature");
         refused(
             message("aaaa", &ev, Some(&other)),
-            "not signed by its pinned follow key",
+            "not signed by its pinned follow key for this stream",
         );
         refused(
             message("bbbb", &ev, Some(&key)),
@@ -649,22 +698,32 @@ mod tests {
         let tampered = String::from_utf8(body)
             .unwrap()
             .replace("\\\"seq\\\":1", "\\\"seq\\\":2");
-        refused(tampered.into_bytes(), "not signed by its pinned follow key");
+        refused(
+            tampered.into_bytes(),
+            "not signed by its pinned follow key for this stream",
+        );
         // A signed event that names another registry inside.
         let inside = Sequenced {
             registry: "bbbb".into(),
             ..ev
         };
         refused(message("aaaa", &inside, Some(&key)), "names registry bbbb");
-        // Heartbeats carry no event and need no signature.
-        let beat = serde_json::to_vec(&FollowMessage {
-            registry: "aaaa".into(),
-            head: 7,
-            event: None,
-            signature: None,
-        })
-        .unwrap();
-        assert_eq!(cfg.verified(&beat).unwrap(), (7, None));
+        // Heartbeats are signed for this stream too: none, another stream's, or one
+        // whose head was changed on the way are refused.
+        assert_eq!(
+            cfg.verified(&heartbeat(7, NONCE, Some(&key)), NONCE)
+                .unwrap(),
+            (7, None)
+        );
+        refused(heartbeat(7, NONCE, None), "carries no signature");
+        refused(
+            heartbeat(7, "ffffffffffffffffffffffffffffffff", Some(&key)),
+            "for this stream",
+        );
+        let forged = String::from_utf8(heartbeat(7, NONCE, Some(&key)))
+            .unwrap()
+            .replace("\"head\":7", "\"head\":9");
+        refused(forged.into_bytes(), "for this stream");
     }
 
     #[test]

@@ -57,16 +57,18 @@ impl FeatureService {
             )));
         }
         if action.r#type == "follow" {
-            #[derive(Deserialize, Default)]
+            #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct Body {
                 #[serde(default)]
                 after: u64,
+                nonce: String,
             }
-            let body: Body = self.body(action, Some(Body::default()), "{\"after\": SEQ}")?;
+            let body: Body = self.body(action, None, "{\"after\": SEQ, \"nonce\": HEX}")?;
             Ok(Some(crate::serve::follow::events(
                 self.shared.clone(),
                 body.after,
+                body.nonce,
             )?))
         } else {
             #[derive(Deserialize)]
