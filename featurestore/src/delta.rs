@@ -338,7 +338,7 @@ fn relative_inside(path: &str) -> bool {
     {
         return false;
     }
-    let root = Url::parse("quiver-table://root/table/").expect("a valid URL");
+    let root = Url::parse("quiver-table://table-root/t/").expect("a valid URL");
     match root.join(path) {
         Ok(u) => {
             u.scheme() == root.scheme()

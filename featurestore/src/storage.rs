@@ -261,9 +261,14 @@ impl ProcessConfig {
         Ok(out)
     }
 
-    /// [`ProcessConfig::read`] of this process's environment.
+    /// [`ProcessConfig::read`] of this process's environment, read once (its file
+    /// too) and kept: every table open resolves against the same configuration.
     pub fn from_env() -> Result<Self, String> {
-        Self::read(|n| std::env::var(n).ok())
+        static CONFIG: std::sync::OnceLock<Result<ProcessConfig, String>> =
+            std::sync::OnceLock::new();
+        CONFIG
+            .get_or_init(|| Self::read(|n| std::env::var(n).ok()))
+            .clone()
     }
 
     fn allows(&self, key: &str, name: &str) -> bool {

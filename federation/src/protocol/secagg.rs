@@ -2036,11 +2036,32 @@ mod attacks_support {
         }
         (clients, server)
     }
+
+    /// Stages 2 and 3 for every client (input `[id; len]`, 8 words): the unmask request.
+    pub(super) fn mask_and_sign(
+        clients: &mut BTreeMap<u32, Client>,
+        server: &mut Server,
+    ) -> UnmaskRequest {
+        for (i, inbox) in server.close_shares().unwrap() {
+            let m = clients
+                .get_mut(&i)
+                .unwrap()
+                .masked_input(&inbox, &[i; 8])
+                .unwrap();
+            server.receive_masked(m).unwrap();
+        }
+        let list = server.close_masked().unwrap();
+        for i in &list.survivors {
+            let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
+            server.receive_consistency(m).unwrap();
+        }
+        server.close_consistency().unwrap()
+    }
 }
 
 #[cfg(test)]
 mod attacks {
-    use super::attacks_support::{advertised, identities};
+    use super::attacks_support::{advertised, identities, mask_and_sign};
     use super::*;
 
     /// A colluding bank follows no policy of its own.
@@ -2480,20 +2501,8 @@ mod attacks {
             let m = clients.get_mut(&i).unwrap().share_keys(&ks).unwrap();
             server.receive_shares(m).unwrap();
         }
-        for (i, inbox) in server.close_shares().unwrap() {
-            let m = clients
-                .get_mut(&i)
-                .unwrap()
-                .masked_input(&inbox, &[i; 8])
-                .unwrap();
-            server.receive_masked(m).unwrap();
-        }
-        let list = server.close_masked().unwrap();
-        for i in &list.survivors {
-            let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
-            server.receive_consistency(m).unwrap();
-        }
-        (clients, server.close_consistency().unwrap())
+        let req = mask_and_sign(&mut clients, &mut server);
+        (clients, req)
     }
 
     #[test]
@@ -2549,7 +2558,7 @@ mod attacks {
 
 #[cfg(test)]
 mod dealing {
-    use super::attacks_support::advertised;
+    use super::attacks_support::{advertised, mask_and_sign};
     use super::*;
 
     #[test]
@@ -2574,21 +2583,8 @@ mod dealing {
             c.seed = real;
             server.receive_shares(m).unwrap();
         }
-        for (i, inbox) in server.close_shares().unwrap() {
-            let m = clients
-                .get_mut(&i)
-                .unwrap()
-                .masked_input(&inbox, &[i; 8])
-                .unwrap();
-            server.receive_masked(m).unwrap();
-        }
-        let list = server.close_masked().unwrap();
-        for i in &list.survivors {
-            let m = clients.get_mut(i).unwrap().consistency(&list).unwrap();
-            server.receive_consistency(m).unwrap();
-        }
-        let req = server.close_consistency().unwrap();
-        for i in &list.survivors {
+        let req = mask_and_sign(&mut clients, &mut server);
+        for i in &req.survivors.clone() {
             let m = clients.get_mut(i).unwrap().unmask(&req).unwrap();
             server.receive_unmask(m).unwrap();
         }
