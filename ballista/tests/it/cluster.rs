@@ -18,7 +18,7 @@ fn ts() -> DataType {
 }
 
 /// Transactions of 50 users over 40 days, in `files` Delta commits.
-async fn write_table(dir: &std::path::Path, files: usize) {
+pub(crate) async fn write_table(dir: &std::path::Path, files: usize) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Int64, false),
         Field::new("ts", ts(), false),

@@ -2,3 +2,4 @@
 //! as processes on 127.0.0.1.
 
 mod cluster;
+mod slicing;

@@ -123,30 +123,30 @@ impl TableProvider for PortableDeltaTable {
 
     async fn scan(
         &self,
-        state: &dyn Session,
+        _state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let n = state
-            .config()
-            .target_partitions()
-            .clamp(1, self.files.len().max(1));
-        let mut groups = vec![Vec::new(); n];
-        for (i, f) in self.files.iter().enumerate() {
-            groups[i % n].push(f.clone());
-        }
         Ok(Arc::new(DeltaFilesExec::try_new(
             self.table.clone(),
             self.schema.clone(),
-            groups,
+            vec![self.files.clone()],
             projection.cloned(),
         )?))
     }
 }
 
-/// Scan of the data files of a Delta table version, one partition per group of files;
-/// see the module docs.
+/// Scan of the data files of a Delta table version, as **one** partition (delta-rs
+/// reads its files concurrently inside it); see the module docs.
+///
+/// One partition by construction: Ballista runs a task over a slice of a stage's
+/// partitions and restricts the leaves it knows (file scans, memory tables, shuffle
+/// readers) to that slice; a leaf it does not know is left whole, and a task over the
+/// slice `[1]` would execute this node's partition 0. With several partitions, a scan
+/// split over two tasks read some files twice and others never (test
+/// `ballista/tests/it/slicing.rs`). A leaf of one partition has no slice to get wrong.
+/// The wire format keeps a list of groups; they are read as one.
 #[derive(Debug)]
 pub struct DeltaFilesExec {
     table: TableRef,
@@ -169,9 +169,10 @@ impl DeltaFilesExec {
             Some(p) => Arc::new(table_schema.project(p)?),
             None => table_schema.clone(),
         };
+        let groups = vec![groups.into_iter().flatten().collect::<Vec<_>>()];
         let props = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(groups.len().max(1)),
+            Partitioning::UnknownPartitioning(1),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
@@ -189,11 +190,10 @@ impl DisplayAs for DeltaFilesExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "DeltaFilesExec: table={} version={} files={} partitions={}",
+            "DeltaFilesExec: table={} version={} files={}",
             delta::display_url(&url::Url::parse(&self.table.url).map_err(|_| fmt::Error)?),
             self.table.version,
             self.groups.iter().map(Vec::len).sum::<usize>(),
-            self.groups.len()
         )
     }
 }
@@ -235,7 +235,12 @@ impl ExecutionPlan for DeltaFilesExec {
         ctx: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = self.props.eq_properties.schema().clone();
-        let files = self.groups.get(partition).cloned().unwrap_or_default();
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "DeltaFilesExec has one partition, asked for partition {partition}"
+            )));
+        }
+        let files = self.groups.concat();
         if files.is_empty() {
             // delta-rs reads every file when given none: an empty group reads nothing.
             return Ok(Box::pin(RecordBatchStreamAdapter::new(
