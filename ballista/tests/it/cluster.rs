@@ -1,12 +1,13 @@
 //! Training sets on a Ballista cluster equal the local engine's, row for row: a
-//! scheduler and two executors started as processes on 127.0.0.1.
+//! scheduler and two executors started as processes on 127.0.0.1, every connection
+//! over mutual TLS.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use quiver_ballista::local_cluster::LocalCluster;
+use quiver_ballista::local_cluster::{LocalCluster, Pki};
 use quiver_featurestore::FeatureStore;
 use quiver_featurestore::offline::Engine;
 
@@ -145,15 +146,22 @@ async fn a_training_set_on_two_executors_equals_the_local_one_row_for_row() {
         .unwrap();
     assert_eq!(local.num_rows(), 300);
 
-    let cluster = LocalCluster::start(
+    // Mutual TLS everywhere: client to scheduler and executors, executors to the
+    // scheduler and to each other (shuffle partitions).
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let cluster = LocalCluster::builder(
         env!("CARGO_BIN_EXE_quiver-ballista-scheduler").as_ref(),
         env!("CARGO_BIN_EXE_quiver-ballista-executor").as_ref(),
-        2,
-        2,
-        &dir.path().join("work"),
     )
+    .executors(2)
+    .tasks(2)
+    .work_dir(&dir.path().join("work"))
+    .tls(&pki)
+    .start()
     .unwrap();
-    let engine = Engine::parse(&cluster.engine_url()).unwrap();
+    let engine = Engine::parse(&cluster.engine_url())
+        .unwrap()
+        .with_tls(pki.client_tls(&pki.client).unwrap());
     // Executors register with the scheduler shortly after they listen: retry the
     // first job for a while.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -14,6 +14,10 @@ pub enum Engine {
     Ballista {
         /// Host and port of the scheduler.
         scheduler: String,
+        /// Mutual TLS to the cluster ([`Engine::with_tls`]); without it, only a
+        /// scheduler on this machine is reached (docs/ballista-tls.md).
+        #[cfg(feature = "ballista")]
+        tls: Option<super::tls::ClusterTls>,
     },
 }
 
@@ -23,10 +27,10 @@ impl Engine {
     /// ```
     /// use quiver_featurestore::offline::Engine;
     /// assert_eq!(Engine::parse("local").unwrap(), Engine::Local);
-    /// assert_eq!(
+    /// assert!(matches!(
     ///     Engine::parse("ballista://10.0.0.5:50050").unwrap(),
-    ///     Engine::Ballista { scheduler: "10.0.0.5:50050".into() }
-    /// );
+    ///     Engine::Ballista { scheduler, .. } if scheduler == "10.0.0.5:50050"
+    /// ));
     /// assert!(Engine::parse("spark://x:1").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self> {
@@ -43,8 +47,23 @@ impl Engine {
         match (url.host_str(), url.port(), url.path()) {
             (Some(h), Some(p), "/" | "") if !h.is_empty() => Ok(Engine::Ballista {
                 scheduler: format!("{h}:{p}"),
+                #[cfg(feature = "ballista")]
+                tls: None,
             }),
             _ => Err(bad()),
+        }
+    }
+
+    /// This engine with every connection to the cluster made over mutual TLS with
+    /// `tls` (a local engine is returned unchanged).
+    #[cfg(feature = "ballista")]
+    pub fn with_tls(self, tls: super::tls::ClusterTls) -> Self {
+        match self {
+            Engine::Ballista { scheduler, .. } => Engine::Ballista {
+                scheduler,
+                tls: Some(tls),
+            },
+            local => local,
         }
     }
 
@@ -56,10 +75,18 @@ impl Engine {
         match self {
             Engine::Local => Ok(crate::plan::session_with_config(config)),
             #[cfg(feature = "ballista")]
-            Engine::Ballista { scheduler } => {
+            Engine::Ballista { scheduler, tls } => {
                 use ballista::prelude::{SessionConfigExt, SessionContextExt};
                 use datafusion::execution::session_state::SessionStateBuilder;
                 use std::sync::Arc;
+                let host = scheduler.rsplit_once(':').map_or(scheduler.as_str(), |(h, _)| h);
+                if tls.is_none() && !super::tls::is_loopback_host(host) {
+                    return Err(Error::InvalidRequest(format!(
+                        "engine ballista://{scheduler}: a cluster on another machine is reached \
+                         only over mutual TLS; give its CA and this client's certificate and key \
+                         (--engine-tls-ca, --engine-tls-cert, --engine-tls-key; docs/ballista-tls.md)"
+                    )));
+                }
                 let config = config
                     .upgrade_for_ballista()
                     .with_ballista_logical_extension_codec(Arc::new(
@@ -68,6 +95,10 @@ impl Engine {
                     .with_ballista_physical_extension_codec(Arc::new(
                         ballista_codecs::Physical::default(),
                     ));
+                let config = match tls {
+                    Some(tls) => tls.apply(config),
+                    None => config,
+                };
                 let state = SessionStateBuilder::new()
                     .with_config(config)
                     .with_default_features()

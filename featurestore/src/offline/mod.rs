@@ -3,6 +3,8 @@
 mod engine;
 mod entities;
 mod retrieve;
+#[cfg(feature = "ballista")]
+pub mod tls;
 mod write;
 
 pub use engine::Engine;
@@ -13,4 +15,6 @@ pub use retrieve::{
     FeatureRef, HistoricalFeatures, Lineage, PreparedTrainingSet, TrainingSet, ViewUse,
     parse_feature_refs,
 };
+#[cfg(feature = "ballista")]
+pub use tls::ClusterTls;
 pub use write::{LINEAGE_METADATA_KEY, OutputFormat};

@@ -20,11 +20,12 @@ pub(crate) async fn history(cli: &Cli) -> anyhow::Result<()> {
         timestamp_column,
         overwrite,
         engine,
+        engine_tls,
     } = &cli.command
     else {
         unreachable!("dispatched on history")
     };
-    let engine = quiver_featurestore::offline::Engine::parse(engine)?;
+    let engine = engine_tls.engine(engine)?;
     let store = open(cli)?;
     let refs = parse_feature_refs(&features.join(","))?;
     let format = match format {

@@ -141,6 +141,8 @@ enum Command {
             conflicts_with = "server"
         )]
         engine: String,
+        #[command(flatten)]
+        engine_tls: EngineTls,
     },
     /// Serve features over Arrow Flight, with Prometheus metrics.
     ///
@@ -266,6 +268,8 @@ enum Command {
             value_name = "ENGINE"
         )]
         engine: String,
+        #[command(flatten)]
+        engine_tls: EngineTls,
         /// Replace --out if it exists.
         #[arg(long)]
         overwrite: bool,
@@ -275,6 +279,64 @@ enum Command {
     /// Example: quiver registry register fraud --artifact model.json --features user_txn_stats --key me.key --signer me
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+}
+
+/// Mutual TLS to a Ballista cluster on another machine (docs/ballista-tls.md).
+#[derive(Debug, clap::Args)]
+pub(crate) struct EngineTls {
+    /// The Ballista cluster's CA certificate (PEM): the scheduler's and executors'
+    /// certificates must chain to it. Needed for a `ballista://` engine that is not on
+    /// this machine, with --engine-tls-cert and --engine-tls-key.
+    #[arg(
+        long,
+        env = "QUIVER_ENGINE_TLS_CA",
+        value_name = "FILE",
+        requires_all = ["engine_tls_cert", "engine_tls_key"]
+    )]
+    engine_tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), signed by the cluster's CA and on the
+    /// scheduler's and executors' allowlists as a `client`.
+    #[arg(
+        long,
+        env = "QUIVER_ENGINE_TLS_CERT",
+        value_name = "FILE",
+        requires = "engine_tls_ca"
+    )]
+    engine_tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(
+        long,
+        env = "QUIVER_ENGINE_TLS_KEY",
+        value_name = "FILE",
+        requires = "engine_tls_ca"
+    )]
+    engine_tls_key: Option<PathBuf>,
+}
+
+impl EngineTls {
+    /// The engine `text` names, over mutual TLS when the flags give its files.
+    pub(crate) fn engine(
+        &self,
+        text: &str,
+    ) -> anyhow::Result<quiver_featurestore::offline::Engine> {
+        let engine = quiver_featurestore::offline::Engine::parse(text)?;
+        match (
+            &self.engine_tls_ca,
+            &self.engine_tls_cert,
+            &self.engine_tls_key,
+        ) {
+            #[cfg(feature = "ballista")]
+            (Some(ca), Some(cert), Some(key)) => {
+                let tls = quiver_featurestore::offline::ClusterTls::from_files(ca, cert, key)?;
+                Ok(engine.with_tls(tls))
+            }
+            #[cfg(not(feature = "ballista"))]
+            (Some(_), _, _) => anyhow::bail!(
+                "--engine-tls-ca: this build of quiver has no Ballista client (cargo feature `ballista`)"
+            ),
+            _ => Ok(engine),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -17,11 +17,12 @@ pub(crate) async fn materialize(cli: &Cli) -> anyhow::Result<()> {
         server,
         token,
         engine,
+        engine_tls,
     } = &cli.command
     else {
         unreachable!("dispatched on materialize")
     };
-    let engine = quiver_featurestore::offline::Engine::parse(engine)?;
+    let engine = engine_tls.engine(engine)?;
     let until_us = until.as_deref().map(parse_time).transpose()?;
     let report = match server {
         Some(url) => {
