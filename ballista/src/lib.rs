@@ -21,6 +21,7 @@ use datafusion::prelude::SessionConfig;
 use quiver_featurestore::offline::ClusterTls;
 pub use quiver_featurestore::offline::ballista_codecs;
 
+pub mod flight;
 pub mod scheduler;
 pub mod tls;
 
@@ -113,6 +114,32 @@ pub fn check_bind(bind_host: &str, tls: Option<&ProcessTls>) -> Result<(), Error
         )));
     }
     Ok(())
+}
+
+/// Refuse to reach `what` (`--scheduler-host`, `--external-host`) beyond this machine
+/// in the clear: without TLS, an executor's peers are on loopback too.
+pub fn check_peer_host(flag: &str, host: &str, tls: Option<&ProcessTls>) -> Result<(), Error> {
+    if tls.is_none() && !quiver_featurestore::offline::tls::is_loopback_host(host) {
+        return Err(Error::Config(format!(
+            "{flag} {host}: talking to another machine needs mutual TLS (--tls-ca, \
+             --tls-cert, --tls-key, --tls-allow; docs/ballista-tls.md)"
+        )));
+    }
+    Ok(())
+}
+
+/// The scheduler's endpoint override: it refuses every connection. quiver's cluster is
+/// pull-staged, so the scheduler has nothing to dial; Ballista would still dial an
+/// executor's gRPC port in the clear (cancelling tasks, stopping a lost executor), at a
+/// host and port the executor itself advertised.
+pub fn scheduler_dials_nothing() -> ballista_core::extension::EndpointOverrideFn {
+    Arc::new(|endpoint| {
+        Err(format!(
+            "quiver's scheduler does not connect to executors (pull-staged): {} refused",
+            endpoint.uri()
+        )
+        .into())
+    })
 }
 
 /// Refuse push-staged scheduling: its executor-side gRPC server (tasks pushed by the
@@ -540,5 +567,21 @@ mod tests {
         assert!(check_bind("127.0.0.1", None).is_ok());
         let err = check_bind("0.0.0.0", None).unwrap_err();
         assert!(err.to_string().contains("--tls-ca"), "{err}");
+        assert!(super::check_peer_host("--scheduler-host", "localhost", None).is_ok());
+        let err = super::check_peer_host("--scheduler-host", "scheduler", None).unwrap_err();
+        assert!(
+            err.to_string().contains("--scheduler-host scheduler"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_scheduler_dials_no_executor() {
+        let f = super::scheduler_dials_nothing();
+        let e = f(tonic::transport::Endpoint::from_static(
+            "http://10.0.0.9:50052",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("10.0.0.9:50052"), "{e}");
     }
 }

@@ -33,6 +33,9 @@ pub const MAX_ALLOWLIST_ENTRIES: usize = 10_000;
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// The most handshakes in progress at once; connections beyond it are dropped.
 pub const MAX_HANDSHAKES: usize = 256;
+/// The most handshakes in progress at once from one address, so one host cannot hold
+/// every slot with idle connections.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
 
 /// What a certificate on the allowlist may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -304,6 +307,7 @@ impl ServerTls {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
         let allow = self.allow.clone();
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let per_address: PerAddress = Arc::default();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -319,13 +323,17 @@ impl ServerTls {
                     }
                 };
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    tracing::warn!(%addr, "dropped: {MAX_HANDSHAKES} TLS handshakes already in progress");
+                    tracing::debug!(%addr, "dropped: {MAX_HANDSHAKES} TLS handshakes already in progress");
+                    continue;
+                };
+                let Some(slot) = AddressSlot::take(&per_address, addr.ip()) else {
+                    tracing::debug!(%addr, "dropped: {MAX_HANDSHAKES_PER_ADDRESS} TLS handshakes from this address in progress");
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx, allow) = (acceptor.clone(), tx.clone(), allow.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _permit = (permit, slot);
                     match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let listed = stream
@@ -357,6 +365,41 @@ impl ServerTls {
             rx,
             |mut rx| async move { rx.recv().await.map(|io| (io, rx)) },
         )
+    }
+}
+
+type PerAddress = Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>;
+
+/// One address's share of the handshakes in progress, given back when dropped.
+struct AddressSlot {
+    counts: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &PerAddress, ip: std::net::IpAddr) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use ballista_executor::flight_service::BallistaFlightService;
 use clap::Parser;
 use datafusion::prelude::SessionConfig;
 use quiver_ballista::TlsArgs;
+use quiver_ballista::flight::QuiverFlight;
 
 #[derive(Parser)]
 #[command(name = "quiver-ballista-executor", version, about)]
@@ -42,11 +43,17 @@ async fn main() -> ballista_core::error::Result<()> {
     let tls = args.tls.load().map_err(config_error)?;
     quiver_ballista::check_bind(&opt.bind_host, tls.as_ref()).map_err(config_error)?;
     quiver_ballista::check_pull_staged(opt.task_scheduling_policy).map_err(config_error)?;
+    quiver_ballista::check_peer_host("--scheduler-host", &opt.scheduler_host, tls.as_ref())
+        .map_err(config_error)?;
+    if let Some(external) = &opt.external_host {
+        quiver_ballista::check_peer_host("--external-host", external, tls.as_ref())
+            .map_err(config_error)?;
+    }
     let mut config: ExecutorProcessConfig = opt.try_into()?;
     let (logical, physical) = quiver_ballista::codecs();
     config.override_logical_codec = Some(logical);
     config.override_physical_codec = Some(physical);
-    if let Some(tls) = tls {
+    if let Some(tls) = &tls {
         // To the scheduler.
         config.override_create_grpc_client_endpoint = Some(tls.identity.endpoint_override());
         // To other executors, for shuffle partitions (read from each task's session).
@@ -54,30 +61,45 @@ async fn main() -> ballista_core::error::Result<()> {
         config.override_config_producer = Some(Arc::new(move || {
             identity.apply(SessionConfig::new_with_ballista())
         }));
-        // The Flight listener peers and clients fetch partitions from.
-        let (max_decoding, max_encoding) = (
-            config.grpc_max_decoding_message_size as usize,
-            config.grpc_max_encoding_message_size as usize,
-        );
-        let server = tls.server.clone();
-        config.override_arrow_flight_service = Some(Arc::new(
-            move |work_dir, addr, mut shutdown, grpc_config| {
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let listener = tokio::net::TcpListener::bind(addr).await?;
-                    tracing::info!(%addr, "executor Flight service listening with mutual TLS");
-                    ballista_core::utils::create_grpc_server(&grpc_config)
-                        .add_service(
-                            FlightServiceServer::new(BallistaFlightService::new(work_dir))
-                                .max_decoding_message_size(max_decoding)
-                                .max_encoding_message_size(max_encoding),
-                        )
-                        .serve_with_incoming_shutdown(server.incoming(listener), shutdown.recv())
-                        .await
-                        .map_err(BallistaError::TonicError)
-                })
-            },
-        ));
     }
+    // The Flight listener peers and clients fetch partitions from: Ballista's service
+    // behind quiver's fetch check, over mutual TLS when configured.
+    let (max_decoding, max_encoding) = (
+        config.grpc_max_decoding_message_size as usize,
+        config.grpc_max_encoding_message_size as usize,
+    );
+    let server = tls.map(|t| t.server);
+    config.override_arrow_flight_service = Some(Arc::new(
+        move |work_dir, addr, mut shutdown, grpc_config| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                let flight =
+                    FlightServiceServer::new(QuiverFlight(BallistaFlightService::new(work_dir)))
+                        .max_decoding_message_size(max_decoding)
+                        .max_encoding_message_size(max_encoding);
+                let mut builder = ballista_core::utils::create_grpc_server(&grpc_config);
+                match server {
+                    Some(server) => {
+                        tracing::info!(%addr, "executor Flight service listening with mutual TLS");
+                        builder
+                            .add_service(flight)
+                            .serve_with_incoming_shutdown(server.incoming(listener), shutdown.recv())
+                            .await
+                    }
+                    None => {
+                        tracing::info!(%addr, "executor Flight service listening on loopback, without TLS");
+                        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true));
+                        builder
+                            .add_service(flight)
+                            .serve_with_incoming_shutdown(incoming, shutdown.recv())
+                            .await
+                    }
+                }
+                .map_err(BallistaError::TonicError)
+            })
+        },
+    ));
     start_executor_process(Arc::new(config)).await
 }

@@ -57,6 +57,7 @@ fn main() -> ballista_core::error::Result<()> {
         let (logical, physical) = quiver_ballista::codecs();
         config.override_logical_codec = Some(logical);
         config.override_physical_codec = Some(physical);
+        config.override_create_grpc_client_endpoint = Some(quiver_ballista::scheduler_dials_nothing());
         let config =
             config.with_override_session_builder(Arc::new(quiver_ballista::scheduler_session));
         let cluster = BallistaCluster::new_from_config(&config).await?;

@@ -237,6 +237,79 @@ async fn a_stock_ballista_client_without_a_certificate_is_refused() {
     );
 }
 
+/// A listed client's fetch whose job id is a path outside the executor's work
+/// directory (another cluster's on the same host): Ballista joins it onto the work
+/// directory unchecked. Refused before any file is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_cannot_name_a_job_outside_the_executors_work_directory() {
+    use arrow::array::{RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let cluster = cluster(dir.path(), &pki);
+    // Shuffle output of another job, outside this executor's work directory.
+    let victim = dir.path().join("other-cluster").join("job");
+    std::fs::create_dir_all(victim.join("1").join("0")).unwrap();
+    let schema = std::sync::Arc::new(Schema::new(vec![Field::new(
+        "card_number",
+        DataType::Utf8,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![std::sync::Arc::new(StringArray::from(vec![
+            "4111111111111111",
+        ]))],
+    )
+    .unwrap();
+    let file = std::fs::File::create(victim.join("1").join("0").join("data.arrow")).unwrap();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(file, &schema).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+
+    let executor = cluster.executors[0];
+    let action = pb::Action {
+        action_type: Some(pb::action::ActionType::FetchPartition(pb::FetchPartition {
+            job_id: victim.to_str().unwrap().to_owned(),
+            stage_id: 1,
+            partition_id: 0,
+            host: "127.0.0.1".into(),
+            port: u32::from(executor.port()),
+            ..Default::default()
+        })),
+        settings: vec![],
+    };
+    let ticket = arrow_flight::Ticket::new(action.encode_to_vec());
+    let channel = channel(executor, &pki, Some(Some(&pki.client)))
+        .await
+        .unwrap();
+    let answer = FlightServiceClient::new(channel.clone())
+        .do_get(ticket.clone())
+        .await;
+    let refused = match answer {
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            let first = futures::StreamExt::next(&mut stream).await;
+            panic!("the executor served another job's file: {first:?}")
+        }
+        Err(status) => status,
+    };
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("job id"),
+        "{}",
+        refused.message()
+    );
+    // The block-transport action takes the same fetch: refused the same way.
+    let action = arrow_flight::Action::new("IO_BLOCK_TRANSPORT", ticket.ticket);
+    let refused = FlightServiceClient::new(channel)
+        .do_action(action)
+        .await
+        .map(|_| ())
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+}
+
 #[test]
 fn the_binaries_refuse_to_listen_beyond_loopback_in_the_clear_or_to_push_tasks() {
     let run = |bin: &str, args: &[&str]| {
@@ -257,4 +330,9 @@ fn the_binaries_refuse_to_listen_beyond_loopback_in_the_clear_or_to_push_tasks()
     assert!(err.contains("pull-staged only"), "{err}");
     let err = run(scheduler, &["--tls-ca", "ca.pem"]);
     assert!(err.contains("--tls-cert"), "{err}");
+    let err = run(
+        executor,
+        &["--scheduler-host", "scheduler", "--bind-port", "1"],
+    );
+    assert!(err.contains("--scheduler-host scheduler"), "{err}");
 }

@@ -97,7 +97,10 @@ impl Engine {
                     ));
                 let config = match tls {
                     Some(tls) => tls.apply(config),
-                    None => config,
+                    // A loopback scheduler could name executors elsewhere: refused.
+                    None => config.with_ballista_override_create_grpc_client_endpoint(
+                        super::tls::loopback_only(),
+                    ),
                 };
                 let state = SessionStateBuilder::new()
                     .with_config(config)

@@ -184,6 +184,24 @@ impl ClusterTls {
     }
 }
 
+/// The endpoint override of a process without TLS: it refuses every endpoint that
+/// is not on this machine, so a scheduler on loopback cannot send this process to an
+/// executor elsewhere in the clear.
+pub fn loopback_only() -> ballista_core::extension::EndpointOverrideFn {
+    Arc::new(|endpoint| {
+        let host = endpoint.uri().host().unwrap_or("");
+        if is_loopback_host(host) {
+            Ok(endpoint)
+        } else {
+            Err(format!(
+                "{}: a connection beyond this machine needs mutual TLS (docs/ballista-tls.md)",
+                endpoint.uri()
+            )
+            .into())
+        }
+    })
+}
+
 /// rustls needs one process-wide crypto provider; quiver uses ring.
 pub fn ensure_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -213,6 +231,22 @@ mod tests {
         for h in ["10.0.0.1", "scheduler", "0.0.0.0", "localhost.evil.com"] {
             assert!(!is_loopback_host(h), "{h}");
         }
+    }
+
+    #[test]
+    fn without_tls_only_loopback_endpoints_are_reached() {
+        let f = loopback_only();
+        assert!(
+            f(tonic::transport::Endpoint::from_static(
+                "http://127.0.0.1:1"
+            ))
+            .is_ok()
+        );
+        let e = f(tonic::transport::Endpoint::from_static(
+            "http://10.0.0.7:50051",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("10.0.0.7"), "{e}");
     }
 
     #[test]
