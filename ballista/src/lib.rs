@@ -104,6 +104,11 @@ impl TlsArgs {
     }
 }
 
+/// A startup error as Ballista's binaries report it.
+pub fn config_error(e: impl std::fmt::Display) -> ballista_core::error::BallistaError {
+    ballista_core::error::BallistaError::Configuration(e.to_string())
+}
+
 /// Refuse to listen on `bind_host` in the clear unless it is this machine: a
 /// scheduler or executor reachable from the network always runs with mutual TLS.
 pub fn check_bind(bind_host: &str, tls: Option<&ProcessTls>) -> Result<(), Error> {

@@ -16,8 +16,8 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_executor::flight_service::BallistaFlightService;
 use clap::Parser;
 use datafusion::prelude::SessionConfig;
-use quiver_ballista::TlsArgs;
 use quiver_ballista::flight::QuiverFlight;
+use quiver_ballista::{TlsArgs, config_error};
 
 #[derive(Parser)]
 #[command(name = "quiver-ballista-executor", version, about)]
@@ -26,10 +26,6 @@ struct Args {
     tls: TlsArgs,
     #[command(flatten)]
     ballista: Config,
-}
-
-fn config_error(e: impl std::fmt::Display) -> BallistaError {
-    BallistaError::Configuration(e.to_string())
 }
 
 #[tokio::main]

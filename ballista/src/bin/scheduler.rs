@@ -17,9 +17,9 @@ use ballista_scheduler::config::{Config, SchedulerConfig};
 use ballista_scheduler::scheduler_process::create_scheduler;
 use clap::Parser;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use quiver_ballista::TlsArgs;
 use quiver_ballista::scheduler::QuiverScheduler;
 use quiver_ballista::tls::{RoleGate, scheduler_rpc_role};
+use quiver_ballista::{TlsArgs, config_error};
 
 #[derive(Parser)]
 #[command(name = "quiver-ballista-scheduler", version, about)]
@@ -28,10 +28,6 @@ struct Args {
     tls: TlsArgs,
     #[command(flatten)]
     ballista: Config,
-}
-
-fn config_error(e: impl std::fmt::Display) -> BallistaError {
-    BallistaError::Configuration(e.to_string())
 }
 
 fn main() -> ballista_core::error::Result<()> {
