@@ -1,5 +1,6 @@
 //! The fraud training set on local DataFusion and on a Ballista cluster of 1 and 2
-//! executors (processes on 127.0.0.1, this machine's cores shared).
+//! executors, and of 2 with mutual TLS on every connection (processes on 127.0.0.1,
+//! this machine's cores shared).
 //!
 //! ```text
 //! cargo bench -p quiver-ballista --bench ballista
@@ -14,7 +15,7 @@
 
 use std::time::Instant;
 
-use quiver_ballista::local_cluster::LocalCluster;
+use quiver_ballista::local_cluster::{LocalCluster, Pki};
 use quiver_examples::fraud_data::{Config, bank_name, generate};
 use quiver_featurestore::FeatureStore;
 use quiver_featurestore::offline::Engine;
@@ -107,16 +108,24 @@ fn main() {
         }
         let reference = reference.unwrap();
         let mut results = vec![("local DataFusion".to_string(), median(local_secs))];
-        for executors in [1usize, 2] {
-            let cluster = LocalCluster::start(
+        for (executors, tls) in [(1usize, false), (2, false), (2, true)] {
+            let work = dir.path().join(format!("work-{executors}{}", if tls { "-tls" } else { "" }));
+            let pki = Pki::generate(&work.join("pki")).unwrap();
+            let mut cluster = LocalCluster::builder(
                 env!("CARGO_BIN_EXE_quiver-ballista-scheduler").as_ref(),
                 env!("CARGO_BIN_EXE_quiver-ballista-executor").as_ref(),
-                executors,
-                2,
-                &dir.path().join(format!("work-{executors}")),
             )
-            .unwrap();
-            let engine = Engine::parse(&cluster.engine_url()).unwrap();
+            .executors(executors)
+            .tasks(2)
+            .work_dir(&work);
+            if tls {
+                cluster = cluster.tls(&pki);
+            }
+            let cluster = cluster.start().unwrap();
+            let mut engine = Engine::parse(&cluster.engine_url()).unwrap();
+            if tls {
+                engine = engine.with_tls(pki.client_tls(&pki.client).unwrap());
+            }
             // Executors register a moment after they listen: a first job that waits.
             let deadline = Instant::now() + std::time::Duration::from_secs(60);
             loop {
@@ -134,7 +143,7 @@ fn main() {
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     }
                     Err(e) => {
-                        let log = dir.path().join(format!("work-{executors}")).join("executor-0.log");
+                        let log = work.join("executor-0.log");
                         let text = std::fs::read_to_string(&log).unwrap_or_default();
                         let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("rror")).take(8).collect();
                         panic!("{e}\nscheduler errors:\n{}", errors.join("\n"))
@@ -147,16 +156,17 @@ fn main() {
                 assert_eq!(rows, reference, "Ballista's rows equal the local ones");
                 secs.push(s);
             }
-            results.push((format!("Ballista, {executors} executor(s)"), median(secs)));
+            let tls_note = if tls { ", mutual TLS" } else { "" };
+            results.push((format!("Ballista, {executors} executor(s){tls_note}"), median(secs)));
         }
 
         let rows = reference.num_rows();
         println!("\nfraud training set: {rows} label rows x {} columns; {} transactions", reference.num_columns(), cfg.transactions);
         println!("plan: {shape}");
-        println!("\n{:<26} {:>10} {:>10}", "engine", "seconds", "vs local");
+        println!("\n{:<38} {:>10} {:>10}", "engine", "seconds", "vs local");
         let base = results[0].1;
         for (name, s) in &results {
-            println!("{name:<26} {s:>10.3} {:>9.2}x", s / base);
+            println!("{name:<38} {s:>10.3} {:>9.2}x", s / base);
         }
         println!(
             "{}",
@@ -164,6 +174,8 @@ fn main() {
                 "rows": rows, "transactions": cfg.transactions, "users": cfg.users, "runs": runs,
                 "local_s": results[0].1, "ballista_1_executor_s": results[1].1,
                 "ballista_2_executors_s": results[2].1,
+                "ballista_2_executors_tls_s": results[3].1,
+                "tls_overhead": results[3].1 / results[2].1,
                 "overhead_1_executor": results[1].1 / base, "overhead_2_executors": results[2].1 / base,
                 "plan": shape,
                 "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
