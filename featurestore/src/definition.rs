@@ -7,14 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{Entity, FeatureView, Source, ViewBody};
 
-/// One output feature of a view and its Arrow type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeatureField {
-    /// Feature name.
-    pub name: String,
-    /// Arrow type, as Arrow prints it (`Int64`, `Float64`, `Utf8`, ...).
-    pub dtype: String,
-}
+pub use quiver_flight_proto::FeatureField;
 
 /// A view with everything it depends on, as stored by `apply`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

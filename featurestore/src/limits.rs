@@ -60,6 +60,16 @@ pub struct Limits {
     pub max_message_bytes: usize,
 }
 
+impl Limits {
+    /// The bounds a Flight command is checked against.
+    pub fn wire(&self) -> quiver_flight_proto::WireLimits {
+        quiver_flight_proto::WireLimits {
+            max_command_bytes: self.max_command_bytes,
+            max_keys: self.max_keys,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

@@ -202,13 +202,7 @@ pub fn loopback_only() -> ballista_core::extension::EndpointOverrideFn {
     })
 }
 
-/// rustls needs one process-wide crypto provider; quiver uses ring.
-pub fn ensure_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use quiver_flight_proto::ensure_crypto_provider;
 
 /// Whether `host` (a name or an IP literal, brackets allowed) is this machine.
 pub fn is_loopback_host(host: &str) -> bool {

@@ -42,14 +42,7 @@ pub use service::FeatureService;
 use crate::store::FeatureStore;
 use crate::{Error, Result};
 
-/// Choose rustls's crypto provider (ring) for the process, once. Both ring and aws-lc
-/// are compiled into this dependency tree, so rustls cannot pick one itself.
-pub(crate) fn ensure_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub(crate) use quiver_flight_proto::ensure_crypto_provider;
 
 /// TLS material for the server, PEM encoded.
 #[derive(Debug, Clone)]

@@ -33,12 +33,12 @@ impl From<Error> for Status {
     }
 }
 
-impl From<CommandError> for Status {
-    fn from(e: CommandError) -> Self {
-        match e {
-            CommandError::Invalid(m) => Status::invalid_argument(m),
-            CommandError::TooLarge(m) => Status::resource_exhausted(m),
-        }
+/// A refused command as a gRPC status: malformed is `INVALID_ARGUMENT`, over a bound
+/// `RESOURCE_EXHAUSTED`.
+pub(crate) fn command_status(e: CommandError) -> Status {
+    match e {
+        CommandError::Invalid(m) => Status::invalid_argument(m),
+        CommandError::TooLarge(m) => Status::resource_exhausted(m),
     }
 }
 

@@ -292,14 +292,7 @@ pub fn read_identity(path: &Path) -> Result<ring::signature::Ed25519KeyPair, Ser
     })
 }
 
-/// Choose rustls's crypto provider (ring) for the process, once: ring and aws-lc are
-/// both in the dependency tree, so rustls cannot pick one itself.
-pub fn ensure_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use quiver_flight_proto::ensure_crypto_provider;
 
 /// A gRPC endpoint to the coordinator at `url` (`https://host:port`), presenting this
 /// party's client certificate and trusting only the federation CA.

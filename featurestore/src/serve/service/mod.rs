@@ -40,7 +40,7 @@ use crate::serve::command::{Command, json_batch};
 use crate::serve::layers::tenant;
 use crate::serve::metrics::Metrics;
 use crate::serve::model_metrics::ModelServers;
-use crate::serve::status::flight_err;
+use crate::serve::status::{command_status, flight_err};
 use crate::serve::uploads::Uploads;
 use crate::store::{AppliedView, FeatureStore};
 use crate::{Error, delta};
@@ -281,7 +281,7 @@ impl FeatureService {
                     tenant.name
                 ))
             }),
-            (None, Some(rows)) => Ok(vec![json_batch(rows)?]),
+            (None, Some(rows)) => Ok(vec![json_batch(rows).map_err(command_status)?]),
             (None, None) => Err(Status::invalid_argument("no entity rows")),
         }
     }
@@ -408,7 +408,8 @@ impl FeatureService {
         tenant: &Tenant,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let cmd = Command::decode(&descriptor.cmd, &self.shared.limits)?;
+        let cmd =
+            Command::decode(&descriptor.cmd, &self.shared.limits.wire()).map_err(command_status)?;
         let (schema, records) = match &cmd {
             Command::Online {
                 view,
@@ -431,7 +432,7 @@ impl FeatureService {
                 // Describe without scoring: scoring here would count requests twice
                 // and could trigger a rollout judgment.
                 self.score_deployment(tenant, model)?;
-                let keys = json_batch(keys)?;
+                let keys = json_batch(keys).map_err(command_status)?;
                 (
                     scored_schema(&keys.schema(), *explain),
                     keys.num_rows() as i64,
@@ -469,14 +470,15 @@ impl FeatureService {
         tenant: &Tenant,
         ticket: Ticket,
     ) -> Result<FlightStream<FlightData>, Status> {
-        let cmd = Command::decode(&ticket.ticket, &self.shared.limits)?;
+        let cmd =
+            Command::decode(&ticket.ticket, &self.shared.limits.wire()).map_err(command_status)?;
         match &cmd {
             Command::Online {
                 view,
                 features,
                 keys,
             } => {
-                let keys = json_batch(keys)?;
+                let keys = json_batch(keys).map_err(command_status)?;
                 let batch = self.online_lookup(tenant, view, features.as_deref(), &keys)?;
                 Ok(encode(batch.schema(), stream::iter([Ok(batch)]).boxed()))
             }
@@ -485,7 +487,12 @@ impl FeatureService {
                 keys,
                 explain,
             } => {
-                let scored = self.score(tenant, model, &json_batch(keys)?, *explain)?;
+                let scored = self.score(
+                    tenant,
+                    model,
+                    &json_batch(keys).map_err(command_status)?,
+                    *explain,
+                )?;
                 if let Some(log) = &self.shared.audit {
                     // Queued before the answer leaves: a score the caller saw is audited.
                     log.record(scored.audit).await.map_err(Status::from)?;
@@ -539,7 +546,8 @@ impl FeatureService {
         let descriptor = first.flight_descriptor.clone().ok_or_else(|| {
             Status::invalid_argument("the first message has no flight descriptor")
         })?;
-        let cmd = Command::decode(&descriptor.cmd, &self.shared.limits)?;
+        let cmd =
+            Command::decode(&descriptor.cmd, &self.shared.limits.wire()).map_err(command_status)?;
         // The first message may carry data too, or only the descriptor (pyarrow's
         // DoExchange); the guard drops metadata-only messages and checks every IPC
         // header (no compression, declared sizes) before arrow decodes anything.
