@@ -6,10 +6,12 @@
 //! - [`Command`]: the JSON commands of tickets and descriptors, checked against
 //!   [`WireLimits`] ([`Command::decode`]); [`json_batch`] turns JSON key columns into
 //!   an Arrow batch.
+//! - [`actions`]: the body of every `DoAction` call, one type per action.
 //! - [`FeatureField`]: one output feature of a view and its Arrow type, as view
 //!   summaries list them.
 //! - [`ensure_crypto_provider`]: the process's rustls provider (ring), chosen once.
 
+pub mod actions;
 mod command;
 
 pub use command::{Command, CommandError, WireLimits, json_batch};

@@ -195,9 +195,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let answer = client
                         .action(
                             "explain",
-                            serde_json::json!({
-                                "view": req.view, "entity": req.entity, "at": at,
-                                "table_versions": req.table_versions, "max_rows": req.max_rows_per_step,
+                            serde_json::json!(quiver_flight_proto::actions::Explain {
+                                view: req.view.clone(),
+                                entity: req.entity.clone(),
+                                at: at.clone(),
+                                table_versions: req.table_versions.clone(),
+                                max_rows: Some(req.max_rows_per_step),
                             }),
                         )
                         .await?;

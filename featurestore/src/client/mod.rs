@@ -340,14 +340,12 @@ impl Client {
         views: Option<&[&str]>,
         until: Option<&str>,
     ) -> Result<Json> {
-        let mut body = serde_json::json!({});
-        if let Some(v) = views {
-            body["views"] = serde_json::json!(v);
-        }
-        if let Some(u) = until {
-            body["until"] = serde_json::json!(u);
-        }
-        self.action("materialize", body).await
+        let body = quiver_flight_proto::actions::Materialize {
+            views: views.map(|v| v.iter().map(|s| (*s).to_owned()).collect()),
+            until: until.map(str::to_owned),
+            full: false,
+        };
+        self.action("materialize", serde_json::json!(body)).await
     }
 
     /// Apply the server's feature repo.

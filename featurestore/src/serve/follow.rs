@@ -504,7 +504,11 @@ async fn session(
             .map_err(|_| remote("the random source", "failed"))?;
         hex::encode(b)
     };
-    let body = serde_json::json!({ "after": after, "nonce": nonce }).to_string();
+    let body = serde_json::to_string(&quiver_flight_proto::actions::Follow {
+        after,
+        nonce: nonce.clone(),
+    })
+    .map_err(|e| remote("the follow request", &e.to_string()))?;
     let mut stream = tokio::time::timeout(
         SILENCE,
         client.flight().do_action(Action::new("follow", body)),
@@ -532,8 +536,8 @@ async fn session(
                 shared.metrics.follow_position(log.cursor()?.seq, head);
             }
             Some((model, version, reason)) = rollbacks.recv() => {
-                let body = serde_json::json!({
-                    "model": model, "version": version, "reason": reason,
+                let body = serde_json::json!(quiver_flight_proto::actions::Rollback {
+                    model: model.clone(), version, reason,
                 });
                 match client.action("rollback", body).await {
                     Ok(_) => tracing::warn!(%model, version, "rollback sent to the primary"),
@@ -547,7 +551,11 @@ async fn session(
 
 /// Fetch a blob from the primary, at most `max` bytes.
 async fn fetch(client: &mut Client, kind: &str, sha256: &str, max: u64) -> Result<Vec<u8>> {
-    let body = serde_json::json!({ "kind": kind, "sha256": sha256 }).to_string();
+    let body = serde_json::to_string(&quiver_flight_proto::actions::Blob {
+        kind: kind.to_owned(),
+        sha256: sha256.to_owned(),
+    })
+    .map_err(|e| remote("the blob request", &e.to_string()))?;
     let mut chunks = client.flight().do_action(Action::new("blob", body)).await?;
     let mut out = Vec::new();
     while let Some(chunk) = tokio::time::timeout(SILENCE, chunks.next())

@@ -2,7 +2,6 @@
 //! admin actions (`plan`, `apply`, `materialize`, one at a time).
 
 use bytes::Bytes;
-use serde::Deserialize;
 use tonic::Status;
 
 use arrow_flight::Action;
@@ -57,13 +56,7 @@ impl FeatureService {
             )));
         }
         if action.r#type == "follow" {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Body {
-                #[serde(default)]
-                after: u64,
-                nonce: String,
-            }
+            use quiver_flight_proto::actions::Follow as Body;
             let body: Body = self.body(action, None, "{\"after\": SEQ, \"nonce\": HEX}")?;
             Ok(Some(crate::serve::follow::events(
                 self.shared.clone(),
@@ -71,12 +64,7 @@ impl FeatureService {
                 body.nonce,
             )?))
         } else {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Body {
-                kind: String,
-                sha256: String,
-            }
+            use quiver_flight_proto::actions::Blob as Body;
             let body: Body = self.body(
                 action,
                 None,
@@ -121,12 +109,7 @@ impl FeatureService {
         Ok(match action.r#type.as_str() {
             "health" => {
                 // Any tenant may ask; the answer names only the views it may read.
-                #[derive(Deserialize, Default)]
-                #[serde(deny_unknown_fields)]
-                struct Body {
-                    #[serde(default)]
-                    max_lag_seconds: Option<f64>,
-                }
+                use quiver_flight_proto::actions::Health as Body;
                 let body: Body =
                     self.body(&action, Some(Body::default()), "{\"max_lag_seconds\": 120}")?;
                 if body
@@ -167,11 +150,7 @@ impl FeatureService {
                 json(serde_json::json!({ "views": views }))
             }
             "model-status" => {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Body {
-                    model: String,
-                }
+                use quiver_flight_proto::actions::ModelStatus as Body;
                 let body: Body = self.body(&action, None, "{\"model\": \"NAME\"}")?;
                 let (server, d) = self.score_deployment(tenant, &body.model)?;
                 let policy = server.policy();
@@ -215,17 +194,7 @@ impl FeatureService {
                 }))
             }
             "explain" => {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Body {
-                    view: String,
-                    entity: Vec<(String, String)>,
-                    at: String,
-                    #[serde(default)]
-                    table_versions: std::collections::BTreeMap<String, i64>,
-                    #[serde(default)]
-                    max_rows: Option<usize>,
-                }
+                use quiver_flight_proto::actions::Explain as Body;
                 let body: Body = self.body(
                     &action,
                     None,
@@ -292,14 +261,7 @@ impl FeatureService {
                     )));
                 }
                 self.not_on_a_follower("rollback")?;
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Body {
-                    model: String,
-                    version: u64,
-                    #[serde(default)]
-                    reason: String,
-                }
+                use quiver_flight_proto::actions::Rollback as Body;
                 let body: Body = self.body(
                     &action,
                     None,
@@ -322,17 +284,7 @@ impl FeatureService {
             "alias" => {
                 admin()?;
                 self.not_on_a_follower("alias")?;
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Body {
-                    model: String,
-                    alias: String,
-                    to: Option<u64>,
-                    #[serde(default)]
-                    expect: Option<serde_json::Value>,
-                    #[serde(default)]
-                    reason: String,
-                }
+                use quiver_flight_proto::actions::Alias as Body;
                 let body: Body = self.body(
                     &action,
                     None,
@@ -365,12 +317,7 @@ impl FeatureService {
             "policy" => {
                 admin()?;
                 self.not_on_a_follower("policy")?;
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Body {
-                    model: String,
-                    policy: Option<serde_json::Value>,
-                }
+                use quiver_flight_proto::actions::Policy as Body;
                 let body: Body = self.body(
                     &action,
                     None,
@@ -392,16 +339,7 @@ impl FeatureService {
             }
             "materialize" => {
                 admin()?;
-                #[derive(Deserialize, Default)]
-                #[serde(deny_unknown_fields)]
-                struct Body {
-                    #[serde(default)]
-                    views: Option<Vec<String>>,
-                    #[serde(default)]
-                    until: Option<String>,
-                    #[serde(default)]
-                    full: bool,
-                }
+                use quiver_flight_proto::actions::Materialize as Body;
                 let body: Body = self.body(
                     &action,
                     Some(Body::default()),
