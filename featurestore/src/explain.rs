@@ -944,7 +944,10 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
             .sum(),
         None => 0,
     };
-    let found = |s: &str| s == "PRESENT" || s == "EXPIRED" || s == "FALLBACK";
+    // The trace carries statuses as the names clients see; compared as the type.
+    let status = crate::agg::Status::from_name;
+    let found = |s: &str| status(s).is_some_and(crate::agg::Status::found);
+    let expired = |s: &str| status(s) == Some(crate::agg::Status::Expired);
     let (verdict, reason) = match (&online.value, &online_hash) {
         (None, _) | (_, None) => (
             Verdict::Missing,
@@ -983,7 +986,7 @@ pub async fn explain(store: &FeatureStore, req: &ExplainRequest) -> Result<Trace
                 format_time(req.at_us)
             ),
         ),
-        (Some(o), _) if (o.status == "EXPIRED") != (computed.status == "EXPIRED") => (
+        (Some(o), _) if expired(&o.status) != expired(&computed.status) => (
             Verdict::ExpiredByTtl,
             format!(
                 "online status {}, replayed status {}: {ttl_line}",

@@ -54,6 +54,23 @@ impl Status {
         }
     }
 
+    /// The status named `name` ([`Status::as_str`]), if it is one.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        [
+            Status::Present,
+            Status::NotFound,
+            Status::Expired,
+            Status::Fallback,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
+    /// Whether a value was found (computed, expired, or the view's fallback).
+    pub(crate) fn found(self) -> bool {
+        !matches!(self, Status::NotFound)
+    }
+
     /// The status stored as `self as u8`.
     pub(crate) fn from_u8(b: u8) -> Self {
         match b {
@@ -102,6 +119,20 @@ pub(crate) fn decimal_to_f64(value: i128, scale: i8) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_is_read_back_from_its_name() {
+        for s in [
+            Status::Present,
+            Status::NotFound,
+            Status::Expired,
+            Status::Fallback,
+        ] {
+            assert_eq!(Status::from_name(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::from_name("expired"), None);
+        assert!(!Status::NotFound.found() && Status::Fallback.found());
+    }
 
     #[test]
     fn decimals_convert_like_arrow_cast() {
