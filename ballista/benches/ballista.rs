@@ -110,7 +110,7 @@ fn main() {
         let mut results = vec![("local DataFusion".to_string(), median(local_secs))];
         for (executors, tls) in [(1usize, false), (2, false), (2, true)] {
             let work = dir.path().join(format!("work-{executors}{}", if tls { "-tls" } else { "" }));
-            let pki = Pki::generate(&work.join("pki")).unwrap();
+            let pki = tls.then(|| Pki::generate(&work.join("pki")).unwrap());
             let mut cluster = LocalCluster::builder(
                 env!("CARGO_BIN_EXE_quiver-ballista-scheduler").as_ref(),
                 env!("CARGO_BIN_EXE_quiver-ballista-executor").as_ref(),
@@ -118,12 +118,12 @@ fn main() {
             .executors(executors)
             .tasks(2)
             .work_dir(&work);
-            if tls {
-                cluster = cluster.tls(&pki);
+            if let Some(pki) = &pki {
+                cluster = cluster.tls(pki);
             }
             let cluster = cluster.start().unwrap();
             let mut engine = Engine::parse(&cluster.engine_url()).unwrap();
-            if tls {
+            if let Some(pki) = &pki {
                 engine = engine.with_tls(pki.client_tls(&pki.client).unwrap());
             }
             // Executors register a moment after they listen: a first job that waits.

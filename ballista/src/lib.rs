@@ -109,25 +109,14 @@ pub fn config_error(e: impl std::fmt::Display) -> ballista_core::error::Ballista
     ballista_core::error::BallistaError::Configuration(e.to_string())
 }
 
-/// Refuse to listen on `bind_host` in the clear unless it is this machine: a
-/// scheduler or executor reachable from the network always runs with mutual TLS.
-pub fn check_bind(bind_host: &str, tls: Option<&ProcessTls>) -> Result<(), Error> {
-    if tls.is_none() && !quiver_featurestore::offline::tls::is_loopback_host(bind_host) {
-        return Err(Error::Config(format!(
-            "--bind-host {bind_host}: a scheduler or executor listening beyond this machine \
-             needs mutual TLS (--tls-ca, --tls-cert, --tls-key, --tls-allow; docs/ballista-tls.md)"
-        )));
-    }
-    Ok(())
-}
-
-/// Refuse to reach `what` (`--scheduler-host`, `--external-host`) beyond this machine
-/// in the clear: without TLS, an executor's peers are on loopback too.
-pub fn check_peer_host(flag: &str, host: &str, tls: Option<&ProcessTls>) -> Result<(), Error> {
+/// Refuse `host` of `flag` (`--bind-host`, `--scheduler-host`, `--external-host`)
+/// beyond this machine in the clear: a scheduler or executor that listens or talks
+/// beyond loopback always runs with mutual TLS.
+pub fn check_in_the_clear(flag: &str, host: &str, tls: Option<&ProcessTls>) -> Result<(), Error> {
     if tls.is_none() && !quiver_featurestore::offline::tls::is_loopback_host(host) {
         return Err(Error::Config(format!(
-            "{flag} {host}: talking to another machine needs mutual TLS (--tls-ca, \
-             --tls-cert, --tls-key, --tls-allow; docs/ballista-tls.md)"
+            "{flag} {host}: beyond this machine a scheduler or executor needs mutual TLS \
+             (--tls-ca, --tls-cert, --tls-key, --tls-allow; docs/ballista-tls.md)"
         )));
     }
     Ok(())
@@ -264,8 +253,8 @@ pub mod local_cluster {
         pub ca: PathBuf,
         /// The allowlist (`ROLE FINGERPRINT NAME` lines).
         pub allow: PathBuf,
-        /// The scheduler's identity (listed as an `executor`-less server: it opens no
-        /// connections, so it is not on the allowlist).
+        /// The scheduler's identity (not on the allowlist: the scheduler opens no
+        /// connections, so nobody needs to accept its certificate).
         pub scheduler: Identity,
         /// The executors' identity (role `executor`).
         pub executor: Identity,
@@ -530,7 +519,7 @@ pub mod local_cluster {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_bind, check_pull_staged, safe_defaults};
+    use super::{check_in_the_clear, check_pull_staged, safe_defaults};
 
     #[test]
     fn the_binaries_listen_on_loopback_and_pull_unless_told_otherwise() {
@@ -569,11 +558,11 @@ mod tests {
 
     #[test]
     fn listening_beyond_loopback_needs_tls() {
-        assert!(check_bind("127.0.0.1", None).is_ok());
-        let err = check_bind("0.0.0.0", None).unwrap_err();
+        assert!(check_in_the_clear("--bind-host", "127.0.0.1", None).is_ok());
+        let err = check_in_the_clear("--bind-host", "0.0.0.0", None).unwrap_err();
         assert!(err.to_string().contains("--tls-ca"), "{err}");
-        assert!(super::check_peer_host("--scheduler-host", "localhost", None).is_ok());
-        let err = super::check_peer_host("--scheduler-host", "scheduler", None).unwrap_err();
+        assert!(check_in_the_clear("--scheduler-host", "localhost", None).is_ok());
+        let err = check_in_the_clear("--scheduler-host", "scheduler", None).unwrap_err();
         assert!(
             err.to_string().contains("--scheduler-host scheduler"),
             "{err}"

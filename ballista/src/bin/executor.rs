@@ -37,12 +37,13 @@ async fn main() -> ballista_core::error::Result<()> {
     ));
     let opt = args.ballista;
     let tls = args.tls.load().map_err(config_error)?;
-    quiver_ballista::check_bind(&opt.bind_host, tls.as_ref()).map_err(config_error)?;
+    quiver_ballista::check_in_the_clear("--bind-host", &opt.bind_host, tls.as_ref())
+        .map_err(config_error)?;
     quiver_ballista::check_pull_staged(opt.task_scheduling_policy).map_err(config_error)?;
-    quiver_ballista::check_peer_host("--scheduler-host", &opt.scheduler_host, tls.as_ref())
+    quiver_ballista::check_in_the_clear("--scheduler-host", &opt.scheduler_host, tls.as_ref())
         .map_err(config_error)?;
     if let Some(external) = &opt.external_host {
-        quiver_ballista::check_peer_host("--external-host", external, tls.as_ref())
+        quiver_ballista::check_in_the_clear("--external-host", external, tls.as_ref())
             .map_err(config_error)?;
     }
     let mut config: ExecutorProcessConfig = opt.try_into()?;

@@ -44,7 +44,7 @@ fn main() -> ballista_core::error::Result<()> {
         ));
         let opt = args.ballista;
         let tls = args.tls.load().map_err(config_error)?;
-        quiver_ballista::check_bind(&opt.bind_host, tls.as_ref()).map_err(config_error)?;
+        quiver_ballista::check_in_the_clear("--bind-host", &opt.bind_host, tls.as_ref()).map_err(config_error)?;
         quiver_ballista::check_pull_staged(opt.scheduler_policy).map_err(config_error)?;
         let addr: std::net::SocketAddr = format!("{}:{}", opt.bind_host, opt.bind_port)
             .parse()

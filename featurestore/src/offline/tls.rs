@@ -90,25 +90,24 @@ impl ClusterTls {
     /// chain and its private key. Each is parsed here, so a bad file is named at
     /// startup rather than at the first connection.
     pub fn from_pem(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>) -> Result<Self> {
-        parse_certs(&ca, "cluster CA")?;
-        parse_certs(&cert, "certificate")?;
-        parse_key(&key, "key")?;
-        Ok(Self { ca, cert, key })
+        Self::checked(ca, cert, key, Default::default())
     }
 
     /// From three PEM files (each at most [`MAX_PEM_BYTES`]).
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self> {
-        let ca_pem = read_pem(ca, "cluster CA")?;
-        let cert_pem = read_pem(cert, "certificate")?;
-        let key_pem = read_pem(key, "key")?;
-        parse_certs(&ca_pem, &format!("cluster CA {}", ca.display()))?;
-        parse_certs(&cert_pem, &format!("certificate {}", cert.display()))?;
-        parse_key(&key_pem, &format!("key {}", key.display()))?;
-        Ok(Self {
-            ca: ca_pem,
-            cert: cert_pem,
-            key: key_pem,
-        })
+        Self::checked(
+            read_pem(ca, "cluster CA")?,
+            read_pem(cert, "certificate")?,
+            read_pem(key, "key")?,
+            [ca, cert, key].map(|p| format!(" {}", p.display())),
+        )
+    }
+
+    fn checked(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>, at: [String; 3]) -> Result<Self> {
+        parse_certs(&ca, &format!("cluster CA{}", at[0]))?;
+        parse_certs(&cert, &format!("certificate{}", at[1]))?;
+        parse_key(&key, &format!("key{}", at[2]))?;
+        Ok(Self { ca, cert, key })
     }
 
     /// The CA certificate(s), PEM.

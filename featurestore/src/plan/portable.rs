@@ -146,12 +146,13 @@ impl TableProvider for PortableDeltaTable {
 /// slice `[1]` would execute this node's partition 0. With several partitions, a scan
 /// split over two tasks read some files twice and others never (test
 /// `ballista/tests/it/slicing.rs`). A leaf of one partition has no slice to get wrong.
-/// The wire format keeps a list of groups; they are read as one.
+/// The wire format keeps a list of groups (plans of earlier quiver versions); they are
+/// read as one.
 #[derive(Debug)]
 pub struct DeltaFilesExec {
     table: TableRef,
     table_schema: SchemaRef,
-    groups: Vec<Vec<String>>,
+    files: Vec<String>,
     projection: Option<Vec<usize>>,
     props: Arc<PlanProperties>,
 }
@@ -169,7 +170,7 @@ impl DeltaFilesExec {
             Some(p) => Arc::new(table_schema.project(p)?),
             None => table_schema.clone(),
         };
-        let groups = vec![groups.into_iter().flatten().collect::<Vec<_>>()];
+        let files: Vec<String> = groups.into_iter().flatten().collect();
         let props = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(1),
@@ -179,7 +180,7 @@ impl DeltaFilesExec {
         Ok(Self {
             table,
             table_schema,
-            groups,
+            files,
             projection,
             props,
         })
@@ -193,7 +194,7 @@ impl DisplayAs for DeltaFilesExec {
             "DeltaFilesExec: table={} version={} files={}",
             delta::display_url(&url::Url::parse(&self.table.url).map_err(|_| fmt::Error)?),
             self.table.version,
-            self.groups.iter().map(Vec::len).sum::<usize>(),
+            self.files.len(),
         )
     }
 }
@@ -240,7 +241,7 @@ impl ExecutionPlan for DeltaFilesExec {
                 "DeltaFilesExec has one partition, asked for partition {partition}"
             )));
         }
-        let files = self.groups.concat();
+        let files = self.files.clone();
         if files.is_empty() {
             // delta-rs reads every file when given none: an empty group reads nothing.
             return Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -428,7 +429,7 @@ impl PhysicalExtensionCodec for QuiverCodec {
             Wire::DeltaFiles {
                 table: scan.table.clone(),
                 schema: schema_to_hex(&scan.table_schema)?,
-                groups: scan.groups.clone(),
+                groups: vec![scan.files.clone()],
                 projection: scan.projection.clone(),
             }
         } else {

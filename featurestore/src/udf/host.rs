@@ -204,6 +204,21 @@ static COMPILING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// Failed modules remembered per host.
 const MAX_FAILED_KEPT: usize = 256;
 
+/// Why compiling gave no module: the module's doing (remembered, never compiled
+/// again) or the host's (busy, no thread: try again).
+enum CompileError {
+    Module(String),
+    Host(String),
+}
+
+impl CompileError {
+    fn into_message(self) -> String {
+        match self {
+            CompileError::Module(m) | CompileError::Host(m) => m,
+        }
+    }
+}
+
 /// Compiled modules by hash, least recently used first out, bounded in bytes.
 #[derive(Default)]
 struct ModuleCache {
@@ -402,16 +417,16 @@ impl UdfHost {
         let metadata = meta::inspect(&binary)?;
         let deadline = match self.compile(&self.deadline_engine()?, &binary) {
             Ok(d) => d,
-            Err(e) => {
-                // A busy compiler is no verdict on the module: not remembered.
-                if !e.contains("modules are compiling already")
-                    && let Ok(mut f) = self.failed.lock()
+            Err(CompileError::Module(e)) => {
+                if let Ok(mut f) = self.failed.lock()
                     && f.len() < MAX_FAILED_KEPT
                 {
                     f.insert(sha256.clone(), e.clone());
                 }
                 return Err(e);
             }
+            // A busy compiler is no verdict on the module: not remembered.
+            Err(CompileError::Host(e)) => return Err(e),
         };
         let image = deadline.module().image_range();
         let size = bytes.len() + (image.end as usize).saturating_sub(image.start as usize);
@@ -431,16 +446,20 @@ impl UdfHost {
         Ok(module)
     }
 
-    fn compile(&self, engine: &Engine, binary: &[u8]) -> Result<InstancePre<GuestState>, String> {
+    fn compile(
+        &self,
+        engine: &Engine,
+        binary: &[u8],
+    ) -> Result<InstancePre<GuestState>, CompileError> {
         // Compiled on a thread of its own under a deadline: a module crafted to be slow
         // to compile fails here, and the caller goes on (the thread finishes alone).
         let (tx, rx) = std::sync::mpsc::channel();
         let (e, b) = (engine.clone(), binary.to_vec());
         if COMPILING.fetch_add(1, Ordering::SeqCst) >= MAX_COMPILING {
             COMPILING.fetch_sub(1, Ordering::SeqCst);
-            return Err(format!(
+            return Err(CompileError::Host(format!(
                 "{MAX_COMPILING} modules are compiling already (slow ones included); try again later"
-            ));
+            )));
         }
         std::thread::Builder::new()
             .name("quiver-udf-compile".into())
@@ -450,25 +469,25 @@ impl UdfHost {
             })
             .map_err(|e| {
                 COMPILING.fetch_sub(1, Ordering::SeqCst);
-                format!("cannot start a compiler thread: {e}")
+                CompileError::Host(format!("cannot start a compiler thread: {e}"))
             })?;
         let limit = self.config.compile_deadline;
         let module = match rx.recv_timeout(limit) {
-            Ok(m) => m.map_err(|e| format!("does not compile: {e}"))?,
+            Ok(m) => m.map_err(|e| CompileError::Module(format!("does not compile: {e}")))?,
             Err(_) => {
-                return Err(format!(
+                return Err(CompileError::Module(format!(
                     "took more than {} ms to compile (a module's compile time is bounded); make it smaller",
                     limit.as_millis()
-                ));
+                )));
             }
         };
         let mut linker: Linker<GuestState> = Linker::new(engine);
         linker
             .func_wrap(meta::LOG_IMPORT.0, meta::LOG_IMPORT.1, log)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CompileError::Host(e.to_string()))?;
         linker
             .instantiate_pre(&module)
-            .map_err(|e| format!("does not link: {e}"))
+            .map_err(|e| CompileError::Module(format!("does not link: {e}")))
     }
 
     fn fuel_pre(&self, module: &LoadedModule) -> Result<InstancePre<GuestState>, String> {
@@ -478,7 +497,10 @@ impl UdfHost {
             .clone()?;
         module
             .fuel
-            .get_or_init(|| self.compile(&engine, &to_binary(&module.bytes)?))
+            .get_or_init(|| {
+                self.compile(&engine, &to_binary(&module.bytes)?)
+                    .map_err(CompileError::into_message)
+            })
             .clone()
     }
 
